@@ -1,0 +1,441 @@
+package buffer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	if path := os.Getenv("FERRY_BUFFER_CRASH_CHILD"); path != "" {
+		crashChild(path)
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// openTest opens a buffer in a temp dir and checks the file's consistency
+// after the test closed it.
+func openTest(t *testing.T) (*Buffer, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		b.Close()
+		checkConsistency(t, path)
+	})
+	return b, path
+}
+
+func checkConsistency(t *testing.T, path string) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		t.Errorf("reopen %s for check: %v", path, err)
+		return
+	}
+	defer db.Close()
+	if err := db.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() {
+			return err
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("consistency check of %s: %v", path, err)
+	}
+}
+
+func rec(i int) *Record {
+	return &Record{
+		Topic:      fmt.Sprintf("sensors/dev-%02d/telemetry", i%20),
+		Payload:    []byte(strconv.Itoa(i)),
+		QoS:        1,
+		ReceivedAt: time.Unix(1700000000, int64(i)),
+	}
+}
+
+func readAll(t *testing.T, b *Buffer) []Record {
+	t.Helper()
+	var out []Record
+	var after uint64
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		recs, err := b.Read(ctx, after, 1000, nil)
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, recs...)
+		after = recs[len(recs)-1].Seq
+	}
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	in := Record{
+		Topic: "a/b", Payload: []byte{0, 1, 2}, QoS: 2, Retain: true,
+		ReceivedAt:  time.Unix(1700000000, 123456789),
+		ContentType: "application/json", ResponseTopic: "r/t", CorrelationData: []byte("cd"),
+		PayloadUTF8:    true,
+		UserProperties: []Property{{"k", "v"}, {"k", "w"}},
+	}
+	out, err := decode(appendEncoded(nil, &in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !in.ReceivedAt.Equal(out.ReceivedAt) {
+		t.Fatalf("ReceivedAt %v, want %v", out.ReceivedAt, in.ReceivedAt)
+	}
+	out.ReceivedAt = in.ReceivedAt
+	if !reflect.DeepEqual(in, out) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", out, in)
+	}
+}
+
+func TestDecodeRejectsDamage(t *testing.T) {
+	enc := appendEncoded(nil, rec(7))
+	for i := range enc {
+		bad := append([]byte(nil), enc...)
+		bad[i] ^= 0x40
+		if _, err := decode(bad); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("flipping byte %d: err %v, want ErrCorrupt", i, err)
+		}
+	}
+	for n := range enc {
+		if _, err := decode(enc[:n]); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("truncated to %d: err %v, want ErrCorrupt", n, err)
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add(appendEncoded(nil, rec(1)))
+	f.Add(appendEncoded(nil, &Record{Topic: "t", UserProperties: []Property{{"a", "b"}}}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := decode(data)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must encode back to the same bytes.
+		if got := appendEncoded(nil, &r); string(got) != string(data) {
+			t.Fatalf("re-encoding differs:\n got %x\nwant %x", got, data)
+		}
+	})
+}
+
+func TestAppendReadReleaseReopen(t *testing.T) {
+	b, path := openTest(t)
+	ctx := context.Background()
+	for i := 1; i <= 100; i++ {
+		seq, err := b.AppendWait(ctx, rec(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seq != uint64(i) {
+			t.Fatalf("seq %d, want %d", seq, i)
+		}
+	}
+	got := readAll(t, b)
+	if len(got) != 100 || got[0].Seq != 1 || got[99].Seq != 100 || string(got[41].Payload) != "42" {
+		t.Fatalf("read %d records, first %+v", len(got), got[0])
+	}
+	b.Release(60)
+	// Release is applied with the next commit; an append forces one.
+	if _, err := b.AppendWait(ctx, rec(101)); err != nil {
+		t.Fatal(err)
+	}
+	st := b.Stats()
+	if st.Records != 41 || st.FirstSeq != 61 || st.LastSeq != 101 {
+		t.Fatalf("stats after release: %+v", st)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	b2, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	if st2 := b2.Stats(); st2.Records != st.Records || st2.Bytes != st.Bytes || st2.FirstSeq != 61 || st2.LastSeq != 101 {
+		t.Fatalf("stats after reopen %+v, before %+v", st2, st)
+	}
+	got = readAll(t, b2)
+	if len(got) != 41 || got[0].Seq != 61 || string(got[0].Payload) != "61" {
+		t.Fatalf("after reopen read %d records, first %+v", len(got), got[0])
+	}
+	// Sequence numbers keep growing after everything was released.
+	b2.Release(101)
+	seq, err := b2.AppendWait(ctx, rec(102))
+	if err != nil || seq != 102 {
+		t.Fatalf("append after release: seq %d err %v", seq, err)
+	}
+}
+
+func TestConcurrentAppendsGroupCommitInOrder(t *testing.T) {
+	b, _ := openTest(t)
+	const writers, per = 16, 200
+	var mu sync.Mutex
+	var order []uint64
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				r := rec(w*per + i)
+				done := make(chan error, 1)
+				err := b.Append(r, func(seq uint64, err error) {
+					mu.Lock()
+					order = append(order, seq)
+					mu.Unlock()
+					done <- err
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if err := <-done; err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(order) != writers*per {
+		t.Fatalf("%d callbacks, want %d", len(order), writers*per)
+	}
+	for i, seq := range order {
+		if seq != uint64(i+1) {
+			t.Fatalf("callback %d had seq %d: callbacks out of order", i, seq)
+		}
+	}
+	if st := b.Stats(); st.Commits >= writers*per {
+		t.Fatalf("%d commits for %d appends: no group commit", st.Commits, writers*per)
+	}
+}
+
+func TestReadWaitsAndCloseWakes(t *testing.T) {
+	b, _ := openTest(t)
+	got := make(chan error, 1)
+	go func() {
+		recs, err := b.Read(context.Background(), 0, 10, nil)
+		if err == nil && (len(recs) != 1 || recs[0].Seq != 1) {
+			err = fmt.Errorf("read %+v", recs)
+		}
+		got <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	if _, err := b.AppendWait(context.Background(), rec(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_, err := b.Read(context.Background(), 1, 10, nil)
+		got <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	b.Close()
+	if err := <-got; !errors.Is(err, ErrClosed) {
+		t.Fatalf("read on close: %v, want ErrClosed", err)
+	}
+	if err := b.Append(rec(2), func(uint64, error) {}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("append after close: %v, want ErrClosed", err)
+	}
+}
+
+func TestSecondOpenFailsFast(t *testing.T) {
+	_, path := openTest(t)
+	start := time.Now()
+	_, err := Open(path, Options{LockTimeout: 100 * time.Millisecond})
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: %v, want ErrLocked", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatalf("second open took %v", time.Since(start))
+	}
+}
+
+func TestFileMode(t *testing.T) {
+	_, path := openTest(t)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, want 0600", fi.Mode().Perm())
+	}
+}
+
+func TestCorruptRecordIsQuarantined(t *testing.T) {
+	b, path := openTest(t)
+	ctx := context.Background()
+	for i := 1; i <= 3; i++ {
+		if _, err := b.AppendWait(ctx, rec(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Close()
+	// Damage record 2 on disk.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketRecords)
+		v := append([]byte(nil), bk.Get(seqKey(2))...)
+		v[len(v)-1] ^= 0xff
+		return bk.Put(seqKey(2), v)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	b, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	got := readAll(t, b)
+	if len(got) != 2 || got[0].Seq != 1 || got[1].Seq != 3 {
+		t.Fatalf("read %+v, want seqs 1 and 3", got)
+	}
+	b.Release(3)
+	if _, err := b.AppendWait(ctx, rec(4)); err != nil {
+		t.Fatal(err)
+	}
+	if st := b.Stats(); st.Quarantined != 1 || st.Records != 1 {
+		t.Fatalf("stats %+v, want 1 quarantined, 1 record", st)
+	}
+}
+
+// crashChild appends records as fast as it can and prints each durable
+// sequence number; the parent kills it with SIGKILL.
+func crashChild(path string) {
+	b, err := Open(path, Options{LockTimeout: 10 * time.Second})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	out := bufio.NewWriter(os.Stdout)
+	var mu sync.Mutex
+	for i := 0; ; i++ {
+		r := &Record{Topic: "crash", Payload: []byte(strconv.Itoa(i)), ReceivedAt: time.Now()}
+		err := b.Append(r, func(seq uint64, err error) {
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			fmt.Fprintf(out, "%d %s\n", seq, r.Payload)
+			if len(r.Payload) > 0 && r.Payload[len(r.Payload)-1] == '0' {
+				out.Flush()
+			}
+			mu.Unlock()
+		})
+		if err != nil {
+			os.Exit(3)
+		}
+	}
+}
+
+// TestKillNineKeepsAcknowledged kills an appending child process at random
+// moments and checks that every record it was told was durable is in the
+// buffer, in order, exactly once.
+func TestKillNineKeepsAcknowledged(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test")
+	}
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	acked := map[uint64]string{}
+	for round := range 5 {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), "FERRY_BUFFER_CRASH_CHILD="+path)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		lines := make(chan string, 1024)
+		go func() {
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				lines <- sc.Text()
+			}
+			close(lines)
+		}()
+		kill := time.After(time.Duration(100+rand.IntN(400)) * time.Millisecond)
+	read:
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					break read
+				}
+				seqS, payload, _ := strings.Cut(l, " ")
+				seq, _ := strconv.ParseUint(seqS, 10, 64)
+				acked[seq] = payload
+			case <-kill:
+				cmd.Process.Signal(syscall.SIGKILL)
+				kill = nil
+			}
+		}
+		cmd.Wait()
+		if len(acked) == 0 {
+			t.Fatalf("round %d: child acknowledged nothing", round)
+		}
+
+		b, err := Open(path, Options{})
+		if err != nil {
+			t.Fatalf("round %d: reopen after kill: %v", round, err)
+		}
+		got := readAll(t, b)
+		seen := map[uint64]bool{}
+		for i, r := range got {
+			if i > 0 && r.Seq <= got[i-1].Seq {
+				t.Fatalf("round %d: seq %d after %d", round, r.Seq, got[i-1].Seq)
+			}
+			if seen[r.Seq] {
+				t.Fatalf("round %d: seq %d twice", round, r.Seq)
+			}
+			seen[r.Seq] = true
+			if want, ok := acked[r.Seq]; ok && want != string(r.Payload) {
+				t.Fatalf("round %d: seq %d holds %q, acknowledged %q", round, r.Seq, r.Payload, want)
+			}
+		}
+		for seq := range acked {
+			if !seen[seq] {
+				t.Fatalf("round %d: acknowledged seq %d is missing (%d acked, %d present)", round, seq, len(acked), len(got))
+			}
+		}
+		t.Logf("round %d: %d acknowledged, %d present", round, len(acked), len(got))
+		b.Close()
+		checkConsistency(t, path)
+	}
+}
