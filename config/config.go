@@ -1,0 +1,237 @@
+// Package config turns ferry's YAML configuration file into typed, validated
+// values.
+//
+// Parse works in separate steps: the YAML text is parsed into a node tree;
+// ${VAR} references in scalar values are expanded from the environment; the
+// tree is decoded strictly into the structs below (an unknown key, a
+// duplicate key or a value of the wrong type is an error); defaults are
+// filled in; and the result is validated. Every problem is reported, not
+// only the first, each as "file:line:column: key.path: message" (see Error
+// and Errors). A Config returned without error is complete: every default is
+// applied and every value is within its documented limits.
+//
+// Expansion: "${VAR}" is replaced by the value of VAR, "${VAR:-default}" by
+// default when VAR is unset or empty, and "$$" by "$"; any other "$" is kept
+// as is. An unset VAR without a default is an error. Expansion applies to
+// every scalar value (not to keys) before it is decoded, so numbers and
+// durations may come from the environment, and expanded text is never parsed
+// as YAML. An unquoted scalar is typed by its expanded text, as if it had
+// been written in the file; a quoted one stays a string.
+//
+// A key that is absent or null gets its default; so does an empty string
+// where a default is documented. An explicit zero number or duration is
+// kept, and validated like any other value.
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"reflect"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is ferry's whole configuration.
+type Config struct {
+	// GatewayID identifies this gateway and is stamped on every record.
+	// Default: the host name.
+	GatewayID string  `yaml:"gateway_id"`
+	Log       Log     `yaml:"log"`
+	MQTT      MQTT    `yaml:"mqtt"`
+	Buffer    Buffer  `yaml:"buffer"`
+	Forward   Forward `yaml:"forward"`
+
+	// Warnings holds non-fatal findings, each "file:line:column: key.path:
+	// message", such as a subscription that no route can ever match.
+	Warnings []string `yaml:"-"`
+}
+
+// Log configures ferry's own logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn or error; default info
+	Format string `yaml:"format"` // text or json; default text
+}
+
+// MQTT configures the connection to the MQTT broker ferry subscribes to.
+// Ferry uses a persistent session, so messages published while it is
+// disconnected are queued by the broker for up to SessionExpiry.
+type MQTT struct {
+	// URL of the broker; required. Schemes tcp, mqtt (plain TCP), ssl,
+	// tls, mqtts (TLS), ws and wss (WebSocket); the host and port are
+	// required.
+	URL string `yaml:"url"`
+	// ClientID must stay the same across restarts for the broker to find
+	// the persistent session. Default: "ferry-" + GatewayID.
+	ClientID string `yaml:"client_id"`
+	Username string `yaml:"username"`
+	Password Secret `yaml:"password"`
+	// PasswordFile names a file holding the password; mutually exclusive
+	// with Password. The caller reads it: this package reads no file but
+	// the configuration.
+	PasswordFile string `yaml:"password_file"`
+	// KeepAlive is the MQTT keep-alive interval, in whole seconds from 1s
+	// to 65535s. Default 30s.
+	KeepAlive time.Duration `yaml:"keep_alive"`
+	// SessionExpiry is how long the broker keeps the session after a
+	// disconnect, in whole seconds from 1s to 4294967295s (which means
+	// never). Default 24h.
+	SessionExpiry time.Duration `yaml:"session_expiry"`
+	// ConnectTimeout bounds one connection attempt; > 0. Default 10s.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// ReceiveMaximum is the number of QoS 1 and 2 messages the broker may
+	// have in flight awaiting ferry's acknowledgement, which comes after
+	// the buffer commit; 1 to 65535. Default 1000.
+	ReceiveMaximum int `yaml:"receive_maximum"`
+	// Subscriptions are the filters subscribed to; at least one, no
+	// filter twice.
+	Subscriptions []Subscription `yaml:"subscriptions"`
+}
+
+// Subscription is one MQTT subscription.
+type Subscription struct {
+	Filter string `yaml:"filter"` // a plain MQTT topic filter; required
+	QoS    int    `yaml:"qos"`    // 0, 1 or 2; default 1 when the key is absent
+}
+
+// Buffer configures the durable on-disk buffer.
+type Buffer struct {
+	// Path of the buffer database. Default: buffer.db in
+	// $STATE_DIRECTORY (its first entry, if it holds several separated
+	// by ':'), else ./ferry-buffer.db.
+	Path string `yaml:"path"`
+}
+
+// Forward configures where buffered records go.
+type Forward struct {
+	Kafka Kafka `yaml:"kafka"`
+	// Routes map MQTT topics to Kafka topics and keys; at least one. The
+	// first route whose Match matches a message's topic wins.
+	Routes []Route `yaml:"routes"`
+}
+
+// Kafka configures the Kafka producer.
+type Kafka struct {
+	Brokers []string `yaml:"brokers"` // seed brokers, each host:port; at least one
+	// ClientID is the Kafka client id. Default: "ferry-" + GatewayID.
+	ClientID string `yaml:"client_id"`
+	// Compression of record batches: none, gzip, snappy, lz4 or zstd.
+	// Default none.
+	Compression string `yaml:"compression"`
+	// Linger is how long a batch waits for more records; >= 0. Default 0.
+	Linger time.Duration `yaml:"linger"`
+	// MaxBufferedRecords bounds the records read from the buffer and in
+	// flight to Kafka; >= 1. Default 10000.
+	MaxBufferedRecords int `yaml:"max_buffered_records"`
+	// DialTimeout bounds one connection attempt to a broker; > 0.
+	// Default 10s.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+}
+
+// Route sends the messages whose topic matches Match to a Kafka topic.
+type Route struct {
+	// Match is an MQTT topic filter in which a level may be "{name}": it
+	// matches one level like "+" and captures it (see topic.ParsePattern).
+	Match string `yaml:"match"`
+	// Topic is the Kafka topic; required. It may use {name} placeholders
+	// captured by Match (see topic.ParseTemplate). Its literal text must
+	// use only [a-zA-Z0-9._-]; a static Topic must also be a valid Kafka
+	// topic name.
+	Topic string `yaml:"topic"`
+	// Key is the record key template, like Topic; empty means no key.
+	Key string `yaml:"key"`
+}
+
+// Secret is a string that prints as "***" (when not empty) with fmt and in
+// YAML, so it does not leak into logs or `ferry check` output.
+type Secret string
+
+const masked = "***"
+
+// String returns "***", or "" for an empty Secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return masked
+}
+
+// GoString masks s for the %#v verb as String does.
+func (s Secret) GoString() string { return fmt.Sprintf("config.Secret(%q)", s.String()) }
+
+// MarshalYAML masks s as String does.
+func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
+
+// Env is what Parse reads from its surroundings. A nil field uses the
+// process's own: os.LookupEnv and os.Hostname.
+type Env struct {
+	Lookup   func(name string) (value string, ok bool)
+	Hostname func() (string, error)
+}
+
+func (e Env) lookup(name string) (string, bool) {
+	if e.Lookup == nil {
+		return os.LookupEnv(name)
+	}
+	return e.Lookup(name)
+}
+
+func (e Env) hostname() (string, error) {
+	if e.Hostname == nil {
+		return os.Hostname()
+	}
+	return e.Hostname()
+}
+
+// Load reads and parses the configuration file at path, expanding variables
+// from the process environment. Errors name path as given.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	return Parse(path, data, Env{})
+}
+
+// Parse parses data, naming it name in error positions, and returns the
+// complete, validated configuration. The error, if any, is an Errors value
+// holding every problem found.
+func Parse(name string, data []byte, env Env) (*Config, error) {
+	root, errs := parseYAML(name, data)
+	if errs != nil {
+		return nil, errs
+	}
+	src := &source{file: name, pos: map[string]pos{}}
+	expand(src, root, "", env, &errs)
+	var c Config
+	decode(src, root, "", reflect.ValueOf(&c).Elem(), &errs)
+	if errs != nil {
+		errs.sort()
+		return nil, errs
+	}
+	setDefaults(&c, src, env, &errs)
+	validate(&c, src, &errs)
+	if errs != nil {
+		errs.sort()
+		return nil, errs
+	}
+	return &c, nil
+}
+
+// Masked returns the effective configuration as YAML, with secrets shown as
+// "***" and durations as Go duration strings. Parsing it again yields the
+// same configuration, except for masked secrets and for values holding a
+// '$', which Masked prints as they are rather than escaped.
+func (c *Config) Masked() ([]byte, error) {
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(c); err != nil {
+		return nil, fmt.Errorf("marshal config: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("marshal config: %w", err)
+	}
+	return b.Bytes(), nil
+}

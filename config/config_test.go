@@ -1,0 +1,338 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden .err files in testdata/config/bad")
+
+// testEnv is an environment with only the given variables and host name
+// "testhost".
+func testEnv(vars ...string) Env {
+	m := map[string]string{}
+	for i := 0; i+1 < len(vars); i += 2 {
+		m[vars[i]] = vars[i+1]
+	}
+	return Env{
+		Lookup:   func(k string) (string, bool) { v, ok := m[k]; return v, ok },
+		Hostname: func() (string, error) { return "testhost", nil },
+	}
+}
+
+func mustParse(t *testing.T, yaml string, env Env) *Config {
+	t.Helper()
+	c, err := Parse("test.yaml", []byte(yaml), env)
+	if err != nil {
+		t.Fatalf("Parse:\n%v", err)
+	}
+	return c
+}
+
+const minimal = `
+mqtt:
+  url: tcp://127.0.0.1:1883
+  subscriptions:
+    - filter: sensors/#
+forward:
+  kafka:
+    brokers: [127.0.0.1:9092]
+  routes:
+    - match: sensors/#
+      topic: telemetry
+`
+
+func TestExample(t *testing.T) {
+	c, err := Load("../testdata/config/example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) > 0 {
+		t.Errorf("warnings: %q", c.Warnings)
+	}
+	if c.GatewayID != "gw-01" || c.Forward.Routes[0].Key != "{device}" || c.Forward.Kafka.Brokers[0] != "127.0.0.1:9092" {
+		t.Errorf("unexpected config: %+v", c)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c := mustParse(t, minimal, testEnv())
+	want := &Config{
+		GatewayID: "testhost",
+		Log:       Log{Level: "info", Format: "text"},
+		MQTT: MQTT{
+			URL:            "tcp://127.0.0.1:1883",
+			ClientID:       "ferry-testhost",
+			KeepAlive:      30 * time.Second,
+			SessionExpiry:  24 * time.Hour,
+			ConnectTimeout: 10 * time.Second,
+			ReceiveMaximum: 1000,
+			Subscriptions:  []Subscription{{Filter: "sensors/#", QoS: 1}},
+		},
+		Buffer: Buffer{Path: "./ferry-buffer.db"},
+		Forward: Forward{
+			Kafka: Kafka{
+				Brokers:            []string{"127.0.0.1:9092"},
+				ClientID:           "ferry-testhost",
+				Compression:        "none",
+				MaxBufferedRecords: 10000,
+				DialTimeout:        10 * time.Second,
+			},
+			Routes: []Route{{Match: "sensors/#", Topic: "telemetry"}},
+		},
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("got  %+v\nwant %+v", c, want)
+	}
+
+	// STATE_DIRECTORY, as systemd sets it, may list several directories.
+	c = mustParse(t, minimal, testEnv("STATE_DIRECTORY", "/var/lib/ferry:/var/lib/other"))
+	if c.Buffer.Path != "/var/lib/ferry/buffer.db" {
+		t.Errorf("Buffer.Path = %q with STATE_DIRECTORY set", c.Buffer.Path)
+	}
+
+	// An explicit zero is kept (and validated), a null is a default.
+	c = mustParse(t, strings.Replace(minimal, "[127.0.0.1:9092]\n", "[127.0.0.1:9092]\n    linger: 0s\n    max_buffered_records:\n", 1), testEnv())
+	if c.Forward.Kafka.MaxBufferedRecords != 10000 || c.Forward.Kafka.Linger != 0 {
+		t.Errorf("Kafka = %+v", c.Forward.Kafka)
+	}
+	c = mustParse(t, strings.Replace(minimal, "- filter: sensors/#", "- {filter: sensors/#, qos: 0}", 1), testEnv())
+	if c.MQTT.Subscriptions[0].QoS != 0 {
+		t.Errorf("explicit qos 0 became %d", c.MQTT.Subscriptions[0].QoS)
+	}
+	_, err := Parse("test.yaml", []byte(strings.Replace(minimal, "mqtt:\n", "mqtt:\n  keep_alive: 0s\n", 1)), testEnv())
+	if err == nil || !strings.Contains(err.Error(), "test.yaml:3:15: mqtt.keep_alive: must be from 1s to 65535s, got 0s") {
+		t.Errorf("explicit keep_alive 0s: %v", err)
+	}
+
+	env := testEnv()
+	env.Hostname = func() (string, error) { return "", errors.New("no uts namespace") }
+	_, err = Parse("test.yaml", []byte(minimal), env)
+	if err == nil || err.Error() != "test.yaml: gateway_id: not set, and the host name is unavailable to default to (no uts namespace)" {
+		t.Errorf("without host name: %v", err)
+	}
+}
+
+func TestExpand(t *testing.T) {
+	env := testEnv("HOST", "broker", "PORT", "8883", "EMPTY", "", "RM", "250", "KA", "1m", "PW", "s3cr$t")
+	tests := []struct {
+		in, want string // want is the decoded mqtt.username; ! marks an error
+	}{
+		{"plain", "plain"},
+		{"${HOST}", "broker"},
+		{"${HOST}:${PORT}", "broker:8883"},
+		{"x${HOST}y", "xbrokery"},
+		{"${UNSET:-fallback}", "fallback"},
+		{"${EMPTY:-fallback}", "fallback"},
+		{"${HOST:-fallback}", "broker"},
+		{"${EMPTY}", ""},
+		{"${UNSET:-}", ""},
+		{"$$HOST", "$HOST"},
+		{"$${HOST}", "${HOST}"},
+		{"a$b$", "a$b$"},
+		{"${PW}", "s3cr$t"}, // expanded text is not expanded again
+		{"'${PORT}'", "8883"},
+		{"${UNSET}", "!test.yaml:3:13: mqtt.username: environment variable UNSET is not set (write ${UNSET:-default} to give a default)"},
+		{"${HOST", `!test.yaml:3:13: mqtt.username: unterminated "${HOST"; write $$ for a literal $`},
+		{"${1X}", `!test.yaml:3:13: mqtt.username: invalid variable name in "${1X}"`},
+		{"${}", `!test.yaml:3:13: mqtt.username: invalid variable name in "${}"`},
+	}
+	for _, tt := range tests {
+		doc := "mqtt:\n  url: tcp://${HOST}:${PORT}\n  username: " + tt.in + "\n" + minimal[len("\nmqtt:\n  url: tcp://127.0.0.1:1883\n"):]
+		c, err := Parse("test.yaml", []byte(doc), env)
+		if msg, isErr := strings.CutPrefix(tt.want, "!"); isErr {
+			if err == nil || err.Error() != msg {
+				t.Errorf("%s: error = %v, want %s", tt.in, err, msg)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tt.in, err)
+			continue
+		}
+		if c.MQTT.Username != tt.want || c.MQTT.URL != "tcp://broker:8883" {
+			t.Errorf("%s: username %q, url %q; want %q", tt.in, c.MQTT.Username, c.MQTT.URL, tt.want)
+		}
+	}
+
+	// Unquoted numbers and durations are typed after expansion; quoted
+	// ones stay strings.
+	c := mustParse(t, strings.Replace(minimal, "mqtt:\n", "mqtt:\n  receive_maximum: ${RM}\n  keep_alive: ${KA}\n", 1), env)
+	if c.MQTT.ReceiveMaximum != 250 || c.MQTT.KeepAlive != time.Minute {
+		t.Errorf("ReceiveMaximum = %d, KeepAlive = %v", c.MQTT.ReceiveMaximum, c.MQTT.KeepAlive)
+	}
+	_, err := Parse("test.yaml", []byte(strings.Replace(minimal, "mqtt:\n", "mqtt:\n  receive_maximum: \"${RM}\"\n", 1)), env)
+	if err == nil || err.Error() != `test.yaml:3:20: mqtt.receive_maximum: must be an integer, got string "250"` {
+		t.Errorf("quoted number: %v", err)
+	}
+	// A variable that expands to nothing leaves the key unset.
+	c = mustParse(t, strings.Replace(minimal, "mqtt:\n", "mqtt:\n  receive_maximum: ${EMPTY}\n", 1), env)
+	if c.MQTT.ReceiveMaximum != 1000 {
+		t.Errorf("ReceiveMaximum = %d from an empty variable", c.MQTT.ReceiveMaximum)
+	}
+}
+
+func TestMasked(t *testing.T) {
+	c := mustParse(t, strings.Replace(minimal, "mqtt:\n", "mqtt:\n  username: ferry\n  password: hunter2\n", 1), testEnv())
+	if c.MQTT.Password != "hunter2" {
+		t.Fatalf("Password = %q", string(c.MQTT.Password))
+	}
+	out, err := c.Masked()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "hunter2") || !strings.Contains(string(out), `password: '***'`) {
+		t.Errorf("Masked:\n%s", out)
+	}
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
+		if s := fmt.Sprintf(verb, c); strings.Contains(s, "hunter2") {
+			t.Errorf("%s prints the password: %s", verb, s)
+		}
+	}
+	// What Masked prints is a configuration that loads back the same.
+	back, err := Parse("masked.yaml", out, testEnv())
+	if err != nil {
+		t.Fatalf("parse Masked output: %v\n%s", err, out)
+	}
+	back.MQTT.Password = c.MQTT.Password
+	if !reflect.DeepEqual(back, c) {
+		t.Errorf("round trip:\ngot  %+v\nwant %+v", back, c)
+	}
+	if Secret("").String() != "" {
+		t.Error("empty Secret prints as non-empty")
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	doc := `
+mqtt:
+  url: tcp://127.0.0.1:1883
+  subscriptions:
+    - filter: sensors/+/telemetry
+    - filter: alarms/#
+    - filter: "#"
+forward:
+  kafka:
+    brokers: [127.0.0.1:9092]
+  routes:
+    - match: sensors/{device}/telemetry
+      topic: telemetry
+    - match: $SYS/#
+      topic: sys
+`
+	c := mustParse(t, doc, testEnv())
+	// "#" reaches the telemetry route; $SYS topics are not matched by it.
+	want := []string{
+		`test.yaml:6:15: mqtt.subscriptions[1].filter: no route matches any topic of "alarms/#"`,
+		`test.yaml:14:14: forward.routes[1].match: no subscription receives any topic of "$SYS/#"; the route is never used`,
+	}
+	if !reflect.DeepEqual(c.Warnings, want) {
+		t.Errorf("Warnings:\n%s\nwant:\n%s", strings.Join(c.Warnings, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestErrorsAs(t *testing.T) {
+	_, err := Parse("x.yaml", []byte("mqtt: {qos: 1}\n"), testEnv())
+	var e *Error
+	if !errors.As(err, &e) || e.Path != "mqtt.qos" || e.Line != 1 || e.Column != 8 {
+		t.Errorf("errors.As: %#v from %v", e, err)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load of a missing file: %v", err)
+	}
+}
+
+// TestBad checks the exact errors a user sees for each configuration in
+// testdata/config/bad against its golden .err file. Run with -update to
+// rewrite them.
+func TestBad(t *testing.T) {
+	files, err := filepath.Glob("../testdata/config/bad/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no bad configs: %v", err)
+	}
+	for _, file := range files {
+		name := filepath.Base(file)
+		t.Run(strings.TrimSuffix(name, ".yaml"), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Parse(name, data, testEnv("FERRY_SET", "yes"))
+			if err == nil {
+				t.Fatal("Parse succeeded")
+			}
+			got := err.Error() + "\n"
+			golden := strings.TrimSuffix(file, ".yaml") + ".err"
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create it)", err)
+			}
+			if got != string(want) {
+				t.Errorf("errors differ from %s\ngot:\n%swant:\n%s", golden, got, want)
+			}
+		})
+	}
+}
+
+// FuzzParse checks that Parse never panics, that each error has a message,
+// and that what Masked prints parses back to the same configuration.
+func FuzzParse(f *testing.F) {
+	seeds, _ := filepath.Glob("../testdata/config/*/*.yaml")
+	seeds = append(seeds, "../testdata/config/example.yaml")
+	for _, file := range seeds {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Add([]byte("a: &x {b: 1}\nmqtt: *x\n"))
+	f.Add([]byte("mqtt:\n  url: ${U:-tcp://h:1}\n  keep_alive: ${K:-5s}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("fuzz.yaml", data, testEnv("K", "1m"))
+		if err != nil {
+			var errs Errors
+			if !errors.As(err, &errs) || len(errs) == 0 {
+				t.Fatalf("error %T %v is not a non-empty Errors", err, err)
+			}
+			for _, e := range errs {
+				if e.Msg == "" || e.File != "fuzz.yaml" {
+					t.Fatalf("bad error %#v", e)
+				}
+			}
+			return
+		}
+		out, err := c.Masked()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(out), "$") || c.MQTT.Password != "" {
+			return
+		}
+		back, err := Parse("masked.yaml", out, testEnv())
+		if err != nil {
+			t.Fatalf("Masked output does not parse: %v\n%s", err, out)
+		}
+		back.Warnings, c.Warnings = nil, nil
+		if !reflect.DeepEqual(back, c) {
+			t.Fatalf("round trip:\ngot  %#v\nwant %#v", back, c)
+		}
+	})
+}

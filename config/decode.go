@@ -1,0 +1,373 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Error is one problem in a configuration file.
+type Error struct {
+	File   string
+	Line   int    // 1-based; 0 when the problem has no position
+	Column int    // 1-based; 0 when unknown
+	Path   string // key path such as "mqtt.subscriptions[0].qos"; empty for the whole file
+	Msg    string
+}
+
+// Error formats e as "file:line:column: path: message", leaving out the
+// parts that are unknown.
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+		if e.Column > 0 {
+			fmt.Fprintf(&b, ":%d", e.Column)
+		}
+	}
+	if e.Path != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Path)
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Errors is every problem found in a configuration file, in file order.
+type Errors []*Error
+
+// Error prints one problem per line.
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Unwrap lets errors.As find each *Error.
+func (es Errors) Unwrap() []error {
+	out := make([]error, len(es))
+	for i, e := range es {
+		out[i] = e
+	}
+	return out
+}
+
+// sort orders es by position, problems without one last.
+func (es Errors) sort() {
+	slices.SortStableFunc(es, func(a, b *Error) int {
+		if (a.Line == 0) != (b.Line == 0) {
+			return b.Line - a.Line // the one with a position comes first
+		}
+		if a.Line != b.Line {
+			return a.Line - b.Line
+		}
+		return a.Column - b.Column
+	})
+}
+
+type pos struct {
+	line, col int // of the value
+	keyLine   int // of the key; 0 for a sequence item
+	keyCol    int
+	set       bool // present and not null
+}
+
+// source remembers where each key path was found in the file.
+type source struct {
+	file string
+	pos  map[string]pos
+}
+
+// isSet reports whether path was present in the file with a non-null value.
+func (s *source) isSet(path string) bool { return s.pos[path].set }
+
+// errorAt returns an error at path's value or, if path is not in the file,
+// at the key of its nearest ancestor that is (but not at the top level,
+// which the file name stands for).
+func (s *source) errorAt(path, format string, args ...any) *Error {
+	e := &Error{File: s.file, Path: path, Msg: fmt.Sprintf(format, args...)}
+	if p, ok := s.pos[path]; ok {
+		e.Line, e.Column = p.line, p.col
+		return e
+	}
+	for parent := path; ; {
+		parent = parent[:max(strings.LastIndexByte(parent, '.'), strings.LastIndexByte(parent, '['), 0)]
+		if parent == "" {
+			return e // the top level: the file name says enough
+		}
+		if p, ok := s.pos[parent]; ok {
+			e.Line, e.Column = p.line, p.col
+			if p.keyLine > 0 {
+				e.Line, e.Column = p.keyLine, p.keyCol
+			}
+			return e
+		}
+	}
+}
+
+var yamlLineErr = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// parseYAML parses data into a node tree and returns its top-level mapping.
+func parseYAML(file string, data []byte) (*yaml.Node, Errors) {
+	fail := func(line, col int, format string, args ...any) Errors {
+		return Errors{{File: file, Line: line, Column: col, Msg: fmt.Sprintf(format, args...)}}
+	}
+	syntax := func(err error) Errors {
+		if m := yamlLineErr.FindStringSubmatch(err.Error()); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return fail(line, 0, "%s", m[2])
+		}
+		return fail(0, 0, "%s", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, syntax(err)
+	}
+	if len(doc.Content) == 0 || doc.Content[0].ShortTag() == "!!null" {
+		return nil, fail(0, 0, "the file is empty; it must at least configure mqtt and forward")
+	}
+	var next yaml.Node
+	if err := dec.Decode(&next); err == nil {
+		return nil, fail(next.Line, next.Column, "a second YAML document; the file must hold one")
+	} else if !errors.Is(err, io.EOF) {
+		return nil, syntax(err)
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, fail(root.Line, root.Column, "the top level must be a mapping of keys such as mqtt: and forward:, got %s", describe(root))
+	}
+	return root, nil
+}
+
+// expand replaces ${VAR} references in the scalar values under n, the node
+// at path. An unquoted scalar whose text changed is retyped by its new text.
+func expand(src *source, n *yaml.Node, path string, env Env, errs *Errors) {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			expand(src, n.Content[i+1], join(path, n.Content[i].Value), env, errs)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			expand(src, c, fmt.Sprintf("%s[%d]", path, i), env, errs)
+		}
+	case yaml.ScalarNode:
+		if n.ShortTag() != "!!str" || !strings.Contains(n.Value, "$") {
+			return
+		}
+		v, err := expandString(n.Value, env)
+		if err != nil {
+			*errs = append(*errs, &Error{File: src.file, Line: n.Line, Column: n.Column, Path: path, Msg: err.Error()})
+			return
+		}
+		if v != n.Value && n.Style == 0 {
+			n.Tag = "" // plain: let ShortTag resolve the new text
+		}
+		n.Value = v
+	}
+}
+
+func expandString(s string, env Env) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '$' || i+1 == len(s) || s[i+1] != '$' && s[i+1] != '{' {
+			b.WriteByte(s[i])
+			continue
+		}
+		if s[i+1] == '$' {
+			b.WriteByte('$')
+			i++
+			continue
+		}
+		end := strings.IndexByte(s[i:], '}')
+		if end < 0 {
+			return "", fmt.Errorf("unterminated %q; write $$ for a literal $", s[i:])
+		}
+		ref := s[i : i+end+1]
+		name, def, hasDef := strings.Cut(ref[2:len(ref)-1], ":-")
+		if !validVar(name) {
+			return "", fmt.Errorf("invalid variable name in %q", ref)
+		}
+		v, ok := env.lookup(name)
+		switch {
+		case hasDef && v == "":
+			v = def
+		case !ok:
+			return "", fmt.Errorf("environment variable %s is not set (write ${%s:-default} to give a default)", name, name)
+		}
+		b.WriteString(v)
+		i += end
+	}
+	return b.String(), nil
+}
+
+func validVar(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || i > 0 && '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+// decode strictly decodes n, the node at path, into v, recording positions in
+// src. It supports what Config holds: structs, slices, strings, ints and
+// durations.
+func decode(src *source, n *yaml.Node, path string, v reflect.Value, errs *Errors) {
+	fail := func(format string, args ...any) {
+		*errs = append(*errs, &Error{File: src.file, Line: n.Line, Column: n.Column, Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+	p := src.pos[path]
+	p.line, p.col = n.Line, n.Column
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	p.set = n.ShortTag() != "!!null"
+	src.pos[path] = p
+	if !p.set {
+		return // like an absent key
+	}
+	switch {
+	case v.Type() == durationType:
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" && n.ShortTag() != "!!int" {
+			fail("must be a duration such as 10s or 24h, got %s", describe(n))
+			return
+		}
+		d, err := time.ParseDuration(n.Value)
+		if err != nil {
+			fail("must be a duration such as 10s or 24h, got %q", n.Value)
+			return
+		}
+		v.SetInt(int64(d))
+	case v.Kind() == reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			fail("must be a mapping, got %s", describe(n))
+			return
+		}
+		decodeStruct(src, n, path, v, errs)
+	case v.Kind() == reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			fail("must be a sequence, got %s", describe(n))
+			return
+		}
+		v.Set(reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content)))
+		for i, item := range n.Content {
+			decode(src, item, fmt.Sprintf("%s[%d]", path, i), v.Index(i), errs)
+		}
+	case v.Kind() == reflect.String:
+		if n.Kind != yaml.ScalarNode {
+			fail("must be a string, got %s", describe(n))
+			return
+		}
+		v.SetString(n.Value)
+	case v.Kind() == reflect.Int:
+		var i int64
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&i) != nil || v.OverflowInt(i) {
+			fail("must be an integer, got %s", describe(n))
+			return
+		}
+		v.SetInt(i)
+	default:
+		panic("config: cannot decode into " + v.Type().String())
+	}
+}
+
+func decodeStruct(src *source, n *yaml.Node, path string, v reflect.Value, errs *Errors) {
+	t := v.Type()
+	seen := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		keyErr := func(format string, args ...any) {
+			*errs = append(*errs, &Error{File: src.file, Line: k.Line, Column: k.Column, Path: join(path, k.Value), Msg: fmt.Sprintf(format, args...)})
+		}
+		if k.Kind != yaml.ScalarNode || k.ShortTag() != "!!str" {
+			*errs = append(*errs, &Error{File: src.file, Line: k.Line, Column: k.Column, Path: path, Msg: fmt.Sprintf("keys must be strings, got %s", describe(k))})
+			continue
+		}
+		if prev, ok := seen[k.Value]; ok {
+			keyErr("duplicate key (first at line %d)", prev.Line)
+			continue
+		}
+		seen[k.Value] = k
+		f, ok := fieldByTag(t, k.Value)
+		if !ok {
+			keyErr("unknown key (valid keys: %s)", strings.Join(keys(t), ", "))
+			continue
+		}
+		kp := join(path, k.Value)
+		src.pos[kp] = pos{keyLine: k.Line, keyCol: k.Column}
+		decode(src, val, kp, v.FieldByIndex(f.Index), errs)
+	}
+}
+
+func tagName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	return name
+}
+
+func fieldByTag(t reflect.Type, key string) (reflect.StructField, bool) {
+	for _, f := range reflect.VisibleFields(t) {
+		if name := tagName(f); name != "" && name != "-" && name == key {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+func keys(t reflect.Type) []string {
+	var out []string
+	for _, f := range reflect.VisibleFields(t) {
+		if name := tagName(f); name != "" && name != "-" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// describe names a node's kind and, for a short scalar, its value, for
+// messages like "must be an integer, got string "abc"".
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a sequence"
+	case yaml.AliasNode:
+		return describe(n.Alias)
+	}
+	kind := map[string]string{
+		"!!str": "string", "!!int": "integer", "!!float": "number", "!!bool": "boolean",
+		"!!null": "null", "!!timestamp": "timestamp", "!!binary": "binary",
+	}[n.ShortTag()]
+	if kind == "" {
+		kind = n.ShortTag()
+	}
+	if len(n.Value) > 40 {
+		return kind
+	}
+	return fmt.Sprintf("%s %q", kind, n.Value)
+}

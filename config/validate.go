@@ -1,0 +1,296 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferry-edge/ferry/internal/topic"
+)
+
+// Defaults, as documented on the fields.
+const (
+	defaultLogLevel           = "info"
+	defaultLogFormat          = "text"
+	defaultKeepAlive          = 30 * time.Second
+	defaultSessionExpiry      = 24 * time.Hour
+	defaultConnectTimeout     = 10 * time.Second
+	defaultReceiveMaximum     = 1000
+	defaultQoS                = 1
+	defaultCompression        = "none"
+	defaultMaxBufferedRecords = 10000
+	defaultDialTimeout        = 10 * time.Second
+	defaultBufferFile         = "buffer.db"         // in $STATE_DIRECTORY
+	fallbackBufferPath        = "./ferry-buffer.db" // without $STATE_DIRECTORY
+)
+
+// setDefaults fills in what the file left out: absent or null keys, and
+// empty strings that have a default.
+func setDefaults(c *Config, src *source, env Env, errs *Errors) {
+	if c.GatewayID == "" {
+		host, err := env.hostname()
+		if err != nil || host == "" {
+			*errs = append(*errs, src.errorAt("gateway_id", "not set, and the host name is unavailable to default to (%v)", err))
+		}
+		c.GatewayID = host
+	}
+	setString(&c.Log.Level, defaultLogLevel)
+	setString(&c.Log.Format, defaultLogFormat)
+
+	m := &c.MQTT
+	setString(&m.ClientID, "ferry-"+c.GatewayID)
+	setIfAbsent(src, "mqtt.keep_alive", &m.KeepAlive, defaultKeepAlive)
+	setIfAbsent(src, "mqtt.session_expiry", &m.SessionExpiry, defaultSessionExpiry)
+	setIfAbsent(src, "mqtt.connect_timeout", &m.ConnectTimeout, defaultConnectTimeout)
+	setIfAbsent(src, "mqtt.receive_maximum", &m.ReceiveMaximum, defaultReceiveMaximum)
+	for i := range m.Subscriptions {
+		setIfAbsent(src, fmt.Sprintf("mqtt.subscriptions[%d].qos", i), &m.Subscriptions[i].QoS, defaultQoS)
+	}
+
+	if c.Buffer.Path == "" {
+		c.Buffer.Path = fallbackBufferPath
+		if dirs, ok := env.lookup("STATE_DIRECTORY"); ok {
+			if dir, _, _ := strings.Cut(dirs, ":"); dir != "" {
+				c.Buffer.Path = filepath.Join(dir, defaultBufferFile)
+			}
+		}
+	}
+
+	k := &c.Forward.Kafka
+	setString(&k.ClientID, "ferry-"+c.GatewayID)
+	setString(&k.Compression, defaultCompression)
+	setIfAbsent(src, "forward.kafka.max_buffered_records", &k.MaxBufferedRecords, defaultMaxBufferedRecords)
+	setIfAbsent(src, "forward.kafka.dial_timeout", &k.DialTimeout, defaultDialTimeout)
+}
+
+func setString(s *string, def string) {
+	if *s == "" {
+		*s = def
+	}
+}
+
+func setIfAbsent[T any](src *source, path string, v *T, def T) {
+	if !src.isSet(path) {
+		*v = def
+	}
+}
+
+// validate checks c, whose defaults are set, and appends every problem to
+// errs and every non-fatal finding to c.Warnings.
+func validate(c *Config, src *source, errs *Errors) {
+	bad := func(path, format string, args ...any) {
+		*errs = append(*errs, src.errorAt(path, format, args...))
+	}
+	oneOf := func(path, v string, allowed ...string) {
+		if !slices.Contains(allowed, v) {
+			bad(path, "must be %s, got %q", orList(allowed), v)
+		}
+	}
+	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	oneOf("log.format", c.Log.Format, "text", "json")
+
+	m := &c.MQTT
+	if m.URL == "" {
+		bad("mqtt.url", "required, e.g. tcp://127.0.0.1:1883")
+	} else if msg := checkMQTTURL(m.URL); msg != "" {
+		bad("mqtt.url", "%s", msg)
+	}
+	if m.Password != "" && m.PasswordFile != "" {
+		bad("mqtt.password_file", "cannot be set together with mqtt.password; use one")
+	}
+	seconds := func(path string, d, lo, hi time.Duration, why string) {
+		switch {
+		case d < lo || d > hi:
+			bad(path, "must be from %ds to %ds%s, got %v", lo/time.Second, hi/time.Second, why, d)
+		case d%time.Second != 0:
+			bad(path, "must be a whole number of seconds, got %v", d)
+		}
+	}
+	seconds("mqtt.keep_alive", m.KeepAlive, time.Second, math.MaxUint16*time.Second, "")
+	seconds("mqtt.session_expiry", m.SessionExpiry, time.Second, math.MaxUint32*time.Second, " (ferry needs a persistent session)")
+	if m.ConnectTimeout <= 0 {
+		bad("mqtt.connect_timeout", "must be more than 0s, got %v", m.ConnectTimeout)
+	}
+	if m.ReceiveMaximum < 1 || m.ReceiveMaximum > math.MaxUint16 {
+		bad("mqtt.receive_maximum", "must be from 1 to 65535, got %d", m.ReceiveMaximum)
+	}
+	if len(m.Subscriptions) == 0 {
+		bad("mqtt.subscriptions", "at least one subscription is required")
+	}
+	filters := map[string]int{} // valid filter -> index
+	for i, s := range m.Subscriptions {
+		path := fmt.Sprintf("mqtt.subscriptions[%d]", i)
+		if s.QoS < 0 || s.QoS > 2 {
+			bad(path+".qos", "must be 0, 1 or 2, got %d", s.QoS)
+		}
+		if s.Filter == "" {
+			bad(path+".filter", "required")
+		} else if err := topic.ValidFilter(s.Filter); err != nil {
+			bad(path+".filter", "%v", err)
+		} else if j, dup := filters[s.Filter]; dup {
+			bad(path+".filter", "duplicate of mqtt.subscriptions[%d].filter %q", j, s.Filter)
+		} else {
+			filters[s.Filter] = i
+		}
+	}
+
+	k := &c.Forward.Kafka
+	if len(k.Brokers) == 0 {
+		bad("forward.kafka.brokers", "at least one broker is required, e.g. [127.0.0.1:9092]")
+	}
+	for i, b := range k.Brokers {
+		if msg := checkHostPort(b); msg != "" {
+			bad(fmt.Sprintf("forward.kafka.brokers[%d]", i), "must be host:port, got %q: %s", b, msg)
+		}
+	}
+	oneOf("forward.kafka.compression", k.Compression, "none", "gzip", "snappy", "lz4", "zstd")
+	if k.Linger < 0 {
+		bad("forward.kafka.linger", "must be 0s or more, got %v", k.Linger)
+	}
+	if k.MaxBufferedRecords < 1 {
+		bad("forward.kafka.max_buffered_records", "must be 1 or more, got %d", k.MaxBufferedRecords)
+	}
+	if k.DialTimeout <= 0 {
+		bad("forward.kafka.dial_timeout", "must be more than 0s, got %v", k.DialTimeout)
+	}
+
+	if len(c.Forward.Routes) == 0 {
+		bad("forward.routes", "at least one route is required")
+	}
+	routes := map[int]string{} // index of a valid route -> its filter
+	for i, r := range c.Forward.Routes {
+		path := fmt.Sprintf("forward.routes[%d]", i)
+		var names []string
+		ok := true
+		if r.Match == "" {
+			bad(path+".match", "required")
+			ok = false
+		} else if p, err := topic.ParsePattern(r.Match); err != nil {
+			bad(path+".match", "%v", err)
+			ok = false
+		} else {
+			names = p.Names()
+			routes[i] = p.Filter()
+		}
+		if r.Topic == "" {
+			bad(path+".topic", "required")
+		} else if t, err := topic.ParseTemplate(r.Topic, names); err != nil {
+			if ok {
+				bad(path+".topic", "%v", err)
+			}
+		} else if msg := checkKafkaTopic(r.Topic, t.IsStatic()); msg != "" {
+			bad(path+".topic", "%s", msg)
+		}
+		if r.Key != "" {
+			if _, err := topic.ParseTemplate(r.Key, names); err != nil && ok {
+				bad(path+".key", "%v", err)
+			}
+		}
+	}
+
+	// Subscriptions and routes that can never meet.
+	warn := func(path, format string, args ...any) {
+		c.Warnings = append(c.Warnings, src.errorAt(path, format, args...).Error())
+	}
+	for i, s := range m.Subscriptions {
+		if j, valid := filters[s.Filter]; !valid || j != i || len(routes) == 0 {
+			continue
+		}
+		matched := false
+		for _, f := range routes {
+			matched = matched || topic.Overlap(s.Filter, f)
+		}
+		if !matched {
+			warn(fmt.Sprintf("mqtt.subscriptions[%d].filter", i), "no route matches any topic of %q", s.Filter)
+		}
+	}
+	for i, r := range c.Forward.Routes {
+		f, valid := routes[i]
+		if !valid || len(filters) == 0 {
+			continue
+		}
+		reached := false
+		for s := range filters {
+			reached = reached || topic.Overlap(s, f)
+		}
+		if !reached {
+			warn(fmt.Sprintf("forward.routes[%d].match", i), "no subscription receives any topic of %q; the route is never used", r.Match)
+		}
+	}
+}
+
+func checkMQTTURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		if ue, ok := err.(*url.Error); ok {
+			err = ue.Err
+		}
+		return fmt.Sprintf("invalid URL %q: %v", s, err)
+	}
+	switch u.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
+	default:
+		return fmt.Sprintf("scheme must be tcp, mqtt, ssl, tls, mqtts, ws or wss, got %q", s)
+	}
+	if u.User != nil {
+		return "must not hold credentials; use mqtt.username and mqtt.password"
+	}
+	if msg := checkHostPort(u.Host); msg != "" {
+		return fmt.Sprintf("must have a host and port, as in tcp://127.0.0.1:1883, got %q: %s", s, msg)
+	}
+	return ""
+}
+
+func checkHostPort(s string) string {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		if ae, ok := err.(*net.AddrError); ok {
+			return ae.Err
+		}
+		return err.Error()
+	}
+	if host == "" {
+		return "missing host"
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > math.MaxUint16 {
+		return "port must be from 1 to 65535"
+	}
+	return ""
+}
+
+// checkKafkaTopic checks a Kafka topic template: its literal text may use
+// only the characters Kafka allows, and a static one must be a valid name.
+func checkKafkaTopic(s string, static bool) string {
+	depth := 0
+	for _, c := range s {
+		switch {
+		case c == '{':
+			depth++
+		case c == '}':
+			depth--
+		case depth == 0 && !(c == '.' || c == '_' || c == '-' ||
+			'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'):
+			return fmt.Sprintf("Kafka topic names may use only [a-zA-Z0-9._-], got %q in %q", c, s)
+		}
+	}
+	if static && (s == "." || s == "..") {
+		return fmt.Sprintf("%q is not a valid Kafka topic name", s)
+	}
+	if static && len(s) > 249 {
+		return fmt.Sprintf("Kafka topic names are at most 249 characters, got %d", len(s))
+	}
+	return ""
+}
+
+func orList(items []string) string {
+	if len(items) == 1 {
+		return items[0]
+	}
+	return strings.Join(items[:len(items)-1], ", ") + " or " + items[len(items)-1]
+}
