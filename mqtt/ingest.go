@@ -241,7 +241,7 @@ func (in *Ingest) subscribe(ctx context.Context, cm *autopaho.ConnectionManager)
 		} else if code < sub.QoS {
 			in.log.Warn("broker granted a lower QoS than asked", "filter", sub.Filter, "asked", sub.QoS, "granted", code)
 		} else {
-			in.log.Debug("subscribed", "filter", sub.Filter, "qos", code)
+			in.log.Info("subscribed", "filter", sub.Filter, "qos", code)
 		}
 	}
 	in.subscribed.Store(granted)

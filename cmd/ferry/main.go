@@ -1,0 +1,150 @@
+// Command ferry forwards MQTT messages to Kafka through a durable on-disk
+// buffer. See README.md.
+//
+// Exit codes: 0 clean stop, 1 runtime failure, 2 bad usage or configuration.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/ferry-edge/ferry/config"
+	"github.com/ferry-edge/ferry/internal/agent"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+const usage = `usage: ferry <command> [flags]
+
+commands:
+  run     -c FILE   run the agent
+  check   -c FILE   validate FILE and print the effective configuration
+  version           print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stderr)
+	case "check":
+		return cmdCheck(args[1:], stdout, stderr)
+	case "version", "-version", "--version":
+		fmt.Fprintf(stdout, "ferry %s %s\n", version, goVersion())
+		return exitOK
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "ferry: unknown command %q\n\n%s", args[0], usage)
+	return exitUsage
+}
+
+func goVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return bi.GoVersion
+	}
+	return ""
+}
+
+// loadConfig parses the -c flag and loads the file, printing errors.
+func loadConfig(name string, args []string, stderr io.Writer) (*config.Config, bool) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", "/etc/ferry/ferry.yaml", "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return nil, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "ferry %s: unexpected argument %q\n", name, fs.Arg(0))
+		return nil, false
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "ferry: invalid configuration:\n%v\n", err)
+		return nil, false
+	}
+	return cfg, true
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	cfg, ok := loadConfig("check", args, stderr)
+	if !ok {
+		return exitUsage
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
+	out, err := cfg.Masked()
+	if err != nil {
+		fmt.Fprintf(stderr, "ferry check: %v\n", err)
+		return exitFailure
+	}
+	stdout.Write(out)
+	return exitOK
+}
+
+func cmdRun(args []string, stderr io.Writer) int {
+	cfg, ok := loadConfig("run", args, stderr)
+	if !ok {
+		return exitUsage
+	}
+	log := newLogger(cfg.Log, stderr)
+	for _, w := range cfg.Warnings {
+		log.Warn("config: " + w)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	a, err := agent.New(cfg, log, agent.Options{})
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return exitFailure
+	}
+	statusCtx, stopStatus := context.WithCancel(ctx)
+	defer stopStatus()
+	go a.LogStatus(statusCtx, time.Minute)
+	if err := a.Run(ctx); err != nil {
+		log.Error("ferry failed", "err", err)
+		return exitFailure
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		log.Info("clean stop")
+	}
+	return exitOK
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

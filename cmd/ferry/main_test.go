@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferry-edge/ferry/internal/testenv"
+)
+
+// TestMain lets the test binary act as the ferry command, so the restart
+// tests run ferry as a real child process that gets real signals.
+func TestMain(m *testing.M) {
+	if args := os.Getenv("FERRY_TEST_CHILD_ARGS"); args != "" {
+		os.Exit(run(strings.Fields(args), os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func TestVersion(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"version"}, &out, &errOut); code != exitOK {
+		t.Fatalf("exit %d, stderr %s", code, errOut.String())
+	}
+	if !strings.HasPrefix(out.String(), "ferry ") {
+		t.Fatalf("version output %q", out.String())
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{nil, {"fly"}, {"run", "extra"}, {"check", "-c"}} {
+		var out, errOut bytes.Buffer
+		if code := run(args, &out, &errOut); code != exitUsage {
+			t.Errorf("ferry %v: exit %d, want %d", args, code, exitUsage)
+		}
+	}
+}
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	cfg := testenv.FerryConfig("tcp://127.0.0.1:1883", []string{"127.0.0.1:9092"}, filepath.Join(dir, "b.db"))
+	cfg = strings.Replace(cfg, "  client_id: ferry-gw-test\n", "  client_id: ferry-gw-test\n  username: u\n  password: hunter2\n", 1)
+	if err := os.WriteFile(good, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check", "-c", good}, &out, &errOut); code != exitOK {
+		t.Fatalf("check good config: exit %d, stderr:\n%s", code, errOut.String())
+	}
+	if strings.Contains(out.String(), "hunter2") || !strings.Contains(out.String(), "gw-test") {
+		t.Fatalf("effective config leaks the password or lacks the gateway:\n%s", out.String())
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("gateway_id: x\nmqtt:\n  url: tcp://127.0.0.1:1883\n  subscriptons: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := run([]string{"check", "-c", bad}, &out, &errOut); code != exitUsage {
+		t.Fatalf("check bad config: exit %d, want %d", code, exitUsage)
+	}
+	if !strings.Contains(errOut.String(), "bad.yaml:4:3") {
+		t.Fatalf("error does not point at bad.yaml:4:3:\n%s", errOut.String())
+	}
+}
+
+// child is ferry running as a child process.
+type child struct {
+	cmd        *exec.Cmd
+	subscribed chan struct{}
+	exited     chan struct{}
+	mu         sync.Mutex
+	log        bytes.Buffer
+}
+
+func startFerry(t *testing.T, configPath string) *child {
+	t.Helper()
+	c := &child{subscribed: make(chan struct{}), exited: make(chan struct{})}
+	c.cmd = exec.Command(os.Args[0], "-test.run=^$")
+	c.cmd.Env = append(os.Environ(), "FERRY_TEST_CHILD_ARGS=run -c "+configPath)
+	stderr, err := c.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(c.exited)
+		once := sync.Once{}
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			c.mu.Lock()
+			c.log.WriteString(line + "\n")
+			c.mu.Unlock()
+			if strings.Contains(line, "msg=subscribed") {
+				once.Do(func() { close(c.subscribed) })
+			}
+		}
+		io.Copy(io.Discard, stderr)
+	}()
+	t.Cleanup(func() {
+		c.cmd.Process.Kill()
+		<-c.exited
+		c.cmd.Wait()
+		if t.Failed() {
+			t.Logf("ferry log:\n%s", c.logText())
+		}
+	})
+	return c
+}
+
+func (c *child) logText() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.log.String()
+}
+
+func (c *child) waitSubscribed(t *testing.T) {
+	t.Helper()
+	select {
+	case <-c.subscribed:
+	case <-c.exited:
+		t.Fatalf("ferry exited before subscribing:\n%s", c.logText())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("ferry did not subscribe within 20s:\n%s", c.logText())
+	}
+}
+
+// stop sends sig and waits for the process; it returns the exit code, or
+// -1 if a signal ended it.
+func (c *child) stop(t *testing.T, sig syscall.Signal) int {
+	t.Helper()
+	if err := c.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	<-c.exited
+	err := c.cmd.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0
+}
+
+func TestRestartAfterSIGTERM(t *testing.T) { runRestart(t, syscall.SIGTERM) }
+func TestRestartAfterSIGKILL(t *testing.T) { runRestart(t, syscall.SIGKILL) }
+
+// runRestart streams 20 devices x 500 QoS 1 messages while ferry is stopped
+// with sig mid-stream and started again: nothing the broker acknowledged to
+// a sensor may be lost, and per device the first deliveries stay in order.
+func runRestart(t *testing.T, sig syscall.Signal) {
+	const devices, perDevice = 20, 500
+	broker := testenv.NewBroker(t)
+	kafka := testenv.NewKafka(t, testenv.TelemetryTopic)
+	dir := t.TempDir()
+	configPath := filepath.Join(dir, "ferry.yaml")
+	if err := os.WriteFile(configPath, []byte(testenv.FerryConfig(broker.URL(), kafka.Brokers(), filepath.Join(dir, "buffer.db"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	ferry := startFerry(t, configPath)
+	ferry.waitSubscribed(t)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), testenv.TelemetryTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer collector.Close()
+	sensors := testenv.StartSensors(ctx, testenv.SensorsConfig{
+		BrokerURL: broker.URL(), Devices: devices, PerDevice: perDevice, QoS: 1,
+		Interval: time.Millisecond, // spread the stream so the stop lands mid-way
+	})
+
+	deadline := time.Now().Add(60 * time.Second)
+	for sensors.Sent() < devices*perDevice/3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("sensors sent only %d messages in 60s", sensors.Sent())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	code := ferry.stop(t, sig)
+	t.Logf("ferry stopped by %v at %d sent, %d in Kafka; exit code %d", sig, sensors.Sent(), collector.Count(), code)
+	if sig == syscall.SIGTERM && code != exitOK {
+		t.Fatalf("SIGTERM: exit code %d, want 0:\n%s", code, ferry.logText())
+	}
+	time.Sleep(500 * time.Millisecond) // sensors keep publishing; the broker queues for ferry's session
+
+	ferry = startFerry(t, configPath)
+	res, err := sensors.Wait()
+	if err != nil {
+		t.Fatalf("sensors: %v", err)
+	}
+	rep := collector.WaitFor(ctx, res)
+	t.Logf("report: %s", rep)
+	if rep.Sent != devices*perDevice {
+		t.Errorf("sensors got %d acknowledgements, want %d", rep.Sent, devices*perDevice)
+	}
+	if !rep.OK() {
+		t.Fatalf("not delivered intact after %v: %s\n%s", sig, rep, ferry.logText())
+	}
+	if code := ferry.stop(t, syscall.SIGTERM); code != exitOK {
+		t.Fatalf("final SIGTERM: exit code %d:\n%s", code, ferry.logText())
+	}
+}

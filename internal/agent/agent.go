@@ -1,0 +1,209 @@
+// Package agent wires ferry's stages together: the MQTT ingest writes into
+// the buffer, the forwarder drains the buffer into Kafka. It is the one place
+// that turns a config.Config into running parts, shared by the ferry command
+// and the sandbox.
+//
+// Shutdown order keeps the promise: ingest stops first and waits for the
+// commits in progress (so every stored message is acknowledged to the
+// broker), then the forwarder waits a bounded time for records in flight,
+// then the buffer is closed.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ferry-edge/ferry/buffer"
+	"github.com/ferry-edge/ferry/config"
+	"github.com/ferry-edge/ferry/forward"
+	"github.com/ferry-edge/ferry/internal/topic"
+	"github.com/ferry-edge/ferry/mqtt"
+)
+
+// Agent is a configured, runnable ferry.
+type Agent struct {
+	cfg    *config.Config
+	log    *slog.Logger
+	buf    *buffer.Buffer
+	ingest *mqtt.Ingest
+	fwd    *forward.Forwarder
+}
+
+// Stats is a snapshot of every stage's counters.
+type Stats struct {
+	MQTT    mqtt.Stats
+	Buffer  buffer.Stats
+	Forward forward.Stats
+}
+
+// Options adjust an agent beyond its config; the zero value is fine.
+type Options struct {
+	// Forward is applied to the forwarder's config after it is built from
+	// the config file (tests shorten timings with it).
+	Forward func(*forward.Config)
+}
+
+// New opens the buffer and prepares the stages. It does not connect yet.
+func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	mc, err := mqttConfig(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	fc, err := forwardConfig(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Forward != nil {
+		opts.Forward(&fc)
+	}
+	buf, err := buffer.Open(cfg.Buffer.Path, buffer.Options{Logger: log.With("component", "buffer")})
+	if err != nil {
+		return nil, err
+	}
+	ingest, err := mqtt.New(mc, buf)
+	if err != nil {
+		buf.Close()
+		return nil, err
+	}
+	fwd, err := forward.New(fc, buf)
+	if err != nil {
+		buf.Close()
+		return nil, err
+	}
+	return &Agent{cfg: cfg, log: log, buf: buf, ingest: ingest, fwd: fwd}, nil
+}
+
+func mqttConfig(cfg *config.Config, log *slog.Logger) (mqtt.Config, error) {
+	u, err := url.Parse(cfg.MQTT.URL)
+	if err != nil {
+		return mqtt.Config{}, fmt.Errorf("mqtt.url: %w", err)
+	}
+	password := []byte(cfg.MQTT.Password)
+	if cfg.MQTT.PasswordFile != "" {
+		b, err := os.ReadFile(cfg.MQTT.PasswordFile)
+		if err != nil {
+			return mqtt.Config{}, fmt.Errorf("mqtt.password_file: %w", err)
+		}
+		password = []byte(strings.TrimRight(string(b), "\r\n"))
+	}
+	mc := mqtt.Config{
+		URL:            u,
+		ClientID:       cfg.MQTT.ClientID,
+		Username:       cfg.MQTT.Username,
+		Password:       password,
+		KeepAlive:      cfg.MQTT.KeepAlive,
+		SessionExpiry:  cfg.MQTT.SessionExpiry,
+		ConnectTimeout: cfg.MQTT.ConnectTimeout,
+		ReceiveMaximum: uint16(cfg.MQTT.ReceiveMaximum),
+		GatewayID:      cfg.GatewayID,
+		Logger:         log,
+	}
+	for _, s := range cfg.MQTT.Subscriptions {
+		mc.Subscriptions = append(mc.Subscriptions, mqtt.Subscription{Filter: s.Filter, QoS: byte(s.QoS)})
+	}
+	return mc, nil
+}
+
+func forwardConfig(cfg *config.Config, log *slog.Logger) (forward.Config, error) {
+	k := cfg.Forward.Kafka
+	fc := forward.Config{
+		Brokers:            k.Brokers,
+		ClientID:           k.ClientID,
+		GatewayID:          cfg.GatewayID,
+		Compression:        k.Compression,
+		Linger:             k.Linger,
+		MaxBufferedRecords: k.MaxBufferedRecords,
+		DialTimeout:        k.DialTimeout,
+		Logger:             log,
+	}
+	for i, r := range cfg.Forward.Routes {
+		m, err := topic.ParsePattern(r.Match)
+		if err != nil {
+			return fc, fmt.Errorf("forward.routes[%d].match: %w", i, err)
+		}
+		t, err := topic.ParseTemplate(r.Topic, m.Names())
+		if err != nil {
+			return fc, fmt.Errorf("forward.routes[%d].topic: %w", i, err)
+		}
+		route := forward.Route{Match: m, Topic: t}
+		if r.Key != "" {
+			if route.Key, err = topic.ParseTemplate(r.Key, m.Names()); err != nil {
+				return fc, fmt.Errorf("forward.routes[%d].key: %w", i, err)
+			}
+		}
+		fc.Routes = append(fc.Routes, route)
+	}
+	return fc, nil
+}
+
+// Stats returns the counters of every stage.
+func (a *Agent) Stats() Stats {
+	return Stats{MQTT: a.ingest.Stats(), Buffer: a.buf.Stats(), Forward: a.fwd.Stats()}
+}
+
+// Run runs the stages until ctx is done (a clean stop: nil) or a stage fails
+// (its error). Either way it shuts down in order and closes the buffer.
+func (a *Agent) Run(ctx context.Context) error {
+	st := a.buf.Stats()
+	a.log.Info("ferry running", "gateway_id", a.cfg.GatewayID, "buffer", a.buf.Path(),
+		"buffered_records", st.Records, "mqtt", a.cfg.MQTT.URL, "kafka", strings.Join(a.cfg.Forward.Kafka.Brokers, ","))
+
+	ingestCtx, stopIngest := context.WithCancel(context.Background())
+	defer stopIngest()
+	fwdCtx, stopFwd := context.WithCancel(context.Background())
+	defer stopFwd()
+	ingestDone := make(chan error, 1)
+	fwdDone := make(chan error, 1)
+	go func() { ingestDone <- a.ingest.Run(ingestCtx) }()
+	go func() { fwdDone <- a.fwd.Run(fwdCtx) }()
+
+	var ingestErr, fwdErr error
+	ingestStopped, fwdStopped := false, false
+	select {
+	case <-ctx.Done():
+		a.log.Info("stopping: ingest first, then the forwarder, then the buffer")
+	case ingestErr = <-ingestDone:
+		ingestStopped = true
+	case fwdErr = <-fwdDone:
+		fwdStopped = true
+	}
+	stopIngest()
+	if !ingestStopped {
+		ingestErr = <-ingestDone
+	}
+	stopFwd()
+	if !fwdStopped {
+		fwdErr = <-fwdDone
+	}
+	closeErr := a.buf.Close()
+	st = a.buf.Stats()
+	fs := a.fwd.Stats()
+	a.log.Info("ferry stopped", "buffered_records", st.Records, "delivered", fs.Delivered, "unrouted", fs.Unrouted)
+	return errors.Join(ingestErr, fwdErr, closeErr)
+}
+
+// LogStatus logs the agent's counters every interval until ctx is done.
+func (a *Agent) LogStatus(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s := a.Stats()
+			a.log.Info("status", "received", s.MQTT.Received, "stored", s.MQTT.Stored, "mqtt_connected", s.MQTT.Connected,
+				"buffered_records", s.Buffer.Records, "buffered_bytes", s.Buffer.Bytes,
+				"delivered", s.Forward.Delivered, "unrouted", s.Forward.Unrouted, "kafka_error", s.Forward.LastError)
+		}
+	}
+}

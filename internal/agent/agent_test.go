@@ -1,0 +1,154 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/ferry-edge/ferry/config"
+	"github.com/ferry-edge/ferry/forward"
+	"github.com/ferry-edge/ferry/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// kfake and paho leave short-lived goroutines winding down after Close.
+		goleak.IgnoreAnyFunction("github.com/twmb/franz-go/pkg/kfake.(*Cluster).run"),
+	)
+}
+
+const devices, perDevice = 20, 500
+
+// testLogger sends the agent's log to the test log, at debug level.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+func loadConfig(t *testing.T, mqttURL string, brokers []string) *config.Config {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ferry.yaml")
+	if err := os.WriteFile(path, []byte(testenv.FerryConfig(mqttURL, brokers, filepath.Join(dir, "buffer.db"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestEndToEnd(t *testing.T)            { runEndToEnd(t, false) }
+func TestEndToEndKafkaOutage(t *testing.T) { runEndToEnd(t, true) }
+
+// runEndToEnd publishes 20 devices x 500 QoS 1 messages through a real
+// broker and ferry into Kafka and checks every acknowledged message arrived,
+// in per-device order; with outage, Kafka is unreachable for seconds in the
+// middle of the stream.
+func runEndToEnd(t *testing.T, outage bool) {
+	broker := testenv.NewBroker(t)
+	kafka := testenv.NewKafka(t, testenv.TelemetryTopic)
+	cfg := loadConfig(t, broker.URL(), kafka.Brokers())
+
+	a, err := New(cfg, testLogger(t), Options{Forward: func(fc *forward.Config) { fc.ShutdownTimeout = 2 * time.Second }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runDone := make(chan error, 1)
+	go func() { runDone <- a.Run(ctx) }()
+	waitFor(t, "ferry to subscribe", 15*time.Second, func() bool { return a.Stats().MQTT.Subscribed })
+
+	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), testenv.TelemetryTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer collector.Close()
+	sensors := testenv.StartSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: devices, PerDevice: perDevice, QoS: 1})
+
+	if outage {
+		waitFor(t, "a third of the messages", 30*time.Second, func() bool { return sensors.Sent() > devices*perDevice/3 })
+		kafka.SetReachable(false)
+		before := a.Stats()
+		time.Sleep(4 * time.Second)
+		during := a.Stats()
+		if during.Buffer.Records <= before.Buffer.Records {
+			t.Errorf("buffer did not grow while Kafka was unreachable: %d -> %d records", before.Buffer.Records, during.Buffer.Records)
+		}
+		if during.Forward.LastError == "" {
+			t.Errorf("forwarder reports no error while Kafka is unreachable")
+		}
+		t.Logf("outage: buffer %d -> %d records; forward error %q", before.Buffer.Records, during.Buffer.Records, during.Forward.LastError)
+		kafka.SetReachable(true)
+	}
+
+	res, err := sensors.Wait()
+	if err != nil {
+		t.Fatalf("sensors: %v", err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 90*time.Second)
+	defer wcancel()
+	rep := collector.WaitFor(wctx, res)
+	t.Logf("report: %s", rep)
+	if rep.Sent != devices*perDevice {
+		t.Errorf("sensors got %d acknowledgements, want %d", rep.Sent, devices*perDevice)
+	}
+	if !rep.OK() {
+		t.Fatalf("not delivered intact: %s", rep)
+	}
+
+	// Records carry the key, headers and receive time ferry promises.
+	recs := collector.Records()
+	r := recs[len(recs)/2]
+	if string(r.Key) != r.Msg.Device {
+		t.Errorf("key %q, want device %q", r.Key, r.Msg.Device)
+	}
+	headers := map[string]string{}
+	for _, h := range r.Headers {
+		headers[h.Key] = string(h.Value)
+	}
+	if want := "sensors/" + r.Msg.Device + "/telemetry"; headers[forward.HeaderMQTTTopic] != want {
+		t.Errorf("header %s = %q, want %q", forward.HeaderMQTTTopic, headers[forward.HeaderMQTTTopic], want)
+	}
+	if headers[forward.HeaderGateway] != "gw-test" {
+		t.Errorf("header %s = %q, want gw-test", forward.HeaderGateway, headers[forward.HeaderGateway])
+	}
+	sent := time.Unix(0, r.Msg.SentAt)
+	if d := r.Timestamp.Sub(sent); d < 0 || d > 10*time.Second {
+		t.Errorf("record timestamp %v is %v after the sensor sent it; want the receive time", r.Timestamp, d)
+	}
+
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if st := a.Stats(); st.Buffer.Records != 0 {
+		t.Errorf("buffer holds %d records after everything was delivered", st.Buffer.Records)
+	}
+}
