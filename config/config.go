@@ -127,6 +127,43 @@ type Kafka struct {
 	// DialTimeout bounds one connection attempt to a broker; > 0.
 	// Default 10s.
 	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// AllowAutoTopicCreation lets the producer ask the cluster to create a
+	// missing topic (if the cluster allows it). Default false: a missing
+	// topic is an error in the log and the records wait in the buffer.
+	AllowAutoTopicCreation bool `yaml:"allow_auto_topic_creation"`
+	TLS                    TLS  `yaml:"tls"`
+	SASL                   SASL `yaml:"sasl"`
+}
+
+// TLS configures encryption to the Kafka brokers.
+type TLS struct {
+	// Enabled turns TLS on. Default: true when the tls section is present.
+	Enabled bool `yaml:"enabled"`
+	// CAFile is a PEM file of CA certificates to trust. Default: the
+	// system's roots.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are a PEM client certificate and its key, for
+	// mutual TLS; both or neither.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName overrides the name checked in the brokers' certificates.
+	// Default: the host each broker is dialled by.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify accepts any broker certificate. Only for tests:
+	// ferry warns loudly when it is on.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// SASL configures authentication to the Kafka brokers.
+type SASL struct {
+	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty: no SASL.
+	Mechanism string `yaml:"mechanism"`
+	Username  string `yaml:"username"` // required with a mechanism
+	// Password, or PasswordFile naming a file that holds it (exactly one
+	// with a mechanism). ${VAR} takes it from the environment. It is never
+	// printed or logged.
+	Password     Secret `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
 }
 
 // Route sends the messages whose topic matches Match to a Kafka topic.

@@ -235,8 +235,8 @@ func join(path, key string) string {
 var durationType = reflect.TypeFor[time.Duration]()
 
 // decode strictly decodes n, the node at path, into v, recording positions in
-// src. It supports what Config holds: structs, slices, strings, ints and
-// durations.
+// src. It supports what Config holds: structs, slices, strings, ints, bools
+// and durations.
 func decode(src *source, n *yaml.Node, path string, v reflect.Value, errs *Errors) {
 	fail := func(format string, args ...any) {
 		*errs = append(*errs, &Error{File: src.file, Line: n.Line, Column: n.Column, Path: path, Msg: fmt.Sprintf(format, args...)})
@@ -284,6 +284,13 @@ func decode(src *source, n *yaml.Node, path string, v reflect.Value, errs *Error
 			return
 		}
 		v.SetString(n.Value)
+	case v.Kind() == reflect.Bool:
+		var b bool
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&b) != nil {
+			fail("must be true or false, got %s", describe(n))
+			return
+		}
+		v.SetBool(b)
 	case v.Kind() == reflect.Int:
 		var i int64
 		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&i) != nil || v.OverflowInt(i) {

@@ -67,6 +67,7 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 	setString(&k.Compression, defaultCompression)
 	setIfAbsent(src, "forward.kafka.max_buffered_records", &k.MaxBufferedRecords, defaultMaxBufferedRecords)
 	setIfAbsent(src, "forward.kafka.dial_timeout", &k.DialTimeout, defaultDialTimeout)
+	setIfAbsent(src, "forward.kafka.tls.enabled", &k.TLS.Enabled, src.isSet("forward.kafka.tls"))
 }
 
 func setString(s *string, def string) {
@@ -158,6 +159,34 @@ func validate(c *Config, src *source, errs *Errors) {
 	}
 	if k.DialTimeout <= 0 {
 		bad("forward.kafka.dial_timeout", "must be more than 0s, got %v", k.DialTimeout)
+	}
+	if (k.TLS.CertFile == "") != (k.TLS.KeyFile == "") {
+		bad("forward.kafka.tls", "cert_file and key_file go together: set both for mutual TLS, or neither")
+	}
+	if !k.TLS.Enabled && (k.TLS.CAFile != "" || k.TLS.CertFile != "" || k.TLS.ServerName != "" || k.TLS.InsecureSkipVerify) {
+		bad("forward.kafka.tls.enabled", "is false but other tls settings are given; remove them or enable TLS")
+	}
+	if k.TLS.Enabled && k.TLS.InsecureSkipVerify {
+		c.Warnings = append(c.Warnings, src.errorAt("forward.kafka.tls.insecure_skip_verify",
+			"broker certificates are NOT verified: anyone on the path can read and change the data; use only for tests").Error())
+	}
+	if sa := k.SASL; sa.Mechanism == "" && (sa.Username != "" || sa.Password != "" || sa.PasswordFile != "") {
+		bad("forward.kafka.sasl.mechanism", "required with a username or password: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+	} else if sa.Mechanism != "" {
+		oneOf("forward.kafka.sasl.mechanism", sa.Mechanism, "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+		if sa.Username == "" {
+			bad("forward.kafka.sasl.username", "required with SASL")
+		}
+		switch {
+		case sa.Password != "" && sa.PasswordFile != "":
+			bad("forward.kafka.sasl.password_file", "cannot be set together with forward.kafka.sasl.password; use one")
+		case sa.Password == "" && sa.PasswordFile == "":
+			bad("forward.kafka.sasl.password", "required with SASL (or password_file; ${VAR} reads the environment)")
+		}
+		if sa.Mechanism == "PLAIN" && !k.TLS.Enabled {
+			c.Warnings = append(c.Warnings, src.errorAt("forward.kafka.sasl.mechanism",
+				"PLAIN without TLS sends the password in clear text").Error())
+		}
 	}
 
 	if len(c.Forward.Routes) == 0 {

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl"
 
 	"github.com/ferry-edge/ferry/buffer"
 	"github.com/ferry-edge/ferry/internal/topic"
@@ -87,7 +88,12 @@ type Config struct {
 	// default message.max.bytes less overhead).
 	MaxRecordBytes int
 	DialTimeout    time.Duration
-	TLS            *tls.Config // nil: plaintext
+	TLS            *tls.Config    // nil: plaintext
+	SASL           sasl.Mechanism // nil: no authentication
+	// AllowAutoTopicCreation asks the cluster to create missing topics.
+	// Without it a missing topic fails its records after a few metadata
+	// retries; they stay in the buffer and are retried with backoff.
+	AllowAutoTopicCreation bool
 	// ShutdownTimeout is how long Run waits at shutdown for records in
 	// flight to be acknowledged. Default 10s.
 	ShutdownTimeout time.Duration
@@ -200,6 +206,12 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	if f.cfg.TLS != nil {
 		opts = append(opts, kgo.DialTLSConfig(f.cfg.TLS))
 	}
+	if f.cfg.SASL != nil {
+		opts = append(opts, kgo.SASL(f.cfg.SASL))
+	}
+	if f.cfg.AllowAutoTopicCreation {
+		opts = append(opts, kgo.AllowAutoTopicCreation())
+	}
 	opts = append(opts, f.cfg.ExtraOpts...)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
@@ -280,10 +292,12 @@ func (f *Forwarder) pass(ctx context.Context, cl *kgo.Client, after uint64) (uin
 				w.settle(idx, nil)
 			default:
 				f.inflight.Add(1)
-				cl.Produce(context.Background(), kr, func(_ *kgo.Record, err error) {
+				cl.Produce(context.Background(), kr, func(kr *kgo.Record, err error) {
 					f.inflight.Add(-1)
 					if err == nil {
 						f.delivered.Add(1)
+					} else {
+						err = fmt.Errorf("produce to Kafka topic %q: %w", kr.Topic, err)
 					}
 					w.settle(idx, err)
 				})

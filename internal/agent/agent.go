@@ -11,6 +11,8 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +20,10 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/sasl"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/ferry-edge/ferry/buffer"
 	"github.com/ferry-edge/ferry/config"
@@ -89,11 +95,11 @@ func mqttConfig(cfg *config.Config, log *slog.Logger) (mqtt.Config, error) {
 	}
 	password := []byte(cfg.MQTT.Password)
 	if cfg.MQTT.PasswordFile != "" {
-		b, err := os.ReadFile(cfg.MQTT.PasswordFile)
+		p, err := readSecret("mqtt.password_file", cfg.MQTT.PasswordFile)
 		if err != nil {
-			return mqtt.Config{}, fmt.Errorf("mqtt.password_file: %w", err)
+			return mqtt.Config{}, err
 		}
-		password = []byte(strings.TrimRight(string(b), "\r\n"))
+		password = []byte(p)
 	}
 	mc := mqtt.Config{
 		URL:            u,
@@ -124,6 +130,15 @@ func forwardConfig(cfg *config.Config, log *slog.Logger) (forward.Config, error)
 		MaxBufferedRecords: k.MaxBufferedRecords,
 		DialTimeout:        k.DialTimeout,
 		Logger:             log,
+
+		AllowAutoTopicCreation: k.AllowAutoTopicCreation,
+	}
+	var err error
+	if fc.TLS, err = kafkaTLS(k.TLS); err != nil {
+		return fc, err
+	}
+	if fc.SASL, err = kafkaSASL(k.SASL); err != nil {
+		return fc, err
 	}
 	for i, r := range cfg.Forward.Routes {
 		m, err := topic.ParsePattern(r.Match)
@@ -143,6 +158,66 @@ func forwardConfig(cfg *config.Config, log *slog.Logger) (forward.Config, error)
 		fc.Routes = append(fc.Routes, route)
 	}
 	return fc, nil
+}
+
+// readSecret reads a password file; a trailing newline is not part of it.
+func readSecret(key, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", key, err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// kafkaTLS builds the TLS client config: system roots unless a CA file is
+// given, a client certificate for mutual TLS if one is.
+func kafkaTLS(c config.TLS) (*tls.Config, error) {
+	if !c.Enabled {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("forward.kafka.tls.ca_file: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("forward.kafka.tls.ca_file: no PEM certificate in %s", c.CAFile)
+		}
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("forward.kafka.tls.cert_file/key_file: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// kafkaSASL builds the SASL mechanism, reading the password file if one is
+// named.
+func kafkaSASL(c config.SASL) (sasl.Mechanism, error) {
+	if c.Mechanism == "" {
+		return nil, nil
+	}
+	password := string(c.Password)
+	if c.PasswordFile != "" {
+		var err error
+		if password, err = readSecret("forward.kafka.sasl.password_file", c.PasswordFile); err != nil {
+			return nil, err
+		}
+	}
+	switch c.Mechanism {
+	case "PLAIN":
+		return plain.Auth{User: c.Username, Pass: password}.AsMechanism(), nil
+	case "SCRAM-SHA-256":
+		return scram.Auth{User: c.Username, Pass: password}.AsSha256Mechanism(), nil
+	case "SCRAM-SHA-512":
+		return scram.Auth{User: c.Username, Pass: password}.AsSha512Mechanism(), nil
+	}
+	return nil, fmt.Errorf("forward.kafka.sasl.mechanism: unknown mechanism %q", c.Mechanism)
 }
 
 // Stats returns the counters of every stage.

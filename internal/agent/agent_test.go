@@ -38,6 +38,10 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 func loadConfig(t *testing.T, mqttURL string, brokers []string) *config.Config {
+	return loadConfigTB(t, mqttURL, brokers)
+}
+
+func loadConfigTB(t testing.TB, mqttURL string, brokers []string) *config.Config {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "ferry.yaml")

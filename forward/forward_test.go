@@ -1,0 +1,312 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/goleak"
+
+	"github.com/ferry-edge/ferry/buffer"
+	"github.com/ferry-edge/ferry/internal/topic"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func newBuffer(t *testing.T) *buffer.Buffer {
+	t.Helper()
+	b, err := buffer.Open(filepath.Join(t.TempDir(), "buffer.db"), buffer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func newCluster(t *testing.T, topics ...string) *kfake.Cluster {
+	t.Helper()
+	opts := []kfake.Opt{kfake.NumBrokers(1), kfake.ListenFn(func(network, _ string) (net.Listener, error) {
+		return net.Listen(network, "127.0.0.1:0")
+	})}
+	if len(topics) > 0 {
+		opts = append(opts, kfake.SeedTopics(2, topics...))
+	}
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func route(t *testing.T, match, topicT, key string) Route {
+	t.Helper()
+	p, err := topic.ParsePattern(match)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Route{Match: p}
+	if r.Topic, err = topic.ParseTemplate(topicT, p.Names()); err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		if r.Key, err = topic.ParseTemplate(key, p.Names()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
+}
+
+func appendN(t *testing.T, b *buffer.Buffer, topicName string, n int) {
+	t.Helper()
+	for i := range n {
+		rec := &buffer.Record{Topic: topicName, Payload: fmt.Appendf(nil, "%d", i), QoS: 1, ReceivedAt: time.Unix(1700000000+int64(i), 0)}
+		if _, err := b.AppendWait(context.Background(), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// run starts f and returns a function that stops it and checks its result.
+func run(t *testing.T, f *Forwarder) func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	return func() {
+		t.Helper()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// consume reads n records of topic from c.
+func consume(t *testing.T, c *kfake.Cluster, topicName string, n int) []*kgo.Record {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics(topicName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out []*kgo.Record
+	for len(out) < n {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			t.Fatalf("consumed %d of %d records: %v", len(out), n, err)
+		}
+		out = append(out, fs.Records()...)
+	}
+	return out
+}
+
+func TestForwardsInOrderWithKeyHeadersTimestamp(t *testing.T) {
+	c := newCluster(t, "t-dev")
+	b := newBuffer(t)
+	rec := &buffer.Record{
+		Topic: "s/dev/x", Payload: []byte("payload"), QoS: 1, ReceivedAt: time.Unix(1700000000, 5e6),
+		ContentType: "application/json", UserProperties: []buffer.Property{{Key: "unit", Value: "C"}},
+	}
+	if _, err := b.AppendWait(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, b, "s/dev/x", 99)
+	f, err := New(Config{Brokers: c.ListenAddrs(), GatewayID: "gw", Routes: []Route{route(t, "s/{d}/#", "t-{d}", "{d}")}}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, f)
+	recs := consume(t, c, "t-dev", 100)
+	stop()
+
+	r := recs[0]
+	if string(r.Key) != "dev" || string(r.Value) != "payload" || !r.Timestamp.Equal(rec.ReceivedAt) {
+		t.Fatalf("first record key %q value %q timestamp %v", r.Key, r.Value, r.Timestamp)
+	}
+	h := map[string]string{}
+	for _, kv := range r.Headers {
+		h[kv.Key] = string(kv.Value)
+	}
+	want := map[string]string{HeaderMQTTTopic: "s/dev/x", HeaderGateway: "gw", HeaderQoS: "1", HeaderContentType: "application/json", "unit": "C"}
+	for k, v := range want {
+		if h[k] != v {
+			t.Errorf("header %s = %q, want %q", k, h[k], v)
+		}
+	}
+	for i, r := range recs[1:] {
+		if string(r.Value) != fmt.Sprint(i) {
+			t.Fatalf("record %d has value %q: out of order", i+1, r.Value)
+		}
+	}
+	waitFor(t, "the buffer to drain", func() bool { return b.Stats().Records == 0 })
+}
+
+func TestUnroutedIsCountedAndReleased(t *testing.T) {
+	c := newCluster(t, "t")
+	b := newBuffer(t)
+	appendN(t, b, "other/topic", 3)
+	appendN(t, b, "s/a", 1)
+	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/+", "t", "")}}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, f)
+	consume(t, c, "t", 1)
+	waitFor(t, "the buffer to drain", func() bool { return b.Stats().Records == 0 })
+	stop()
+	if st := f.Stats(); st.Unrouted != 3 || st.Delivered != 1 {
+		t.Fatalf("stats %+v, want 3 unrouted, 1 delivered", st)
+	}
+}
+
+func TestTooLargeIsQuarantined(t *testing.T) {
+	c := newCluster(t, "t")
+	b := newBuffer(t)
+	if _, err := b.AppendWait(context.Background(), &buffer.Record{Topic: "s/a", Payload: make([]byte, 5000)}); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, b, "s/a", 1)
+	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/+", "t", "")}, MaxRecordBytes: 1000}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, f)
+	consume(t, c, "t", 1)
+	waitFor(t, "the buffer to drain", func() bool { return b.Stats().Records == 0 })
+	stop()
+	if st := f.Stats(); st.Quarantined != 1 {
+		t.Fatalf("forward stats %+v, want 1 quarantined", st)
+	}
+	if st := b.Stats(); st.Quarantined != 1 {
+		t.Fatalf("buffer stats %+v, want 1 quarantined", st)
+	}
+}
+
+// A topic that does not exist is an error in Stats and the log; the records
+// wait in the buffer and go out once the topic exists.
+func TestMissingTopicWaitsInBuffer(t *testing.T) {
+	c := newCluster(t)
+	b := newBuffer(t)
+	appendN(t, b, "s/a", 10)
+	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/+", "late", "")},
+		ExtraOpts: []kgo.Opt{kgo.MetadataMinAge(50 * time.Millisecond)}}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, f)
+	defer stop()
+	waitFor(t, "an unknown-topic error", func() bool { return strings.Contains(f.Stats().LastError, "UNKNOWN_TOPIC") })
+	if n := b.Stats().Records; n != 10 {
+		t.Fatalf("buffer holds %d records while the topic is missing, want 10", n)
+	}
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrCreateTopicsRequest()
+	rt := kmsg.NewCreateTopicsRequestTopic()
+	rt.Topic, rt.NumPartitions, rt.ReplicationFactor = "late", 1, 1
+	req.Topics = append(req.Topics, rt)
+	if _, err := req.RequestWith(context.Background(), cl); err != nil {
+		t.Fatal(err)
+	}
+	recs := consume(t, c, "late", 10)
+	for i, r := range recs {
+		if string(r.Value) != fmt.Sprint(i) {
+			t.Fatalf("record %d has value %q: out of order", i, r.Value)
+		}
+	}
+	waitFor(t, "the buffer to drain", func() bool { return b.Stats().Records == 0 })
+	waitFor(t, "the error to clear", func() bool { return f.Stats().LastError == "" })
+}
+
+type releases struct {
+	mu  sync.Mutex
+	got []uint64
+}
+
+func (r *releases) Read(context.Context, uint64, int, []buffer.Record) ([]buffer.Record, error) {
+	return nil, errors.New("unused")
+}
+func (r *releases) Release(seq uint64) { r.mu.Lock(); r.got = append(r.got, seq); r.mu.Unlock() }
+func (r *releases) Quarantine(uint64, error) {}
+
+// The window releases only the acknowledged prefix, whatever order the
+// acknowledgements come in, and stops at a failure.
+func TestWindowReleasesContiguousPrefix(t *testing.T) {
+	src := &releases{}
+	failed := false
+	w := newWindow(8, src, func() { failed = true })
+	var idx []uint64
+	for _, seq := range []uint64{10, 11, 13, 14, 15} { // 12 was quarantined: a gap in seqs
+		idx = append(idx, w.push(seq))
+	}
+	w.settle(idx[1], nil) // 11 before 10: nothing yet
+	if len(src.got) != 0 {
+		t.Fatalf("released %v before the head was acknowledged", src.got)
+	}
+	w.settle(idx[0], nil) // 10 and 11
+	w.settle(idx[3], errors.New("boom"))
+	w.settle(idx[2], nil) // 13; 14 failed so 15 must stay
+	w.settle(idx[4], nil)
+	if want := []uint64{11, 13}; fmt.Sprint(src.got) != fmt.Sprint(want) {
+		t.Fatalf("released %v, want %v", src.got, want)
+	}
+	if !failed || w.failure() == nil || w.releasedSeq() != 13 {
+		t.Fatalf("failed=%v failure=%v released=%d", failed, w.failure(), w.releasedSeq())
+	}
+}
+
+func TestErrKeyIgnoresLocalPort(t *testing.T) {
+	mk := func(port int) error {
+		return fmt.Errorf("connect: %w", &net.OpError{Op: "read", Net: "tcp",
+			Source: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port},
+			Addr:   &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9092}, Err: syscall.ECONNRESET})
+	}
+	if errKey(mk(40000)) != errKey(mk(40001)) {
+		t.Fatalf("keys differ by local port: %q vs %q", errKey(mk(40000)), errKey(mk(40001)))
+	}
+	if errKey(errors.New("a")) == errKey(errors.New("b")) {
+		t.Fatal("different errors share a key")
+	}
+}
+
+func TestBackoffIsCappedAndJittered(t *testing.T) {
+	bo := backoff(100*time.Millisecond, time.Second)
+	for attempt := 1; attempt < 50; attempt++ {
+		d := bo(attempt)
+		if d < 0 || d > time.Second {
+			t.Fatalf("attempt %d: %v outside [0, 1s]", attempt, d)
+		}
+	}
+	if d := bo(1); d > 100*time.Millisecond {
+		t.Fatalf("first backoff %v above 100ms", d)
+	}
+}
