@@ -255,7 +255,7 @@ type releases struct {
 func (r *releases) Read(context.Context, uint64, int, []buffer.Record) ([]buffer.Record, error) {
 	return nil, errors.New("unused")
 }
-func (r *releases) Release(seq uint64) { r.mu.Lock(); r.got = append(r.got, seq); r.mu.Unlock() }
+func (r *releases) Release(seq uint64)       { r.mu.Lock(); r.got = append(r.got, seq); r.mu.Unlock() }
 func (r *releases) Quarantine(uint64, error) {}
 
 // The window releases only the acknowledged prefix, whatever order the
