@@ -1,0 +1,35 @@
+package testenv
+
+import (
+	"fmt"
+	"strings"
+)
+
+// TelemetryTopic is the Kafka topic FerryConfig routes sensor messages to.
+const TelemetryTopic = "telemetry"
+
+// FerryConfig returns a ferry configuration file, shaped like the README's
+// example, that subscribes to the sensors' topics on mqttURL and routes them
+// to TelemetryTopic on kafkaBrokers, keyed by device, buffering at
+// bufferPath.
+func FerryConfig(mqttURL string, kafkaBrokers []string, bufferPath string) string {
+	return fmt.Sprintf(`gateway_id: gw-test
+log:
+  level: info
+mqtt:
+  url: %s
+  client_id: ferry-gw-test
+  subscriptions:
+    - filter: sensors/+/telemetry
+      qos: 1
+buffer:
+  path: %q
+forward:
+  kafka:
+    brokers: [%s]
+  routes:
+    - match: sensors/{device}/telemetry
+      topic: %s
+      key: "{device}"
+`, mqttURL, bufferPath, strings.Join(kafkaBrokers, ", "), TelemetryTopic)
+}

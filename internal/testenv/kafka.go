@@ -1,0 +1,166 @@
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// DefaultPartitions is the number of partitions of pre-created and
+// auto-created topics.
+const DefaultPartitions = 4
+
+// KafkaConfig configures StartKafkaWith. The zero value is what StartKafka
+// uses.
+type KafkaConfig struct {
+	// Partitions per topic, for pre-created and auto-created topics.
+	// Default DefaultPartitions.
+	Partitions int
+	// Brokers in the cluster. Default 1. SetReachable cuts all of them.
+	Brokers int
+}
+
+// Kafka is a fake Kafka cluster (kfake) on 127.0.0.1 whose network can be
+// cut with SetReachable. Records stay in memory for the cluster's lifetime.
+type Kafka struct {
+	Cluster *kfake.Cluster
+	gate    *gate
+}
+
+// StartKafka starts a one-broker kfake cluster with the given topics
+// pre-created with DefaultPartitions partitions each. Topics that clients
+// ask for are auto-created with the same number of partitions.
+func StartKafka(topics ...string) (*Kafka, error) {
+	return StartKafkaWith(KafkaConfig{}, topics...)
+}
+
+// StartKafkaWith is StartKafka with a configuration.
+func StartKafkaWith(cfg KafkaConfig, topics ...string) (*Kafka, error) {
+	if cfg.Partitions <= 0 {
+		cfg.Partitions = DefaultPartitions
+	}
+	if cfg.Brokers <= 0 {
+		cfg.Brokers = 1
+	}
+	g := &gate{up: true, conns: make(map[*gatedConn]struct{})}
+	opts := []kfake.Opt{
+		kfake.NumBrokers(cfg.Brokers),
+		kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(cfg.Partitions),
+		kfake.ListenFn(g.listen),
+	}
+	if len(topics) > 0 {
+		opts = append(opts, kfake.SeedTopics(int32(cfg.Partitions), topics...))
+	}
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		g.closeAll()
+		return nil, fmt.Errorf("start kfake: %w", err)
+	}
+	return &Kafka{Cluster: c, gate: g}, nil
+}
+
+// Brokers returns the seed broker addresses ("127.0.0.1:port").
+func (k *Kafka) Brokers() []string { return k.Cluster.ListenAddrs() }
+
+// SetReachable simulates an uplink outage and its end. With up false, every
+// open client connection is reset (closed with SO_LINGER 0, so the client
+// sees "connection reset by peer") and every new connection is reset right
+// after it is accepted, until SetReachable(true). To a franz-go client this
+// looks like a network that refuses it: requests fail with retriable
+// network errors and the client keeps retrying with backoff. The cluster's
+// data is kept.
+func (k *Kafka) SetReachable(up bool) { k.gate.set(up) }
+
+// Close shuts the cluster down and closes every client connection.
+func (k *Kafka) Close() {
+	k.Cluster.Close()
+	k.gate.closeAll()
+}
+
+// gate wraps kfake's listeners: it tracks accepted connections so an outage
+// can reset them, and resets new ones while down.
+type gate struct {
+	mu    sync.Mutex
+	up    bool
+	conns map[*gatedConn]struct{}
+}
+
+func (g *gate) listen(network, address string) (net.Listener, error) {
+	ln, err := net.Listen(network, address)
+	if err != nil {
+		return nil, err
+	}
+	return &gatedListener{Listener: ln, g: g}, nil
+}
+
+func (g *gate) set(up bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.up = up
+	if !up {
+		g.resetLocked()
+	}
+}
+
+func (g *gate) closeAll() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.resetLocked()
+}
+
+func (g *gate) resetLocked() {
+	for c := range g.conns {
+		reset(c.Conn)
+		delete(g.conns, c)
+	}
+}
+
+// reset closes c so that the peer sees a reset rather than an orderly EOF.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
+}
+
+type gatedListener struct {
+	net.Listener
+	g *gate
+}
+
+// Accept returns the next connection while the gate is up, and resets
+// connections that arrive while it is down.
+func (l *gatedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		l.g.mu.Lock()
+		if !l.g.up {
+			l.g.mu.Unlock()
+			reset(c)
+			continue
+		}
+		gc := &gatedConn{Conn: c, g: l.g}
+		l.g.conns[gc] = struct{}{}
+		l.g.mu.Unlock()
+		return gc, nil
+	}
+}
+
+type gatedConn struct {
+	net.Conn
+	g *gate
+}
+
+// Close closes the connection and stops tracking it.
+func (c *gatedConn) Close() error {
+	c.g.mu.Lock()
+	delete(c.g.conns, c)
+	c.g.mu.Unlock()
+	return c.Conn.Close()
+}
