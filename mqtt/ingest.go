@@ -79,8 +79,10 @@ type Ingest struct {
 	received, stored atomic.Uint64
 	connected        atomic.Bool
 	subscribed       atomic.Bool
-	stopping         atomic.Bool
-	pending          sync.WaitGroup // appends whose callback has not run
+
+	mu       sync.Mutex
+	stopping bool           // no new messages are taken; guarded by mu
+	pending  sync.WaitGroup // appends whose callback has not run; Add under mu
 
 	fatalOnce sync.Once
 	fatal     chan error
@@ -201,7 +203,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 
 	// Stop taking messages; let the ones already handed over commit and
 	// their acknowledgements go out (the ack sender runs every 10ms).
-	in.stopping.Store(true)
+	in.stop()
 	in.pending.Wait()
 	if runErr == nil {
 		time.Sleep(50 * time.Millisecond)
@@ -252,9 +254,13 @@ func (in *Ingest) subscribe(ctx context.Context, cm *autopaho.ConnectionManager)
 // commit callback acknowledges.
 func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 	p := pr.Packet
-	if in.stopping.Load() {
+	in.mu.Lock()
+	if in.stopping {
+		in.mu.Unlock()
 		return true, nil // not acknowledged: the broker keeps it for the next session
 	}
+	in.pending.Add(1)
+	in.mu.Unlock()
 	rec := buffer.Record{
 		Topic:      p.Topic,
 		Payload:    p.Payload,
@@ -272,7 +278,6 @@ func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 		}
 	}
 	in.received.Add(1)
-	in.pending.Add(1)
 	client := pr.Client
 	err := in.sink.Append(&rec, func(_ uint64, err error) {
 		defer in.pending.Done()
@@ -296,8 +301,15 @@ func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 	return true, nil
 }
 
+// stop makes onPublish refuse new messages.
+func (in *Ingest) stop() {
+	in.mu.Lock()
+	in.stopping = true
+	in.mu.Unlock()
+}
+
 func (in *Ingest) fail(err error) {
-	in.stopping.Store(true)
+	in.stop()
 	in.fatalOnce.Do(func() { in.fatal <- err })
 }
 
