@@ -2,16 +2,25 @@
 // bbolt file.
 //
 // Durability: Append queues a record and returns; one goroutine, the
-// committer, writes everything queued so far in one bbolt transaction and one
-// fsync (group commit), then calls each appender's callback, in append order.
-// A callback with a nil error means the record is on disk and survives a
-// crash or power cut; only then may its source be acknowledged.
+// committer, writes everything queued so far as one batch in one bbolt
+// transaction with one fsync (group commit), then calls each appender's
+// callback, in append order. A callback with a nil error means the record is
+// on disk and survives a crash or power cut; only then may its source be
+// acknowledged. With SyncInterval the committer commits at most once per
+// interval: fewer, larger writes (kinder to flash), the same guarantee,
+// more latency.
 //
 // Order: records get sequence numbers that only grow, across restarts too.
-// Read returns records in sequence order. Records leave the buffer only
-// through Release, which removes a prefix: the caller says "everything up to
-// and including seq is delivered". A stored record that cannot be decoded is
-// moved to a quarantine bucket (counted, logged), never skipped silently.
+// Read returns records in sequence order. Records leave the buffer through
+// Release, which removes a prefix ("everything up to seq is delivered"), and
+// through the configured limits (MaxBytes with DropOldest, MaxAge), which
+// remove the oldest records and count them by reason. A stored record that
+// cannot be decoded is moved to a quarantine bucket (counted, logged), never
+// skipped silently.
+//
+// Cost does not depend on depth: counters live in a meta bucket updated in
+// the same transaction as the records, the head is found with one cursor
+// seek, and a release deletes whole batches.
 //
 // The buffer knows nothing of MQTT or Kafka.
 package buffer
@@ -30,6 +39,10 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
+// maxBatchBytes is the size of record data at which a commit starts a new
+// batch value.
+var maxBatchBytes = 1024
+
 // ErrClosed is returned by operations on a closed buffer.
 var ErrClosed = errors.New("buffer closed")
 
@@ -37,28 +50,56 @@ var ErrClosed = errors.New("buffer closed")
 var ErrLocked = errors.New("buffer file is locked by another process")
 
 var (
-	bucketRecords    = []byte("records")
+	bucketBatches    = []byte("batches")
 	bucketMeta       = []byte("meta")
 	bucketQuarantine = []byte("quarantine")
 
 	keyNextSeq     = []byte("next_seq")
+	keyHeadSeq     = []byte("head_seq")
 	keyCount       = []byte("count")
 	keyBytes       = []byte("bytes")
 	keyQuarantined = []byte("quarantined")
+	keyDropBytes   = []byte("dropped_max_bytes")
+	keyDropAge     = []byte("dropped_max_age")
 )
 
-// Options tune a buffer. The zero value is a sensible default.
+// WhenFull says what happens when MaxBytes is reached.
+type WhenFull int
+
+const (
+	// DropOldest removes the oldest records to make room (counted as
+	// dropped for max_bytes): telemetry wants the newest.
+	DropOldest WhenFull = iota
+	// Block stops accepting appends until there is room again: the source
+	// is not acknowledged and feels the backpressure.
+	Block
+)
+
+// Options tune a buffer. The zero value is a sensible default: fsync before
+// every acknowledgement, no limits.
 type Options struct {
 	// LockTimeout is how long Open waits for another process's lock on the
 	// file before failing with ErrLocked. Default 1s.
 	LockTimeout time.Duration
-	// MaxBatch is the most records written in one transaction. Default 4096.
+	// MaxBatch is the most records written in one transaction. Default 8192.
 	MaxBatch int
 	// QueueSize is how many appends may wait for the committer; Append blocks
-	// beyond it (backpressure). Default 8192.
+	// beyond it (backpressure). Default 16384.
 	QueueSize int
-	// Logger receives quarantine and commit-failure events. Default: discard.
+	// SyncInterval, if above zero, makes the committer commit (and fsync) at
+	// most once per interval. Callbacks still wait for the fsync.
+	SyncInterval time.Duration
+	// MaxBytes bounds the encoded size of the records held; 0: no bound.
+	MaxBytes int64
+	// WhenFull is what happens at MaxBytes. Default DropOldest.
+	WhenFull WhenFull
+	// MaxAge drops records received longer ago than this; 0: never.
+	MaxAge time.Duration
+	// Logger receives quarantine, drop and commit-failure events.
+	// Default: discard.
 	Logger *slog.Logger
+	// Now is the clock for MaxAge. Default time.Now.
+	Now func() time.Time
 }
 
 func (o *Options) setDefaults() {
@@ -66,13 +107,16 @@ func (o *Options) setDefaults() {
 		o.LockTimeout = time.Second
 	}
 	if o.MaxBatch <= 0 {
-		o.MaxBatch = 4096
+		o.MaxBatch = 8192
 	}
 	if o.QueueSize <= 0 {
-		o.QueueSize = 8192
+		o.QueueSize = 16384
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 }
 
@@ -84,7 +128,53 @@ type Stats struct {
 	FirstSeq    uint64 // sequence number of the head; 0 when empty
 	LastSeq     uint64 // highest sequence number ever assigned; 0 if none
 	Quarantined uint64 // records moved to quarantine since the file was created
-	Commits     uint64 // write transactions since Open
+	// Dropped counts records removed by a limit, by reason ("max_bytes",
+	// "max_age"), since the file was created.
+	Dropped map[string]uint64
+	Commits uint64 // write transactions since Open
+}
+
+// Drop reasons, as used in Stats.Dropped.
+const (
+	DropMaxBytes = "max_bytes"
+	DropMaxAge   = "max_age"
+)
+
+// state is what the meta bucket holds, mirrored in memory.
+type state struct {
+	next, head, count, bytes uint64
+	quarantined              uint64
+	dropBytes, dropAge       uint64
+}
+
+func (s *state) fields() []struct {
+	k []byte
+	v *uint64
+} {
+	return []struct {
+		k []byte
+		v *uint64
+	}{
+		{keyNextSeq, &s.next}, {keyHeadSeq, &s.head}, {keyCount, &s.count}, {keyBytes, &s.bytes},
+		{keyQuarantined, &s.quarantined}, {keyDropBytes, &s.dropBytes}, {keyDropAge, &s.dropAge},
+	}
+}
+
+func (s *state) load(meta *bolt.Bucket) {
+	for _, f := range s.fields() {
+		if v := meta.Get(f.k); len(v) == 8 {
+			*f.v = binary.BigEndian.Uint64(v)
+		}
+	}
+}
+
+func (s *state) store(meta *bolt.Bucket) error {
+	for _, f := range s.fields() {
+		if err := meta.Put(f.k, binary.BigEndian.AppendUint64(nil, *f.v)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Buffer is a durable FIFO of records. It is safe for concurrent use.
@@ -102,16 +192,13 @@ type Buffer struct {
 	closeMu sync.RWMutex // held shared while sending to reqs; exclusive to close
 	closed  bool
 
-	mu          sync.Mutex // guards the fields below
-	nextSeq     uint64
-	firstSeq    uint64 // head's sequence number, == nextSeq when empty
-	count       uint64
-	bytes       uint64
-	quarantined uint64
-	commits     uint64
-	releaseTo   uint64              // Release target not yet applied
-	toQuar      map[uint64]struct{} // Quarantine requests not yet applied
-	changed     chan struct{}       // closed when records are appended
+	mu        sync.Mutex // guards the fields below
+	st        state
+	commits   uint64
+	releaseTo uint64              // Release target not yet applied
+	toQuar    map[uint64]struct{} // Quarantine requests not yet applied
+	changed   chan struct{}       // closed when records are appended
+	lastDrop  time.Time           // last time a drop was logged
 }
 
 type appendReq struct {
@@ -121,13 +208,13 @@ type appendReq struct {
 
 // Open opens or creates the buffer file at path (mode 0600, parent
 // directories 0700). It fails fast with ErrLocked if another process has it
-// open. Cost does not depend on how many records the file holds.
+// open. Its cost does not depend on how many records the file holds.
 func Open(path string, opts Options) (*Buffer, error) {
 	opts.setDefaults()
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("open buffer %s: %w (is another ferry running on it?)", path, ErrLocked)
 	}
@@ -145,10 +232,10 @@ func Open(path string, opts Options) (*Buffer, error) {
 		done:    make(chan struct{}),
 		toQuar:  map[uint64]struct{}{},
 		changed: make(chan struct{}),
-		nextSeq: 1,
+		st:      state{next: 1, head: 1},
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		recs, err := tx.CreateBucketIfNotExists(bucketRecords)
+		batches, err := tx.CreateBucketIfNotExists(bucketBatches)
 		if err != nil {
 			return err
 		}
@@ -159,20 +246,14 @@ func Open(path string, opts Options) (*Buffer, error) {
 		if err != nil {
 			return err
 		}
-		if v := meta.Get(keyNextSeq); v != nil {
-			b.nextSeq = getUint(meta, keyNextSeq)
-			b.count = getUint(meta, keyCount)
-			b.bytes = getUint(meta, keyBytes)
-			b.quarantined = getUint(meta, keyQuarantined)
+		b.st.load(meta)
+		if k, v := batches.Cursor().Last(); k != nil {
+			_, n, _ := parseBatch(v)
+			if last := binary.BigEndian.Uint64(k) + uint64(n) - 1; last >= b.st.next {
+				return fmt.Errorf("meta next_seq %d is not above the last record %d", b.st.next, last)
+			}
 		}
-		b.firstSeq = b.nextSeq
-		if k, _ := recs.Cursor().First(); k != nil {
-			b.firstSeq = binary.BigEndian.Uint64(k)
-		}
-		if k, _ := recs.Cursor().Last(); k != nil && binary.BigEndian.Uint64(k) >= b.nextSeq {
-			return fmt.Errorf("meta next_seq %d is not above the last record %d", b.nextSeq, binary.BigEndian.Uint64(k))
-		}
-		return nil
+		return b.st.store(meta)
 	})
 	if err != nil {
 		db.Close()
@@ -189,7 +270,9 @@ func (b *Buffer) Path() string { return b.path }
 // done is called exactly once, from the committer, after the commit: with the
 // record's sequence number and a nil error once it is durable, or with the
 // commit's error. Callbacks run in append order and must not block. Append
-// blocks while the queue is full, and fails with ErrClosed after Close.
+// blocks while the queue is full (and, with Block, while the buffer is
+// full), and fails with ErrClosed after Close. rec is encoded before Append
+// returns; the caller may reuse it.
 func (b *Buffer) Append(rec *Record, done func(seq uint64, err error)) error {
 	val := appendEncoded(make([]byte, 0, 64+len(rec.Topic)+len(rec.Payload)), rec)
 	b.closeMu.RLock()
@@ -227,10 +310,8 @@ func (b *Buffer) Read(ctx context.Context, after uint64, max int, dst []Record) 
 	dst = dst[:0]
 	for {
 		b.mu.Lock()
-		changed, last := b.changed, b.nextSeq-1
-		if after < b.firstSeq-1 {
-			after = b.firstSeq - 1 // released meanwhile: start at the head
-		}
+		changed, last := b.changed, b.st.next-1
+		after = max64(after, b.st.head-1) // released or dropped meanwhile: start at the head
 		b.mu.Unlock()
 		if after >= last {
 			select {
@@ -244,17 +325,34 @@ func (b *Buffer) Read(ctx context.Context, after uint64, max int, dst []Record) 
 		}
 		var scanned uint64
 		err := b.db.View(func(tx *bolt.Tx) error {
-			c := tx.Bucket(bucketRecords).Cursor()
-			for k, v := c.Seek(seqKey(after + 1)); k != nil && len(dst) < max; k, v = c.Next() {
-				seq := binary.BigEndian.Uint64(k)
-				scanned = seq
-				rec, err := decode(v)
-				if err != nil {
-					b.Quarantine(seq, err)
-					continue
+			c := tx.Bucket(bucketBatches).Cursor()
+			for k, v := seekBatch(c, after+1); k != nil && len(dst) < max; k, v = c.Next() {
+				base := binary.BigEndian.Uint64(k)
+				recs, count, perr := parseBatch(v)
+				if perr != nil {
+					b.log.Error("buffer: damaged batch; salvaging intact records", "path", b.path, "first_seq", base, "err", perr)
 				}
-				rec.Seq = seq
-				dst = append(dst, rec)
+				for i, raw := range recs {
+					seq := base + uint64(i)
+					if seq <= after || len(raw) == 0 {
+						continue
+					}
+					if len(dst) == max {
+						return nil
+					}
+					scanned = seq
+					rec, err := decode(raw)
+					if err != nil {
+						b.Quarantine(seq, err)
+						continue
+					}
+					rec.Seq = seq
+					dst = append(dst, rec)
+				}
+				if framingBroken(recs, count, perr) { // the rest of the batch is unreadable
+					b.Quarantine(base+uint64(len(recs)), perr)
+				}
+				scanned = max64(scanned, base+uint64(count)-1)
 			}
 			return nil
 		})
@@ -268,9 +366,43 @@ func (b *Buffer) Read(ctx context.Context, after uint64, max int, dst []Record) 
 			return dst, nil
 		}
 		if scanned > after {
-			after = scanned // everything scanned was bad; look further
+			after = scanned // everything scanned was removed or bad; look further
+		} else {
+			// Nothing readable up to the last record: wait for more.
+			b.mu.Lock()
+			stale := b.changed == changed
+			b.mu.Unlock()
+			if stale {
+				select {
+				case <-changed:
+				case <-ctx.Done():
+					return dst, ctx.Err()
+				case <-b.done:
+					return dst, ErrClosed
+				}
+			}
 		}
 	}
+}
+
+// seekBatch positions c on the batch holding seq (or the first after it).
+func seekBatch(c *bolt.Cursor, seq uint64) ([]byte, []byte) {
+	k, v := c.Seek(seqKey(seq))
+	if k != nil && binary.BigEndian.Uint64(k) == seq {
+		return k, v
+	}
+	if k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	if k == nil { // seq is before the first batch
+		return c.First()
+	}
+	if _, n, _ := parseBatch(v); binary.BigEndian.Uint64(k)+uint64(n) <= seq {
+		return c.Next() // that batch ends before seq
+	}
+	return k, v
 }
 
 // Quarantine moves record seq out of the FIFO into the quarantine bucket,
@@ -291,9 +423,7 @@ func (b *Buffer) Quarantine(seq uint64, reason error) {
 // (delivered twice, never lost).
 func (b *Buffer) Release(seq uint64) {
 	b.mu.Lock()
-	if seq > b.releaseTo {
-		b.releaseTo = seq
-	}
+	b.releaseTo = max64(b.releaseTo, seq)
 	b.mu.Unlock()
 	b.signal()
 }
@@ -310,14 +440,15 @@ func (b *Buffer) Stats() Stats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := Stats{
-		Records:     b.count,
-		Bytes:       b.bytes,
-		LastSeq:     b.nextSeq - 1,
-		Quarantined: b.quarantined,
+		Records:     b.st.count,
+		Bytes:       b.st.bytes,
+		LastSeq:     b.st.next - 1,
+		Quarantined: b.st.quarantined,
+		Dropped:     map[string]uint64{DropMaxBytes: b.st.dropBytes, DropMaxAge: b.st.dropAge},
 		Commits:     b.commits,
 	}
-	if b.count > 0 {
-		s.FirstSeq = b.firstSeq
+	if b.st.count > 0 {
+		s.FirstSeq = b.st.head
 	}
 	return s
 }
@@ -340,113 +471,153 @@ func (b *Buffer) Close() error {
 	return nil
 }
 
+// full reports whether appends must wait (Block policy at MaxBytes).
+func (b *Buffer) full() bool {
+	if b.opts.MaxBytes <= 0 || b.opts.WhenFull != Block {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.st.bytes >= uint64(b.opts.MaxBytes)
+}
+
 // commitLoop is the only writer. It owns every write transaction.
 func (b *Buffer) commitLoop() {
 	defer close(b.done)
 	batch := make([]appendReq, 0, b.opts.MaxBatch)
+	var ageTick <-chan time.Time
+	if b.opts.MaxAge > 0 {
+		t := time.NewTicker(min(b.opts.MaxAge/10, time.Second) + time.Millisecond)
+		defer t.Stop()
+		ageTick = t.C
+	}
+	lastCommit := time.Time{}
 	for {
 		batch = batch[:0]
+		reqs := b.reqs
+		if b.full() {
+			reqs = nil // Block: leave appends queued until a release makes room
+		}
 		stopping := false
 		select {
-		case r := <-b.reqs:
+		case r := <-reqs:
 			batch = append(batch, r)
 		case <-b.wake:
+		case <-ageTick:
 		case <-b.stop:
 			stopping = true
 		}
-	fill:
-		for len(batch) < b.opts.MaxBatch {
-			select {
-			case r := <-b.reqs:
-				batch = append(batch, r)
-			default:
-				break fill
+		if d := b.opts.SyncInterval - time.Since(lastCommit); d > 0 && !stopping && len(batch) > 0 {
+			select { // gather more for one write, at most once per interval
+			case <-time.After(d):
+			case <-b.stop:
+				stopping = true
 			}
 		}
+		if reqs != nil {
+			batch = drain(b.reqs, batch, b.opts.MaxBatch)
+		}
 		b.commit(batch)
+		lastCommit = time.Now()
 		if stopping {
 			// Close has made Append refuse new records; commit those that
 			// were queued before it.
 			for len(b.reqs) > 0 {
-				batch = batch[:0]
-				for len(batch) < b.opts.MaxBatch && len(b.reqs) > 0 {
-					batch = append(batch, <-b.reqs)
-				}
-				b.commit(batch)
+				b.commit(drain(b.reqs, batch[:0], b.opts.MaxBatch))
 			}
 			return
 		}
 	}
 }
 
-// commit writes one transaction: quarantines, appends, then the release.
+func drain(reqs chan appendReq, batch []appendReq, max int) []appendReq {
+	for len(batch) < max {
+		select {
+		case r := <-reqs:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// commit writes one transaction: quarantines, the appended batch, the
+// release, then the limits.
 func (b *Buffer) commit(batch []appendReq) {
 	b.mu.Lock()
+	st := b.st
 	releaseTo := b.releaseTo
 	var quar map[uint64]struct{}
 	if len(b.toQuar) > 0 {
 		quar, b.toQuar = b.toQuar, map[uint64]struct{}{}
 	}
-	next, first, count, bytes, nquar := b.nextSeq, b.firstSeq, b.count, b.bytes, b.quarantined
 	b.mu.Unlock()
 
-	if len(batch) == 0 && len(quar) == 0 && releaseTo < first {
+	limits := b.opts.MaxBytes > 0 && st.bytes > uint64(b.opts.MaxBytes) || b.expired(st)
+	if len(batch) == 0 && len(quar) == 0 && releaseTo < st.head && !limits {
 		return
 	}
-	keys := make([]byte, 8*len(batch))
+	var dropped [2]uint64 // max_bytes, max_age
 	err := b.db.Update(func(tx *bolt.Tx) error {
-		recs := tx.Bucket(bucketRecords)
-		recs.FillPercent = 0.95 // keys only ever grow: pack pages
+		batches := tx.Bucket(bucketBatches)
+		batches.FillPercent = 0.95 // keys only ever grow: pack pages
 		for seq := range quar {
-			k := seqKey(seq)
-			v := recs.Get(k)
-			if v == nil {
-				continue // released meanwhile
-			}
-			if err := tx.Bucket(bucketQuarantine).Put(k, append([]byte(nil), v...)); err != nil {
+			if err := b.quarantineTx(tx, &st, seq); err != nil {
 				return err
 			}
-			if err := recs.Delete(k); err != nil {
-				return err
-			}
-			count--
-			bytes -= uint64(len(v))
-			nquar++
 		}
+		// The appended records go in batches of about maxBatchBytes: big
+		// enough to spread bbolt's per-key cost over many records, small
+		// enough that a leaf page holds several, so each commit rewrites
+		// little besides the new data.
+		recs := make([][]byte, 0, len(batch))
+		size := 0
 		for i, r := range batch {
-			k := keys[8*i : 8*i+8]
-			binary.BigEndian.PutUint64(k, next)
-			if err := recs.Put(k, r.val); err != nil {
+			recs = append(recs, r.val)
+			size += len(r.val)
+			if size < maxBatchBytes && i < len(batch)-1 {
+				continue
+			}
+			if err := batches.Put(seqKey(st.next), appendBatch(make([]byte, 0, batchSize(recs)), recs)); err != nil {
 				return err
 			}
-			next++
-			count++
-			bytes += uint64(len(r.val))
+			st.next += uint64(len(recs))
+			st.count += uint64(len(recs))
+			st.bytes += uint64(size)
+			recs, size = recs[:0], 0
 		}
-		if releaseTo >= first {
-			c := recs.Cursor()
-			for k, v := c.First(); k != nil && binary.BigEndian.Uint64(k) <= releaseTo; k, v = c.First() {
-				bytes -= uint64(len(v))
-				count--
-				if err := c.Delete(); err != nil {
-					return err
+		if releaseTo >= st.head {
+			if _, err := dropPrefix(batches, &st, releaseTo); err != nil {
+				return err
+			}
+		}
+		if b.opts.MaxAge > 0 && st.count > 0 {
+			cutoff := b.opts.Now().Add(-b.opts.MaxAge)
+			n, err := dropWhile(batches, &st, func(raw []byte, _ uint64) bool { return recordTime(raw).Before(cutoff) })
+			if err != nil {
+				return err
+			}
+			dropped[1] = n
+		}
+		if max := uint64(b.opts.MaxBytes); max > 0 && st.bytes > max && b.opts.WhenFull == DropOldest {
+			excess := st.bytes - max
+			var freed uint64
+			n, err := dropWhile(batches, &st, func(raw []byte, _ uint64) bool {
+				if freed >= excess {
+					return false
 				}
-			}
-		}
-		first = next
-		if k, _ := recs.Cursor().First(); k != nil {
-			first = binary.BigEndian.Uint64(k)
-		}
-		meta := tx.Bucket(bucketMeta)
-		for _, kv := range []struct {
-			k []byte
-			v uint64
-		}{{keyNextSeq, next}, {keyCount, count}, {keyBytes, bytes}, {keyQuarantined, nquar}} {
-			if err := meta.Put(kv.k, binary.BigEndian.AppendUint64(nil, kv.v)); err != nil {
+				freed += uint64(len(raw))
+				return true
+			})
+			if err != nil {
 				return err
 			}
+			dropped[0] = n
 		}
-		return nil
+		st.dropBytes += dropped[0]
+		st.dropAge += dropped[1]
+		return st.store(tx.Bucket(bucketMeta))
 	})
 	if err != nil {
 		err = fmt.Errorf("commit to buffer %s: %w", b.path, err)
@@ -462,25 +633,168 @@ func (b *Buffer) commit(batch []appendReq) {
 		return
 	}
 	b.mu.Lock()
-	seq0 := b.nextSeq
-	b.nextSeq, b.firstSeq, b.count, b.bytes, b.quarantined = next, first, count, bytes, nquar
+	seq0 := b.st.next
+	b.st = st
 	b.commits++
 	if len(batch) > 0 {
 		close(b.changed)
 		b.changed = make(chan struct{})
 	}
+	logDrop := dropped != [2]uint64{} && time.Since(b.lastDrop) > 10*time.Second
+	if logDrop {
+		b.lastDrop = time.Now()
+	}
 	b.mu.Unlock()
+	if logDrop {
+		b.log.Warn("buffer: limit reached; oldest records dropped",
+			"dropped_max_bytes", dropped[0], "dropped_max_age", dropped[1],
+			"total_max_bytes", st.dropBytes, "total_max_age", st.dropAge,
+			"max_bytes", b.opts.MaxBytes, "max_age", b.opts.MaxAge)
+	}
 	for i, r := range batch {
 		r.done(seq0+uint64(i), nil)
 	}
 }
 
+// expired reports whether the head record is older than MaxAge.
+func (b *Buffer) expired(st state) bool {
+	if b.opts.MaxAge <= 0 || st.count == 0 {
+		return false
+	}
+	var t time.Time
+	b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketBatches).Cursor()
+		for k, v := seekBatch(c, st.head); k != nil; k, v = c.Next() {
+			recs, _, _ := parseBatch(v)
+			base := binary.BigEndian.Uint64(k)
+			for i, raw := range recs {
+				if base+uint64(i) >= st.head && len(raw) > 0 {
+					t = recordTime(raw)
+					return nil
+				}
+			}
+		}
+		return nil
+	})
+	return !t.IsZero() && t.Before(b.opts.Now().Add(-b.opts.MaxAge))
+}
+
+// dropPrefix removes every record up to and including through, deleting
+// batches that end there and moving the head. It returns how many live
+// records it removed.
+func dropPrefix(batches *bolt.Bucket, st *state, through uint64) (uint64, error) {
+	return dropWhile(batches, st, func(_ []byte, seq uint64) bool { return seq <= through })
+}
+
+// dropWhile removes live records from the head for as long as drop says so,
+// deleting the batches it empties. It returns how many it removed.
+func dropWhile(batches *bolt.Bucket, st *state, drop func(raw []byte, seq uint64) bool) (uint64, error) {
+	var removed uint64
+	var dead [][]byte
+	c := batches.Cursor()
+	stopped := false
+	for k, v := seekBatch(c, st.head); k != nil && !stopped; k, v = c.Next() {
+		base := binary.BigEndian.Uint64(k)
+		recs, count, _ := parseBatch(v)
+		for i, raw := range recs {
+			seq := base + uint64(i)
+			if seq < st.head || len(raw) == 0 {
+				continue
+			}
+			if !drop(raw, seq) {
+				stopped = true
+				break
+			}
+			removed++
+			st.count--
+			st.bytes -= uint64(len(raw))
+			st.head = seq + 1
+		}
+		if !stopped {
+			st.head = base + uint64(count)
+			dead = append(dead, k)
+		}
+	}
+	for _, k := range dead {
+		if err := batches.Delete(k); err != nil {
+			return removed, err
+		}
+	}
+	if st.count == 0 {
+		st.head = st.next
+	}
+	return removed, nil
+}
+
+// quarantineTx moves record seq to the quarantine bucket, leaving a removed
+// entry in its batch. If the batch's framing is broken, the whole batch is
+// moved: its unreadable records are counted as quarantined.
+func (b *Buffer) quarantineTx(tx *bolt.Tx, st *state, seq uint64) error {
+	if seq < st.head {
+		return nil // released meanwhile
+	}
+	batches := tx.Bucket(bucketBatches)
+	k, v := seekBatch(batches.Cursor(), seq)
+	if k == nil {
+		return nil
+	}
+	base := binary.BigEndian.Uint64(k)
+	recs, count, err := parseBatch(v)
+	q := tx.Bucket(bucketQuarantine)
+	if framingBroken(recs, count, err) {
+		if seq < base {
+			return nil
+		}
+		if err := q.Put(seqKey(base), append([]byte(nil), v...)); err != nil {
+			return err
+		}
+		live := uint64(max(count-len(recs), 0)) // the unreadable rest
+		for _, raw := range recs {
+			if len(raw) > 0 {
+				live++
+				st.bytes -= min(st.bytes, uint64(len(raw)))
+			}
+		}
+		st.count -= min(st.count, live)
+		st.quarantined += live
+		return batches.Delete(k)
+	}
+	if seq < base || seq >= base+uint64(count) || len(recs[seq-base]) == 0 {
+		return nil // not there, or already removed
+	}
+	i := seq - base
+	raw := recs[i]
+	if err := q.Put(seqKey(seq), append([]byte(nil), raw...)); err != nil {
+		return err
+	}
+	st.count--
+	st.bytes -= uint64(len(raw))
+	st.quarantined++
+	kept := make([][]byte, len(recs))
+	copy(kept, recs)
+	kept[i] = nil
+	return batches.Put(append([]byte(nil), k...), appendBatch(make([]byte, 0, batchSize(kept)), kept))
+}
+
+// framingBroken reports whether parseBatch could not frame every record
+// (as opposed to a checksum mismatch with sound framing).
+func framingBroken(recs [][]byte, count int, err error) bool {
+	return err != nil && (count == 0 || len(recs) < count)
+}
+
+// recordTime reads an encoded record's receive time without decoding it
+// all; the zero time if it cannot.
+func recordTime(raw []byte) time.Time {
+	if len(raw) < 4 {
+		return time.Time{}
+	}
+	ns, n := binary.Varint(raw[3:])
+	if n <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
 
-func getUint(b *bolt.Bucket, k []byte) uint64 {
-	v := b.Get(k)
-	if len(v) != 8 {
-		return 0
-	}
-	return binary.BigEndian.Uint64(v)
-}
+func max64(a, b uint64) uint64 { return max(a, b) }

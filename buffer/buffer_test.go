@@ -306,9 +306,9 @@ func TestCorruptRecordIsQuarantined(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketRecords)
+		bk := tx.Bucket(bucketBatches)
 		v := append([]byte(nil), bk.Get(seqKey(2))...)
-		v[len(v)-1] ^= 0xff
+		v[len(v)-6] ^= 0xff // inside the record, before the batch checksum
 		return bk.Put(seqKey(2), v)
 	}); err != nil {
 		t.Fatal(err)
