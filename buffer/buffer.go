@@ -574,9 +574,11 @@ func (b *Buffer) commit(batch []appendReq) {
 		recs := make([][]byte, 0, len(batch))
 		size := 0
 		for i, r := range batch {
-			recs = append(recs, r.val)
-			size += len(r.val)
-			if size < maxBatchBytes && i < len(batch)-1 {
+			if r.val != nil {
+				recs = append(recs, r.val)
+				size += len(r.val)
+			}
+			if len(recs) == 0 || size < maxBatchBytes && i < len(batch)-1 {
 				continue
 			}
 			if err := batches.Put(seqKey(st.next), appendBatch(make([]byte, 0, batchSize(recs)), recs)); err != nil {
@@ -651,8 +653,33 @@ func (b *Buffer) commit(batch []appendReq) {
 			"total_max_bytes", st.dropBytes, "total_max_age", st.dropAge,
 			"max_bytes", b.opts.MaxBytes, "max_age", b.opts.MaxAge)
 	}
-	for i, r := range batch {
-		r.done(seq0+uint64(i), nil)
+	seq := seq0
+	for _, r := range batch {
+		if r.val == nil { // a flush barrier
+			r.done(0, nil)
+			continue
+		}
+		r.done(seq, nil)
+		seq++
+	}
+}
+
+// flush waits until everything requested before it (appends, releases,
+// quarantines) is committed.
+func (b *Buffer) flush(ctx context.Context) error {
+	ch := make(chan error, 1)
+	b.closeMu.RLock()
+	if b.closed {
+		b.closeMu.RUnlock()
+		return ErrClosed
+	}
+	b.reqs <- appendReq{done: func(_ uint64, err error) { ch <- err }}
+	b.closeMu.RUnlock()
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"bufio"
+	"flag"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,12 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv("FERRY_BUFFER_CRASH_CHILD"); path != "" {
 		crashChild(path)
 		return
+	}
+	// The model test fsyncs on every step; 30 runs keep `go test ./...`
+	// quick. Deeper: go test ./buffer -run FIFO -rapid.checks=1000
+	flag.Parse()
+	if f := flag.Lookup("rapid.checks"); f != nil && f.Value.String() == f.DefValue {
+		f.Value.Set("30")
 	}
 	goleak.VerifyTestMain(m)
 }

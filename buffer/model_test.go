@@ -1,0 +1,242 @@
+package buffer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"pgregory.net/rapid"
+)
+
+// modelRec is a record as the model keeps it.
+type modelRec struct {
+	seq     uint64
+	payload string
+	size    int // encoded size, what MaxBytes counts
+}
+
+// TestFIFOMatchesModel drives a buffer with random appends, reads, releases,
+// restarts and a MaxBytes limit, and checks it against a plain slice.
+func TestFIFOMatchesModel(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		path := filepath.Join(t.TempDir(), fmt.Sprintf("model-%d.db", time.Now().UnixNano()))
+		maxBytes := rapid.OneOf(rapid.Just(int64(0)), rapid.Int64Range(300, 3000)).Draw(rt, "maxBytes")
+		opts := Options{MaxBytes: maxBytes}
+		b, err := Open(path, opts)
+		if err != nil {
+			rt.Fatal(err)
+		}
+		defer func() { b.Close() }()
+		ctx := context.Background()
+
+		var model []modelRec
+		next := uint64(1)
+		var dropped uint64
+		modelBytes := func() (n int64) {
+			for _, r := range model {
+				n += int64(r.size)
+			}
+			return n
+		}
+		check := func(what string) {
+			var got []Record
+			var after uint64
+			for {
+				rctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+				recs, err := b.Read(rctx, after, 7, nil)
+				cancel()
+				if errors.Is(err, context.DeadlineExceeded) {
+					break
+				}
+				if err != nil {
+					rt.Fatalf("%s: read: %v", what, err)
+				}
+				got = append(got, recs...)
+				after = recs[len(recs)-1].Seq
+			}
+			if len(got) != len(model) {
+				rt.Fatalf("%s: read %d records, model has %d", what, len(got), len(model))
+			}
+			for i := range got {
+				if got[i].Seq != model[i].seq || string(got[i].Payload) != model[i].payload {
+					rt.Fatalf("%s: record %d is seq %d %q, model seq %d %q", what, i, got[i].Seq, got[i].Payload, model[i].seq, model[i].payload)
+				}
+			}
+			st := b.Stats()
+			if st.Records != uint64(len(model)) || int64(st.Bytes) != modelBytes() || st.Dropped[DropMaxBytes] != dropped {
+				rt.Fatalf("%s: stats %+v; model %d records, %d bytes, %d dropped", what, st, len(model), modelBytes(), dropped)
+			}
+			if st.LastSeq != next-1 {
+				rt.Fatalf("%s: LastSeq %d, want %d", what, st.LastSeq, next-1)
+			}
+		}
+
+		rt.Repeat(map[string]func(*rapid.T){
+			"append": func(rt *rapid.T) {
+				payload := rapid.StringN(0, 300, -1).Draw(rt, "payload")
+				rec := &Record{Topic: "t", Payload: []byte(payload), ReceivedAt: time.Unix(0, 1)}
+				seq, err := b.AppendWait(ctx, rec)
+				if err != nil {
+					rt.Fatal(err)
+				}
+				if seq != next {
+					rt.Fatalf("append got seq %d, want %d", seq, next)
+				}
+				model = append(model, modelRec{seq: seq, payload: payload, size: len(appendEncoded(nil, rec))})
+				next++
+				for maxBytes > 0 && modelBytes() > maxBytes {
+					model = model[1:]
+					dropped++
+				}
+			},
+			"release": func(rt *rapid.T) {
+				if len(model) == 0 {
+					return
+				}
+				i := rapid.IntRange(0, len(model)-1).Draw(rt, "i")
+				b.Release(model[i].seq)
+				if err := b.flush(ctx); err != nil {
+					rt.Fatal(err)
+				}
+				model = model[i+1:]
+			},
+			"restart": func(rt *rapid.T) {
+				if err := b.Close(); err != nil {
+					rt.Fatal(err)
+				}
+				if b, err = Open(path, opts); err != nil {
+					rt.Fatal(err)
+				}
+			},
+			"": func(rt *rapid.T) { check("check") },
+		})
+		b.Close()
+		checkConsistency(t, path)
+	})
+}
+
+func TestMaxBytesBlockHoldsAppends(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	one := len(appendEncoded(nil, rec(1)))
+	b, err := Open(path, Options{MaxBytes: int64(3 * one), WhenFull: Block})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	for i := 1; i <= 3; i++ {
+		if _, err := b.AppendWait(ctx, rec(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan uint64, 1)
+	if err := b.Append(rec(4), func(seq uint64, err error) { done <- seq }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case seq := <-done:
+		t.Fatalf("record %d was stored while the buffer was full", seq)
+	case <-time.After(200 * time.Millisecond):
+	}
+	b.Release(1)
+	select {
+	case seq := <-done:
+		if seq != 4 {
+			t.Fatalf("seq %d, want 4", seq)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("append still blocked after a release made room")
+	}
+	if st := b.Stats(); st.Dropped[DropMaxBytes] != 0 || st.Records != 3 {
+		t.Fatalf("stats %+v: Block must not drop", st)
+	}
+}
+
+func TestMaxAgeDropsOldRecords(t *testing.T) {
+	now := time.Unix(1700000000, 0)
+	var mu = make(chan struct{}, 1)
+	mu <- struct{}{}
+	clock := func() time.Time { <-mu; defer func() { mu <- struct{}{} }(); return now }
+	b, err := Open(filepath.Join(t.TempDir(), "b.db"), Options{MaxAge: time.Hour, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	for i := range 5 {
+		r := rec(i)
+		r.ReceivedAt = now.Add(-time.Duration(90-10*i) * time.Minute) // 90, 80, 70, 60, 50 minutes old
+		if _, err := b.AppendWait(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := b.Stats()
+	// Records 90, 80 and 70 minutes old are beyond the hour; 60 is not beyond it.
+	if st.Records != 2 || st.Dropped[DropMaxAge] != 3 || st.FirstSeq != 4 {
+		t.Fatalf("stats %+v, want 2 records left from seq 4 and 3 dropped for max_age", st)
+	}
+	<-mu
+	now = now.Add(5 * time.Minute) // 65 and 55 minutes old: one more is beyond the hour
+	mu <- struct{}{}
+	deadline := time.Now().Add(5 * time.Second)
+	for b.Stats().Records != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the record that aged past max_age was not dropped by the timer: %+v", b.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestQuarantineInsideBatch(t *testing.T) {
+	b, _ := openTest(t)
+	ctx := context.Background()
+	var seqs []uint64
+	done := make(chan struct{}, 10)
+	for i := range 10 { // one commit, one batch
+		if err := b.Append(rec(i), func(seq uint64, err error) { seqs = append(seqs, seq); done <- struct{}{} }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 10 {
+		<-done
+	}
+	b.Quarantine(5, errors.New("rejected"))
+	if err := b.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, b)
+	if len(got) != 9 {
+		t.Fatalf("read %d records, want 9", len(got))
+	}
+	for _, r := range got {
+		if r.Seq == 5 {
+			t.Fatal("quarantined record still read")
+		}
+	}
+	if st := b.Stats(); st.Quarantined != 1 || st.Records != 9 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func FuzzParseBatch(f *testing.F) {
+	f.Add(appendBatch(nil, [][]byte{appendEncoded(nil, rec(1)), nil, appendEncoded(nil, rec(2))}))
+	f.Add(appendBatch(nil, nil))
+	f.Add([]byte{batchMagic, batchV1, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		recs, count, err := parseBatch(v)
+		if len(recs) > count {
+			t.Fatalf("%d records framed, header says %d", len(recs), count)
+		}
+		if err == nil {
+			if got := appendBatch(nil, recs); string(got) != string(v) {
+				t.Fatalf("re-encoding differs")
+			}
+		}
+	})
+}
