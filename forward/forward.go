@@ -97,7 +97,11 @@ type Config struct {
 	// ShutdownTimeout is how long Run waits at shutdown for records in
 	// flight to be acknowledged. Default 10s.
 	ShutdownTimeout time.Duration
-	Logger          *slog.Logger
+	// StallTimeout is how long records may wait in flight with no
+	// acknowledgement before forwarding reports an error (a silent uplink
+	// shows no connection error). Default 5s.
+	StallTimeout time.Duration
+	Logger       *slog.Logger
 	// ExtraOpts are appended to the client options (tests use them to
 	// shorten retry timings).
 	ExtraOpts []kgo.Opt
@@ -121,6 +125,7 @@ type Forwarder struct {
 
 	delivered, unrouted, quarantined, retries atomic.Uint64
 	inflight                                  atomic.Int64
+	lastAck                                   atomic.Int64 // unix nanos of the last acknowledgement
 	lastErr                                   atomic.Value // string
 	lastKey                                   atomic.Value // string: errKey of lastErr
 }
@@ -144,6 +149,9 @@ func New(cfg Config, src Source) (*Forwarder, error) {
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = 5 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -218,6 +226,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		return fmt.Errorf("forward: kafka client: %w", err)
 	}
 	defer cl.Close()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { defer close(watched); f.watch(watchCtx) }()
+	defer func() { stopWatch(); <-watched }()
 
 	var after uint64 // 0: start at the buffer's head
 	wait := backoff(250*time.Millisecond, 30*time.Second)
@@ -291,11 +303,14 @@ func (f *Forwarder) pass(ctx context.Context, cl *kgo.Client, after uint64) (uin
 				f.src.Quarantine(rec.Seq, fmt.Errorf("record of %d bytes exceeds the %d-byte limit", recordSize(kr), f.cfg.MaxRecordBytes))
 				w.settle(idx, nil)
 			default:
-				f.inflight.Add(1)
+				if f.inflight.Add(1) == 1 {
+					f.lastAck.Store(time.Now().UnixNano()) // the wait starts now
+				}
 				cl.Produce(context.Background(), kr, func(kr *kgo.Record, err error) {
 					f.inflight.Add(-1)
 					if err == nil {
 						f.delivered.Add(1)
+						f.lastAck.Store(time.Now().UnixNano())
 					} else {
 						err = fmt.Errorf("produce to Kafka topic %q: %w", kr.Topic, err)
 					}
@@ -323,6 +338,28 @@ func (f *Forwarder) pass(ctx context.Context, cl *kgo.Client, after uint64) (uin
 	return w.releasedSeq(), w.failure()
 }
 
+// watch reports a stall: records in flight and no acknowledgement for
+// StallTimeout, which is all a silent uplink shows.
+func (f *Forwarder) watch(ctx context.Context) {
+	t := time.NewTicker(f.cfg.StallTimeout / 5)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n := f.inflight.Load()
+			since := time.Since(time.Unix(0, f.lastAck.Load()))
+			if n > 0 && since >= f.cfg.StallTimeout {
+				f.setError(fmt.Errorf("%w: %d records in flight, none acknowledged for %v", errStalled, n, since.Truncate(time.Second)))
+			}
+		}
+	}
+}
+
+// errStalled marks the error watch reports.
+var errStalled = errors.New("Kafka is not acknowledging")
+
 // setError records the problem forwarding is retrying, logging it when it
 // changes.
 func (f *Forwarder) setError(err error) {
@@ -335,6 +372,9 @@ func (f *Forwarder) setError(err error) {
 // errKey is err's text without what changes on every attempt (the local
 // port of a connection), so a repeated failure is logged once.
 func errKey(err error) string {
+	if errors.Is(err, errStalled) {
+		return errStalled.Error()
+	}
 	var op *net.OpError
 	if errors.As(err, &op) {
 		c := *op

@@ -55,14 +55,15 @@ func run() error {
 		return fmt.Errorf("start MQTT broker: %w", err)
 	}
 	defer broker.Close()
-	kafka, err := testenv.StartKafka(testenv.TelemetryTopic)
+	const topic = "telemetry"
+	kafka, err := testenv.StartKafka(topic)
 	if err != nil {
 		return fmt.Errorf("start Kafka: %w", err)
 	}
 	defer kafka.Close()
 
 	configPath := filepath.Join(dir, "ferry.yaml")
-	if err := os.WriteFile(configPath, []byte(testenv.FerryConfig(broker.URL(), kafka.Brokers(), filepath.Join(dir, "buffer.db"))), 0o600); err != nil {
+	if err := os.WriteFile(configPath, []byte(testenv.FerryConfig(broker.URL(), kafka, topic, filepath.Join(dir, "buffer.db"))), 0o600); err != nil {
 		return err
 	}
 	cfg, err := config.Load(configPath)
@@ -79,7 +80,7 @@ func run() error {
 	}
 
 	fmt.Printf("MQTT broker  mochi-mqtt (embedded) at %s\n", broker.URL())
-	fmt.Printf("Kafka        kfake (in process) at %v, topic %q\n", kafka.Brokers(), testenv.TelemetryTopic)
+	fmt.Printf("Kafka        kfake (in process) at %v, topic %q\n", kafka.Brokers(), topic)
 	fmt.Printf("ferry        buffer %s, config %s\n", cfg.Buffer.Path, configPath)
 	fmt.Printf("sensors      %d devices x %d QoS 1 messages on sensors/<device>/telemetry\n\n", *devices, *messages)
 
@@ -97,7 +98,7 @@ func run() error {
 		}
 	}
 
-	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), testenv.TelemetryTopic)
+	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), topic)
 	if err != nil {
 		return err
 	}

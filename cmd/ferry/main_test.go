@@ -49,7 +49,12 @@ func TestUsageErrors(t *testing.T) {
 func TestCheck(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.yaml")
-	cfg := testenv.FerryConfig("tcp://127.0.0.1:1883", []string{"127.0.0.1:9092"}, filepath.Join(dir, "b.db"))
+	kafka, err := testenv.StartKafka()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kafka.Close() // only its address is needed
+	cfg := testenv.FerryConfig("tcp://127.0.0.1:1883", kafka, "telemetry", filepath.Join(dir, "b.db"))
 	cfg = strings.Replace(cfg, "  client_id: ferry-gw-test\n", "  client_id: ferry-gw-test\n  username: u\n  password: hunter2\n", 1)
 	if err := os.WriteFile(good, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -168,10 +173,11 @@ func TestRestartAfterSIGKILL(t *testing.T) { runRestart(t, syscall.SIGKILL) }
 func runRestart(t *testing.T, sig syscall.Signal) {
 	const devices, perDevice = 20, 500
 	broker := testenv.NewBroker(t)
-	kafka := testenv.NewKafka(t, testenv.TelemetryTopic)
+	kafka := testenv.NewKafka(t)
+	topic := testenv.NewTopic(t, kafka)
 	dir := t.TempDir()
 	configPath := filepath.Join(dir, "ferry.yaml")
-	if err := os.WriteFile(configPath, []byte(testenv.FerryConfig(broker.URL(), kafka.Brokers(), filepath.Join(dir, "buffer.db"))), 0o600); err != nil {
+	if err := os.WriteFile(configPath, []byte(testenv.FerryConfig(broker.URL(), kafka, topic, filepath.Join(dir, "buffer.db"))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
@@ -180,7 +186,7 @@ func runRestart(t *testing.T, sig syscall.Signal) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), testenv.TelemetryTopic)
+	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), topic, kafka.ClientOpts()...)
 	if err != nil {
 		t.Fatal(err)
 	}

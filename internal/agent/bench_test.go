@@ -17,8 +17,9 @@ import (
 func BenchmarkEndToEnd(b *testing.B) {
 	const devices = 100
 	broker := testenv.NewBroker(b)
-	kafka := testenv.NewKafka(b, testenv.TelemetryTopic)
-	cfg := loadConfigTB(b, broker.URL(), kafka.Brokers())
+	kafka := testenv.NewKafka(b)
+	topic := testenv.NewTopic(b, kafka)
+	cfg := loadConfig(b, broker.URL(), kafka, topic)
 	a, err := New(cfg, nil, Options{})
 	if err != nil {
 		b.Fatal(err)
@@ -30,7 +31,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	for !a.Stats().MQTT.Subscribed {
 		time.Sleep(10 * time.Millisecond)
 	}
-	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), testenv.TelemetryTopic)
+	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), topic, kafka.ClientOpts()...)
 	if err != nil {
 		b.Fatal(err)
 	}

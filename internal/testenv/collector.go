@@ -85,14 +85,14 @@ type Collector struct {
 }
 
 // StartCollector starts consuming topic from its first offset. It stops when
-// ctx is done or Close is called.
-func StartCollector(ctx context.Context, brokers []string, topic string) (*Collector, error) {
-	cl, err := kgo.NewClient(
+// ctx is done or Close is called. opts add client options (security).
+func StartCollector(ctx context.Context, brokers []string, topic string, opts ...kgo.Opt) (*Collector, error) {
+	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(brokers...),
 		kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchMaxWait(100*time.Millisecond),
-	)
+		kgo.FetchMaxWait(100 * time.Millisecond),
+	}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("collector for %s: %w", topic, err)
 	}

@@ -1,18 +1,11 @@
 package testenv
 
-import (
-	"fmt"
-	"strings"
-)
-
-// TelemetryTopic is the Kafka topic FerryConfig routes sensor messages to.
-const TelemetryTopic = "telemetry"
+import "fmt"
 
 // FerryConfig returns a ferry configuration file, shaped like the README's
 // example, that subscribes to the sensors' topics on mqttURL and routes them
-// to TelemetryTopic on kafkaBrokers, keyed by device, buffering at
-// bufferPath.
-func FerryConfig(mqttURL string, kafkaBrokers []string, bufferPath string) string {
+// to topic on k, keyed by device, buffering at bufferPath.
+func FerryConfig(mqttURL string, k *Kafka, topic, bufferPath string) string {
 	return fmt.Sprintf(`gateway_id: gw-test
 log:
   level: info
@@ -26,10 +19,9 @@ buffer:
   path: %q
 forward:
   kafka:
-    brokers: [%s]
-  routes:
+%s  routes:
     - match: sensors/{device}/telemetry
       topic: %s
       key: "{device}"
-`, mqttURL, bufferPath, strings.Join(kafkaBrokers, ", "), TelemetryTopic)
+`, mqttURL, bufferPath, k.FerryYAML(), topic)
 }

@@ -1,8 +1,10 @@
 package testenv
 
 import (
+	"context"
 	"os"
 	"testing"
+	"time"
 )
 
 // EnvRequireMosquitto names the environment variable that, set to "1",
@@ -31,14 +33,37 @@ func NewBroker(t testing.TB) *Broker {
 	return b
 }
 
-// NewKafka starts a fake Kafka cluster for a test as StartKafka does and
-// closes it when the test ends.
+// NewKafka gives a test its Kafka: the real broker the environment names
+// (EnvKafka, see scripts/kafka-test-broker), else a kfake cluster started as
+// StartKafka does and closed when the test ends. It logs which.
 func NewKafka(t testing.TB, topics ...string) *Kafka {
 	t.Helper()
+	if UsingRealKafka() {
+		k, err := ConnectRealKafka()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(k.Close)
+		t.Logf("Kafka: %s", k)
+		return k
+	}
 	k, err := StartKafka(topics...)
 	if err != nil {
 		t.Fatalf("start kafka: %v", err)
 	}
 	t.Cleanup(k.Close)
+	t.Logf("Kafka: %s", k)
 	return k
+}
+
+// NewTopic creates a topic with a unique name for a test.
+func NewTopic(t testing.TB, k *Kafka) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	name := UniqueTopic("telemetry")
+	if err := k.CreateTopic(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	return name
 }

@@ -25,8 +25,9 @@ type KafkaConfig struct {
 // Kafka is a fake Kafka cluster (kfake) on 127.0.0.1 whose network can be
 // cut with SetReachable. Records stay in memory for the cluster's lifetime.
 type Kafka struct {
-	Cluster *kfake.Cluster
+	Cluster *kfake.Cluster // nil for a real broker
 	gate    *gate
+	real    *realKafka // nil for kfake
 }
 
 // StartKafka starts a one-broker kfake cluster with the given topics
@@ -63,7 +64,12 @@ func StartKafkaWith(cfg KafkaConfig, topics ...string) (*Kafka, error) {
 }
 
 // Brokers returns the seed broker addresses ("127.0.0.1:port").
-func (k *Kafka) Brokers() []string { return k.Cluster.ListenAddrs() }
+func (k *Kafka) Brokers() []string {
+	if k.real != nil {
+		return []string{k.real.addr}
+	}
+	return k.Cluster.ListenAddrs()
+}
 
 // SetReachable simulates an uplink outage and its end. With up false, every
 // open client connection is reset (closed with SO_LINGER 0, so the client
@@ -72,10 +78,25 @@ func (k *Kafka) Brokers() []string { return k.Cluster.ListenAddrs() }
 // looks like a network that refuses it: requests fail with retriable
 // network errors and the client keeps retrying with backoff. The cluster's
 // data is kept.
-func (k *Kafka) SetReachable(up bool) { k.gate.set(up) }
+//
+// For a real broker, down freezes the broker process (SIGSTOP) and up
+// thaws it (SIGCONT): to clients the uplink goes silent, connections hang
+// and requests time out, as when a gateway's link drops without a reset.
+func (k *Kafka) SetReachable(up bool) {
+	if k.real != nil {
+		k.real.setReachable(up)
+		return
+	}
+	k.gate.set(up)
+}
 
-// Close shuts the cluster down and closes every client connection.
+// Close shuts the cluster down and closes every client connection. A real
+// broker is left running (thawed, if an outage froze it).
 func (k *Kafka) Close() {
+	if k.real != nil {
+		k.real.setReachable(true)
+		return
+	}
 	k.Cluster.Close()
 	k.gate.closeAll()
 }
