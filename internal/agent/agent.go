@@ -220,6 +220,9 @@ func kafkaSASL(c config.SASL) (sasl.Mechanism, error) {
 	return nil, fmt.Errorf("forward.kafka.sasl.mechanism: unknown mechanism %q", c.Mechanism)
 }
 
+// Buffer returns the agent's buffer, for read-only inspection while it runs.
+func (a *Agent) Buffer() *buffer.Buffer { return a.buf }
+
 // Stats returns the counters of every stage.
 func (a *Agent) Stats() Stats {
 	return Stats{MQTT: a.ingest.Stats(), Buffer: a.buf.Stats(), Forward: a.fwd.Stats()}
