@@ -214,7 +214,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
+	db, err := openBolt(path, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("open buffer %s: %w (is another ferry running on it?)", path, ErrLocked)
 	}
@@ -250,7 +250,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 		if k, v := batches.Cursor().Last(); k != nil {
 			_, n, _ := parseBatch(v)
 			if last := binary.BigEndian.Uint64(k) + uint64(n) - 1; last >= b.st.next {
-				return fmt.Errorf("meta next_seq %d is not above the last record %d", b.st.next, last)
+				return fmt.Errorf("%w: meta next_seq %d is not above the last record %d", ErrCorruptFile, b.st.next, last)
 			}
 		}
 		return b.st.store(meta)

@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"strconv"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -101,7 +102,54 @@ type Buffer struct {
 	// $STATE_DIRECTORY (its first entry, if it holds several separated
 	// by ':'), else ./ferry-buffer.db.
 	Path string `yaml:"path"`
+	// Sync is when the buffer fsyncs: "always" (default) commits and
+	// fsyncs as soon as records wait, many at once; "interval" commits at
+	// most once per SyncInterval, fewer and larger writes (kinder to
+	// flash) at the cost of latency. Either way a message is acknowledged
+	// only after the fsync that made it durable.
+	Sync string `yaml:"sync"`
+	// SyncInterval is the commit interval with sync: interval; > 0.
+	// Default 100ms.
+	SyncInterval time.Duration `yaml:"sync_interval"`
+	// MaxBytes bounds the buffered records' size, e.g. 512MiB or 2GB.
+	// Default 1GiB (768MiB on 32-bit systems, where bbolt must map the
+	// whole file into the address space); 0 means no bound.
+	MaxBytes ByteSize `yaml:"max_bytes"`
+	// MaxAge drops records received longer ago than this, e.g. 7d or 36h;
+	// 0 turns it off. Default 7d.
+	MaxAge time.Duration `yaml:"max_age"`
+	// WhenFull is what happens at MaxBytes: "drop_oldest" (default:
+	// telemetry wants the newest; drops are counted) or "block" (stop
+	// acknowledging, so the broker holds the messages and publishers feel
+	// backpressure).
+	WhenFull string `yaml:"when_full"`
+	// OnCorrupt is what happens when the buffer file cannot be opened as a
+	// database: "move_aside" (default: it is renamed
+	// buffer.db.corrupt-<time>, kept for inspection, and a new buffer is
+	// started) or "fail" (ferry refuses to start).
+	OnCorrupt string `yaml:"on_corrupt"`
 }
+
+// ByteSize is a size in bytes. In YAML it is an integer or a number with a
+// unit: B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers
+// of 1024).
+type ByteSize int64
+
+// String formats the size with the largest binary unit that divides it.
+func (b ByteSize) String() string {
+	for _, u := range []struct {
+		name string
+		n    int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if b != 0 && int64(b)%u.n == 0 {
+			return fmt.Sprintf("%d%s", int64(b)/u.n, u.name)
+		}
+	}
+	return fmt.Sprintf("%dB", int64(b))
+}
+
+// MarshalYAML writes the size as String does.
+func (b ByteSize) MarshalYAML() (any, error) { return b.String(), nil }
 
 // Forward configures where buffered records go.
 type Forward struct {
@@ -205,6 +253,16 @@ func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
 type Env struct {
 	Lookup   func(name string) (value string, ok bool)
 	Hostname func() (string, error)
+	// IntSize is the platform's word size in bits (32 or 64); 0 means
+	// this process's. Limits that depend on the address space use it.
+	IntSize int
+}
+
+func (e Env) intSize() int {
+	if e.IntSize == 0 {
+		return strconv.IntSize
+	}
+	return e.IntSize
 }
 
 func (e Env) lookup(name string) (string, bool) {
@@ -248,7 +306,7 @@ func Parse(name string, data []byte, env Env) (*Config, error) {
 		return nil, errs
 	}
 	setDefaults(&c, src, env, &errs)
-	validate(&c, src, &errs)
+	validate(&c, src, env, &errs)
 	if errs != nil {
 		errs.sort()
 		return nil, errs

@@ -76,7 +76,7 @@ func TestDefaults(t *testing.T) {
 			ReceiveMaximum: 1000,
 			Subscriptions:  []Subscription{{Filter: "sensors/#", QoS: 1}},
 		},
-		Buffer: Buffer{Path: "./ferry-buffer.db"},
+		Buffer: Buffer{Path: "./ferry-buffer.db", Sync: "always", SyncInterval: 100 * time.Millisecond, MaxBytes: 1 << 30, MaxAge: 7 * 24 * time.Hour, WhenFull: "drop_oldest", OnCorrupt: "move_aside"},
 		Forward: Forward{
 			Kafka: Kafka{
 				Brokers:            []string{"127.0.0.1:9092"},
@@ -335,4 +335,46 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("round trip:\ngot  %#v\nwant %#v", back, c)
 		}
 	})
+}
+
+func TestBufferLimits(t *testing.T) {
+	base := "gateway_id: g\nmqtt:\n  url: tcp://127.0.0.1:1883\n  subscriptions: [{filter: a/#}]\nforward:\n  kafka: {brokers: [127.0.0.1:9092]}\n  routes: [{match: a/#, topic: t}]\n"
+	for _, tc := range []struct {
+		yaml    string
+		intSize int
+		want    Buffer
+		err     string
+	}{
+		{yaml: "buffer: {max_bytes: 512MiB, max_age: 3d, when_full: block, sync: interval, sync_interval: 1s}",
+			want: Buffer{MaxBytes: 512 << 20, MaxAge: 72 * time.Hour, WhenFull: "block", Sync: "interval", SyncInterval: time.Second}},
+		{yaml: "buffer: {max_bytes: 2GB, max_age: 0}", want: Buffer{MaxBytes: 2e9, MaxAge: 0, WhenFull: "drop_oldest", Sync: "always"}},
+		{yaml: "buffer: {max_bytes: 1073741824}", want: Buffer{MaxBytes: 1 << 30, MaxAge: 7 * 24 * time.Hour}},
+		{yaml: "", intSize: 32, want: Buffer{MaxBytes: 768 << 20}},
+		{yaml: "buffer: {max_bytes: 1GiB}", intSize: 32, err: "buffer.max_bytes: must be at most 768MiB on a 32-bit system, got 1GiB"},
+		{yaml: "buffer: {max_bytes: 0}", intSize: 32, err: "buffer.max_bytes: must be at most 768MiB on a 32-bit system, got 0B"},
+		{yaml: "buffer: {max_bytes: lots}", err: `buffer.max_bytes: must be a size such as 512MiB or 1GiB, got "lots"`},
+		{yaml: "buffer: {when_full: wait}", err: `buffer.when_full: must be drop_oldest or block, got "wait"`},
+		{yaml: "buffer: {on_corrupt: ignore}", err: `buffer.on_corrupt: must be move_aside or fail, got "ignore"`},
+	} {
+		cfg, err := Parse("f.yaml", []byte(base+tc.yaml), Env{IntSize: tc.intSize, Hostname: func() (string, error) { return "h", nil }})
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: error %v, want %q", tc.yaml, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.yaml, err)
+			continue
+		}
+		b := cfg.Buffer
+		if b.MaxBytes != tc.want.MaxBytes || tc.want.MaxAge != 0 && b.MaxAge != tc.want.MaxAge ||
+			tc.want.WhenFull != "" && b.WhenFull != tc.want.WhenFull || tc.want.Sync != "" && b.Sync != tc.want.Sync ||
+			tc.want.SyncInterval != 0 && b.SyncInterval != tc.want.SyncInterval {
+			t.Errorf("%q: buffer %+v, want %+v", tc.yaml, b, tc.want)
+		}
+		if strings.Contains(tc.yaml, "max_age: 0") && b.MaxAge != 0 {
+			t.Errorf("%q: max_age %v, want 0 (off)", tc.yaml, b.MaxAge)
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"reflect"
 	"regexp"
 	"slices"
@@ -232,7 +233,37 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
-var durationType = reflect.TypeFor[time.Duration]()
+var (
+	durationType = reflect.TypeFor[time.Duration]()
+	byteSizeType = reflect.TypeFor[ByteSize]()
+)
+
+// parseDuration is time.ParseDuration plus a whole number of days, "7d",
+// which operators write for retention.
+func parseDuration(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseInt(days, 10, 32)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("bad number of days %q", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
+}
+
+// parseByteSize reads "1073741824", "512MiB", "2GB", "100 KiB".
+func parseByteSize(s string) (int64, error) {
+	num := strings.TrimSpace(s)
+	unit := strings.TrimLeft(num, "0123456789")
+	num = strings.TrimSpace(strings.TrimSuffix(num, unit))
+	mult := map[string]int64{"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+		"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}[strings.TrimSpace(unit)]
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || mult == 0 || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return n * mult, nil
+}
 
 // decode strictly decodes n, the node at path, into v, recording positions in
 // src. It supports what Config holds: structs, slices, strings, ints, bools
@@ -254,15 +285,26 @@ func decode(src *source, n *yaml.Node, path string, v reflect.Value, errs *Error
 	switch {
 	case v.Type() == durationType:
 		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" && n.ShortTag() != "!!int" {
-			fail("must be a duration such as 10s or 24h, got %s", describe(n))
+			fail("must be a duration such as 10s, 24h or 7d, got %s", describe(n))
 			return
 		}
-		d, err := time.ParseDuration(n.Value)
+		d, err := parseDuration(n.Value)
 		if err != nil {
-			fail("must be a duration such as 10s or 24h, got %q", n.Value)
+			fail("must be a duration such as 10s, 24h or 7d, got %q", n.Value)
 			return
 		}
 		v.SetInt(int64(d))
+	case v.Type() == byteSizeType:
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" && n.ShortTag() != "!!int" {
+			fail("must be a size such as 512MiB or 1GiB, got %s", describe(n))
+			return
+		}
+		b, err := parseByteSize(n.Value)
+		if err != nil {
+			fail("must be a size such as 512MiB or 1GiB, got %q", n.Value)
+			return
+		}
+		v.SetInt(b)
 	case v.Kind() == reflect.Struct:
 		if n.Kind != yaml.MappingNode {
 			fail("must be a mapping, got %s", describe(n))

@@ -28,6 +28,14 @@ const (
 	defaultDialTimeout        = 10 * time.Second
 	defaultBufferFile         = "buffer.db"         // in $STATE_DIRECTORY
 	fallbackBufferPath        = "./ferry-buffer.db" // without $STATE_DIRECTORY
+	defaultSyncInterval       = 100 * time.Millisecond
+	defaultMaxBytes           = 1 << 30
+	defaultMaxAge             = 7 * 24 * time.Hour
+	// maxBytes32 is the most a 32-bit system may buffer: bbolt maps the
+	// whole file, which grows past max_bytes by page overhead and free
+	// pages, and the map must stay within 1 GiB to fit reliably in a
+	// 32-bit process's address space.
+	maxBytes32 = 768 << 20
 )
 
 // setDefaults fills in what the file left out: absent or null keys, and
@@ -52,6 +60,18 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 	for i := range m.Subscriptions {
 		setIfAbsent(src, fmt.Sprintf("mqtt.subscriptions[%d].qos", i), &m.Subscriptions[i].QoS, defaultQoS)
 	}
+
+	bu := &c.Buffer
+	setString(&bu.Sync, "always")
+	setIfAbsent(src, "buffer.sync_interval", &bu.SyncInterval, defaultSyncInterval)
+	defaultMax := ByteSize(defaultMaxBytes)
+	if env.intSize() == 32 {
+		defaultMax = maxBytes32
+	}
+	setIfAbsent(src, "buffer.max_bytes", &bu.MaxBytes, defaultMax)
+	setIfAbsent(src, "buffer.max_age", &bu.MaxAge, defaultMaxAge)
+	setString(&bu.WhenFull, "drop_oldest")
+	setString(&bu.OnCorrupt, "move_aside")
 
 	if c.Buffer.Path == "" {
 		c.Buffer.Path = fallbackBufferPath
@@ -84,7 +104,7 @@ func setIfAbsent[T any](src *source, path string, v *T, def T) {
 
 // validate checks c, whose defaults are set, and appends every problem to
 // errs and every non-fatal finding to c.Warnings.
-func validate(c *Config, src *source, errs *Errors) {
+func validate(c *Config, src *source, env Env, errs *Errors) {
 	bad := func(path, format string, args ...any) {
 		*errs = append(*errs, src.errorAt(path, format, args...))
 	}
@@ -95,6 +115,23 @@ func validate(c *Config, src *source, errs *Errors) {
 	}
 	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf("log.format", c.Log.Format, "text", "json")
+
+	bu := &c.Buffer
+	oneOf("buffer.sync", bu.Sync, "always", "interval")
+	if bu.Sync == "interval" && bu.SyncInterval <= 0 {
+		bad("buffer.sync_interval", "must be more than 0s with sync: interval, got %v", bu.SyncInterval)
+	}
+	if bu.MaxBytes < 0 {
+		bad("buffer.max_bytes", "must be 0 (no bound) or more, got %v", bu.MaxBytes)
+	}
+	if env.intSize() == 32 && (bu.MaxBytes == 0 || bu.MaxBytes > maxBytes32) {
+		bad("buffer.max_bytes", "must be at most %v on a 32-bit system, got %v: bbolt maps the whole buffer file into memory and a 32-bit process cannot map more reliably", ByteSize(maxBytes32), bu.MaxBytes)
+	}
+	if bu.MaxAge < 0 {
+		bad("buffer.max_age", "must be 0 (off) or more, got %v", bu.MaxAge)
+	}
+	oneOf("buffer.when_full", bu.WhenFull, "drop_oldest", "block")
+	oneOf("buffer.on_corrupt", bu.OnCorrupt, "move_aside", "fail")
 
 	m := &c.MQTT
 	if m.URL == "" {

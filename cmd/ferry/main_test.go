@@ -53,8 +53,8 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kafka.Close() // only its address is needed
 	cfg := testenv.FerryConfig("tcp://127.0.0.1:1883", kafka, "telemetry", filepath.Join(dir, "b.db"))
+	kafka.Close() // only its address was needed
 	cfg = strings.Replace(cfg, "  client_id: ferry-gw-test\n", "  client_id: ferry-gw-test\n  username: u\n  password: hunter2\n", 1)
 	if err := os.WriteFile(good, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

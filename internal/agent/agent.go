@@ -71,7 +71,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 	if opts.Forward != nil {
 		opts.Forward(&fc)
 	}
-	buf, err := buffer.Open(cfg.Buffer.Path, buffer.Options{Logger: log.With("component", "buffer")})
+	buf, err := openBuffer(cfg.Buffer, log)
 	if err != nil {
 		return nil, err
 	}
@@ -86,6 +86,36 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 		return nil, err
 	}
 	return &Agent{cfg: cfg, log: log, buf: buf, ingest: ingest, fwd: fwd}, nil
+}
+
+// openBuffer opens the buffer with the configured limits. A corrupt file is
+// moved aside and a new buffer started, loudly, unless on_corrupt is fail.
+func openBuffer(c config.Buffer, log *slog.Logger) (*buffer.Buffer, error) {
+	opts := buffer.Options{
+		MaxBytes: int64(c.MaxBytes),
+		MaxAge:   c.MaxAge,
+		Logger:   log.With("component", "buffer"),
+	}
+	if c.Sync == "interval" {
+		opts.SyncInterval = c.SyncInterval
+	}
+	if c.WhenFull == "block" {
+		opts.WhenFull = buffer.Block
+	}
+	if c.OnCorrupt == "fail" {
+		b, err := buffer.Open(c.Path, opts)
+		if errors.Is(err, buffer.ErrCorruptFile) {
+			return nil, fmt.Errorf("%w (buffer.on_corrupt is fail: inspect it with `ferry buffer verify`, or set move_aside)", err)
+		}
+		return b, err
+	}
+	b, aside, err := buffer.OpenOrMoveAside(c.Path, opts)
+	if aside != "" {
+		log.Error("BUFFER FILE CORRUPT: moved it aside and started an empty buffer; the records in it were not forwarded",
+			"path", c.Path, "moved_to", aside, "corrupt_files", len(buffer.CorruptFiles(c.Path)),
+			"salvage", "ferry buffer verify --path "+aside+" --salvage NEWFILE")
+	}
+	return b, err
 }
 
 func mqttConfig(cfg *config.Config, log *slog.Logger) (mqtt.Config, error) {

@@ -1,0 +1,73 @@
+package buffer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// ErrCorruptFile is returned (wrapped) by Open for a file that exists but
+// is not a usable buffer: not a bbolt database, damaged pages or meta, or
+// counters that contradict the records.
+var ErrCorruptFile = errors.New("buffer file is corrupt")
+
+// OpenOrMoveAside opens path like Open. If the file is corrupt
+// (ErrCorruptFile), it renames it to path.corrupt-<UTC time>, where it stays
+// for inspection and salvage (ferry buffer verify --salvage), and starts a
+// new, empty buffer at path. It returns the name the damaged file was moved
+// to, or "" if it opened the file as it was. Any other error (a lock, a
+// permission) is returned as it is: moving the file would not help.
+func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
+	b, err := Open(path, opts)
+	if err == nil || !errors.Is(err, ErrCorruptFile) {
+		return b, "", err
+	}
+	aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))
+	if rerr := os.Rename(path, aside); rerr != nil {
+		return nil, "", fmt.Errorf("%w; moving it aside failed: %w", err, rerr)
+	}
+	if d, derr := os.Open(filepath.Dir(path)); derr == nil {
+		d.Sync() // make the rename durable before writing a new file
+		d.Close()
+	}
+	b, err2 := Open(path, opts)
+	if err2 != nil {
+		return nil, aside, fmt.Errorf("%w; moved it to %s but a new buffer failed too: %w", err, aside, err2)
+	}
+	return b, aside, nil
+}
+
+// CorruptFiles lists the damaged buffer files OpenOrMoveAside moved aside
+// next to path, oldest first.
+func CorruptFiles(path string) []string {
+	m, _ := filepath.Glob(path + ".corrupt-*")
+	sort.Strings(m)
+	return m
+}
+
+// openBolt opens the bbolt file, turning bbolt's corruption errors and
+// panics into ErrCorruptFile.
+func openBolt(path string, o *bolt.Options) (db *bolt.DB, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			db, err = nil, fmt.Errorf("%w: bbolt: %v", ErrCorruptFile, p)
+		}
+	}()
+	if fi, serr := os.Stat(path); serr == nil && fi.Size() > 0 && fi.Size() < 4*1024 {
+		return nil, fmt.Errorf("%w: %d bytes is smaller than a database's first pages", ErrCorruptFile, fi.Size())
+	}
+	db, err = bolt.Open(path, 0o600, o)
+	switch {
+	case err == nil:
+		return db, nil
+	case errors.Is(err, bolt.ErrInvalid), errors.Is(err, bolt.ErrVersionMismatch), errors.Is(err, bolt.ErrChecksum),
+		errors.Is(err, bolt.ErrInvalidMapping):
+		return nil, fmt.Errorf("%w: %w", ErrCorruptFile, err)
+	}
+	return nil, err
+}
