@@ -157,6 +157,14 @@ type Forward struct {
 	// Routes map MQTT topics to Kafka topics and keys; at least one. The
 	// first route whose Match matches a message's topic wins.
 	Routes []Route `yaml:"routes"`
+	// StatusTopic receives a JSON status record keyed by gateway id every
+	// StatusInterval and soon after the buffer drops records at a limit,
+	// so the data centre knows what the gateway lost. Default
+	// "ferry.status"; an empty string turns it off.
+	StatusTopic string `yaml:"status_topic"`
+	// StatusInterval is how often the status record is sent; >= 1s.
+	// Default 1m.
+	StatusInterval time.Duration `yaml:"status_interval"`
 }
 
 // Kafka configures the Kafka producer.

@@ -85,7 +85,9 @@ func TestDefaults(t *testing.T) {
 				MaxBufferedRecords: 10000,
 				DialTimeout:        10 * time.Second,
 			},
-			Routes: []Route{{Match: "sensors/#", Topic: "telemetry"}},
+			Routes:         []Route{{Match: "sensors/#", Topic: "telemetry"}},
+			StatusTopic:    "ferry.status",
+			StatusInterval: time.Minute,
 		},
 	}
 	if !reflect.DeepEqual(c, want) {

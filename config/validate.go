@@ -88,6 +88,8 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 	setIfAbsent(src, "forward.kafka.max_buffered_records", &k.MaxBufferedRecords, defaultMaxBufferedRecords)
 	setIfAbsent(src, "forward.kafka.dial_timeout", &k.DialTimeout, defaultDialTimeout)
 	setIfAbsent(src, "forward.kafka.tls.enabled", &k.TLS.Enabled, src.isSet("forward.kafka.tls"))
+	setIfAbsent(src, "forward.status_topic", &c.Forward.StatusTopic, "ferry.status")
+	setIfAbsent(src, "forward.status_interval", &c.Forward.StatusInterval, time.Minute)
 }
 
 func setString(s *string, def string) {
@@ -226,6 +228,14 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 		}
 	}
 
+	if st := c.Forward.StatusTopic; st != "" {
+		if msg := checkKafkaTopic(st, true); msg != "" {
+			bad("forward.status_topic", "%s", msg)
+		}
+	}
+	if c.Forward.StatusInterval < time.Second {
+		bad("forward.status_interval", "must be 1s or more, got %v", c.Forward.StatusInterval)
+	}
 	if len(c.Forward.Routes) == 0 {
 		bad("forward.routes", "at least one route is required")
 	}

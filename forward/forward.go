@@ -49,6 +49,8 @@ type Source interface {
 	Release(seq uint64)
 	// Quarantine moves a record that can never be delivered aside.
 	Quarantine(seq uint64, reason error)
+	// Stats reports the buffer's counters, for the status record.
+	Stats() buffer.Stats
 }
 
 // Header names set on every Kafka record.
@@ -102,6 +104,11 @@ type Config struct {
 	// shows no connection error). Default 5s.
 	StallTimeout time.Duration
 	Logger       *slog.Logger
+	// StatusTopic receives a Status record (JSON, keyed by gateway id)
+	// every StatusInterval and soon after records are dropped by a limit;
+	// "" turns it off.
+	StatusTopic    string
+	StatusInterval time.Duration // default 1m
 	// ExtraOpts are appended to the client options (tests use them to
 	// shorten retry timings).
 	ExtraOpts []kgo.Opt
@@ -128,6 +135,7 @@ type Forwarder struct {
 	lastAck                                   atomic.Int64 // unix nanos of the last acknowledgement
 	lastErr                                   atomic.Value // string
 	lastKey                                   atomic.Value // string: errKey of lastErr
+	statusErr                                 atomic.Value // string: errKey of the last status send failure
 }
 
 // New checks cfg and returns a Forwarder ready to Run.
@@ -150,6 +158,9 @@ func New(cfg Config, src Source) (*Forwarder, error) {
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
 	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = time.Minute
+	}
 	if cfg.StallTimeout <= 0 {
 		cfg.StallTimeout = 5 * time.Second
 	}
@@ -162,6 +173,7 @@ func New(cfg Config, src Source) (*Forwarder, error) {
 	f := &Forwarder{cfg: cfg, src: src, log: cfg.Logger.With("component", "forward")}
 	f.lastErr.Store("")
 	f.lastKey.Store("")
+	f.statusErr.Store("")
 	return f, nil
 }
 
@@ -203,7 +215,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerBatchCompression(codec),
 		kgo.ProducerLinger(f.cfg.Linger),
-		kgo.MaxBufferedRecords(f.cfg.MaxBufferedRecords),
+		kgo.MaxBufferedRecords(f.cfg.MaxBufferedRecords + 16), // room for status records beside a full window
 		kgo.DialTimeout(f.cfg.DialTimeout),
 		kgo.RetryBackoffFn(backoff(100*time.Millisecond, 5*time.Second)),
 		kgo.WithHooks(hooks{f}),
@@ -230,6 +242,11 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	watched := make(chan struct{})
 	go func() { defer close(watched); f.watch(watchCtx) }()
 	defer func() { stopWatch(); <-watched }()
+	if f.cfg.StatusTopic != "" {
+		reported := make(chan struct{})
+		go func() { defer close(reported); f.reportStatus(watchCtx, cl) }()
+		defer func() { stopWatch(); <-reported }()
+	}
 
 	var after uint64 // 0: start at the buffer's head
 	wait := backoff(250*time.Millisecond, 30*time.Second)

@@ -2,6 +2,7 @@ package forward
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -257,6 +258,7 @@ func (r *releases) Read(context.Context, uint64, int, []buffer.Record) ([]buffer
 }
 func (r *releases) Release(seq uint64)       { r.mu.Lock(); r.got = append(r.got, seq); r.mu.Unlock() }
 func (r *releases) Quarantine(uint64, error) {}
+func (r *releases) Stats() buffer.Stats      { return buffer.Stats{} }
 
 // The window releases only the acknowledged prefix, whatever order the
 // acknowledgements come in, and stops at a failure.
@@ -308,5 +310,35 @@ func TestBackoffIsCappedAndJittered(t *testing.T) {
 	}
 	if d := bo(1); d > 100*time.Millisecond {
 		t.Fatalf("first backoff %v above 100ms", d)
+	}
+}
+
+// Records a limit drops are reported upstream in a status record.
+func TestStatusRecordReportsDrops(t *testing.T) {
+	c := newCluster(t, "t", "ferry.status")
+	b, err := buffer.Open(filepath.Join(t.TempDir(), "buffer.db"), buffer.Options{MaxBytes: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	appendN(t, b, "s/a", 20) // ~40 bytes each: the oldest are dropped for max_bytes
+	dropped := b.Stats().Dropped[buffer.DropMaxBytes]
+	if dropped == 0 {
+		t.Fatal("no records were dropped; the test needs drops")
+	}
+	f, err := New(Config{Brokers: c.ListenAddrs(), GatewayID: "gw-7", Routes: []Route{route(t, "s/+", "t", "")},
+		StatusTopic: "ferry.status", StatusInterval: time.Hour}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, f)
+	recs := consume(t, c, "ferry.status", 1)
+	stop()
+	var st Status
+	if err := json.Unmarshal(recs[0].Value, &st); err != nil {
+		t.Fatal(err)
+	}
+	if string(recs[0].Key) != "gw-7" || st.GatewayID != "gw-7" || st.Dropped[buffer.DropMaxBytes] != dropped {
+		t.Fatalf("status key %q: %+v, want gateway gw-7 and %d dropped for max_bytes", recs[0].Key, st, dropped)
 	}
 }

@@ -162,6 +162,8 @@ func forwardConfig(cfg *config.Config, log *slog.Logger) (forward.Config, error)
 		Logger:             log,
 
 		AllowAutoTopicCreation: k.AllowAutoTopicCreation,
+		StatusTopic:            cfg.Forward.StatusTopic,
+		StatusInterval:         cfg.Forward.StatusInterval,
 	}
 	var err error
 	if fc.TLS, err = kafkaTLS(k.TLS); err != nil {
