@@ -379,7 +379,14 @@ func TestKillNineKeepsAcknowledged(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "buffer.db")
 	acked := map[uint64]string{}
 	for round := range 5 {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		// Under qemu-user (go test -exec qemu-...), FERRY_TEST_EXEC names the
+		// emulator, since the kernel cannot run the child's binary itself.
+		var cmd *exec.Cmd
+		if emu := os.Getenv("FERRY_TEST_EXEC"); emu != "" {
+			cmd = exec.Command(emu, os.Args[0], "-test.run=^$")
+		} else {
+			cmd = exec.Command(os.Args[0], "-test.run=^$")
+		}
 		cmd.Env = append(os.Environ(), "FERRY_BUFFER_CRASH_CHILD="+path)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {

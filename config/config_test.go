@@ -24,6 +24,7 @@ func testEnv(vars ...string) Env {
 	return Env{
 		Lookup:   func(k string) (string, bool) { v, ok := m[k]; return v, ok },
 		Hostname: func() (string, error) { return "testhost", nil },
+		IntSize:  64, // the same answers on 32-bit test machines
 	}
 }
 
@@ -358,6 +359,9 @@ func TestBufferLimits(t *testing.T) {
 		{yaml: "buffer: {when_full: wait}", err: `buffer.when_full: must be drop_oldest or block, got "wait"`},
 		{yaml: "buffer: {on_corrupt: ignore}", err: `buffer.on_corrupt: must be move_aside or fail, got "ignore"`},
 	} {
+		if tc.intSize == 0 {
+			tc.intSize = 64
+		}
 		cfg, err := Parse("f.yaml", []byte(base+tc.yaml), Env{IntSize: tc.intSize, Hostname: func() (string, error) { return "h", nil }})
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
