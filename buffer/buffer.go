@@ -302,16 +302,16 @@ func (b *Buffer) AppendWait(ctx context.Context, rec *Record) (uint64, error) {
 	}
 }
 
-// Read returns up to max records with sequence numbers above after, in
+// Read returns up to limit records with sequence numbers above after, in
 // order, appending them to dst[:0]. It waits until at least one such record
 // exists, ctx is done (ctx.Err()) or the buffer is closed (ErrClosed).
 // Records that cannot be decoded are quarantined and not returned.
-func (b *Buffer) Read(ctx context.Context, after uint64, max int, dst []Record) ([]Record, error) {
+func (b *Buffer) Read(ctx context.Context, after uint64, limit int, dst []Record) ([]Record, error) {
 	dst = dst[:0]
 	for {
 		b.mu.Lock()
 		changed, last := b.changed, b.st.next-1
-		after = max64(after, b.st.head-1) // released or dropped meanwhile: start at the head
+		after = max(after, b.st.head-1) // released or dropped meanwhile: start at the head
 		b.mu.Unlock()
 		if after >= last {
 			select {
@@ -326,7 +326,7 @@ func (b *Buffer) Read(ctx context.Context, after uint64, max int, dst []Record) 
 		var scanned uint64
 		err := b.db.View(func(tx *bolt.Tx) error {
 			c := tx.Bucket(bucketBatches).Cursor()
-			for k, v := seekBatch(c, after+1); k != nil && len(dst) < max; k, v = c.Next() {
+			for k, v := seekBatch(c, after+1); k != nil && len(dst) < limit; k, v = c.Next() {
 				base := binary.BigEndian.Uint64(k)
 				recs, count, perr := parseBatch(v)
 				if perr != nil {
@@ -337,7 +337,7 @@ func (b *Buffer) Read(ctx context.Context, after uint64, max int, dst []Record) 
 					if seq <= after || len(raw) == 0 {
 						continue
 					}
-					if len(dst) == max {
+					if len(dst) == limit {
 						return nil
 					}
 					scanned = seq
@@ -352,7 +352,7 @@ func (b *Buffer) Read(ctx context.Context, after uint64, max int, dst []Record) 
 				if framingBroken(recs, count, perr) { // the rest of the batch is unreadable
 					b.Quarantine(base+uint64(len(recs)), perr)
 				}
-				scanned = max64(scanned, base+uint64(count)-1)
+				scanned = max(scanned, base+uint64(count)-1)
 			}
 			return nil
 		})
@@ -423,7 +423,7 @@ func (b *Buffer) Quarantine(seq uint64, reason error) {
 // (delivered twice, never lost).
 func (b *Buffer) Release(seq uint64) {
 	b.mu.Lock()
-	b.releaseTo = max64(b.releaseTo, seq)
+	b.releaseTo = max(b.releaseTo, seq)
 	b.mu.Unlock()
 	b.signal()
 }
@@ -602,8 +602,8 @@ func (b *Buffer) commit(batch []appendReq) {
 			}
 			dropped[1] = n
 		}
-		if max := uint64(b.opts.MaxBytes); max > 0 && st.bytes > max && b.opts.WhenFull == DropOldest {
-			excess := st.bytes - max
+		if limit := uint64(b.opts.MaxBytes); limit > 0 && st.bytes > limit && b.opts.WhenFull == DropOldest {
+			excess := st.bytes - limit
 			var freed uint64
 			n, err := dropWhile(batches, &st, func(raw []byte, _ uint64) bool {
 				if freed >= excess {
@@ -638,10 +638,10 @@ func (b *Buffer) commit(batch []appendReq) {
 	seq0 := b.st.next
 	b.st = st
 	b.commits++
-	if len(batch) > 0 {
-		close(b.changed)
-		b.changed = make(chan struct{})
-	}
+	// Wake readers: new records, or records gone (released, dropped,
+	// quarantined) that a reader may be waiting behind.
+	close(b.changed)
+	b.changed = make(chan struct{})
 	logDrop := dropped != [2]uint64{} && time.Since(b.lastDrop) > 10*time.Second
 	if logDrop {
 		b.lastDrop = time.Now()
@@ -823,5 +823,3 @@ func recordTime(raw []byte) time.Time {
 }
 
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
-
-func max64(a, b uint64) uint64 { return max(a, b) }
