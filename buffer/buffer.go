@@ -197,7 +197,7 @@ type Buffer struct {
 	commits   uint64
 	releaseTo uint64              // Release target not yet applied
 	toQuar    map[uint64]struct{} // Quarantine requests not yet applied
-	changed   chan struct{}       // closed when records are appended
+	changed   chan struct{}       // closed and replaced after every commit
 	lastDrop  time.Time           // last time a drop was logged
 }
 
