@@ -17,7 +17,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferry-edge/ferry/buffer"
 	"github.com/ferry-edge/ferry/config"
+	"github.com/ferry-edge/ferry/internal/admin"
 	"github.com/ferry-edge/ferry/internal/agent"
 )
 
@@ -35,6 +37,8 @@ const usage = `usage: ferry <command> [flags]
 commands:
   run     -c FILE   run the agent
   check   -c FILE   validate FILE and print the effective configuration
+  buffer  <command> inspect and repair the buffer: stats, peek, verify,
+                    export, purge, compact (ferry buffer help)
   version           print the version
 `
 
@@ -52,6 +56,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
+	case "buffer":
+		return cmdBuffer(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "ferry %s %s\n", version, goVersion())
 		return exitOK
@@ -127,6 +133,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	statusCtx, stopStatus := context.WithCancel(ctx)
 	defer stopStatus()
 	go a.LogStatus(statusCtx, time.Minute)
+	defer serveAdmin(ctx, a.Buffer(), log)()
 	if err := a.Run(ctx); err != nil {
 		log.Error("ferry failed", "err", err)
 		return exitFailure
@@ -135,6 +142,26 @@ func cmdRun(args []string, stderr io.Writer) int {
 		log.Info("clean stop")
 	}
 	return exitOK
+}
+
+// serveAdmin serves the buffer on its admin socket until ctx is done or the
+// returned stop is called; stop returns once the socket is gone. Without a
+// socket ferry runs on, and says so.
+func serveAdmin(ctx context.Context, buf *buffer.Buffer, log *slog.Logger) (stop func()) {
+	srv, err := admin.Listen(admin.SocketPath(buf.Path()), buf, log.With("component", "admin"))
+	if err != nil {
+		log.Warn("no admin socket: ferry buffer commands cannot inspect the buffer while ferry runs", "err", err)
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ctx); err != nil {
+			log.Warn("admin socket failed", "err", err)
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {

@@ -1,0 +1,185 @@
+package buffer
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+func TestCompactShrinksAndKeepsRecords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pad := strings.Repeat("p", 2000)
+	for i := 1; i <= 3000; i++ {
+		r := inspectRec(i)
+		r.Payload = append(r.Payload, pad...)
+		if err := b.Append(r, func(uint64, error) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Release(2900)
+	if err := b.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	t.Cleanup(func() { checkConsistency(t, path) })
+
+	if did, err := CompactIfSparse(path, 1<<40, 0.5); err != nil || did {
+		t.Fatalf("CompactIfSparse below minSize: %v, %v", did, err)
+	}
+	ro := openReadOnlyTest(t, path)
+	info, err := ro.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro.Close()
+	if info.FreeFraction() < 0.5 || info.FreePages == 0 {
+		t.Fatalf("file not sparse after the release: %+v", info)
+	}
+
+	before, after, err := Compact(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before != info.FileSize || after > before/2 || after != fileSize(t, path) {
+		t.Errorf("compact: %d -> %d bytes (file %d)", before, after, fileSize(t, path))
+	}
+	if _, err := os.Stat(path + ".compact"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("temporary file left behind: %v", err)
+	}
+	if did, err := CompactIfSparse(path, 0, 0.9); err != nil || did {
+		t.Errorf("CompactIfSparse of a dense file: %v, %v", did, err)
+	}
+
+	b, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if st := b.Stats(); st.Records != 100 || st.FirstSeq != 2901 || st.LastSeq != 3000 {
+		t.Errorf("stats after compaction %+v", st)
+	}
+	var want uint64 = 2901
+	if _, err := b.Each(func(r Record) error {
+		if r.Seq != want || !strings.HasSuffix(string(r.Payload), pad) {
+			return errors.New("records differ after compaction")
+		}
+		want++
+		return nil
+	}); err != nil || want != 3001 {
+		t.Fatalf("each after compaction: %v, up to %d", err, want)
+	}
+	if seq, err := b.AppendWait(context.Background(), inspectRec(3001)); err != nil || seq != 3001 {
+		t.Errorf("append after compaction: seq %d, %v", seq, err)
+	}
+}
+
+func TestCompactIfSparse(t *testing.T) {
+	dir := t.TempDir()
+	if did, err := CompactIfSparse(filepath.Join(dir, "missing.db"), 0, 0); err != nil || did {
+		t.Errorf("missing file: %v, %v", did, err)
+	}
+	path := filepath.Join(dir, "buffer.db")
+	fillBuffer(t, path, 2000)
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Release(1990)
+	b.Close()
+	before := fileSize(t, path)
+	if did, err := CompactIfSparse(path, 0, 0.5); err != nil || !did {
+		t.Fatalf("sparse file: %v, %v", did, err)
+	}
+	if after := fileSize(t, path); after >= before {
+		t.Errorf("%d -> %d bytes", before, after)
+	}
+	checkConsistency(t, path)
+}
+
+func TestOfflineToolsRefuseLiveBuffer(t *testing.T) {
+	_, path := openTest(t)
+	if _, _, err := Compact(path); !errors.Is(err, ErrLocked) {
+		t.Errorf("Compact: %v, want ErrLocked", err)
+	}
+	if _, err := CompactIfSparse(path, 0, 0); !errors.Is(err, ErrLocked) {
+		t.Errorf("CompactIfSparse: %v, want ErrLocked", err)
+	}
+	if _, err := Purge(path, time.Now()); !errors.Is(err, ErrLocked) {
+		t.Errorf("Purge: %v, want ErrLocked", err)
+	}
+}
+
+func TestPurgeRemovesOnlyOldRecords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for i := 1; i <= 500; i++ {
+		r := inspectRec(i)
+		r.ReceivedAt = now.Add(-time.Hour)
+		if i <= 230 {
+			r.ReceivedAt = now.Add(-100*time.Hour + time.Duration(i)*time.Second)
+		}
+		if err := b.Append(r, func(uint64, error) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Release(10)
+	b.Close()
+	t.Cleanup(func() { checkConsistency(t, path) })
+
+	n, err := Purge(path, now.Add(-72*time.Hour))
+	if err != nil || n != 220 {
+		t.Fatalf("purge removed %d, %v; want 220", n, err)
+	}
+	if n, err := Purge(path, now.Add(-72*time.Hour)); err != nil || n != 0 {
+		t.Errorf("second purge removed %d, %v", n, err)
+	}
+	ro := openReadOnlyTest(t, path)
+	info, err := ro.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Records != 270 || info.FirstSeq != 231 || info.Dropped[DropPurged] != 220 {
+		t.Errorf("after purge: %+v", info)
+	}
+	if rep, err := ro.Verify(context.Background()); err != nil || !rep.OK() {
+		t.Errorf("verify after purge: %+v, %v", rep, err)
+	}
+	ro.Close()
+
+	// Everything old, the buffer empties; sequence numbers continue.
+	if n, err := Purge(path, now); err != nil || n != 270 {
+		t.Fatalf("purge all: %d, %v", n, err)
+	}
+	b, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if st := b.Stats(); st.Records != 0 || st.Bytes != 0 {
+		t.Errorf("stats after purging all %+v", st)
+	}
+	if seq, err := b.AppendWait(context.Background(), inspectRec(501)); err != nil || seq != 501 {
+		t.Errorf("append after purge: %d, %v", seq, err)
+	}
+}

@@ -1,0 +1,181 @@
+// Package admin is ferry's local admin endpoint: read-only HTTP over a unix
+// socket next to the buffer file, so `ferry buffer stats|peek|export|verify`
+// can inspect the buffer of a running ferry, which holds the file's lock.
+//
+// The socket is created with mode 0600 (only ferry's user, and root, may
+// connect) and removed when the server stops. Nothing it serves changes the
+// buffer: reads go through the buffer's inspection methods, in short read
+// transactions beside the committer.
+//
+// Endpoints (all GET):
+//
+//	/v1/stats        buffer.Info as JSON
+//	/v1/peek?n=N     the next N records (default 10), JSON lines
+//	/v1/export       every live record, JSON lines; trailers Ferry-Skipped
+//	                 (records that could not be decoded) and Ferry-Error
+//	/v1/verify       buffer.VerifyReport as JSON
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/ferry-edge/ferry/buffer"
+)
+
+// SocketPath is where the admin socket of the buffer at bufferPath lives.
+func SocketPath(bufferPath string) string { return bufferPath + ".sock" }
+
+// maxPeek bounds peek's n.
+const maxPeek = 10000
+
+// Server serves one buffer on a unix socket.
+type Server struct {
+	path string
+	ln   net.Listener
+	buf  *buffer.Buffer
+	log  *slog.Logger
+}
+
+// Listen creates the socket at path (mode 0600) for buf. A socket file left
+// at path by a ferry that did not stop cleanly is replaced: the caller holds
+// the buffer's lock, so no other ferry can be serving it. Any other kind of
+// file at path is an error.
+func Listen(path string, buf *buffer.Buffer, log *slog.Logger) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("admin socket %s: a %v file is in the way", path, fi.Mode().Type())
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("admin socket %s: remove stale socket: %w", path, err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	return &Server{path: path, ln: ln, buf: buf, log: log}, nil
+}
+
+// Path returns the socket's path.
+func (s *Server) Path() string { return s.path }
+
+// Serve answers requests until ctx is done, then stops: requests in progress
+// get up to two seconds to finish (their contexts are cancelled at once),
+// and the socket file is removed. It returns nil after a stop caused by ctx.
+func (s *Server) Serve(ctx context.Context) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/stats", s.stats)
+	mux.HandleFunc("GET /v1/peek", s.peek)
+	mux.HandleFunc("GET /v1/export", s.export)
+	mux.HandleFunc("GET /v1/verify", s.verify)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(s.ln) }()
+	var err error
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if srv.Shutdown(sctx) != nil {
+			srv.Close()
+		}
+		cancel()
+		<-served
+	case err = <-served: // the listener failed
+	}
+	if rerr := os.Remove(s.path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		err = errors.Join(err, fmt.Errorf("admin socket: %w", rerr))
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	s.log.Warn("admin: request failed", "path", r.URL.Path, "err", err)
+	http.Error(w, err.Error(), http.StatusInternalServerError)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
+	info, err := s.buf.Info()
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, info)
+}
+
+func (s *Server) peek(w http.ResponseWriter, r *http.Request) {
+	n := 10
+	if q := r.URL.Query().Get("n"); q != "" {
+		var err error
+		if n, err = strconv.Atoi(q); err != nil || n < 0 || n > maxPeek {
+			http.Error(w, fmt.Sprintf("n: want a number from 0 to %d, got %q", maxPeek, q), http.StatusBadRequest)
+			return
+		}
+	}
+	recs, err := s.buf.Peek(n)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/jsonl")
+	for _, rec := range recs {
+		if err := buffer.WriteJSON(w, rec); err != nil {
+			return // the client went away
+		}
+	}
+}
+
+func (s *Server) export(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/jsonl")
+	w.Header().Set("Trailer", "Ferry-Skipped, Ferry-Error")
+	ctx := r.Context()
+	skipped, err := s.buf.Each(func(rec buffer.Record) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return buffer.WriteJSON(w, rec)
+	})
+	w.Header().Set("Ferry-Skipped", strconv.FormatUint(skipped, 10))
+	if err != nil {
+		s.log.Warn("admin: export stopped", "err", err)
+		w.Header().Set("Ferry-Error", err.Error())
+	}
+}
+
+func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
+	rep, err := s.buf.Verify(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, rep)
+}
