@@ -590,13 +590,13 @@ func (b *Buffer) commit(batch []appendReq) {
 			recs, size = recs[:0], 0
 		}
 		if releaseTo >= st.head {
-			if _, err := dropPrefix(batches, &st, releaseTo); err != nil {
+			if _, err := dropPrefix(tx, &st, releaseTo); err != nil {
 				return err
 			}
 		}
 		if b.opts.MaxAge > 0 && st.count > 0 {
 			cutoff := b.opts.Now().Add(-b.opts.MaxAge)
-			n, err := dropWhile(batches, &st, func(raw []byte, _ uint64) bool { return recordTime(raw).Before(cutoff) })
+			n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool { return recordTime(raw).Before(cutoff) })
 			if err != nil {
 				return err
 			}
@@ -605,7 +605,7 @@ func (b *Buffer) commit(batch []appendReq) {
 		if limit := uint64(b.opts.MaxBytes); limit > 0 && st.bytes > limit && b.opts.WhenFull == DropOldest {
 			excess := st.bytes - limit
 			var freed uint64
-			n, err := dropWhile(batches, &st, func(raw []byte, _ uint64) bool {
+			n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
 				if freed >= excess {
 					return false
 				}
@@ -709,20 +709,31 @@ func (b *Buffer) expired(st state) bool {
 // dropPrefix removes every record up to and including through, deleting
 // batches that end there and moving the head. It returns how many live
 // records it removed.
-func dropPrefix(batches *bolt.Bucket, st *state, through uint64) (uint64, error) {
-	return dropWhile(batches, st, func(_ []byte, seq uint64) bool { return seq <= through })
+func dropPrefix(tx *bolt.Tx, st *state, through uint64) (uint64, error) {
+	return dropWhile(tx, st, func(_ []byte, seq uint64) bool { return seq <= through })
 }
 
 // dropWhile removes live records from the head for as long as drop says so,
-// deleting the batches it empties. It returns how many it removed.
-func dropWhile(batches *bolt.Bucket, st *state, drop func(raw []byte, seq uint64) bool) (uint64, error) {
+// deleting the batches it empties. A batch whose framing is broken is moved
+// to quarantine whole on the way, never dropped uncounted. It returns how
+// many records it removed.
+func dropWhile(tx *bolt.Tx, st *state, drop func(raw []byte, seq uint64) bool) (uint64, error) {
+	batches := tx.Bucket(bucketBatches)
 	var removed uint64
 	var dead [][]byte
 	c := batches.Cursor()
 	stopped := false
 	for k, v := seekBatch(c, st.head); k != nil && !stopped; k, v = c.Next() {
 		base := binary.BigEndian.Uint64(k)
-		recs, count, _ := parseBatch(v)
+		recs, count, err := parseBatch(v)
+		if framingBroken(recs, count, err) {
+			if err := quarantineBatch(tx, st, k, v, recs); err != nil {
+				return removed, err
+			}
+			st.head = batchEnd(batches, base, st.next)
+			dead = append(dead, k)
+			continue
+		}
 		for i, raw := range recs {
 			seq := base + uint64(i)
 			if seq < st.head || len(raw) == 0 {
@@ -753,6 +764,41 @@ func dropWhile(batches *bolt.Bucket, st *state, drop func(raw []byte, seq uint64
 	return removed, nil
 }
 
+// batchEnd is the sequence number after the batch at base: the next
+// batch's first, or next if it is the last. It does not trust the batch's
+// own header, which may be damaged.
+func batchEnd(batches *bolt.Bucket, base, next uint64) uint64 {
+	if k, _ := batches.Cursor().Seek(seqKey(base + 1)); k != nil {
+		return binary.BigEndian.Uint64(k)
+	}
+	return next
+}
+
+// quarantineBatch copies a batch whose framing is broken, as it is, to the
+// quarantine bucket under its key and counts its records as quarantined:
+// those it could frame, and the rest of its sequence range. The caller
+// deletes the batch.
+func quarantineBatch(tx *bolt.Tx, st *state, k, v []byte, recs [][]byte) error {
+	if err := tx.Bucket(bucketQuarantine).Put(append([]byte(nil), k...), append([]byte(nil), v...)); err != nil {
+		return err
+	}
+	base := binary.BigEndian.Uint64(k)
+	live := batchEnd(tx.Bucket(bucketBatches), base, st.next) - max(base, st.head)
+	for i, raw := range recs {
+		if base+uint64(i) < st.head {
+			continue
+		}
+		if len(raw) == 0 {
+			live-- // removed before
+		} else {
+			st.bytes -= min(st.bytes, uint64(len(raw)))
+		}
+	}
+	st.count -= min(st.count, live)
+	st.quarantined += live
+	return nil
+}
+
 // quarantineTx moves record seq to the quarantine bucket, leaving a removed
 // entry in its batch. If the batch's framing is broken, the whole batch is
 // moved: its unreadable records are counted as quarantined.
@@ -767,25 +813,16 @@ func (b *Buffer) quarantineTx(tx *bolt.Tx, st *state, seq uint64) error {
 	}
 	base := binary.BigEndian.Uint64(k)
 	recs, count, err := parseBatch(v)
-	q := tx.Bucket(bucketQuarantine)
 	if framingBroken(recs, count, err) {
 		if seq < base {
 			return nil
 		}
-		if err := q.Put(seqKey(base), append([]byte(nil), v...)); err != nil {
+		if err := quarantineBatch(tx, st, k, v, recs); err != nil {
 			return err
 		}
-		live := uint64(max(count-len(recs), 0)) // the unreadable rest
-		for _, raw := range recs {
-			if len(raw) > 0 {
-				live++
-				st.bytes -= min(st.bytes, uint64(len(raw)))
-			}
-		}
-		st.count -= min(st.count, live)
-		st.quarantined += live
 		return batches.Delete(k)
 	}
+	q := tx.Bucket(bucketQuarantine)
 	if seq < base || seq >= base+uint64(count) || len(recs[seq-base]) == 0 {
 		return nil // not there, or already removed
 	}

@@ -23,7 +23,7 @@ func openExclusive(op, path string) (*bolt.DB, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("%s %s: %w", op, path, err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: offlineLockTimeout, FreelistType: bolt.FreelistMapType})
+	db, err := openBoltOnce(path, &bolt.Options{Timeout: offlineLockTimeout, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("%s %s: %w", op, path, ErrLocked)
 	}

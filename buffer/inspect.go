@@ -156,7 +156,7 @@ func OpenReadOnly(path string) (*ReadOnly, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	db, err := openBoltOnce(path, &bolt.Options{ // a damaged file is an error, not a panic
 		ReadOnly: true, Timeout: offlineLockTimeout,
 		FreelistType: bolt.FreelistMapType, PreLoadFreelist: true, // for the free page counts
 	})

@@ -51,8 +51,32 @@ func CorruptFiles(path string) []string {
 }
 
 // openBolt opens the bbolt file, turning bbolt's corruption errors and
-// panics into ErrCorruptFile.
-func openBolt(path string, o *bolt.Options) (db *bolt.DB, err error) {
+// panics into ErrCorruptFile. If the file at path was replaced while Open
+// waited for its lock (ferry buffer compact renames a new file over it), it
+// opens the new one: a buffer never writes to a file no longer at path.
+func openBolt(path string, o *bolt.Options) (*bolt.DB, error) {
+	for attempt := 0; ; attempt++ {
+		var opened *os.File
+		oo := *o
+		oo.OpenFile = func(name string, flag int, mode os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, mode)
+			opened = f
+			return f, err
+		}
+		db, err := openBoltOnce(path, &oo)
+		if err != nil || opened == nil || attempt == 3 {
+			return db, err
+		}
+		held, err1 := opened.Stat()
+		now, err2 := os.Stat(path)
+		if err1 != nil || err2 != nil || os.SameFile(held, now) {
+			return db, nil
+		}
+		db.Close() // replaced while we waited: open what is there now
+	}
+}
+
+func openBoltOnce(path string, o *bolt.Options) (db *bolt.DB, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			db, err = nil, fmt.Errorf("%w: bbolt: %v", ErrCorruptFile, p)

@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // fill writes n records to a new buffer at path and closes it.
@@ -127,5 +130,86 @@ func TestLockedFileIsNotMovedAside(t *testing.T) {
 	_, aside, err := OpenOrMoveAside(path, Options{LockTimeout: 50e6})
 	if !errors.Is(err, ErrLocked) || aside != "" {
 		t.Fatalf("err %v aside %q, want ErrLocked and nothing moved", err, aside)
+	}
+}
+
+// A batch whose header is unreadable is quarantined whole, counted, when a
+// release or a limit reaches it; never deleted uncounted.
+func TestBrokenBatchHeaderIsQuarantinedNotDropped(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	fill(t, path, 3) // three commits: batches at seq 1, 2 and 3
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketBatches)
+		v := append([]byte(nil), bk.Get(seqKey(2))...)
+		v[0] = 0 // not a batch any more
+		return bk.Put(seqKey(2), v)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { b.Close(); checkConsistency(t, path) }()
+	b.Release(3)
+	if err := b.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st := b.Stats(); st.Records != 0 || st.Quarantined != 1 {
+		t.Fatalf("stats %+v, want 0 records and the broken batch's record quarantined", st)
+	}
+	b.Close()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketQuarantine).Get(seqKey(2)) == nil {
+			t.Error("the broken batch is not in the quarantine bucket")
+		}
+		return nil
+	})
+}
+
+// A buffer opened while another process held the lock, and the file was
+// replaced meanwhile (ferry buffer compact renames a new file over it),
+// opens the new file, not the unlinked old one.
+func TestOpenFollowsFileReplacedWhileLocked(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "buffer.db")
+	fill(t, path, 1)
+	fill(t, filepath.Join(dir, "new.db"), 5)
+
+	holder, err := bolt.Open(path, 0o600, nil) // holds the lock on the old file
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := make(chan *Buffer, 1)
+	go func() {
+		b, err := Open(path, Options{LockTimeout: 10e9})
+		if err != nil {
+			t.Error(err)
+		}
+		opened <- b
+	}()
+	time.Sleep(100 * time.Millisecond) // Open is waiting for the lock
+	if err := os.Rename(filepath.Join(dir, "new.db"), path); err != nil {
+		t.Fatal(err)
+	}
+	holder.Close()
+	b := <-opened
+	if b == nil {
+		return
+	}
+	defer b.Close()
+	if st := b.Stats(); st.Records != 5 {
+		t.Fatalf("opened a buffer with %d records, want the new file's 5", st.Records)
 	}
 }

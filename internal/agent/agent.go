@@ -102,6 +102,13 @@ func openBuffer(c config.Buffer, log *slog.Logger) (*buffer.Buffer, error) {
 	if c.WhenFull == "block" {
 		opts.WhenFull = buffer.Block
 	}
+	// bbolt never shrinks its file: after a long outage drained, give the
+	// space back before opening.
+	if did, err := buffer.CompactIfSparse(c.Path, 64<<20, 0.5); err != nil {
+		log.Warn("buffer compaction at startup failed; continuing with the file as it is", "path", c.Path, "err", err)
+	} else if did {
+		log.Info("buffer file compacted at startup", "path", c.Path)
+	}
 	if c.OnCorrupt == "fail" {
 		b, err := buffer.Open(c.Path, opts)
 		if errors.Is(err, buffer.ErrCorruptFile) {
