@@ -75,12 +75,13 @@ func fixture(b *testing.B) string {
 			return
 		}
 		d, err := appendConcurrently(buf, benchDepth())
+		info, _ := buf.Info()
 		if err == nil {
 			err = buf.Close()
 		}
 		f.err = err
-		fi, _ := os.Stat(f.path)
-		fmt.Fprintf(os.Stderr, "depth fixture: %d records in %v, file %d MiB\n", benchDepth(), d.Round(time.Millisecond), fi.Size()>>20)
+		fmt.Fprintf(os.Stderr, "depth fixture: %d records in %v, file %d MiB, %d free pages\n",
+			benchDepth(), d.Round(time.Millisecond), info.FileSize>>20, info.FreePages)
 	})
 	if f.err != nil {
 		b.Fatal(f.err)
