@@ -139,7 +139,8 @@ func compactInto(dst, src *bolt.DB) (err error) {
 // Purge removes, from the head, the records received before cutoff, and
 // counts them as dropped for DropPurged. It stops at the first record
 // received at or after cutoff, as MaxAge does, and at a damaged record
-// (which it leaves for Verify and Salvage). It needs the file to itself and
+// (which it leaves for Verify and Salvage); a batch whose framing is broken
+// is quarantined on the way, as everywhere. It needs the file to itself and
 // fails with ErrLocked while another process (a running ferry) holds it. It
 // returns how many records it removed. The space they took is free for new
 // records; Compact gives it back to the file system.
@@ -150,15 +151,15 @@ func Purge(path string, cutoff time.Time) (removed uint64, err error) {
 	}
 	defer db.Close()
 	err = db.Update(func(tx *bolt.Tx) error {
-		st, batches, err := readState(tx)
+		st, _, err := readState(tx)
 		if err != nil {
 			return err
 		}
-		through := purgeEnd(batches, st, cutoff)
-		if through < st.head {
-			return nil
-		}
-		if removed, err = purgeThrough(batches, &st, through); err != nil {
+		removed, err = dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
+			r, err := decode(raw) // a damaged record stops the purge: Verify and Salvage deal with it
+			return err == nil && r.ReceivedAt.Before(cutoff)
+		})
+		if err != nil {
 			return err
 		}
 		meta := tx.Bucket(bucketMeta)
@@ -176,74 +177,6 @@ func Purge(path string, cutoff time.Time) (removed uint64, err error) {
 	}
 	if err := db.Close(); err != nil {
 		return removed, fmt.Errorf("purge buffer %s: %w", path, err)
-	}
-	return removed, nil
-}
-
-// purgeEnd returns the last sequence number Purge may remove: the one
-// before the first live record that is not older than cutoff, is damaged,
-// or sits in a batch whose framing is broken (a whole-batch delete would
-// take its unreadable records along). Below st.head: nothing to remove.
-func purgeEnd(batches *bolt.Bucket, st state, cutoff time.Time) uint64 {
-	c := batches.Cursor()
-	through := st.head - 1
-	for k, v := seekBatch(c, st.head); k != nil; k, v = c.Next() {
-		base := binary.BigEndian.Uint64(k)
-		raws, count, perr := parseBatch(v)
-		if framingBroken(raws, count, perr) {
-			return through
-		}
-		for i, raw := range raws {
-			seq := base + uint64(i)
-			if seq < st.head || len(raw) == 0 {
-				continue
-			}
-			r, err := decode(raw)
-			if err != nil || !r.ReceivedAt.Before(cutoff) {
-				return through
-			}
-			through = seq
-		}
-	}
-	return through
-}
-
-// purgeThrough removes the live records up to and including through, which
-// purgeEnd found to be intact, deleting the batches that end there.
-func purgeThrough(batches *bolt.Bucket, st *state, through uint64) (uint64, error) {
-	var removed uint64
-	var dead [][]byte
-	c := batches.Cursor()
-	for k, v := seekBatch(c, st.head); k != nil; k, v = c.Next() {
-		base := binary.BigEndian.Uint64(k)
-		if base > through {
-			break
-		}
-		raws, _, _ := parseBatch(v)
-		for i, raw := range raws {
-			seq := base + uint64(i)
-			if seq > through {
-				break
-			}
-			if seq < st.head || len(raw) == 0 {
-				continue
-			}
-			removed++
-			st.count--
-			st.bytes -= uint64(len(raw))
-		}
-		if base+uint64(len(raws)) <= through+1 {
-			dead = append(dead, k)
-		}
-	}
-	for _, k := range dead {
-		if err := batches.Delete(k); err != nil {
-			return removed, err
-		}
-	}
-	st.head = through + 1
-	if st.count == 0 {
-		st.head = st.next
 	}
 	return removed, nil
 }
