@@ -56,7 +56,7 @@ func run() error {
 	}
 	defer broker.Close()
 	const topic = "telemetry"
-	kafka, err := testenv.StartKafka(topic)
+	kafka, err := testenv.StartKafka(topic, "ferry.status")
 	if err != nil {
 		return fmt.Errorf("start Kafka: %w", err)
 	}
