@@ -36,8 +36,7 @@ func run() error {
 	devices := flag.Int("devices", 20, "simulated sensors")
 	messages := flag.Int("messages", 1000, "messages per sensor")
 	interval := flag.Duration("interval", 5*time.Millisecond, "pause between two messages of one sensor")
-	outageAt := flag.Duration("outage-at", 3*time.Second, "when to cut Kafka off (0: never)")
-	outage := flag.Duration("outage", 5*time.Second, "how long Kafka stays unreachable")
+	outage := flag.Duration("outage", 5*time.Second, "how long Kafka is cut off once a third of the messages are sent (0: never)")
 	verbose := flag.Bool("v", false, "show ferry's log")
 	flag.Parse()
 
@@ -110,10 +109,8 @@ func run() error {
 	start := time.Now()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	var cut, restore <-chan time.Time
-	if *outageAt > 0 {
-		cut = time.After(*outageAt)
-	}
+	var restore <-chan time.Time
+	outageShown, cut := *outage <= 0, false
 	var prevSent, prevDelivered int64
 	kafkaState := "up"
 	total := int64(*devices * *messages)
@@ -124,14 +121,10 @@ func run() error {
 			return ctx.Err()
 		case err := <-agentDone:
 			return fmt.Errorf("ferry stopped: %w", err)
-		case <-cut:
-			kafka.SetReachable(false)
-			kafkaState = "DOWN"
-			fmt.Printf("-- Kafka cut off for %v: ferry keeps acknowledging sensors, the buffer grows --\n", *outage)
-			restore = time.After(*outage)
 		case <-restore:
 			kafka.SetReachable(true)
 			kafkaState = "up"
+			outageShown = true
 			fmt.Println("-- Kafka reachable again: ferry drains the backlog in order --")
 		case <-tick.C:
 			st := a.Stats()
@@ -139,7 +132,14 @@ func run() error {
 			fmt.Printf("%4.0fs  %8d %8d  %9d  %9d %8d  %s\n", time.Since(start).Seconds(),
 				sent, sent-prevSent, st.Buffer.Records, delivered, delivered-prevDelivered, kafkaState)
 			prevSent, prevDelivered = sent, delivered
-			done = sent >= total && delivered >= total && kafkaState == "up"
+			done = sent >= total && delivered >= total && outageShown
+			if !outageShown && !cut && sent >= total/3 {
+				cut = true
+				kafka.SetReachable(false)
+				kafkaState = "DOWN"
+				fmt.Printf("-- Kafka cut off for %v: ferry keeps acknowledging sensors, the buffer grows --\n", *outage)
+				restore = time.After(*outage)
+			}
 		case <-sensors.Done():
 			if sent := sensors.Sent(); sent < total {
 				_, err := sensors.Wait()
