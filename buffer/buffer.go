@@ -61,6 +61,7 @@ var (
 	keyQuarantined = []byte("quarantined")
 	keyDropBytes   = []byte("dropped_max_bytes")
 	keyDropAge     = []byte("dropped_max_age")
+	keyDropPurged  = []byte("dropped_purged")
 )
 
 // WhenFull says what happens when MaxBytes is reached.
@@ -138,13 +139,14 @@ type Stats struct {
 const (
 	DropMaxBytes = "max_bytes"
 	DropMaxAge   = "max_age"
+	DropPurged   = "purged" // removed by Purge (ferry buffer purge)
 )
 
 // state is what the meta bucket holds, mirrored in memory.
 type state struct {
-	next, head, count, bytes uint64
-	quarantined              uint64
-	dropBytes, dropAge       uint64
+	next, head, count, bytes       uint64
+	quarantined                    uint64
+	dropBytes, dropAge, dropPurged uint64
 }
 
 func (s *state) fields() []struct {
@@ -157,7 +159,13 @@ func (s *state) fields() []struct {
 	}{
 		{keyNextSeq, &s.next}, {keyHeadSeq, &s.head}, {keyCount, &s.count}, {keyBytes, &s.bytes},
 		{keyQuarantined, &s.quarantined}, {keyDropBytes, &s.dropBytes}, {keyDropAge, &s.dropAge},
+		{keyDropPurged, &s.dropPurged},
 	}
+}
+
+// dropped is the drop counters by reason.
+func (s *state) dropped() map[string]uint64 {
+	return map[string]uint64{DropMaxBytes: s.dropBytes, DropMaxAge: s.dropAge, DropPurged: s.dropPurged}
 }
 
 func (s *state) load(meta *bolt.Bucket) {
@@ -444,7 +452,7 @@ func (b *Buffer) Stats() Stats {
 		Bytes:       b.st.bytes,
 		LastSeq:     b.st.next - 1,
 		Quarantined: b.st.quarantined,
-		Dropped:     map[string]uint64{DropMaxBytes: b.st.dropBytes, DropMaxAge: b.st.dropAge},
+		Dropped:     b.st.dropped(),
 		Commits:     b.commits,
 	}
 	if b.st.count > 0 {

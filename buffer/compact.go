@@ -4,7 +4,6 @@ package buffer
 // themselves; they fail with ErrLocked while a ferry runs on it.
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -162,15 +161,8 @@ func Purge(path string, cutoff time.Time) (removed uint64, err error) {
 		if err != nil {
 			return err
 		}
-		meta := tx.Bucket(bucketMeta)
-		var purged uint64
-		if p := meta.Get(keyDropPurged); len(p) == 8 {
-			purged = binary.BigEndian.Uint64(p)
-		}
-		if err := meta.Put(keyDropPurged, binary.BigEndian.AppendUint64(nil, purged+removed)); err != nil {
-			return err
-		}
-		return st.store(meta)
+		st.dropPurged += removed
+		return st.store(tx.Bucket(bucketMeta))
 	})
 	if err != nil {
 		return 0, fmt.Errorf("purge buffer %s: %w", path, err)

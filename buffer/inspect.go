@@ -21,12 +21,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// DropPurged is the drop reason of records removed by Purge, as used in
-// Info.Dropped.
-const DropPurged = "purged"
-
-var keyDropPurged = []byte("dropped_purged")
-
 // offlineLockTimeout is how long the offline tools (OpenReadOnly, Purge,
 // Compact, Salvage) wait for another process's lock before failing with
 // ErrLocked.
@@ -241,13 +235,8 @@ func (v fileView) info() (Info, error) {
 		if err != nil {
 			return err
 		}
-		meta := tx.Bucket(bucketMeta)
-		var purged uint64
-		if p := meta.Get(keyDropPurged); len(p) == 8 {
-			purged = binary.BigEndian.Uint64(p)
-		}
 		info.Records, info.Bytes, info.LastSeq, info.Quarantined = st.count, st.bytes, st.next-1, st.quarantined
-		info.Dropped = map[string]uint64{DropMaxBytes: st.dropBytes, DropMaxAge: st.dropAge, DropPurged: purged}
+		info.Dropped = st.dropped()
 		if st.count > 0 {
 			info.FirstSeq = st.head
 			info.Oldest = firstTime(batches, st.head)
@@ -525,7 +514,6 @@ func (r *ReadOnly) Salvage(dst string) (copied int, err error) {
 	readErr := r.v.viewTx(func(tx *bolt.Tx) error {
 		if meta := tx.Bucket(bucketMeta); meta != nil {
 			s.old.load(meta)
-			s.purged = append([]byte(nil), meta.Get(keyDropPurged)...)
 		}
 		if q := tx.Bucket(bucketQuarantine); q != nil {
 			if err := q.ForEach(func(k, v []byte) error { return s.quarantine(k, v, 0) }); err != nil {
@@ -559,9 +547,8 @@ func (r *ReadOnly) Salvage(dst string) (copied int, err error) {
 // salvager writes a new buffer file from the readable parts of an old one.
 type salvager struct {
 	out    *bolt.DB
-	old    state  // the old file's counters
-	purged []byte // the old file's purge count
-	st     state  // the new file's counters
+	old    state // the old file's counters
+	st     state // the new file's counters
 	copied int
 
 	runStart uint64   // sequence number of run[0]
@@ -674,16 +661,8 @@ func (s *salvager) finish() error {
 		s.st.head = s.st.next
 	}
 	s.st.quarantined += s.old.quarantined
-	s.st.dropBytes, s.st.dropAge = s.old.dropBytes, s.old.dropAge
-	err := s.out.Update(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
-		if len(s.purged) == 8 {
-			if err := meta.Put(keyDropPurged, append([]byte(nil), s.purged...)); err != nil {
-				return err
-			}
-		}
-		return s.st.store(meta)
-	})
+	s.st.dropBytes, s.st.dropAge, s.st.dropPurged = s.old.dropBytes, s.old.dropAge, s.old.dropPurged
+	err := s.out.Update(func(tx *bolt.Tx) error { return s.st.store(tx.Bucket(bucketMeta)) })
 	if err != nil {
 		return err
 	}
