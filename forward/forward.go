@@ -33,6 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl"
 
@@ -219,6 +220,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		kgo.DialTimeout(f.cfg.DialTimeout),
 		kgo.RetryBackoffFn(backoff(100*time.Millisecond, 5*time.Second)),
 		kgo.WithHooks(hooks{f}),
+		// A record that passes the MaxRecordBytes check always fits a batch,
+		// overhead included, and stays under Kafka's default 1 MiB limit.
+		kgo.ProducerBatchMaxBytes(int32(f.cfg.MaxRecordBytes + batchOverhead)),
 	}
 	if f.cfg.ClientID != "" {
 		opts = append(opts, kgo.ClientID(f.cfg.ClientID))
@@ -237,25 +241,33 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("forward: kafka client: %w", err)
 	}
-	defer cl.Close()
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	watched := make(chan struct{})
-	go func() { defer close(watched); f.watch(watchCtx) }()
-	defer func() { stopWatch(); <-watched }()
+	// The helpers stop with ctx; the client is closed before waiting for
+	// them, which fails a status record a silent broker would hold forever.
+	helpers := sync.WaitGroup{}
+	helperCtx, stopHelpers := context.WithCancel(ctx)
+	defer func() {
+		stopHelpers()
+		cl.Close()
+		helpers.Wait()
+	}()
+	helpers.Go(func() { f.watch(helperCtx) })
 	if f.cfg.StatusTopic != "" {
-		reported := make(chan struct{})
-		go func() { defer close(reported); f.reportStatus(watchCtx, cl) }()
-		defer func() { stopWatch(); <-reported }()
+		helpers.Go(func() { f.reportStatus(helperCtx, cl) })
 	}
 
 	var after uint64 // 0: start at the buffer's head
+	isolate := false
 	wait := backoff(250*time.Millisecond, 30*time.Second)
 	for attempt := 0; ; {
-		next, err := f.pass(ctx, cl, after)
+		next, err := f.pass(ctx, cl, after, isolate)
 		if next > after {
 			after = next
 			attempt = 0
 		}
+		// After a rejection that retrying cannot cure, the next pass sends
+		// the first record alone, to tell the bad record from the batch it
+		// failed with: alone and rejected again, it is quarantined.
+		isolate = permanent(err)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -277,9 +289,28 @@ func (f *Forwarder) Run(ctx context.Context) error {
 
 var errSource = errors.New("read buffer")
 
+// batchOverhead is room for Kafka's batch and record headers beside
+// MaxRecordBytes of key, value and headers.
+const batchOverhead = 16 << 10
+
+// permanent reports whether Kafka rejected a record in a way that retrying
+// the same record cannot change. Everything else (network, leadership,
+// unknown topic, authorization, quotas) is retried.
+func permanent(err error) bool {
+	for _, e := range []error{kerr.MessageTooLarge, kerr.RecordListTooLarge, kerr.InvalidRecord,
+		kerr.CorruptMessage, kerr.InvalidTimestamp, kerr.PolicyViolation} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // pass produces records after seq `after` until a produce fails or ctx is
-// done. It returns the highest sequence number released.
-func (f *Forwarder) pass(ctx context.Context, cl *kgo.Client, after uint64) (uint64, error) {
+// done. With isolate, the first record is produced alone and quarantined if
+// Kafka rejects it for good. It returns the highest sequence number
+// released.
+func (f *Forwarder) pass(ctx context.Context, cl *kgo.Client, after uint64, isolate bool) (uint64, error) {
 	passCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	w := newWindow(f.cfg.MaxBufferedRecords, f.src, stop)
@@ -304,10 +335,13 @@ func (f *Forwarder) pass(ctx context.Context, cl *kgo.Client, after uint64) (uin
 		}
 		for i := range recs {
 			rec := &recs[i]
-			after = rec.Seq
 			var kr *kgo.Record
 			kr, vals = f.route(rec, vals)
-			idx := w.push(rec.Seq)
+			idx, ok := w.push(rec.Seq)
+			if !ok {
+				break // the pass failed: nothing more may go out behind the failure
+			}
+			after = rec.Seq
 			switch {
 			case kr == nil:
 				n := f.unrouted.Add(1)
@@ -316,9 +350,21 @@ func (f *Forwarder) pass(ctx context.Context, cl *kgo.Client, after uint64) (uin
 				}
 				w.settle(idx, nil)
 			case recordSize(kr) > f.cfg.MaxRecordBytes:
-				f.quarantined.Add(1)
-				f.src.Quarantine(rec.Seq, fmt.Errorf("record of %d bytes exceeds the %d-byte limit", recordSize(kr), f.cfg.MaxRecordBytes))
+				f.quarantine(rec, fmt.Errorf("record of %d bytes exceeds the %d-byte limit", recordSize(kr), f.cfg.MaxRecordBytes))
 				w.settle(idx, nil)
+			case isolate:
+				isolate = false
+				err := cl.ProduceSync(passCtx, kr).FirstErr()
+				if permanent(err) {
+					f.quarantine(rec, fmt.Errorf("Kafka rejected it when sent alone: %w", err))
+					err = nil
+				} else if err == nil {
+					f.delivered.Add(1)
+					f.clearError()
+				} else {
+					err = fmt.Errorf("produce to Kafka topic %q: %w", kr.Topic, err)
+				}
+				w.settle(idx, err)
 			default:
 				if f.inflight.Add(1) == 1 {
 					f.lastAck.Store(time.Now().UnixNano()) // the wait starts now
@@ -328,6 +374,7 @@ func (f *Forwarder) pass(ctx context.Context, cl *kgo.Client, after uint64) (uin
 					if err == nil {
 						f.delivered.Add(1)
 						f.lastAck.Store(time.Now().UnixNano())
+						f.clearError()
 					} else {
 						err = fmt.Errorf("produce to Kafka topic %q: %w", kr.Topic, err)
 					}
@@ -348,7 +395,12 @@ func (f *Forwarder) pass(ctx context.Context, cl *kgo.Client, after uint64) (uin
 		}
 		return w.releasedSeq(), nil
 	}
-	w.waitSettled()
+	if !w.waitSettled(ctx) { // stopping meanwhile: a bounded wait, as above
+		fctx, cancel := context.WithTimeout(context.Background(), f.cfg.ShutdownTimeout)
+		defer cancel()
+		cl.Flush(fctx)
+		return w.releasedSeq(), nil
+	}
 	if readErr != nil {
 		return w.releasedSeq(), readErr
 	}
@@ -376,6 +428,12 @@ func (f *Forwarder) watch(ctx context.Context) {
 
 // errStalled marks the error watch reports.
 var errStalled = errors.New("Kafka is not acknowledging")
+
+// quarantine sets a record Kafka will never take aside, counted and logged.
+func (f *Forwarder) quarantine(rec *buffer.Record, reason error) {
+	f.quarantined.Add(1)
+	f.src.Quarantine(rec.Seq, reason)
+}
 
 // setError records the problem forwarding is retrying, logging it when it
 // changes.
@@ -417,10 +475,6 @@ func (h hooks) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ net.C
 	if err != nil {
 		h.f.setError(fmt.Errorf("connect to Kafka broker %s: %w", net.JoinHostPort(meta.Host, strconv.Itoa(int(meta.Port))), err))
 	}
-}
-
-func (h hooks) OnProduceBatchWritten(kgo.BrokerMetadata, string, int32, kgo.ProduceBatchMetrics) {
-	h.f.clearError()
 }
 
 // route builds the Kafka record for rec, or returns nil if no route
@@ -540,13 +594,17 @@ func (w *window) waitSpace(ctx context.Context) int {
 	}
 }
 
-func (w *window) push(seq uint64) uint64 {
+// push adds seq to the window; false once the pass has failed.
+func (w *window) push(seq uint64) (uint64, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.err != nil {
+		return 0, false
+	}
 	idx := w.tail
 	w.slots[idx%uint64(len(w.slots))] = slot{seq: seq}
 	w.tail++
-	return idx
+	return idx, true
 }
 
 func (w *window) settle(idx uint64, err error) {
@@ -575,12 +633,24 @@ func (w *window) settle(idx uint64, err error) {
 	w.cond.Broadcast()
 }
 
-func (w *window) waitSettled() {
+// waitSettled waits until every pushed record is settled; false if ctx
+// ended first.
+func (w *window) waitSettled(ctx context.Context) bool {
+	stop := context.AfterFunc(ctx, func() {
+		w.mu.Lock()
+		w.cond.Broadcast()
+		w.mu.Unlock()
+	})
+	defer stop()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for w.settled < w.tail {
+		if ctx.Err() != nil {
+			return false
+		}
 		w.cond.Wait()
 	}
+	return true
 }
 
 func (w *window) failure() error {

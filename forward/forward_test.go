@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -268,7 +269,11 @@ func TestWindowReleasesContiguousPrefix(t *testing.T) {
 	w := newWindow(8, src, func() { failed = true })
 	var idx []uint64
 	for _, seq := range []uint64{10, 11, 13, 14, 15} { // 12 was quarantined: a gap in seqs
-		idx = append(idx, w.push(seq))
+		i, ok := w.push(seq)
+		if !ok {
+			t.Fatal("push refused before any failure")
+		}
+		idx = append(idx, i)
 	}
 	w.settle(idx[1], nil) // 11 before 10: nothing yet
 	if len(src.got) != 0 {
@@ -283,6 +288,9 @@ func TestWindowReleasesContiguousPrefix(t *testing.T) {
 	}
 	if !failed || w.failure() == nil || w.releasedSeq() != 13 {
 		t.Fatalf("failed=%v failure=%v released=%d", failed, w.failure(), w.releasedSeq())
+	}
+	if _, ok := w.push(16); ok {
+		t.Fatal("push accepted a record after the pass failed: it could overtake the failed one")
 	}
 }
 
@@ -340,5 +348,99 @@ func TestStatusRecordReportsDrops(t *testing.T) {
 	}
 	if string(recs[0].Key) != "gw-7" || st.GatewayID != "gw-7" || st.Dropped[buffer.DropMaxBytes] != dropped {
 		t.Fatalf("status key %q: %+v, want gateway gw-7 and %d dropped for max_bytes", recs[0].Key, st, dropped)
+	}
+}
+
+// A record Kafka rejects for good (here: larger than the producer's batch
+// limit) is found by sending it alone and quarantined; the records around
+// it are delivered, first occurrences in order, and forwarding goes on.
+func TestRejectedRecordIsIsolatedAndQuarantined(t *testing.T) {
+	c := newCluster(t, "t")
+	b := newBuffer(t)
+	appendN(t, b, "s/a", 3)
+	if _, err := b.AppendWait(context.Background(), &buffer.Record{Topic: "s/a", Payload: make([]byte, 5000)}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 3; i < 6; i++ {
+		if _, err := b.AppendWait(context.Background(), &buffer.Record{Topic: "s/a", Payload: fmt.Appendf(nil, "%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/+", "t", "k")},
+		ExtraOpts: []kgo.Opt{kgo.ProducerBatchMaxBytes(2000)}}, b) // Kafka's limit below the record
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, f)
+	waitFor(t, "the buffer to drain", func() bool { return b.Stats().Records == 0 })
+	recs := consume(t, c, "t", 6)
+	stop()
+	var firsts []string
+	seen := map[string]bool{}
+	for _, r := range recs {
+		if !seen[string(r.Value)] {
+			seen[string(r.Value)] = true
+			firsts = append(firsts, string(r.Value))
+		}
+	}
+	if fmt.Sprint(firsts) != "[0 1 2 3 4 5]" {
+		t.Fatalf("first deliveries %v, want [0 1 2 3 4 5]", firsts)
+	}
+	if st := b.Stats(); st.Quarantined != 1 {
+		t.Fatalf("buffer stats %+v, want the rejected record quarantined", st)
+	}
+}
+
+func TestPermanentErrors(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{kerr.MessageTooLarge, true},
+		{fmt.Errorf("produce to Kafka topic %q: %w", "t", kerr.InvalidRecord), true},
+		{kerr.UnknownTopicOrPartition, false},
+		{kerr.NotLeaderForPartition, false},
+		{kerr.TopicAuthorizationFailed, false},
+		{context.DeadlineExceeded, false},
+		{nil, false},
+	} {
+		if got := permanent(tc.err); got != tc.want {
+			t.Errorf("permanent(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+// Stopping must not wait for records a silent broker will never settle.
+func TestRunStopsWhileKafkaIsSilent(t *testing.T) {
+	c := newCluster(t, "t")
+	b := newBuffer(t)
+	appendN(t, b, "s/a", 5)
+	silent := make(chan struct{})
+	t.Cleanup(func() { close(silent) })
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		c.SleepControl(func() { <-silent }) // no answer until the test ends
+		return nil, nil, false
+	})
+	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/+", "t", "")},
+		StatusTopic: "ferry.status", ShutdownTimeout: 500 * time.Millisecond}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	time.Sleep(500 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10s of cancel while Kafka was silent")
+	}
+	if n := b.Stats().Records; n != 5 {
+		t.Fatalf("%d records left in the buffer, want all 5 (none acknowledged)", n)
 	}
 }
