@@ -192,10 +192,12 @@ type Buffer struct {
 	opts Options
 	log  *slog.Logger
 
-	reqs chan appendReq
-	wake chan struct{} // one slot: Release or Quarantine has work for the committer
-	stop chan struct{} // closed by Close
-	done chan struct{} // closed when the committer has exited
+	reqs     chan appendReq
+	wake     chan struct{} // one slot: Release or Quarantine has work for the committer
+	stop     chan struct{} // closed by Close
+	quit     chan struct{} // closed first thing in Close: blocked appends give up
+	quitOnce sync.Once
+	done     chan struct{} // closed when the committer has exited
 
 	closeMu sync.RWMutex // held shared while sending to reqs; exclusive to close
 	closed  bool
@@ -237,6 +239,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 		reqs:    make(chan appendReq, opts.QueueSize),
 		wake:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
+		quit:    make(chan struct{}),
 		done:    make(chan struct{}),
 		toQuar:  map[uint64]struct{}{},
 		changed: make(chan struct{}),
@@ -288,8 +291,12 @@ func (b *Buffer) Append(rec *Record, done func(seq uint64, err error)) error {
 	if b.closed {
 		return ErrClosed
 	}
-	b.reqs <- appendReq{val: val, done: done}
-	return nil
+	select {
+	case b.reqs <- appendReq{val: val, done: done}:
+		return nil
+	case <-b.quit: // Close was called while the queue was full
+		return ErrClosed
+	}
 }
 
 // AppendWait appends rec and waits until it is durable.
@@ -333,6 +340,12 @@ func (b *Buffer) Read(ctx context.Context, after uint64, limit int, dst []Record
 		}
 		var scanned uint64
 		err := b.db.View(func(tx *bolt.Tx) error {
+			// The head as of this transaction: records a limit dropped
+			// since the check above are not returned (and then counted
+			// as both dropped and delivered).
+			if h := getUint(tx.Bucket(bucketMeta), keyHeadSeq); h > after+1 {
+				after = h - 1
+			}
 			c := tx.Bucket(bucketBatches).Cursor()
 			for k, v := seekBatch(c, after+1); k != nil && len(dst) < limit; k, v = c.Next() {
 				base := binary.BigEndian.Uint64(k)
@@ -407,10 +420,25 @@ func seekBatch(c *bolt.Cursor, seq uint64) ([]byte, []byte) {
 	if k == nil { // seq is before the first batch
 		return c.First()
 	}
-	if _, n, _ := parseBatch(v); binary.BigEndian.Uint64(k)+uint64(n) <= seq {
+	base := binary.BigEndian.Uint64(k)
+	_, n, _ := parseBatch(v)
+	if n == 0 { // header unreadable: the batch reaches up to the next one
+		if nk, nv := c.Next(); nk != nil && binary.BigEndian.Uint64(nk) <= seq {
+			return nk, nv
+		}
+		return c.Seek(k)
+	}
+	if base+uint64(n) <= seq {
 		return c.Next() // that batch ends before seq
 	}
 	return k, v
+}
+
+func getUint(b *bolt.Bucket, k []byte) uint64 {
+	if v := b.Get(k); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
 }
 
 // Quarantine moves record seq out of the FIFO into the quarantine bucket,
@@ -464,6 +492,7 @@ func (b *Buffer) Stats() Stats {
 // Close stops accepting appends, commits what is queued (calling its
 // callbacks), and closes the file. Blocked readers return ErrClosed.
 func (b *Buffer) Close() error {
+	b.quitOnce.Do(func() { close(b.quit) }) // release appends blocked on a full queue
 	b.closeMu.Lock()
 	if b.closed {
 		b.closeMu.Unlock()
@@ -477,6 +506,17 @@ func (b *Buffer) Close() error {
 		return fmt.Errorf("close buffer %s: %w", b.path, err)
 	}
 	return nil
+}
+
+// room is how many bytes of appends one commit may take: with Block, what
+// is left below MaxBytes; otherwise unbounded (-1).
+func (b *Buffer) room() int64 {
+	if b.opts.MaxBytes <= 0 || b.opts.WhenFull != Block {
+		return -1
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return max(b.opts.MaxBytes-int64(b.st.bytes), 0)
 }
 
 // full reports whether appends must wait (Block policy at MaxBytes).
@@ -523,7 +563,7 @@ func (b *Buffer) commitLoop() {
 			}
 		}
 		if reqs != nil {
-			batch = drain(b.reqs, batch, b.opts.MaxBatch)
+			batch = drain(b.reqs, batch, b.opts.MaxBatch, b.room())
 		}
 		b.commit(batch)
 		lastCommit = time.Now()
@@ -531,18 +571,25 @@ func (b *Buffer) commitLoop() {
 			// Close has made Append refuse new records; commit those that
 			// were queued before it.
 			for len(b.reqs) > 0 {
-				b.commit(drain(b.reqs, batch[:0], b.opts.MaxBatch))
+				b.commit(drain(b.reqs, batch[:0], b.opts.MaxBatch, -1))
 			}
 			return
 		}
 	}
 }
 
-func drain(reqs chan appendReq, batch []appendReq, max int) []appendReq {
-	for len(batch) < max {
+// drain takes queued appends into batch, up to max of them and, if budget
+// is not negative, until their bytes reach budget.
+func drain(reqs chan appendReq, batch []appendReq, max int, budget int64) []appendReq {
+	var size int64
+	for _, r := range batch {
+		size += int64(len(r.val))
+	}
+	for len(batch) < max && (budget < 0 || size < budget) {
 		select {
 		case r := <-reqs:
 			batch = append(batch, r)
+			size += int64(len(r.val))
 		default:
 			return batch
 		}
@@ -562,7 +609,7 @@ func (b *Buffer) commit(batch []appendReq) {
 	}
 	b.mu.Unlock()
 
-	limits := b.opts.MaxBytes > 0 && st.bytes > uint64(b.opts.MaxBytes) || b.expired(st)
+	limits := b.opts.MaxBytes > 0 && b.opts.WhenFull == DropOldest && st.bytes > uint64(b.opts.MaxBytes) || b.expired(st)
 	if len(batch) == 0 && len(quar) == 0 && releaseTo < st.head && !limits {
 		return
 	}
@@ -827,6 +874,9 @@ func (b *Buffer) quarantineTx(tx *bolt.Tx, st *state, seq uint64) error {
 		}
 		if err := quarantineBatch(tx, st, k, v, recs); err != nil {
 			return err
+		}
+		if base <= st.head { // it was the head batch: the head moves past it
+			st.head = batchEnd(batches, base, st.next)
 		}
 		return batches.Delete(k)
 	}

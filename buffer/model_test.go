@@ -240,3 +240,61 @@ func FuzzParseBatch(f *testing.F) {
 		}
 	})
 }
+
+// With Block, one commit takes no more than the room left below MaxBytes
+// (plus at most one record), however many appends wait.
+func TestBlockDoesNotOvershoot(t *testing.T) {
+	one := len(appendEncoded(nil, rec(1)))
+	b, err := Open(filepath.Join(t.TempDir(), "b.db"), Options{MaxBytes: int64(3 * one), WhenFull: Block})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	stored := make(chan uint64, 10)
+	for i := range 10 {
+		if err := b.Append(rec(i), func(seq uint64, err error) { stored <- seq }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if st := b.Stats(); st.Bytes > uint64(4*one) || st.Records > 4 {
+		t.Fatalf("stats %+v: Block let %d records in, MaxBytes holds 3", st, st.Records)
+	}
+}
+
+// Close returns even while appends wait on a full queue behind a full
+// buffer; they fail with ErrClosed (their sources were never acknowledged).
+func TestCloseReleasesBlockedAppends(t *testing.T) {
+	one := len(appendEncoded(nil, rec(1)))
+	b, err := Open(filepath.Join(t.TempDir(), "b.db"), Options{MaxBytes: int64(one), WhenFull: Block, QueueSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.AppendWait(context.Background(), rec(1)); err != nil {
+		t.Fatal(err)
+	}
+	results := make(chan error, 5)
+	for i := range 5 {
+		go func() { results <- b.Append(rec(i), func(uint64, error) {}) }()
+	}
+	time.Sleep(200 * time.Millisecond)
+	closed := make(chan error, 1)
+	go func() { closed <- b.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close hung behind appends blocked on a full queue")
+	}
+	refused := 0
+	for range 5 {
+		if errors.Is(<-results, ErrClosed) {
+			refused++
+		}
+	}
+	if refused == 0 {
+		t.Fatal("no blocked append was refused")
+	}
+}

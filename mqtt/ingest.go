@@ -60,6 +60,10 @@ type Config struct {
 	Logger         *slog.Logger
 }
 
+// stopWait bounds how long Run, when stopping, waits for records handed to
+// the sink to become durable so their acknowledgements can go out.
+const stopWait = 10 * time.Second
+
 // Stats are ingest counters since Run started.
 type Stats struct {
 	Received  uint64 // messages handed to the sink
@@ -204,9 +208,18 @@ func (in *Ingest) Run(ctx context.Context) error {
 	// Stop taking messages; let the ones already handed over commit and
 	// their acknowledgements go out (the ack sender runs every 10ms).
 	in.stop()
-	in.pending.Wait()
-	if runErr == nil {
-		time.Sleep(50 * time.Millisecond)
+	stored := make(chan struct{})
+	go func() { in.pending.Wait(); close(stored) }()
+	select {
+	case <-stored:
+		if runErr == nil {
+			time.Sleep(50 * time.Millisecond)
+		}
+	case <-time.After(stopWait):
+		// The buffer is not taking records (full with when_full: block, or
+		// stuck): those messages stay unacknowledged and the broker
+		// redelivers them to the next session.
+		in.log.Warn("stopping without waiting longer for the buffer; unacknowledged messages will be redelivered", "waited", stopWait)
 	}
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

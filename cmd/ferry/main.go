@@ -124,6 +124,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// The first signal starts a clean stop; a second one ends the process
+	// at once (the default action), should the clean stop hang.
+	context.AfterFunc(ctx, stop)
 
 	a, err := agent.New(cfg, log, agent.Options{})
 	if err != nil {
