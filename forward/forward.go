@@ -14,10 +14,13 @@
 //
 // Each record is routed by the first route whose pattern matches its MQTT
 // topic. A record that matches no route is counted and dropped with a
-// warning; a record too large to ever be produced is quarantined in the
-// buffer. Record value = the MQTT payload unchanged; key and topic from the
-// route; timestamp = when ferry received the message; headers carry the MQTT
-// topic, the gateway id and the message's MQTT properties.
+// warning. A record too large to be produced, or one Kafka rejects for good
+// (too large for the topic, invalid, refused by policy: found by sending it
+// alone after its batch failed), is quarantined in the buffer, counted and
+// logged, and forwarding goes on. Record value = the MQTT payload
+// unchanged; key and topic from the route; timestamp = when ferry received
+// the message; headers carry the MQTT topic, the gateway id and the
+// message's MQTT properties.
 package forward
 
 import (
