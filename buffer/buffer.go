@@ -96,6 +96,13 @@ type Options struct {
 	WhenFull WhenFull
 	// MaxAge drops records received longer ago than this; 0: never.
 	MaxAge time.Duration
+	// CompactMinSize and CompactMinFree: when a commit empties the buffer
+	// and the file is at least CompactMinSize bytes with at least
+	// CompactMinFree of it free, the committer rewrites it compactly
+	// (bbolt never shrinks its file). Defaults 64 MiB and 0.5; a negative
+	// CompactMinSize turns it off.
+	CompactMinSize int64
+	CompactMinFree float64
 	// Logger receives quarantine, drop and commit-failure events.
 	// Default: discard.
 	Logger *slog.Logger
@@ -118,6 +125,12 @@ func (o *Options) setDefaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.CompactMinSize == 0 {
+		o.CompactMinSize = 64 << 20
+	}
+	if o.CompactMinFree <= 0 {
+		o.CompactMinFree = 0.5
 	}
 }
 
@@ -187,6 +200,7 @@ func (s *state) store(meta *bolt.Bucket) error {
 
 // Buffer is a durable FIFO of records. It is safe for concurrent use.
 type Buffer struct {
+	dbMu sync.RWMutex // held shared by readers of db; the committer swaps db under it after compacting
 	db   *bolt.DB
 	path string
 	opts Options
@@ -339,6 +353,7 @@ func (b *Buffer) Read(ctx context.Context, after uint64, limit int, dst []Record
 			}
 		}
 		var scanned uint64
+		b.dbMu.RLock()
 		err := b.db.View(func(tx *bolt.Tx) error {
 			// The head as of this transaction: records a limit dropped
 			// since the check above are not returned (and then counted
@@ -377,6 +392,7 @@ func (b *Buffer) Read(ctx context.Context, after uint64, limit int, dst []Record
 			}
 			return nil
 		})
+		b.dbMu.RUnlock()
 		if err != nil {
 			if errors.Is(err, bolt.ErrDatabaseNotOpen) {
 				return dst, ErrClosed
@@ -502,6 +518,8 @@ func (b *Buffer) Close() error {
 	b.closeMu.Unlock()
 	close(b.stop)
 	<-b.done
+	b.dbMu.Lock()
+	defer b.dbMu.Unlock()
 	if err := b.db.Close(); err != nil {
 		return fmt.Errorf("close buffer %s: %w", b.path, err)
 	}
@@ -690,7 +708,7 @@ func (b *Buffer) commit(batch []appendReq) {
 		return
 	}
 	b.mu.Lock()
-	seq0 := b.st.next
+	seq0, drained := b.st.next, b.st.count > 0 && st.count == 0
 	b.st = st
 	b.commits++
 	// Wake readers: new records, or records gone (released, dropped,
@@ -716,6 +734,9 @@ func (b *Buffer) commit(batch []appendReq) {
 		}
 		r.done(seq, nil)
 		seq++
+	}
+	if drained {
+		b.compactIfSparse()
 	}
 }
 
@@ -744,6 +765,8 @@ func (b *Buffer) expired(st state) bool {
 		return false
 	}
 	var t time.Time
+	b.dbMu.RLock()
+	defer b.dbMu.RUnlock()
 	b.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketBatches).Cursor()
 		for k, v := seekBatch(c, st.head); k != nil; k, v = c.Next() {

@@ -172,3 +172,62 @@ func Purge(path string, cutoff time.Time) (removed uint64, err error) {
 	}
 	return removed, nil
 }
+
+// compactIfSparse runs on the committer after a commit emptied the buffer:
+// if the file is large and mostly free (a backlog was delivered), it
+// rewrites it compactly and reopens it. Readers are held off meanwhile; an
+// empty buffer makes it quick. On failure the old file stays in use.
+func (b *Buffer) compactIfSparse() {
+	if b.opts.CompactMinSize < 0 {
+		return
+	}
+	info, err := b.view().info()
+	if err != nil || info.FileSize < b.opts.CompactMinSize || info.FreeFraction() < b.opts.CompactMinFree {
+		return
+	}
+	b.dbMu.Lock()
+	defer b.dbMu.Unlock()
+	start := time.Now()
+	tmp := b.path + ".compact"
+	os.Remove(tmp)
+	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{FreelistType: bolt.FreelistMapType, NoSync: true})
+	if err == nil {
+		err = compactInto(dst, b.db)
+		if cerr := dst.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		os.Remove(tmp)
+		b.log.Warn("buffer: compaction after the backlog drained failed; keeping the file as it is", "path", b.path, "err", err)
+		return
+	}
+	if err := b.db.Close(); err != nil {
+		b.log.Warn("buffer: closing before compaction", "path", b.path, "err", err)
+	}
+	renamed := os.Rename(tmp, b.path)
+	if renamed == nil {
+		syncDir(b.path)
+	} else {
+		os.Remove(tmp)
+	}
+	db, err := openBolt(b.path, &bolt.Options{Timeout: b.opts.LockTimeout, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		// Nothing to fall back to: b.db stays closed, so every later
+		// commit fails, ingest stops acknowledging and ferry exits with
+		// the error; the file itself is intact for the next start.
+		b.log.Error("buffer: cannot reopen the buffer file after compaction", "path", b.path, "err", err)
+		return
+	}
+	b.db = db
+	if renamed != nil {
+		b.log.Warn("buffer: compaction could not replace the file; kept the old one", "path", b.path, "err", renamed)
+		return
+	}
+	var after int64
+	if fi, err := os.Stat(b.path); err == nil {
+		after = fi.Size()
+	}
+	b.log.Info("buffer: file compacted after the backlog drained", "path", b.path,
+		"before_bytes", info.FileSize, "after_bytes", after, "took", time.Since(start).Round(time.Millisecond))
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -182,4 +183,50 @@ func TestPurgeRemovesOnlyOldRecords(t *testing.T) {
 	if seq, err := b.AppendWait(context.Background(), inspectRec(501)); err != nil || seq != 501 {
 		t.Errorf("append after purge: %d, %v", seq, err)
 	}
+}
+
+// When a delivered backlog leaves the file mostly free, the committer
+// compacts it on the spot; the buffer goes on working, sequence numbers
+// continue.
+func TestCompactsWhenDrained(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	b, err := Open(path, Options{CompactMinSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { b.Close(); checkConsistency(t, path) }()
+	payload := make([]byte, 1000)
+	var wg sync.WaitGroup
+	var last uint64
+	var mu sync.Mutex
+	for range 5000 { // ~5 MB
+		wg.Add(1)
+		if err := b.Append(&Record{Topic: "t", Payload: payload}, func(seq uint64, err error) {
+			mu.Lock()
+			last = max(last, seq)
+			mu.Unlock()
+			wg.Done()
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	full := fileSize(t, path)
+	b.Release(last)
+	deadline := time.Now().Add(10 * time.Second)
+	for fileSize(t, path) > full/4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("file still %d bytes after the buffer drained (was %d)", fileSize(t, path), full)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	seq, err := b.AppendWait(context.Background(), rec(1))
+	if err != nil || seq != last+1 {
+		t.Fatalf("append after compaction: seq %d err %v, want seq %d", seq, err, last+1)
+	}
+	got := readAll(t, b)
+	if len(got) != 1 || got[0].Seq != last+1 {
+		t.Fatalf("read after compaction: %+v", got)
+	}
+	t.Logf("file %d -> %d bytes", full, fileSize(t, path))
 }

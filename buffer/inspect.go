@@ -135,7 +135,11 @@ func (b *Buffer) Verify(ctx context.Context) (VerifyReport, error) {
 	return b.view().verify(ctx, false)
 }
 
-func (b *Buffer) view() fileView { return fileView{db: b.db, path: b.path} }
+func (b *Buffer) view() fileView {
+	b.dbMu.RLock()
+	defer b.dbMu.RUnlock()
+	return fileView{db: b.db, path: b.path}
+}
 
 // ReadOnly is a buffer file opened for inspection only, while no ferry runs
 // on it. It is safe for concurrent use.
