@@ -3,15 +3,19 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
+	"github.com/ferry-edge/ferry/buffer"
 	"github.com/ferry-edge/ferry/config"
 	"github.com/ferry-edge/ferry/forward"
 	"github.com/ferry-edge/ferry/internal/testenv"
@@ -38,11 +42,17 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func loadConfig(t testing.TB, mqttURL string, kafka *testenv.Kafka, topic string) *config.Config {
+// loadConfig writes and loads a ferry config for the test's broker, Kafka
+// and topic; bufferKeys are extra lines for the buffer section.
+func loadConfig(t testing.TB, mqttURL string, kafka *testenv.Kafka, topic string, bufferKeys ...string) *config.Config {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "ferry.yaml")
-	if err := os.WriteFile(path, []byte(testenv.FerryConfig(mqttURL, kafka, topic, filepath.Join(dir, "buffer.db"))), 0o600); err != nil {
+	text := testenv.FerryConfig(mqttURL, kafka, topic, filepath.Join(dir, "buffer.db"))
+	for _, k := range bufferKeys {
+		text = strings.Replace(text, "buffer:\n", "buffer:\n  "+k+"\n", 1)
+	}
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := config.Load(path)
@@ -81,11 +91,9 @@ func runEndToEnd(t *testing.T, outage bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	stopAgent := startAgent(t, a)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	runDone := make(chan error, 1)
-	go func() { runDone <- a.Run(ctx) }()
-	waitFor(t, "ferry to subscribe", 15*time.Second, func() bool { return a.Stats().MQTT.Subscribed })
 
 	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), topic, kafka.ClientOpts()...)
 	if err != nil {
@@ -148,10 +156,7 @@ func runEndToEnd(t *testing.T, outage bool) {
 
 	testenv.CrossCheckKcat(t, kafka, topic, recs)
 
-	cancel()
-	if err := <-runDone; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	stopAgent()
 	if st := a.Stats(); st.Buffer.Records != 0 {
 		t.Errorf("buffer holds %d records after everything was delivered", st.Buffer.Records)
 	}
@@ -169,11 +174,9 @@ func TestMissingTopicWaitsInBuffer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	stopAgent := startAgent(t, a)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	runDone := make(chan error, 1)
-	go func() { runDone <- a.Run(ctx) }()
-	waitFor(t, "ferry to subscribe", 15*time.Second, func() bool { return a.Stats().MQTT.Subscribed })
 
 	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 2, PerDevice: 50, QoS: 1})
 	if err != nil {
@@ -201,10 +204,7 @@ func TestMissingTopicWaitsInBuffer(t *testing.T) {
 	if rep := collector.WaitFor(wctx, res); !rep.OK() || rep.Sent != 100 {
 		t.Fatalf("after the topic was created: %s", rep)
 	}
-	cancel()
-	if err := <-runDone; err != nil {
-		t.Fatal(err)
-	}
+	stopAgent()
 }
 
 // With a wrong SASL password ferry says so and keeps the records. Only on a
@@ -222,11 +222,9 @@ func TestWrongKafkaPasswordIsReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	stopAgent := startAgent(t, a)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	runDone := make(chan error, 1)
-	go func() { runDone <- a.Run(ctx) }()
-	waitFor(t, "ferry to subscribe", 15*time.Second, func() bool { return a.Stats().MQTT.Subscribed })
 	if _, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 1, PerDevice: 10, QoS: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -239,8 +237,154 @@ func TestWrongKafkaPasswordIsReported(t *testing.T) {
 	if st.Buffer.Records != 10 || st.Forward.Delivered != 0 {
 		t.Fatalf("%d records buffered, %d delivered; want 10 waiting", st.Buffer.Records, st.Forward.Delivered)
 	}
-	cancel()
-	if err := <-runDone; err != nil {
+	stopAgent()
+}
+
+// startAgent runs a with its own context; the returned function stops it
+// and checks that Run returned nil.
+// It also runs at cleanup, so a failing test does not leave ferry running.
+func startAgent(t *testing.T, a *Agent) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	waitFor(t, "ferry to subscribe", 15*time.Second, func() bool { return a.Stats().MQTT.Subscribed })
+	return stop
+}
+
+// With when_full: block and Kafka unreachable, the buffer stops at
+// max_bytes, ferry stops acknowledging, the broker holds the rest, and when
+// Kafka returns everything arrives: backpressure, no loss, no drop.
+func TestBlockWhenFullLosesNothing(t *testing.T) {
+	broker := testenv.NewBroker(t)
+	kafka := testenv.NewKafka(t)
+	topic := testenv.NewTopic(t, kafka)
+	cfg := loadConfig(t, broker.URL(), kafka, topic, "max_bytes: 16KiB", "when_full: block")
+	a, err := New(cfg, testLogger(t), Options{})
+	if err != nil {
 		t.Fatal(err)
+	}
+	startAgent(t, a)
+	kafka.SetReachable(false)
+
+	ctx := context.Background()
+	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 4, PerDevice: 250, QoS: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	st := a.Stats()
+	t.Logf("Kafka down, 1000 published: buffer %d records, %d bytes; %d received", st.Buffer.Records, st.Buffer.Bytes, st.MQTT.Received)
+	if st.Buffer.Bytes > 16<<10+1024 {
+		t.Errorf("buffer holds %d bytes, max_bytes is 16KiB", st.Buffer.Bytes)
+	}
+	if st.Buffer.Records >= 1000 {
+		t.Errorf("all %d records buffered: block did not hold anything back", st.Buffer.Records)
+	}
+	kafka.SetReachable(true)
+
+	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), topic, kafka.ClientOpts()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer collector.Close()
+	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	rep := collector.WaitFor(wctx, res)
+	t.Logf("report: %s", rep)
+	if !rep.OK() || rep.Sent != 1000 {
+		t.Fatalf("with block: %s", rep)
+	}
+	if d := a.Stats().Buffer.Dropped; d[buffer.DropMaxBytes] != 0 {
+		t.Fatalf("block dropped %d records", d[buffer.DropMaxBytes])
+	}
+}
+
+// With when_full: drop_oldest and Kafka unreachable, the oldest records are
+// dropped at max_bytes; exactly the dropped ones are missing downstream, and
+// the status record tells the data centre how many.
+func TestDropOldestIsCountedAndReported(t *testing.T) {
+	broker := testenv.NewBroker(t)
+	kafka := testenv.NewKafka(t)
+	topic := testenv.NewTopic(t, kafka)
+	cfg := loadConfig(t, broker.URL(), kafka, topic, "max_bytes: 16KiB")
+	cfg.Forward.StatusTopic = testenv.UniqueTopic("status")
+	// Records already handed to the producer when the buffer drops them may
+	// still arrive; a small window bounds how many.
+	const window = 50
+	cfg.Forward.Kafka.MaxBufferedRecords = window
+	if err := kafka.CreateTopic(context.Background(), cfg.Forward.StatusTopic); err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(cfg, testLogger(t), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, a)
+	kafka.SetReachable(false)
+
+	ctx := context.Background()
+	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 4, PerDevice: 250, QoS: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all 1000 messages stored", 30*time.Second, func() bool { return a.Stats().MQTT.Stored >= 1000 })
+	dropped := a.Stats().Buffer.Dropped[buffer.DropMaxBytes]
+	if dropped == 0 {
+		t.Fatal("nothing was dropped; the test needs drops")
+	}
+	kafka.SetReachable(true)
+
+	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), topic, kafka.ClientOpts()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer collector.Close()
+	waitFor(t, "the rest to arrive", 90*time.Second, func() bool { return collector.Count() >= int64(1000-dropped) })
+	waitFor(t, "the buffer to drain", 30*time.Second, func() bool { return a.Stats().Buffer.Records == 0 })
+	time.Sleep(time.Second)
+	rep := collector.Report(res)
+	t.Logf("dropped %d; report: %s", dropped, rep)
+	// Nothing is lost that was not counted; at most the window's worth of
+	// counted records arrived anyway.
+	if lost := uint64(rep.Lost); lost > dropped || lost+window < dropped || rep.OutOfOrder != 0 {
+		t.Fatalf("lost %d downstream, buffer counted %d dropped, window %d (out of order %d)", rep.Lost, dropped, window, rep.OutOfOrder)
+	}
+
+	cl, err := kgo.NewClient(append(kafka.ClientOpts(), kgo.ConsumeTopics(cfg.Forward.StatusTopic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		fs := cl.PollFetches(pctx)
+		cancel()
+		var reported uint64
+		fs.EachRecord(func(r *kgo.Record) {
+			var s forward.Status
+			if json.Unmarshal(r.Value, &s) == nil && s.GatewayID == "gw-test" {
+				reported = max(reported, s.Dropped[buffer.DropMaxBytes])
+			}
+		})
+		if reported == dropped {
+			t.Logf("status record reports %d dropped for max_bytes", reported)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no status record reported the %d drops (last seen %d)", dropped, reported)
+		}
 	}
 }
