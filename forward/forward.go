@@ -277,6 +277,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		if errors.Is(err, errSource) {
 			return err
 		}
+		if err == nil {
+			continue // a pass ends without error only when ctx is done; be safe
+		}
 		// A produce failed: everything from the first record Kafka did not
 		// acknowledge is read and produced again after a pause.
 		attempt++
