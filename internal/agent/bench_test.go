@@ -40,7 +40,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	perDevice := max(1, b.N/devices)
 	b.ResetTimer()
 	start := time.Now()
-	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: devices, PerDevice: perDevice, QoS: 1})
+	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Interval: broker.Pace(), Devices: devices, PerDevice: perDevice, QoS: 1})
 	if err != nil {
 		b.Fatal(err)
 	}

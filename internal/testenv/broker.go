@@ -81,10 +81,18 @@ func FindMosquitto() (string, error) {
 	return "", errors.New("mosquitto binary not found on PATH, in /usr/sbin or in /usr/local/sbin")
 }
 
+// EnvBroker names the environment variable that, set to "mochi", makes
+// StartBroker use the embedded broker even where Mosquitto is installed (to
+// run the suite as a machine without Mosquitto would).
+const EnvBroker = "FERRY_TEST_BROKER"
+
 // StartBroker starts Mosquitto if it can be found (see FindMosquitto), and
 // the embedded mochi broker otherwise. dir holds Mosquitto's config and log;
 // broker logs are also copied to logw when it is not nil.
 func StartBroker(dir string, logw io.Writer) (*Broker, error) {
+	if os.Getenv(EnvBroker) == KindMochi {
+		return startMochi(logw)
+	}
 	if _, err := FindMosquitto(); err == nil {
 		return StartMosquitto(dir, logw)
 	}

@@ -67,3 +67,28 @@ func NewTopic(t testing.TB, k *Kafka) string {
 	}
 	return name
 }
+
+// Pace is the pause between two messages of one simulated sensor that the
+// broker needs: none for Mosquitto; 2ms for mochi-mqtt v2.7.9, which
+// deadlocks (its inflight lock) when a fast stream exhausts a subscriber's
+// Receive Maximum.
+func (b *Broker) Pace() time.Duration {
+	if b.Kind == KindMochi {
+		return 2 * time.Millisecond
+	}
+	return 0
+}
+
+// RequireMosquitto skips a test that the embedded mochi broker cannot serve
+// faithfully (why says what it lacks), or fails it when EnvRequireMosquitto
+// is set.
+func RequireMosquitto(t testing.TB, b *Broker, why string) {
+	t.Helper()
+	if b.Kind == KindMosquitto {
+		return
+	}
+	if os.Getenv(EnvRequireMosquitto) == "1" {
+		t.Fatalf("%s=1 but the broker is %s; this test needs Mosquitto: %s", EnvRequireMosquitto, b.Kind, why)
+	}
+	t.Skipf("needs Mosquitto (install the mosquitto package): %s", why)
+}
