@@ -35,7 +35,7 @@ func main() {
 func run() error {
 	devices := flag.Int("devices", 20, "simulated sensors")
 	messages := flag.Int("messages", 1000, "messages per sensor")
-	interval := flag.Duration("interval", 5*time.Millisecond, "pause between two messages of one sensor")
+	interval := flag.Duration("interval", 5*time.Millisecond, "pause between two messages of one sensor (the embedded mochi-mqtt broker stalls when this is below about 2ms)")
 	outage := flag.Duration("outage", 5*time.Second, "how long Kafka is cut off once a third of the messages are sent (0: never)")
 	verbose := flag.Bool("v", false, "show ferry's log")
 	flag.Parse()
