@@ -69,12 +69,13 @@ func NewTopic(t testing.TB, k *Kafka) string {
 }
 
 // Pace is the pause between two messages of one simulated sensor that the
-// broker needs: none for Mosquitto; 2ms for mochi-mqtt v2.7.9, which
+// broker needs: none for Mosquitto; 10ms for mochi-mqtt v2.7.9, which
 // deadlocks (its inflight lock) when a fast stream exhausts a subscriber's
-// Receive Maximum.
+// Receive Maximum; slow enough that ferry keeps up even under the race
+// detector.
 func (b *Broker) Pace() time.Duration {
 	if b.Kind == KindMochi {
-		return 2 * time.Millisecond
+		return 10 * time.Millisecond
 	}
 	return 0
 }
