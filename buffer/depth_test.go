@@ -2,7 +2,6 @@ package buffer
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -156,20 +155,7 @@ func BenchmarkDepth(b *testing.B) {
 			defer buf.Close()
 			b.ResetTimer()
 			start, wb0, c0 := time.Now(), writeBytes(), buf.Stats().Commits
-			var after uint64
-			var recs []Record
-			for got := 0; got < b.N; {
-				recs, err = buf.Read(context.Background(), after, 1000, recs)
-				if err != nil {
-					b.Fatal(err)
-				}
-				got += len(recs)
-				after = recs[len(recs)-1].Seq
-				buf.Release(after)
-			}
-			if err := buf.flush(context.Background()); err != nil {
-				b.Fatal(err)
-			}
+			drainN(b, buf, b.N)
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "records/s")
 			b.ReportMetric(float64(writeBytes()-wb0)/float64(b.N), "disk-bytes/record")
 			b.ReportMetric(float64(buf.Stats().Commits-c0), "commits")

@@ -578,17 +578,25 @@ func newWindow(size int, src Source, onFail func()) *window {
 	return w
 }
 
-// waitSpace waits until a slot is free and returns how many are, or 0 if
-// ctx is done or the pass failed.
-func (w *window) waitSpace(ctx context.Context) int {
+// lockUntil locks the window and arranges for ctx's end to wake its
+// waiters; the returned function undoes both.
+func (w *window) lockUntil(ctx context.Context) (unlock func()) {
 	stop := context.AfterFunc(ctx, func() {
 		w.mu.Lock()
 		w.cond.Broadcast()
 		w.mu.Unlock()
 	})
-	defer stop()
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	return func() {
+		w.mu.Unlock()
+		stop()
+	}
+}
+
+// waitSpace waits until a slot is free and returns how many are, or 0 if
+// ctx is done or the pass failed.
+func (w *window) waitSpace(ctx context.Context) int {
+	defer w.lockUntil(ctx)()
 	for {
 		if ctx.Err() != nil || w.err != nil {
 			return 0
@@ -642,14 +650,7 @@ func (w *window) settle(idx uint64, err error) {
 // waitSettled waits until every pushed record is settled; false if ctx
 // ended first.
 func (w *window) waitSettled(ctx context.Context) bool {
-	stop := context.AfterFunc(ctx, func() {
-		w.mu.Lock()
-		w.cond.Broadcast()
-		w.mu.Unlock()
-	})
-	defer stop()
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	defer w.lockUntil(ctx)()
 	for w.settled < w.tail {
 		if ctx.Err() != nil {
 			return false
