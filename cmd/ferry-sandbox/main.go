@@ -62,7 +62,7 @@ func run() error {
 	defer kafka.Close()
 
 	configPath := filepath.Join(dir, "ferry.yaml")
-	if err := os.WriteFile(configPath, []byte(testenv.FerryConfig(broker.URL(), kafka, topic, filepath.Join(dir, "buffer.db"))), 0o600); err != nil {
+	if err := os.WriteFile(configPath, []byte(testenv.FerryConfig(broker, kafka, topic, filepath.Join(dir, "buffer.db"))), 0o600); err != nil {
 		return err
 	}
 	cfg, err := config.Load(configPath)

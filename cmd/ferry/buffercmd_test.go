@@ -281,7 +281,7 @@ func TestRunServesAdminSocket(t *testing.T) {
 	dir := t.TempDir()
 	bufPath := filepath.Join(dir, "buffer.db")
 	configPath := filepath.Join(dir, "ferry.yaml")
-	if err := os.WriteFile(configPath, []byte(testenv.FerryConfig(broker.URL(), kafka, topic, bufPath)), 0o600); err != nil {
+	if err := os.WriteFile(configPath, []byte(testenv.FerryConfig(broker, kafka, topic, bufPath)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ferry := startFerry(t, configPath)

@@ -53,7 +53,7 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := testenv.FerryConfig("tcp://127.0.0.1:1883", kafka, "telemetry", filepath.Join(dir, "b.db"))
+	cfg := testenv.FerryConfig(&testenv.Broker{Kind: testenv.KindMosquitto, Addr: "127.0.0.1:1883"}, kafka, "telemetry", filepath.Join(dir, "b.db"))
 	kafka.Close() // only its address was needed
 	cfg = strings.Replace(cfg, "  client_id: ferry-gw-test\n", "  client_id: ferry-gw-test\n  username: u\n  password: hunter2\n", 1)
 	if err := os.WriteFile(good, []byte(cfg), 0o600); err != nil {
@@ -178,7 +178,7 @@ func runRestart(t *testing.T, sig syscall.Signal) {
 	topic := testenv.NewTopic(t, kafka)
 	dir := t.TempDir()
 	configPath := filepath.Join(dir, "ferry.yaml")
-	if err := os.WriteFile(configPath, []byte(testenv.FerryConfig(broker.URL(), kafka, topic, filepath.Join(dir, "buffer.db"))), 0o600); err != nil {
+	if err := os.WriteFile(configPath, []byte(testenv.FerryConfig(broker, kafka, topic, filepath.Join(dir, "buffer.db"))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 

@@ -44,11 +44,11 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 // loadConfig writes and loads a ferry config for the test's broker, Kafka
 // and topic; bufferKeys are extra lines for the buffer section.
-func loadConfig(t testing.TB, mqttURL string, kafka *testenv.Kafka, topic string, bufferKeys ...string) *config.Config {
+func loadConfig(t testing.TB, broker *testenv.Broker, kafka *testenv.Kafka, topic string, bufferKeys ...string) *config.Config {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "ferry.yaml")
-	text := testenv.FerryConfig(mqttURL, kafka, topic, filepath.Join(dir, "buffer.db"))
+	text := testenv.FerryConfig(broker, kafka, topic, filepath.Join(dir, "buffer.db"))
 	for _, k := range bufferKeys {
 		text = strings.Replace(text, "buffer:\n", "buffer:\n  "+k+"\n", 1)
 	}
@@ -74,6 +74,8 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	}
 }
 
+const mochiStalls = "mochi-mqtt v2.7.9 stalls under sustained QoS 1 load (a deadlock on its inflight lock)"
+
 func TestEndToEnd(t *testing.T)            { runEndToEnd(t, false) }
 func TestEndToEndKafkaOutage(t *testing.T) { runEndToEnd(t, true) }
 
@@ -83,9 +85,10 @@ func TestEndToEndKafkaOutage(t *testing.T) { runEndToEnd(t, true) }
 // middle of the stream.
 func runEndToEnd(t *testing.T, outage bool) {
 	broker := testenv.NewBroker(t)
+	testenv.RequireMosquitto(t, broker, mochiStalls)
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
-	cfg := loadConfig(t, broker.URL(), kafka, topic)
+	cfg := loadConfig(t, broker, kafka, topic)
 
 	a, err := New(cfg, testLogger(t), Options{Forward: func(fc *forward.Config) { fc.ShutdownTimeout = 2 * time.Second }})
 	if err != nil {
@@ -100,7 +103,7 @@ func runEndToEnd(t *testing.T, outage bool) {
 		t.Fatal(err)
 	}
 	defer collector.Close()
-	sensors := testenv.StartSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Interval: broker.Pace(), Devices: devices, PerDevice: perDevice, QoS: 1})
+	sensors := testenv.StartSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: devices, PerDevice: perDevice, QoS: 1})
 
 	if outage {
 		waitFor(t, "a third of the messages", 30*time.Second, func() bool { return sensors.Sent() > devices*perDevice/3 })
@@ -167,9 +170,10 @@ func runEndToEnd(t *testing.T, outage bool) {
 // wait in the buffer and go out, in order, once the topic exists.
 func TestMissingTopicWaitsInBuffer(t *testing.T) {
 	broker := testenv.NewBroker(t)
+	testenv.RequireMosquitto(t, broker, mochiStalls)
 	kafka := testenv.NewKafka(t)
 	topic := testenv.UniqueTopic("missing")
-	cfg := loadConfig(t, broker.URL(), kafka, topic)
+	cfg := loadConfig(t, broker, kafka, topic)
 	a, err := New(cfg, testLogger(t), Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -178,7 +182,7 @@ func TestMissingTopicWaitsInBuffer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Interval: broker.Pace(), Devices: 2, PerDevice: 50, QoS: 1})
+	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 2, PerDevice: 50, QoS: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +221,7 @@ func TestWrongKafkaPasswordIsReported(t *testing.T) {
 	broker := testenv.NewBroker(t)
 	topic := testenv.NewTopic(t, kafka)
 	t.Setenv("FERRY_TEST_KAFKA_SASL_PASSWORD", "not-the-password") // the config reads it from here
-	cfg := loadConfig(t, broker.URL(), kafka, topic)
+	cfg := loadConfig(t, broker, kafka, topic)
 	a, err := New(cfg, testLogger(t), Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -225,7 +229,7 @@ func TestWrongKafkaPasswordIsReported(t *testing.T) {
 	stopAgent := startAgent(t, a)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Interval: broker.Pace(), Devices: 1, PerDevice: 10, QoS: 1}); err != nil {
+	if _, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 1, PerDevice: 10, QoS: 1}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "an authentication error", 60*time.Second, func() bool { return a.Stats().Forward.LastError != "" })
@@ -267,10 +271,10 @@ func startAgent(t *testing.T, a *Agent) (stop func()) {
 // Kafka returns everything arrives: backpressure, no loss, no drop.
 func TestBlockWhenFullLosesNothing(t *testing.T) {
 	broker := testenv.NewBroker(t)
+	testenv.RequireMosquitto(t, broker, mochiStalls)
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
-	testenv.RequireMosquitto(t, broker, "mochi-mqtt v2.7.9 deadlocks when a subscriber stops acknowledging")
-	cfg := loadConfig(t, broker.URL(), kafka, topic, "max_bytes: 16KiB", "when_full: block")
+	cfg := loadConfig(t, broker, kafka, topic, "max_bytes: 16KiB", "when_full: block")
 	a, err := New(cfg, testLogger(t), Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -279,7 +283,7 @@ func TestBlockWhenFullLosesNothing(t *testing.T) {
 	kafka.SetReachable(false)
 
 	ctx := context.Background()
-	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Interval: broker.Pace(), Devices: 4, PerDevice: 250, QoS: 1})
+	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 4, PerDevice: 250, QoS: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,9 +320,10 @@ func TestBlockWhenFullLosesNothing(t *testing.T) {
 // the status record tells the data centre how many.
 func TestDropOldestIsCountedAndReported(t *testing.T) {
 	broker := testenv.NewBroker(t)
+	testenv.RequireMosquitto(t, broker, mochiStalls)
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
-	cfg := loadConfig(t, broker.URL(), kafka, topic, "max_bytes: 16KiB")
+	cfg := loadConfig(t, broker, kafka, topic, "max_bytes: 16KiB")
 	cfg.Forward.StatusTopic = testenv.UniqueTopic("status")
 	// Records already handed to the producer when the buffer drops them may
 	// still arrive; a small window bounds how many.
@@ -335,7 +340,7 @@ func TestDropOldestIsCountedAndReported(t *testing.T) {
 	kafka.SetReachable(false)
 
 	ctx := context.Background()
-	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Interval: broker.Pace(), Devices: 4, PerDevice: 250, QoS: 1})
+	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 4, PerDevice: 250, QoS: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,9 +17,10 @@ import (
 func BenchmarkEndToEnd(b *testing.B) {
 	const devices = 100
 	broker := testenv.NewBroker(b)
+	testenv.RequireMosquitto(b, broker, mochiStalls)
 	kafka := testenv.NewKafka(b)
 	topic := testenv.NewTopic(b, kafka)
-	cfg := loadConfig(b, broker.URL(), kafka, topic)
+	cfg := loadConfig(b, broker, kafka, topic)
 	a, err := New(cfg, nil, Options{})
 	if err != nil {
 		b.Fatal(err)
@@ -40,7 +41,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	perDevice := max(1, b.N/devices)
 	b.ResetTimer()
 	start := time.Now()
-	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Interval: broker.Pace(), Devices: devices, PerDevice: perDevice, QoS: 1})
+	res, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: devices, PerDevice: perDevice, QoS: 1})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,9 +3,9 @@ package testenv
 import "fmt"
 
 // FerryConfig returns a ferry configuration file, shaped like the README's
-// example, that subscribes to the sensors' topics on mqttURL and routes them
-// to topic on k, keyed by device, buffering at bufferPath.
-func FerryConfig(mqttURL string, k *Kafka, topic, bufferPath string) string {
+// example, that subscribes to the sensors' topics on b and routes them to
+// topic on k, keyed by device, buffering at bufferPath.
+func FerryConfig(b *Broker, k *Kafka, topic, bufferPath string) string {
 	return fmt.Sprintf(`gateway_id: gw-test
 log:
   level: info
@@ -23,5 +23,5 @@ forward:
     - match: sensors/{device}/telemetry
       topic: %s
       key: "{device}"
-`, mqttURL, bufferPath, k.FerryYAML(), topic)
+`, b.URL(), bufferPath, k.FerryYAML(), topic)
 }

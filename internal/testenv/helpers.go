@@ -68,18 +68,6 @@ func NewTopic(t testing.TB, k *Kafka) string {
 	return name
 }
 
-// Pace is the pause between two messages of one simulated sensor that the
-// broker needs: none for Mosquitto; 10ms for mochi-mqtt v2.7.9, which
-// deadlocks (its inflight lock) when a fast stream exhausts a subscriber's
-// Receive Maximum; slow enough that ferry keeps up even under the race
-// detector.
-func (b *Broker) Pace() time.Duration {
-	if b.Kind == KindMochi {
-		return 10 * time.Millisecond
-	}
-	return 0
-}
-
 // RequireMosquitto skips a test that the embedded mochi broker cannot serve
 // faithfully (why says what it lacks), or fails it when EnvRequireMosquitto
 // is set.
