@@ -34,8 +34,8 @@ func main() {
 
 func run() error {
 	devices := flag.Int("devices", 20, "simulated sensors")
-	messages := flag.Int("messages", 1000, "messages per sensor")
-	interval := flag.Duration("interval", 5*time.Millisecond, "pause between two messages of one sensor (the embedded mochi-mqtt broker stalls when this is below about 2ms)")
+	messages := flag.Int("messages", 600, "messages per sensor")
+	interval := flag.Duration("interval", 10*time.Millisecond, "pause between two messages of one sensor (the embedded mochi-mqtt broker stalls when this is below about 2ms)")
 	outage := flag.Duration("outage", 5*time.Second, "how long Kafka is cut off once a third of the messages are sent (0: never)")
 	verbose := flag.Bool("v", false, "show ferry's log")
 	flag.Parse()
