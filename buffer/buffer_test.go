@@ -404,7 +404,12 @@ func TestKillNineKeepsAcknowledged(t *testing.T) {
 			}
 			close(lines)
 		}()
-		kill := time.After(time.Duration(100+rand.IntN(400)) * time.Millisecond)
+		// The kill comes at a random moment after the child's first
+		// acknowledgement (a slow start, as under qemu, must not make a
+		// round without any), or after 30s at the latest.
+		var kill <-chan time.Time
+		started := false
+		deadline := time.After(30 * time.Second)
 	read:
 		for {
 			select {
@@ -415,6 +420,13 @@ func TestKillNineKeepsAcknowledged(t *testing.T) {
 				seqS, payload, _ := strings.Cut(l, " ")
 				seq, _ := strconv.ParseUint(seqS, 10, 64)
 				acked[seq] = payload
+				if !started {
+					started = true
+					kill = time.After(time.Duration(rand.IntN(400)) * time.Millisecond)
+				}
+			case <-deadline:
+				cmd.Process.Signal(syscall.SIGKILL)
+				deadline = nil
 			case <-kill:
 				cmd.Process.Signal(syscall.SIGKILL)
 				kill = nil
