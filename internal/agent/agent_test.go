@@ -90,11 +90,7 @@ func runEndToEnd(t *testing.T, outage bool) {
 	topic := testenv.NewTopic(t, kafka)
 	cfg := loadConfig(t, broker, kafka, topic)
 
-	a, err := New(cfg, testLogger(t), Options{Forward: func(fc *forward.Config) { fc.ShutdownTimeout = 2 * time.Second }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopAgent := startAgent(t, a)
+	a, stopAgent := startAgent(t, cfg, Options{Forward: func(fc *forward.Config) { fc.ShutdownTimeout = 2 * time.Second }})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -174,11 +170,7 @@ func TestMissingTopicWaitsInBuffer(t *testing.T) {
 	kafka := testenv.NewKafka(t)
 	topic := testenv.UniqueTopic("missing")
 	cfg := loadConfig(t, broker, kafka, topic)
-	a, err := New(cfg, testLogger(t), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopAgent := startAgent(t, a)
+	a, stopAgent := startAgent(t, cfg, Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -222,11 +214,7 @@ func TestWrongKafkaPasswordIsReported(t *testing.T) {
 	topic := testenv.NewTopic(t, kafka)
 	t.Setenv("FERRY_TEST_KAFKA_SASL_PASSWORD", "not-the-password") // the config reads it from here
 	cfg := loadConfig(t, broker, kafka, topic)
-	a, err := New(cfg, testLogger(t), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopAgent := startAgent(t, a)
+	a, stopAgent := startAgent(t, cfg, Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if _, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 1, PerDevice: 10, QoS: 1}); err != nil {
@@ -244,11 +232,16 @@ func TestWrongKafkaPasswordIsReported(t *testing.T) {
 	stopAgent()
 }
 
-// startAgent runs a with its own context; the returned function stops it
-// and checks that Run returned nil.
-// It also runs at cleanup, so a failing test does not leave ferry running.
-func startAgent(t *testing.T, a *Agent) (stop func()) {
+// startAgent builds an agent from cfg and runs it with its own context,
+// once it has subscribed; the returned function stops it and checks that
+// Run returned nil. It also runs at cleanup, so a failing test does not
+// leave ferry running.
+func startAgent(t *testing.T, cfg *config.Config, opts Options) (a *Agent, stop func()) {
 	t.Helper()
+	a, err := New(cfg, testLogger(t), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
@@ -263,7 +256,7 @@ func startAgent(t *testing.T, a *Agent) (stop func()) {
 	}
 	t.Cleanup(stop)
 	waitFor(t, "ferry to subscribe", 15*time.Second, func() bool { return a.Stats().MQTT.Subscribed })
-	return stop
+	return a, stop
 }
 
 // With when_full: block and Kafka unreachable, the buffer stops at
@@ -275,11 +268,7 @@ func TestBlockWhenFullLosesNothing(t *testing.T) {
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
 	cfg := loadConfig(t, broker, kafka, topic, "max_bytes: 16KiB", "when_full: block")
-	a, err := New(cfg, testLogger(t), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	startAgent(t, a)
+	a, _ := startAgent(t, cfg, Options{})
 	kafka.SetReachable(false)
 
 	ctx := context.Background()
@@ -332,11 +321,7 @@ func TestDropOldestIsCountedAndReported(t *testing.T) {
 	if err := kafka.CreateTopic(context.Background(), cfg.Forward.StatusTopic); err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(cfg, testLogger(t), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	startAgent(t, a)
+	a, _ := startAgent(t, cfg, Options{})
 	kafka.SetReachable(false)
 
 	ctx := context.Background()
