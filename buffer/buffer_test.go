@@ -307,22 +307,9 @@ func TestCorruptRecordIsQuarantined(t *testing.T) {
 		}
 	}
 	b.Close()
-	// Damage record 2 on disk.
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketBatches)
-		v := append([]byte(nil), bk.Get(seqKey(2))...)
-		v[len(v)-6] ^= 0xff // inside the record, before the batch checksum
-		return bk.Put(seqKey(2), v)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	damageBatch(t, path, 2, func(v []byte) { v[len(v)-6] ^= 0xff }) // inside the record, before the batch checksum
 
-	b, err = Open(path, Options{})
+	b, err := Open(path, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

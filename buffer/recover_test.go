@@ -138,19 +138,7 @@ func TestLockedFileIsNotMovedAside(t *testing.T) {
 func TestBrokenBatchHeaderIsQuarantinedNotDropped(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "buffer.db")
 	fill(t, path, 3) // three commits: batches at seq 1, 2 and 3
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketBatches)
-		v := append([]byte(nil), bk.Get(seqKey(2))...)
-		v[0] = 0 // not a batch any more
-		return bk.Put(seqKey(2), v)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	damageBatch(t, path, 2, func(v []byte) { v[0] = 0 }) // not a batch any more
 
 	b, err := Open(path, Options{})
 	if err != nil {
@@ -165,7 +153,7 @@ func TestBrokenBatchHeaderIsQuarantinedNotDropped(t *testing.T) {
 		t.Fatalf("stats %+v, want 0 records and the broken batch's record quarantined", st)
 	}
 	b.Close()
-	db, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,5 +199,24 @@ func TestOpenFollowsFileReplacedWhileLocked(t *testing.T) {
 	defer b.Close()
 	if st := b.Stats(); st.Records != 5 {
 		t.Fatalf("opened a buffer with %d records, want the new file's 5", st.Records)
+	}
+}
+
+// damageBatch rewrites the stored batch at key seq through damage, with the
+// buffer closed.
+func damageBatch(t *testing.T, path string, seq uint64, damage func(v []byte)) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketBatches)
+		v := append([]byte(nil), bk.Get(seqKey(seq))...)
+		damage(v)
+		return bk.Put(seqKey(seq), v)
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

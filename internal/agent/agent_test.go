@@ -94,11 +94,7 @@ func runEndToEnd(t *testing.T, outage bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), topic, kafka.ClientOpts()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer collector.Close()
+	collector := startCollector(t, kafka, topic)
 	sensors := testenv.StartSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: devices, PerDevice: perDevice, QoS: 1})
 
 	if outage {
@@ -190,11 +186,7 @@ func TestMissingTopicWaitsInBuffer(t *testing.T) {
 	if err := kafka.CreateTopic(ctx, topic); err != nil {
 		t.Fatal(err)
 	}
-	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), topic, kafka.ClientOpts()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer collector.Close()
+	collector := startCollector(t, kafka, topic)
 	wctx, wcancel := context.WithTimeout(ctx, 90*time.Second)
 	defer wcancel()
 	if rep := collector.WaitFor(wctx, res); !rep.OK() || rep.Sent != 100 {
@@ -230,6 +222,17 @@ func TestWrongKafkaPasswordIsReported(t *testing.T) {
 		t.Fatalf("%d records buffered, %d delivered; want 10 waiting", st.Buffer.Records, st.Forward.Delivered)
 	}
 	stopAgent()
+}
+
+// startCollector consumes topic from its start until the test ends.
+func startCollector(t *testing.T, kafka *testenv.Kafka, topic string) *testenv.Collector {
+	t.Helper()
+	c, err := testenv.StartCollector(context.Background(), kafka.Brokers(), topic, kafka.ClientOpts()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
 }
 
 // startAgent builds an agent from cfg and runs it with its own context,
@@ -287,11 +290,7 @@ func TestBlockWhenFullLosesNothing(t *testing.T) {
 	}
 	kafka.SetReachable(true)
 
-	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), topic, kafka.ClientOpts()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer collector.Close()
+	collector := startCollector(t, kafka, topic)
 	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	rep := collector.WaitFor(wctx, res)
@@ -336,11 +335,7 @@ func TestDropOldestIsCountedAndReported(t *testing.T) {
 	}
 	kafka.SetReachable(true)
 
-	collector, err := testenv.StartCollector(ctx, kafka.Brokers(), topic, kafka.ClientOpts()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer collector.Close()
+	collector := startCollector(t, kafka, topic)
 	waitFor(t, "the rest to arrive", 90*time.Second, func() bool { return collector.Count() >= int64(1000-dropped) })
 	waitFor(t, "the buffer to drain", 30*time.Second, func() bool { return a.Stats().Buffer.Records == 0 })
 	time.Sleep(time.Second)
