@@ -137,7 +137,7 @@ func TestLockedFileIsNotMovedAside(t *testing.T) {
 // release or a limit reaches it; never deleted uncounted.
 func TestBrokenBatchHeaderIsQuarantinedNotDropped(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "buffer.db")
-	fill(t, path, 3) // three commits: batches at seq 1, 2 and 3
+	fill(t, path, 3)                                     // three commits: batches at seq 1, 2 and 3
 	damageBatch(t, path, 2, func(v []byte) { v[0] = 0 }) // not a batch any more
 
 	b, err := Open(path, Options{})
