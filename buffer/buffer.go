@@ -90,7 +90,12 @@ type Options struct {
 	// SyncInterval, if above zero, makes the committer commit (and fsync) at
 	// most once per interval. Callbacks still wait for the fsync.
 	SyncInterval time.Duration
-	// MaxBytes bounds the encoded size of the records held; 0: no bound.
+	// MaxBytes bounds the disk space the buffer occupies: the pages of the
+	// file that hold data (records, their batches and bbolt's tree), not
+	// counting free pages, which bbolt reuses. It is enforced on the
+	// records' encoded size scaled by the file's measured overhead (see
+	// diskRatio), so it is exact to within one commit; the file itself
+	// stays within MaxBytes plus bbolt's growth step. 0: no bound.
 	MaxBytes int64
 	// WhenFull is what happens at MaxBytes. Default DropOldest.
 	WhenFull WhenFull
@@ -218,6 +223,7 @@ type Buffer struct {
 
 	mu        sync.Mutex // guards the fields below
 	st        state
+	ratio     float64 // disk bytes in use per record byte, as last measured
 	commits   uint64
 	releaseTo uint64              // Release target not yet applied
 	toQuar    map[uint64]struct{} // Quarantine requests not yet applied
@@ -258,6 +264,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 		toQuar:  map[uint64]struct{}{},
 		changed: make(chan struct{}),
 		st:      state{next: 1, head: 1},
+		ratio:   1,
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		batches, err := tx.CreateBucketIfNotExists(bucketBatches)
@@ -526,25 +533,58 @@ func (b *Buffer) Close() error {
 	return nil
 }
 
+// ratioMinBytes is the least record data from which the file's overhead is
+// measured: below it bbolt's fixed pages (meta, freelist, bucket roots)
+// would dominate the ratio, and MaxBytes counts record bytes as they are.
+const ratioMinBytes = 1 << 20
+
+// diskRatio measures, at the start of a write transaction, how many bytes
+// of the file are in use per byte of record data in st: pages that are
+// neither free nor pending, over the records' encoded size. It reflects
+// what the commits before left on disk: batch framing, leaf pages' unused
+// tails, branch pages, the quarantine bucket.
+func diskRatio(tx *bolt.Tx, st state) float64 {
+	if st.bytes < ratioMinBytes {
+		return 1
+	}
+	return max(float64(usedBytes(tx))/float64(st.bytes), 1)
+}
+
+// usedBytes is the part of the file in pages that hold data: bbolt's high
+// water mark less its free and pending pages, as the last write
+// transaction left them.
+func usedBytes(tx *bolt.Tx) int64 {
+	s := tx.DB().Stats()
+	return tx.Size() - int64(s.FreePageN+s.PendingPageN)*int64(tx.DB().Info().PageSize)
+}
+
+// recordBudget is how many bytes of record data fit in MaxBytes on disk at
+// the given ratio; ok is false when there is no bound.
+func (b *Buffer) recordBudget(ratio float64) (budget uint64, ok bool) {
+	if b.opts.MaxBytes <= 0 {
+		return 0, false
+	}
+	return uint64(float64(b.opts.MaxBytes) / ratio), true
+}
+
 // room is how many bytes of appends one commit may take: with Block, what
 // is left below MaxBytes; otherwise unbounded (-1).
 func (b *Buffer) room() int64 {
-	if b.opts.MaxBytes <= 0 || b.opts.WhenFull != Block {
+	if b.opts.WhenFull != Block {
 		return -1
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return max(b.opts.MaxBytes-int64(b.st.bytes), 0)
+	budget, ok := b.recordBudget(b.ratio)
+	if !ok {
+		return -1
+	}
+	return int64(budget - min(budget, b.st.bytes))
 }
 
 // full reports whether appends must wait (Block policy at MaxBytes).
 func (b *Buffer) full() bool {
-	if b.opts.MaxBytes <= 0 || b.opts.WhenFull != Block {
-		return false
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.st.bytes >= uint64(b.opts.MaxBytes)
+	return b.room() == 0
 }
 
 // commitLoop is the only writer. It owns every write transaction.
@@ -620,6 +660,7 @@ func drain(reqs chan appendReq, batch []appendReq, max int, budget int64) []appe
 func (b *Buffer) commit(batch []appendReq) {
 	b.mu.Lock()
 	st := b.st
+	ratio := b.ratio
 	releaseTo := b.releaseTo
 	var quar map[uint64]struct{}
 	if len(b.toQuar) > 0 {
@@ -627,7 +668,8 @@ func (b *Buffer) commit(batch []appendReq) {
 	}
 	b.mu.Unlock()
 
-	limits := b.opts.MaxBytes > 0 && b.opts.WhenFull == DropOldest && st.bytes > uint64(b.opts.MaxBytes) || b.expired(st)
+	budget, bounded := b.recordBudget(ratio)
+	limits := bounded && b.opts.WhenFull == DropOldest && st.bytes > budget || b.expired(st)
 	if len(batch) == 0 && len(quar) == 0 && releaseTo < st.head && !limits {
 		return
 	}
@@ -635,6 +677,10 @@ func (b *Buffer) commit(batch []appendReq) {
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		batches := tx.Bucket(bucketBatches)
 		batches.FillPercent = 0.95 // keys only ever grow: pack pages
+		if bounded {
+			ratio = diskRatio(tx, st)
+			budget, _ = b.recordBudget(ratio)
+		}
 		for seq := range quar {
 			if err := b.quarantineTx(tx, &st, seq); err != nil {
 				return err
@@ -675,8 +721,8 @@ func (b *Buffer) commit(batch []appendReq) {
 			}
 			dropped[1] = n
 		}
-		if limit := uint64(b.opts.MaxBytes); limit > 0 && st.bytes > limit && b.opts.WhenFull == DropOldest {
-			excess := st.bytes - limit
+		if bounded && st.bytes > budget && b.opts.WhenFull == DropOldest {
+			excess := st.bytes - budget
 			var freed uint64
 			n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
 				if freed >= excess {
@@ -710,6 +756,7 @@ func (b *Buffer) commit(batch []appendReq) {
 	b.mu.Lock()
 	seq0, drained := b.st.next, b.st.count > 0 && st.count == 0
 	b.st = st
+	b.ratio = ratio
 	b.commits++
 	// Wake readers: new records, or records gone (released, dropped,
 	// quarantined) that a reader may be waiting behind.

@@ -249,7 +249,7 @@ func (v fileView) info() (Info, error) {
 		s := v.db.Stats()
 		info.PageSize = tx.DB().Info().PageSize
 		info.FreePages, info.PendingPages = s.FreePageN, s.PendingPageN
-		info.UsedBytes = tx.Size() - int64(s.FreePageN+s.PendingPageN)*int64(info.PageSize)
+		info.UsedBytes = usedBytes(tx)
 		return nil
 	})
 	if err != nil {

@@ -1,10 +1,13 @@
 package buffer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -296,5 +299,77 @@ func TestCloseReleasesBlockedAppends(t *testing.T) {
 	}
 	if refused == 0 {
 		t.Fatal("no blocked append was refused")
+	}
+}
+
+// MaxBytes bounds what the file really holds, not just the records'
+// encoded size: bbolt's pages cost more than the data in them (batch
+// framing, leaf tails, branch pages), and the limit accounts for that.
+func TestMaxBytesBoundsDiskUse(t *testing.T) {
+	const maxBytes = 4 << 20
+	payload := bytes.Repeat([]byte("p"), 200)
+	big := func(i int) *Record {
+		return &Record{Topic: "sensors/dev-01/telemetry", Payload: payload, QoS: 1, ReceivedAt: time.Unix(1700000000, int64(i))}
+	}
+	for _, when := range []WhenFull{DropOldest, Block} {
+		t.Run(map[WhenFull]string{DropOldest: "drop_oldest", Block: "block"}[when], func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "b.db")
+			b, err := Open(path, Options{MaxBytes: maxBytes, WhenFull: when})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			ctx := context.Background()
+			// 5 MiB of records in commits of 100 (~25 KiB): more than fits.
+			appended := 0
+			for round := 0; round < 220; round++ {
+				if when == Block && b.room() < 100*int64(len(appendEncoded(nil, big(0)))) {
+					break // the next round would wait for room that never comes
+				}
+				done := make(chan error, 100)
+				for range 100 {
+					appended++
+					if err := b.Append(big(appended), func(_ uint64, err error) { done <- err }); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for range 100 {
+					if err := <-done; err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := b.flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			info, err := b.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := b.Stats()
+			const commit = 64 << 10 // one commit of 100 records on disk, with room to spare
+			if info.UsedBytes > maxBytes+commit {
+				t.Fatalf("%d bytes of the file in use, max_bytes is %d (records %d, %d bytes encoded)", info.UsedBytes, maxBytes, st.Records, st.Bytes)
+			}
+			if info.UsedBytes < maxBytes*8/10 {
+				t.Fatalf("only %d bytes of the file in use at max_bytes %d: the limit drops or blocks too early", info.UsedBytes, maxBytes)
+			}
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if onDisk := fi.Sys().(*syscall.Stat_t).Blocks * 512; onDisk > maxBytes+2*commit {
+				t.Fatalf("the file occupies %d bytes on disk, max_bytes is %d", onDisk, maxBytes)
+			}
+			if st.Records+st.Dropped[DropMaxBytes] != uint64(appended) || st.LastSeq != uint64(appended) {
+				t.Fatalf("stats %+v: %d appended, every one is held or counted as dropped", st, appended)
+			}
+			if when == DropOldest && st.FirstSeq != st.LastSeq-st.Records+1 {
+				t.Fatalf("stats %+v: the records held are not the newest", st)
+			}
+			if when == Block && st.Dropped[DropMaxBytes] != 0 {
+				t.Fatalf("stats %+v: block dropped records", st)
+			}
+		})
 	}
 }

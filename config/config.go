@@ -111,7 +111,8 @@ type Buffer struct {
 	// SyncInterval is the commit interval with sync: interval; > 0.
 	// Default 100ms.
 	SyncInterval time.Duration `yaml:"sync_interval"`
-	// MaxBytes bounds the buffered records' size, e.g. 512MiB or 2GB.
+	// MaxBytes bounds the disk space the buffer occupies (the file's pages
+	// in use), e.g. 512MiB or 2GB.
 	// Default 1GiB (768MiB on 32-bit systems, where bbolt must map the
 	// whole file into the address space); 0 means no bound.
 	MaxBytes ByteSize `yaml:"max_bytes"`

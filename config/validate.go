@@ -32,9 +32,9 @@ const (
 	defaultMaxBytes           = 1 << 30
 	defaultMaxAge             = 7 * 24 * time.Hour
 	// maxBytes32 is the most a 32-bit system may buffer: bbolt maps the
-	// whole file, which grows past max_bytes by page overhead and free
-	// pages, and the map must stay within 1 GiB to fit reliably in a
-	// 32-bit process's address space.
+	// whole file (max_bytes plus its growth step and rounding of the map
+	// size), a compaction maps a second file, and a 32-bit process's
+	// address space holds only about 2 GiB of maps reliably.
 	maxBytes32 = 768 << 20
 )
 
