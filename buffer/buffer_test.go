@@ -70,6 +70,25 @@ func checkConsistency(t *testing.T, path string) {
 	}
 }
 
+// checkCounters runs the buffer's own full verification of a closed file:
+// the meta counters (records, bytes, retired batches) against the batches.
+func checkCounters(t interface {
+	Helper()
+	Errorf(string, ...any)
+}, path string) {
+	t.Helper()
+	r, err := OpenReadOnly(path)
+	if err != nil {
+		t.Errorf("open %s for verification: %v", path, err)
+		return
+	}
+	defer r.Close()
+	rep, err := r.Verify(context.Background())
+	if err != nil || !rep.OK() {
+		t.Errorf("verify %s: %v %+v", path, err, rep)
+	}
+}
+
 func rec(i int) *Record {
 	return &Record{
 		Topic:      fmt.Sprintf("sensors/dev-%02d/telemetry", i%20),

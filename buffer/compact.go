@@ -121,15 +121,43 @@ func compactOpen(src *bolt.DB, path string) (before, after int64, err error) {
 	return fi.Size(), nfi.Size(), nil
 }
 
-// compactInto copies src into dst and fsyncs dst. A bbolt panic on a
-// damaged page becomes an error wrapping ErrCorrupt.
+// compactInto copies what src holds into dst and fsyncs dst: the
+// quarantine, the batches from the head on and the counters. Retired
+// batches (all their records delivered or dropped) stay behind. A bbolt
+// panic on a damaged page becomes an error wrapping ErrCorrupt.
 func compactInto(dst, src *bolt.DB) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: bbolt structure damaged: %v (try ferry buffer verify --salvage)", ErrCorrupt, r)
 		}
 	}()
-	if err := bolt.Compact(dst, src, compactTxSize); err != nil {
+	if err := createBuckets(dst); err != nil {
+		return err
+	}
+	w := fileWriter{out: dst, txSize: compactTxSize}
+	err = src.View(func(tx *bolt.Tx) error {
+		st, batches, err := readState(tx)
+		if err != nil {
+			return err
+		}
+		if q := tx.Bucket(bucketQuarantine); q != nil {
+			if err := q.ForEach(func(k, v []byte) error { return w.add(bucketQuarantine, k, v) }); err != nil {
+				return err
+			}
+		}
+		c := batches.Cursor()
+		for k, v := seekBatch(c, st.head); k != nil; k, v = c.Next() {
+			if err := w.add(bucketBatches, k, v); err != nil {
+				return err
+			}
+		}
+		if err := w.flush(); err != nil {
+			return err
+		}
+		st.retired = 0
+		return dst.Update(func(tx *bolt.Tx) error { return st.store(tx.Bucket(bucketMeta)) })
+	})
+	if err != nil {
 		return err
 	}
 	return dst.Sync()
@@ -173,10 +201,11 @@ func Purge(path string, cutoff time.Time) (removed uint64, err error) {
 	return removed, nil
 }
 
-// compactIfSparse runs on the committer after a commit emptied the buffer:
-// if the file is large and mostly free (a backlog was delivered), it
-// rewrites it compactly and reopens it. Readers are held off meanwhile; an
-// empty buffer makes it quick. On failure the old file stays in use.
+// compactIfSparse runs on the committer after a commit drained a backlog
+// (the buffer emptied, or fell to drainedBytes of records): if the file is
+// large and mostly free or retired, it copies what is left into a new file
+// and reopens it. Readers and appends wait meanwhile; little left to copy
+// makes it quick. On failure the old file stays in use.
 func (b *Buffer) compactIfSparse() {
 	if b.opts.CompactMinSize < 0 {
 		return

@@ -49,20 +49,25 @@ type Info struct {
 
 	FileSize int64 `json:"file_size"` // bytes on disk
 	PageSize int   `json:"page_size"`
-	// UsedBytes is the part of the file in pages bbolt holds data in;
-	// FileSize-UsedBytes is what a compaction would give back.
-	UsedBytes    int64 `json:"used_bytes"`
-	FreePages    int   `json:"free_pages"`    // pages on bbolt's freelist, reusable
-	PendingPages int   `json:"pending_pages"` // freed pages still visible to an open read transaction
+	// UsedBytes is the part of the file in pages bbolt holds data in
+	// (what Options.MaxBytes bounds), retired batches included.
+	UsedBytes int64 `json:"used_bytes"`
+	// RetiredBytes is the size of the retired batches: delivered or
+	// dropped records whose pages new records will reuse. A compaction
+	// gives back FileSize-UsedBytes+RetiredBytes, about.
+	RetiredBytes uint64 `json:"retired_bytes"`
+	FreePages    int    `json:"free_pages"`    // pages on bbolt's freelist, reusable
+	PendingPages int    `json:"pending_pages"` // freed pages still visible to an open read transaction
 }
 
-// FreeFraction is the share of the file that holds no data: free pages plus
-// the space bbolt preallocated beyond its last page.
+// FreeFraction is the share of the file that holds no live data: free
+// pages, the space bbolt preallocated beyond its last page, and retired
+// batches. It is what a compaction would give back, about.
 func (i Info) FreeFraction() float64 {
 	if i.FileSize <= 0 {
 		return 0
 	}
-	return float64(i.FileSize-i.UsedBytes) / float64(i.FileSize)
+	return min(max(float64(i.FileSize-i.UsedBytes+int64(i.RetiredBytes))/float64(i.FileSize), 0), 1)
 }
 
 // Damage is one damaged part of a buffer file, found by Verify.
@@ -250,6 +255,7 @@ func (v fileView) info() (Info, error) {
 		info.PageSize = tx.DB().Info().PageSize
 		info.FreePages, info.PendingPages = s.FreePageN, s.PendingPageN
 		info.UsedBytes = usedBytes(tx)
+		info.RetiredBytes = st.retired
 		return nil
 	})
 	if err != nil {
@@ -386,6 +392,7 @@ type verifier struct {
 	prevEnd uint64 // the sequence number after the previous batch
 	count   uint64 // live records framed
 	bytes   uint64 // their encoded size
+	retired uint64 // size of the batches before the head
 	lost    bool   // some records could not be framed: counters cannot be compared
 }
 
@@ -401,6 +408,15 @@ func (vf *verifier) batch(batches *bolt.Bucket, k, val []byte) {
 	}
 	raws, count, perr := parseBatch(val)
 	broken := framingBroken(raws, count, perr)
+	span := uint64(len(raws))
+	if broken {
+		span = batchSpan(batches, base, count, vf.st.next)
+	}
+	if base+span <= vf.st.head { // retired: nothing in it is read again
+		vf.retired += uint64(len(val))
+		vf.prevEnd = max(vf.prevEnd, base+span)
+		return
+	}
 	if perr != nil && !broken {
 		vf.rep.Damaged = append(vf.rep.Damaged, Damage{Batch: base, Err: perr.Error()})
 	}
@@ -417,9 +433,7 @@ func (vf *verifier) batch(batches *bolt.Bucket, k, val []byte) {
 		}
 		vf.rep.Records++
 	}
-	span := uint64(len(raws))
 	if broken {
-		span = batchSpan(batches, base, count, vf.st.next)
 		first := max(base+uint64(len(raws)), vf.st.head)
 		var n uint64
 		if end := base + span; end > first {
@@ -474,6 +488,10 @@ func (v fileView) verify(ctx context.Context, full bool) (VerifyReport, error) {
 					vf.rep.problem("meta counts %d records of %d bytes; the batches hold %d of %d bytes",
 						st.count, st.bytes, vf.count, vf.bytes)
 				}
+				if vf.retired != st.retired {
+					vf.rep.problem("meta counts %d bytes of retired batches; the batches before the head hold %d",
+						st.retired, vf.retired)
+				}
 			}
 			return nil
 		})
@@ -502,19 +520,11 @@ func (r *ReadOnly) Salvage(dst string) (copied int, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("salvage %s: create %s: %w", r.v.path, dst, err)
 	}
-	err = out.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketBatches, bucketMeta, bucketQuarantine} {
-			if _, err := tx.CreateBucket(name); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := createBuckets(out); err != nil {
 		out.Close()
 		return 0, fmt.Errorf("salvage %s: create %s: %w", r.v.path, dst, err)
 	}
-	s := salvager{out: out, st: state{next: 1, head: 1}}
+	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}}
 	readErr := r.v.viewTx(func(tx *bolt.Tx) error {
 		if meta := tx.Bucket(bucketMeta); meta != nil {
 			s.old.load(meta)
@@ -555,15 +565,62 @@ type salvager struct {
 	st     state // the new file's counters
 	copied int
 
+	w fileWriter
+
 	runStart uint64   // sequence number of run[0]
 	run      [][]byte // contiguous intact records not yet in a batch
 	runSize  int
-	pending  []put // values not yet written
-	pendSize int
 	lastSeq  uint64 // highest sequence number seen in the old file
 }
 
+// createBuckets creates a buffer's buckets in a new file.
+func createBuckets(db *bolt.DB) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketBatches, bucketMeta, bucketQuarantine} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// fileWriter fills a new buffer file (Salvage, Compact) in write
+// transactions of about txSize bytes, so memory stays bounded however
+// large the file.
+type fileWriter struct {
+	out     *bolt.DB
+	txSize  int
+	pending []put // values not yet written
+	size    int
+}
+
 type put struct{ bucket, key, value []byte }
+
+// add queues a value, copying key and value (they may live in the old
+// file's map), and writes the queue once it is worth a transaction.
+func (w *fileWriter) add(bucket, key, value []byte) error {
+	w.pending = append(w.pending, put{bucket, append([]byte(nil), key...), append([]byte(nil), value...)})
+	w.size += len(key) + len(value)
+	if w.size < w.txSize {
+		return nil
+	}
+	return w.flush()
+}
+
+// flush writes the queued values in one transaction.
+func (w *fileWriter) flush() error {
+	err := w.out.Update(func(tx *bolt.Tx) error {
+		for _, p := range w.pending {
+			if err := tx.Bucket(p.bucket).Put(p.key, p.value); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	w.pending, w.size = nil, 0
+	return err
+}
 
 // batch takes one batch of the old file.
 func (s *salvager) batch(batches *bolt.Bucket, base uint64, v []byte) error {
@@ -611,45 +668,17 @@ func (s *salvager) flushRun() error {
 	if s.st.count == 0 {
 		s.st.head = s.runStart
 	}
-	s.add(bucketBatches, seqKey(s.runStart), appendBatch(make([]byte, 0, batchSize(s.run)), s.run))
+	err := s.w.add(bucketBatches, seqKey(s.runStart), appendBatch(make([]byte, 0, batchSize(s.run)), s.run))
 	s.st.count += uint64(len(s.run))
 	s.st.bytes += uint64(s.runSize)
 	s.run, s.runSize = nil, 0
-	return s.maybeWrite()
+	return err
 }
 
 // quarantine sets value aside under key, counting n records.
 func (s *salvager) quarantine(key, value []byte, n uint64) error {
-	s.add(bucketQuarantine, key, value)
 	s.st.quarantined += n
-	return s.maybeWrite()
-}
-
-// add queues a value; it copies value, which may live in the old file's map.
-func (s *salvager) add(bucket, key, value []byte) {
-	s.pending = append(s.pending, put{bucket, key, append([]byte(nil), value...)})
-	s.pendSize += len(key) + len(value)
-}
-
-// maybeWrite writes the pending values once they are worth a transaction.
-func (s *salvager) maybeWrite() error {
-	if s.pendSize < 4<<20 {
-		return nil
-	}
-	return s.write()
-}
-
-func (s *salvager) write() error {
-	err := s.out.Update(func(tx *bolt.Tx) error {
-		for _, p := range s.pending {
-			if err := tx.Bucket(p.bucket).Put(p.key, p.value); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	s.pending, s.pendSize = nil, 0
-	return err
+	return s.w.add(bucketQuarantine, key, value)
 }
 
 // finish writes what is left and the counters, and syncs the file.
@@ -657,7 +686,7 @@ func (s *salvager) finish() error {
 	if err := s.flushRun(); err != nil {
 		return err
 	}
-	if err := s.write(); err != nil {
+	if err := s.w.flush(); err != nil {
 		return err
 	}
 	s.st.next = max(s.old.next, s.lastSeq+1, s.st.head+s.st.count)

@@ -110,6 +110,7 @@ func TestFIFOMatchesModel(t *testing.T) {
 				if err := b.Close(); err != nil {
 					rt.Fatal(err)
 				}
+				checkCounters(rt, path)
 				if b, err = Open(path, opts); err != nil {
 					rt.Fatal(err)
 				}
@@ -118,6 +119,7 @@ func TestFIFOMatchesModel(t *testing.T) {
 		})
 		b.Close()
 		checkConsistency(t, path)
+		checkCounters(t, path)
 	})
 }
 

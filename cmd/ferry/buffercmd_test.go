@@ -112,7 +112,7 @@ forward:
 		t.Fatal(err)
 	}
 	out := mustCmd(t, exitOK, "buffer", "stats", "-c", cfg)
-	for _, want := range []string{"file at rest", "records      50", "seq 1 to 50", "oldest", "free pages", "purged 0"} {
+	for _, want := range []string{"file at rest", "records      50", "seq 1 to 50", "oldest", "in use (what max_bytes bounds)", "retired", "reclaimable", "free pages", "purged 0"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("stats lacks %q:\n%s", want, out)
 		}
