@@ -379,7 +379,9 @@ func (b *Buffer) Read(ctx context.Context, after uint64, limit int, dst []Record
 				after = h - 1
 			}
 			c := tx.Bucket(bucketBatches).Cursor()
-			for k, v := seekBatch(c, after+1); k != nil && len(dst) < limit; k, v = c.Next() {
+			k, v := seekBatch(c, after+1)
+			readahead(tx, v, readaheadBytes)
+			for ; k != nil && len(dst) < limit; k, v = c.Next() {
 				base := binary.BigEndian.Uint64(k)
 				recs, count, perr := parseBatch(v)
 				if perr != nil {
@@ -542,6 +544,10 @@ func (b *Buffer) Close() error {
 	}
 	return nil
 }
+
+// readaheadBytes is how much of the file Read asks the kernel to read
+// ahead of the batch it starts at.
+const readaheadBytes = 1 << 20
 
 // releaseInterval is the least time between two commits that only release
 // (or quarantine) records: a forwarder releases many times a second, and

@@ -341,6 +341,7 @@ func (v fileView) each(fn func(Record) error) (skipped uint64, err error) {
 			after = max(after, st.head-1)
 			c := batches.Cursor()
 			k, val := seekBatch(c, after+1)
+			readahead(tx, val, readaheadBytes)
 			for ; k != nil && len(recs) < scanChunk; k, val = c.Next() {
 				base := binary.BigEndian.Uint64(k)
 				raws, count, perr := parseBatch(val)

@@ -1,0 +1,32 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd
+
+package buffer
+
+import (
+	"os"
+	"unsafe"
+
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
+)
+
+// readahead asks the kernel to start reading the n bytes of the file from
+// v on, v being a value in tx's memory map. bbolt maps its file with
+// MADV_RANDOM, right for a B+tree's point lookups, which turns the
+// kernel's own readahead off; but a drain goes through the head's batches
+// in order, and they lie in the file in about that order. Without this,
+// each page of a backlog that is not in memory (after a reboot, or on a
+// board with less RAM than its buffer) is a separate synchronous read.
+func readahead(tx *bolt.Tx, v []byte, n int) {
+	if len(v) == 0 {
+		return
+	}
+	p := unsafe.Pointer(unsafe.SliceData(v))
+	base, end := tx.DB().Info().Data, tx.DB().Info().Data+uintptr(tx.Size())
+	if uintptr(p) < base || uintptr(p) >= end { // not in the map (a value written by this transaction)
+		return
+	}
+	skew := (uintptr(p) - base) % uintptr(os.Getpagesize()) // the map starts on a page boundary
+	n = int(min(uintptr(n), end-uintptr(p)+skew))
+	unix.Madvise(unsafe.Slice((*byte)(unsafe.Add(p, -int(skew))), n), unix.MADV_WILLNEED) // advice only: an error changes nothing
+}
