@@ -93,11 +93,13 @@ type Options struct {
 	// most once per interval. Callbacks still wait for the fsync.
 	SyncInterval time.Duration
 	// MaxBytes bounds the disk space the buffer occupies: the pages of the
-	// file that hold data (records, their batches and bbolt's tree), not
-	// counting free pages, which bbolt reuses. It is enforced on the
-	// records' encoded size scaled by the file's measured overhead (see
-	// diskRatio), so it is exact to within one commit; the file itself
-	// stays within MaxBytes plus bbolt's growth step. 0: no bound.
+	// file that hold data (records, retired batches, the quarantine and
+	// bbolt's tree), not counting free pages, which bbolt reuses. It is
+	// enforced on the records' encoded size scaled by the file's overhead
+	// as measured at the previous commit (see diskRatio), so it holds to
+	// within about one commit; below 1 MiB of records it counts their
+	// encoded size. The file itself stays within MaxBytes plus bbolt's
+	// growth step. 0: no bound.
 	MaxBytes int64
 	// WhenFull is what happens at MaxBytes. Default DropOldest.
 	WhenFull WhenFull
@@ -640,10 +642,12 @@ func (b *Buffer) commitLoop() {
 		case <-b.stop:
 			stopping = true
 		}
-		if d := releaseInterval - time.Since(lastCommit); woken && d > 0 {
+		if d := releaseInterval - time.Since(lastCommit); woken && reqs != nil && d > 0 {
 			// A release or quarantine alone is not urgent (lost in a
 			// crash, records are only delivered twice): gather them for
-			// one write, unless an append comes to carry them.
+			// one write, unless an append comes to carry them. (With
+			// Block at max_bytes, reqs is nil: the release is what lets
+			// ingest go on, and is written at once.)
 			t := time.NewTimer(d)
 			select {
 			case r := <-reqs:
@@ -697,7 +701,7 @@ func drain(reqs chan appendReq, batch []appendReq, max int, budget int64) []appe
 }
 
 // commit writes one transaction: quarantines, the appended batch, the
-// release, then the limits.
+// release, the limits, then reclaim of retired batches.
 func (b *Buffer) commit(batch []appendReq) {
 	b.mu.Lock()
 	st := b.st
@@ -892,8 +896,8 @@ func (b *Buffer) expired(st state) bool {
 	return !t.IsZero() && t.Before(b.opts.Now().Add(-b.opts.MaxAge))
 }
 
-// dropPrefix removes every record up to and including through, deleting
-// batches that end there and moving the head. It returns how many live
+// dropPrefix removes every record up to and including through, retiring
+// the batches that end there and moving the head. It returns how many live
 // records it removed.
 func dropPrefix(tx *bolt.Tx, st *state, through uint64) (uint64, error) {
 	return dropWhile(tx, st, func(_ []byte, seq uint64) bool { return seq <= through })
@@ -977,6 +981,9 @@ func reclaim(tx *bolt.Tx, st *state, want uint64) (uint64, error) {
 		if nk != nil {
 			end = binary.BigEndian.Uint64(nk)
 		}
+		if n, ok := batchCount(v); ok { // the next batch may start after a gap
+			end = min(end, binary.BigEndian.Uint64(k)+uint64(n))
+		}
 		if end > st.head { // this batch holds the head: no retired batch is left
 			k = nil
 			break
@@ -995,6 +1002,19 @@ func reclaim(tx *bolt.Tx, st *state, want uint64) (uint64, error) {
 		st.retired = 0 // none left before the head
 	}
 	return freed, nil
+}
+
+// batchCount reads the number of records a batch's header announces,
+// without checking or framing the rest.
+func batchCount(v []byte) (int, bool) {
+	if len(v) < 3 || v[0] != batchMagic || v[1] != batchV1 {
+		return 0, false
+	}
+	n, l := binary.Uvarint(v[2:])
+	if l <= 0 || n > uint64(len(v)) {
+		return 0, false
+	}
+	return int(n), true
 }
 
 // batchEnd is the sequence number after the batch at base: the next

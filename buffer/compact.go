@@ -32,12 +32,13 @@ func openExclusive(op, path string) (*bolt.DB, error) {
 	return db, nil
 }
 
-// Compact rewrites the buffer file at path without its free pages: bbolt
-// never shrinks a file, so after a backlog is delivered the space stays
-// allocated until a compaction. The copy is written to path+".compact",
-// fsynced, and renamed over path (the directory is fsynced too), so a crash
-// leaves either the old file or the new one, both complete. Every record,
-// counter and quarantined record is kept; sequence numbers continue. It
+// Compact rewrites the buffer file at path without its free pages and
+// retired batches: bbolt never shrinks a file, so after a backlog is
+// delivered the space stays allocated until a compaction. The copy is
+// written to path+".compact", fsynced, and renamed over path (the
+// directory is fsynced too), so a crash leaves either the old file or the
+// new one, both complete. Every live record, counter (the retired bytes
+// become 0) and quarantined record is kept; sequence numbers continue. It
 // returns the file's size before and after. It fails with ErrLocked while
 // another process (a running ferry) holds the file; the caller must not
 // open the buffer until Compact returns.
@@ -51,8 +52,8 @@ func Compact(path string) (before, after int64, err error) {
 }
 
 // CompactIfSparse compacts the buffer file at path if it exists, is at least
-// minSize bytes and at least minFreeFraction of it holds no data (free pages
-// and space preallocated beyond the last page). It is meant for startup,
+// minSize bytes and at least minFreeFraction of it holds no live data (free
+// pages, space preallocated beyond the last page, retired batches). It is meant for startup,
 // before Open; it reports whether it compacted. A missing file is not an
 // error. It fails with ErrLocked while another process holds the file; if
 // it fails otherwise, the file is unchanged and Open can go ahead.
@@ -169,8 +170,8 @@ func compactInto(dst, src *bolt.DB) (err error) {
 // (which it leaves for Verify and Salvage); a batch whose framing is broken
 // is quarantined on the way, as everywhere. It needs the file to itself and
 // fails with ErrLocked while another process (a running ferry) holds it. It
-// returns how many records it removed. The space they took is free for new
-// records; Compact gives it back to the file system.
+// returns how many records it removed. Their batches are retired: new
+// records reuse the space, Compact gives it back to the file system.
 func Purge(path string, cutoff time.Time) (removed uint64, err error) {
 	db, err := openExclusive("purge buffer", path)
 	if err != nil {
@@ -253,6 +254,11 @@ func (b *Buffer) compactIfSparse() {
 		b.log.Warn("buffer: compaction could not replace the file; kept the old one", "path", b.path, "err", renamed)
 		return
 	}
+	// The new file holds no retired batches and has no free pages.
+	b.mu.Lock()
+	b.st.retired = 0
+	b.mu.Unlock()
+	b.credit = 0
 	var after int64
 	if fi, err := os.Stat(b.path); err == nil {
 		after = fi.Size()

@@ -3,6 +3,7 @@ package buffer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -322,5 +323,177 @@ func TestReleasesAreGathered(t *testing.T) {
 	defer b.Close()
 	if st := b.Stats(); st.FirstSeq != 51 || st.Records != 50 {
 		t.Fatalf("after reopening: %+v; the last release before Close is lost", st)
+	}
+}
+
+// A compaction copies keys in order and fills its pages: the copy uses no
+// more disk than the original (bbolt's default would split every page in
+// half, and a compacted buffer near max_bytes would start dropping).
+func TestCompactFillsPages(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := make([]byte, 200)
+	done := make(chan error, 100)
+	for range 200 {
+		for range 100 {
+			if err := b.Append(&Record{Topic: "t", Payload: payload}, func(_ uint64, err error) { done <- err }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 100 {
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	before, err := b.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if _, _, err := Compact(path); err != nil {
+		t.Fatal(err)
+	}
+	ro := openReadOnlyTest(t, path)
+	after, err := ro.Info()
+	ro.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Records != before.Records || after.UsedBytes > before.UsedBytes {
+		t.Fatalf("compaction: %d records in %d bytes in use, was %d in %d", after.Records, after.UsedBytes, before.Records, before.UsedBytes)
+	}
+	checkConsistency(t, path)
+	checkCounters(t, path)
+}
+
+// A compaction while ferry runs (a backlog drained to a few records) starts
+// a file without retired batches; the committer's counters must say so.
+func TestCompactionWhileRunningKeepsCounters(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	b, err := Open(path, Options{CompactMinSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	payload := make([]byte, 1000)
+	done := make(chan error, 3000)
+	for range 3000 { // ~3 MB
+		if err := b.Append(&Record{Topic: "t", Payload: payload}, func(_ uint64, err error) { done <- err }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3000 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	full := fileSize(t, path)
+	b.Release(2500) // 500 records, under 1 MiB, left: the backlog has drained
+	if err := b.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.Release(2600)
+	if _, err := b.AppendWait(ctx, rec(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if size := fileSize(t, path); size > full/2 {
+		t.Fatalf("file %d bytes, was %d: not compacted", size, full)
+	}
+	checkConsistency(t, path)
+	checkCounters(t, path)
+}
+
+// A broken batch quarantined in the middle leaves a gap in the keys; a
+// release that stops before the gap retires the batch before it, and
+// reclaim must still see that batch as retired.
+func TestRetiredBeforeAGap(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := 1; i <= 3; i++ { // three batches: 1, 2, 3
+		if _, err := b.AppendWait(ctx, rec(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Close()
+	damageBatch(t, path, 2, func(v []byte) { v[0] = 0 })
+	if b, err = Open(path, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	b.Quarantine(2, errors.New("broken"))
+	b.Release(1)
+	if err := b.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.AppendWait(ctx, rec(4)); err != nil { // reclaims batch 1
+		t.Fatal(err)
+	}
+	b.Close()
+	ro := openReadOnlyTest(t, path)
+	defer ro.Close()
+	rep, err := ro.Verify(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range rep.Problems {
+		if strings.Contains(p, "retired") {
+			t.Fatalf("verify: %s", p)
+		}
+	}
+}
+
+// A live reader (ferry buffer export on a running ferry) goes on across a
+// compaction that replaces the file under it.
+func TestEachAcrossCompaction(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	b, err := Open(path, Options{CompactMinSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	payload := make([]byte, 1000)
+	done := make(chan error, 3000)
+	for range 3000 { // ~3 MB
+		if err := b.Append(&Record{Topic: "t", Payload: payload}, func(_ uint64, err error) { done <- err }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3000 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	full := fileSize(t, path)
+	var last uint64
+	_, err = b.Each(func(r Record) error {
+		if r.Seq == 1 { // the backlog drains to 500 records: the file is compacted
+			b.Release(2500)
+			for range 2 { // the commit, then what follows its compaction
+				if err := b.flush(context.Background()); err != nil {
+					return err
+				}
+			}
+			if size := fileSize(t, path); size > full/2 {
+				return fmt.Errorf("file %d bytes, was %d: not compacted", size, full)
+			}
+		}
+		if r.Seq <= last {
+			return fmt.Errorf("seq %d after %d", r.Seq, last)
+		}
+		last = r.Seq
+		return nil
+	})
+	if err != nil || last != 3000 {
+		t.Fatalf("each: %v, last seq %d", err, last)
 	}
 }

@@ -140,11 +140,7 @@ func (b *Buffer) Verify(ctx context.Context) (VerifyReport, error) {
 	return b.view().verify(ctx, false)
 }
 
-func (b *Buffer) view() fileView {
-	b.dbMu.RLock()
-	defer b.dbMu.RUnlock()
-	return fileView{db: b.db, path: b.path}
-}
+func (b *Buffer) view() fileView { return fileView{live: b, path: b.path} }
 
 // ReadOnly is a buffer file opened for inspection only, while no ferry runs
 // on it. It is safe for concurrent use.
@@ -201,7 +197,8 @@ func (r *ReadOnly) Verify(ctx context.Context) (VerifyReport, error) { return r.
 
 // fileView holds what the inspection code needs of a buffer: its bbolt file.
 type fileView struct {
-	db   *bolt.DB
+	db   *bolt.DB // a file opened read-only; nil for a live buffer
+	live *Buffer  // a live buffer, whose file a compaction may replace
 	path string
 }
 
@@ -214,7 +211,13 @@ func (v fileView) viewTx(fn func(tx *bolt.Tx) error) (err error) {
 			err = fmt.Errorf("%w: bbolt structure damaged: %v", ErrCorrupt, r)
 		}
 	}()
-	err = v.db.View(fn)
+	db := v.db
+	if v.live != nil { // each transaction reads the current file
+		v.live.dbMu.RLock()
+		defer v.live.dbMu.RUnlock()
+		db = v.live.db
+	}
+	err = db.View(fn)
 	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
 		return ErrClosed
 	}
@@ -251,7 +254,7 @@ func (v fileView) info() (Info, error) {
 			info.Oldest = firstTime(batches, st.head)
 			info.Newest = lastTime(batches, st.head)
 		}
-		s := v.db.Stats()
+		s := tx.DB().Stats()
 		info.PageSize = tx.DB().Info().PageSize
 		info.FreePages, info.PendingPages = s.FreePageN, s.PendingPageN
 		info.UsedBytes = usedBytes(tx)
@@ -609,11 +612,14 @@ func (w *fileWriter) add(bucket, key, value []byte) error {
 	return w.flush()
 }
 
-// flush writes the queued values in one transaction.
+// flush writes the queued values in one transaction. Keys come in order,
+// so pages are filled, not split in half as bbolt does by default.
 func (w *fileWriter) flush() error {
 	err := w.out.Update(func(tx *bolt.Tx) error {
 		for _, p := range w.pending {
-			if err := tx.Bucket(p.bucket).Put(p.key, p.value); err != nil {
+			bk := tx.Bucket(p.bucket)
+			bk.FillPercent = 1
+			if err := bk.Put(p.key, p.value); err != nil {
 				return err
 			}
 		}

@@ -235,7 +235,7 @@ func (c *bufferCmd) stats(args []string) int {
 		fmt.Fprintf(w, "oldest       %s (%s ago)\n", info.Oldest.UTC().Format(time.RFC3339), ago(now, info.Oldest))
 		fmt.Fprintf(w, "newest       %s (%s ago)\n", info.Newest.UTC().Format(time.RFC3339), ago(now, info.Newest))
 	}
-	fmt.Fprintf(w, "file         %s, %s in use (what max_bytes bounds), %s of it retired (delivered, reused by new records)\n",
+	fmt.Fprintf(w, "file         %s, %s in use (what max_bytes bounds), %s of it retired (delivered or dropped, reused by new records)\n",
 		sizeOf(info.FileSize), sizeOf(info.UsedBytes), sizeOf(int64(info.RetiredBytes)))
 	fmt.Fprintf(w, "reclaimable  %s (%.0f%% of the file; ferry buffer compact gives it back)\n",
 		sizeOf(int64(info.FreeFraction()*float64(info.FileSize))), 100*info.FreeFraction())
