@@ -964,8 +964,9 @@ func dropWhile(tx *bolt.Tx, st *state, drop func(raw []byte, seq uint64) bool) (
 // reused them (measured: 10 KB written per record while a backlog of
 // 300,000 drained at 30,000/s beside one live sensor). Deleted only as
 // fast as new data takes their place, they leave the freelist small, and
-// the file does not grow while retired batches remain. A drained backlog is given back to the
-// file system by compaction, which leaves retired batches behind.
+// the file does not grow while retired batches remain. A drained backlog
+// is given back to the file system by compaction, which leaves retired
+// batches behind.
 func reclaim(tx *bolt.Tx, st *state, want uint64) (uint64, error) {
 	if want == 0 || st.retired == 0 {
 		return 0, nil

@@ -53,9 +53,9 @@ func Compact(path string) (before, after int64, err error) {
 
 // CompactIfSparse compacts the buffer file at path if it exists, is at least
 // minSize bytes and at least minFreeFraction of it holds no live data (free
-// pages, space preallocated beyond the last page, retired batches). It is meant for startup,
-// before Open; it reports whether it compacted. A missing file is not an
-// error. It fails with ErrLocked while another process holds the file; if
+// pages, space preallocated beyond the last page, retired batches). It is
+// meant for startup, before Open; it reports whether it compacted. A
+// missing file is not an error. It fails with ErrLocked while another process holds the file; if
 // it fails otherwise, the file is unchanged and Open can go ahead.
 func CompactIfSparse(path string, minSize int64, minFreeFraction float64) (bool, error) {
 	fi, err := os.Stat(path)
