@@ -30,7 +30,8 @@ need ferry stopped.
 
 commands:
   stats    [--json]             records, bytes, oldest and newest age, file
-                                size and free space, quarantined, drops
+                                size, bytes in use (what max_bytes bounds),
+                                retired and free space, quarantined, drops
   peek     [-n N] [--json]      the next N records (default 10) from the head
   verify   [--salvage NEW]      bbolt's consistency check (offline only) and
                                 every batch's and record's checksum; exit 1
@@ -44,7 +45,8 @@ commands:
   purge    --older-than D       remove the records received more than D ago
                                 (a Go duration, e.g. 72h) from the head;
                                 counted as dropped, reason "purged"
-  compact                       rewrite the file without its free pages
+  compact                       rewrite the file without its free pages and
+                                retired (delivered) batches
 
 export format, one JSON object per line:
   {"seq":17,"topic":"sensors/a/t","qos":1,"retain":false,
