@@ -153,7 +153,8 @@ func BenchmarkDrainBesideAppends(b *testing.B) {
 	}
 	wg.Wait()
 	ctx, cancel := context.WithCancel(context.Background())
-	sensor := make(chan int)
+	defer cancel() // on a failure too: the sensor stops
+	sensor := make(chan int, 1)
 	go func() {
 		n := 0
 		for ctx.Err() == nil {
