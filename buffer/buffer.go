@@ -155,6 +155,10 @@ type Stats struct {
 	// "max_age"), since the file was created.
 	Dropped map[string]uint64
 	Commits uint64 // write transactions since Open
+	// CorruptFiles is how many damaged buffer files lie moved aside next to
+	// this one (path.corrupt-*, see OpenOrMoveAside), as found at Open:
+	// records in them were not delivered by this buffer.
+	CorruptFiles int
 }
 
 // Drop reasons, as used in Stats.Dropped.
@@ -237,6 +241,7 @@ type Buffer struct {
 	st        state
 	ratio     float64 // disk bytes in use per record byte, as last measured
 	commits   uint64
+	corrupt   int                 // files moved aside next to path, at Open
 	releaseTo uint64              // Release target not yet applied
 	toQuar    map[uint64]struct{} // Quarantine requests not yet applied
 	changed   chan struct{}       // closed and replaced after every commit
@@ -277,6 +282,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 		changed: make(chan struct{}),
 		st:      state{next: 1, head: 1},
 		ratio:   1,
+		corrupt: len(CorruptFiles(path)),
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		batches, err := tx.CreateBucketIfNotExists(bucketBatches)
@@ -513,12 +519,13 @@ func (b *Buffer) Stats() Stats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := Stats{
-		Records:     b.st.count,
-		Bytes:       b.st.bytes,
-		LastSeq:     b.st.next - 1,
-		Quarantined: b.st.quarantined,
-		Dropped:     b.st.dropped(),
-		Commits:     b.commits,
+		Records:      b.st.count,
+		Bytes:        b.st.bytes,
+		LastSeq:      b.st.next - 1,
+		Quarantined:  b.st.quarantined,
+		Dropped:      b.st.dropped(),
+		Commits:      b.commits,
+		CorruptFiles: b.corrupt,
 	}
 	if b.st.count > 0 {
 		s.FirstSeq = b.st.head

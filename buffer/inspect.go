@@ -42,6 +42,9 @@ type Info struct {
 	LastSeq     uint64            `json:"last_seq"`    // highest sequence number ever assigned
 	Quarantined uint64            `json:"quarantined"` // records moved to quarantine, ever
 	Dropped     map[string]uint64 `json:"dropped"`     // removed by limit or purge, ever, by reason
+	// CorruptFiles are the damaged files moved aside next to this one
+	// (OpenOrMoveAside), kept for inspection.
+	CorruptFiles []string `json:"corrupt_files,omitempty"`
 	// Oldest and Newest are the receive times of the head and of the last
 	// record; zero when the buffer is empty.
 	Oldest time.Time `json:"oldest,omitzero"`
@@ -259,6 +262,7 @@ func (v fileView) info() (Info, error) {
 		info.FreePages, info.PendingPages = s.FreePageN, s.PendingPageN
 		info.UsedBytes = usedBytes(tx)
 		info.RetiredBytes = st.retired
+		info.CorruptFiles = CorruptFiles(v.path)
 		return nil
 	})
 	if err != nil {

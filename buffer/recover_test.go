@@ -74,8 +74,11 @@ func TestRecoveryFromDamagedFiles(t *testing.T) {
 			if got := CorruptFiles(path); len(got) != 1 || got[0] != aside {
 				t.Fatalf("CorruptFiles = %v", got)
 			}
-			if st := b.Stats(); st.Records != 0 {
-				t.Fatalf("new buffer holds %d records", st.Records)
+			if st := b.Stats(); st.Records != 0 || st.CorruptFiles != 1 {
+				t.Fatalf("new buffer: %+v, want no records and 1 corrupt file counted", st)
+			}
+			if info, err := b.Info(); err != nil || len(info.CorruptFiles) != 1 || info.CorruptFiles[0] != aside {
+				t.Fatalf("info: %v, %v", info.CorruptFiles, err)
 			}
 			if _, err := b.AppendWait(context.Background(), rec(1)); err != nil {
 				t.Fatalf("append to the new buffer: %v", err)

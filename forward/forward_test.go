@@ -346,6 +346,9 @@ func TestStatusRecordReportsDrops(t *testing.T) {
 	if err := json.Unmarshal(recs[0].Value, &st); err != nil {
 		t.Fatal(err)
 	}
+	if !strings.Contains(string(recs[0].Value), `"corrupt_files":0`) {
+		t.Errorf("status %s does not say how many damaged buffer files were moved aside", recs[0].Value)
+	}
 	if string(recs[0].Key) != "gw-7" || st.GatewayID != "gw-7" || st.Dropped[buffer.DropMaxBytes] != dropped {
 		t.Fatalf("status key %q: %+v, want gateway gw-7 and %d dropped for max_bytes", recs[0].Key, st, dropped)
 	}

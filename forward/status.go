@@ -27,6 +27,9 @@ type Status struct {
 	// Quarantined counts records set aside as undeliverable or
 	// undecodable, since the buffer file was created.
 	Quarantined uint64 `json:"quarantined"`
+	// CorruptFiles is how many damaged buffer files ferry moved aside and
+	// replaced with a new buffer (their records were not delivered).
+	CorruptFiles int `json:"corrupt_files"`
 	// Unrouted and Delivered count records since ferry started.
 	Unrouted  uint64 `json:"unrouted"`
 	Delivered uint64 `json:"delivered"`
@@ -76,6 +79,7 @@ func (f *Forwarder) status(bs buffer.Stats) Status {
 		BufferedBytes:   bs.Bytes,
 		Dropped:         bs.Dropped,
 		Quarantined:     bs.Quarantined,
+		CorruptFiles:    bs.CorruptFiles,
 		Unrouted:        fs.Unrouted,
 		Delivered:       fs.Delivered,
 		LastError:       fs.LastError,

@@ -243,6 +243,9 @@ func (c *bufferCmd) stats(args []string) int {
 		sizeOf(int64(info.FreeFraction()*float64(info.FileSize))), 100*info.FreeFraction())
 	fmt.Fprintf(w, "free pages   %d free, %d pending, page size %d\n", info.FreePages, info.PendingPages, info.PageSize)
 	fmt.Fprintf(w, "quarantined  %d\n", info.Quarantined)
+	for _, f := range info.CorruptFiles {
+		fmt.Fprintf(w, "moved aside  %s (damaged; kept for inspection with ferry buffer --path)\n", f)
+	}
 	fmt.Fprintf(w, "dropped      max_bytes %d, max_age %d, purged %d\n",
 		info.Dropped[buffer.DropMaxBytes], info.Dropped[buffer.DropMaxAge], info.Dropped[buffer.DropPurged])
 	return exitOK

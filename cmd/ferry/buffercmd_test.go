@@ -91,6 +91,10 @@ func TestBufferCommandsOffline(t *testing.T) {
 	}
 	writeRecords(t, b, 1, 50, 20)
 	b.Close()
+	// A damaged file ferry moved aside earlier is shown.
+	if err := os.WriteFile(path+".corrupt-20261101T000000Z", []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	// -c finds the buffer through the configuration.
 	cfg := filepath.Join(dir, "ferry.yaml")
@@ -112,7 +116,7 @@ forward:
 		t.Fatal(err)
 	}
 	out := mustCmd(t, exitOK, "buffer", "stats", "-c", cfg)
-	for _, want := range []string{"file at rest", "records      50", "seq 1 to 50", "oldest", "in use (what max_bytes bounds)", "retired", "reclaimable", "free pages", "purged 0"} {
+	for _, want := range []string{"file at rest", "records      50", "seq 1 to 50", "oldest", "in use (what max_bytes bounds)", "retired", "reclaimable", "free pages", "purged 0", "moved aside  " + path + ".corrupt-20261101T000000Z"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("stats lacks %q:\n%s", want, out)
 		}
