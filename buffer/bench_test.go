@@ -90,15 +90,7 @@ func BenchmarkDrain(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer buf.Close()
-	payload := bytes.Repeat([]byte("x"), 200)
-	var wg sync.WaitGroup
-	for range b.N {
-		wg.Add(1)
-		if err := buf.Append(&Record{Topic: "t", Payload: payload}, func(uint64, error) { wg.Done() }); err != nil {
-			b.Fatal(err)
-		}
-	}
-	wg.Wait()
+	appendRounds(b, buf, 1, b.N, 200)
 	b.ResetTimer()
 	start, wb0 := time.Now(), writeBytes()
 	drainN(b, buf, b.N)
@@ -143,22 +135,14 @@ func BenchmarkDrainBesideAppends(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer buf.Close()
-	payload := bytes.Repeat([]byte("x"), 200)
-	var wg sync.WaitGroup
-	for range b.N {
-		wg.Add(1)
-		if err := buf.Append(&Record{Topic: "t", Payload: payload}, func(uint64, error) { wg.Done() }); err != nil {
-			b.Fatal(err)
-		}
-	}
-	wg.Wait()
+	appendRounds(b, buf, 1, b.N, 200)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel() // on a failure too: the sensor stops
 	sensor := make(chan int, 1)
 	go func() {
 		n := 0
 		for ctx.Err() == nil {
-			if _, err := buf.AppendWait(ctx, &Record{Topic: "t", Payload: payload}); err == nil {
+			if _, err := buf.AppendWait(ctx, &Record{Topic: "t", Payload: make([]byte, 200)}); err == nil {
 				n++
 			}
 		}

@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -86,6 +87,36 @@ func checkCounters(t interface {
 	rep, err := r.Verify(context.Background())
 	if err != nil || !rep.OK() {
 		t.Errorf("verify %s: %v %+v", path, err, rep)
+	}
+}
+
+// appendRounds appends rounds*per records with size-byte payloads, per at a
+// time: each round is queued at once (so the committer makes few commits
+// of it) and waited for, so every record is durable when it returns.
+func appendRounds(tb testing.TB, b *Buffer, rounds, per, size int) {
+	tb.Helper()
+	payload := make([]byte, size)
+	for range rounds {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var first error
+		for range per {
+			wg.Add(1)
+			if err := b.Append(&Record{Topic: "t", Payload: payload}, func(_ uint64, err error) {
+				if err != nil {
+					mu.Lock()
+					first = cmp.Or(first, err)
+					mu.Unlock()
+				}
+				wg.Done()
+			}); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		wg.Wait()
+		if first != nil {
+			tb.Fatal(first)
+		}
 	}
 }
 

@@ -243,22 +243,7 @@ func TestReleasedSpaceIsReused(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	payload := make([]byte, 200)
-	fill := func() {
-		done := make(chan error, 100)
-		for range 100 { // commits of 100 records, as a busy gateway makes them
-			for range 100 {
-				if err := b.Append(&Record{Topic: "t", Payload: payload}, func(_ uint64, err error) { done <- err }); err != nil {
-					t.Fatal(err)
-				}
-			}
-			for range 100 {
-				if err := <-done; err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-	}
+	fill := func() { appendRounds(t, b, 100, 100, 200) } // commits of 100 records, as a busy gateway makes them
 	info := func() Info {
 		t.Helper()
 		if err := b.flush(ctx); err != nil {
@@ -335,20 +320,7 @@ func TestCompactFillsPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	payload := make([]byte, 200)
-	done := make(chan error, 100)
-	for range 200 {
-		for range 100 {
-			if err := b.Append(&Record{Topic: "t", Payload: payload}, func(_ uint64, err error) { done <- err }); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for range 100 {
-			if err := <-done; err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	appendRounds(t, b, 200, 100, 200)
 	before, err := b.Info()
 	if err != nil {
 		t.Fatal(err)
@@ -379,18 +351,7 @@ func TestCompactionWhileRunningKeepsCounters(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	payload := make([]byte, 1000)
-	done := make(chan error, 3000)
-	for range 3000 { // ~3 MB
-		if err := b.Append(&Record{Topic: "t", Payload: payload}, func(_ uint64, err error) { done <- err }); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for range 3000 {
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendRounds(t, b, 1, 3000, 1000) // ~3 MB
 	full := fileSize(t, path)
 	b.Release(2500) // 500 records, under 1 MiB, left: the backlog has drained
 	if err := b.flush(ctx); err != nil {
@@ -461,18 +422,7 @@ func TestEachAcrossCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	payload := make([]byte, 1000)
-	done := make(chan error, 3000)
-	for range 3000 { // ~3 MB
-		if err := b.Append(&Record{Topic: "t", Payload: payload}, func(_ uint64, err error) { done <- err }); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for range 3000 {
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendRounds(t, b, 1, 3000, 1000) // ~3 MB
 	full := fileSize(t, path)
 	var last uint64
 	_, err = b.Each(func(r Record) error {

@@ -22,7 +22,8 @@ func readahead(tx *bolt.Tx, v []byte, n int) {
 		return
 	}
 	p := unsafe.Pointer(unsafe.SliceData(v))
-	base, end := tx.DB().Info().Data, tx.DB().Info().Data+uintptr(tx.Size())
+	base := tx.DB().Info().Data
+	end := base + uintptr(tx.Size())
 	if uintptr(p) < base || uintptr(p) >= end { // not in the map (a value written by this transaction)
 		return
 	}
