@@ -109,7 +109,7 @@ func drainN(b *testing.B, buf *Buffer, n int) {
 	var recs []Record
 	var err error
 	for got := 0; got < n; {
-		recs, err = buf.Read(context.Background(), after, 1000, recs)
+		recs, err = buf.Read(context.Background(), after, 1000, 0, recs)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -153,7 +153,7 @@ func BenchmarkDrainBesideAppends(b *testing.B) {
 	var after uint64
 	var recs []Record
 	for got := 0; got < b.N; {
-		if recs, err = buf.Read(ctx, after, 1000, recs); err != nil {
+		if recs, err = buf.Read(ctx, after, 1000, 0, recs); err != nil {
 			b.Fatal(err)
 		}
 		got += len(recs)

@@ -14,9 +14,10 @@
 // Read returns records in sequence order. Records leave the buffer through
 // Release, which removes a prefix ("everything up to seq is delivered"), and
 // through the configured limits (MaxBytes with DropOldest, MaxAge), which
-// remove the oldest records and count them by reason. A stored record that
-// cannot be decoded is moved to a quarantine bucket (counted, logged), never
-// skipped silently.
+// remove the oldest records and count them by reason. A record that cannot be
+// delivered leaves through DeadLetter into the dead-letter bucket (kept with
+// its reason, counted, logged; see deadletter.go), and so does a stored
+// record that cannot be decoded: nothing is skipped silently.
 //
 // Cost does not depend on depth: counters live in a meta bucket updated in
 // the same transaction as the records, the head is found with one cursor
@@ -32,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -53,7 +55,7 @@ var ErrLocked = errors.New("buffer file is locked by another process")
 var (
 	bucketBatches    = []byte("batches")
 	bucketMeta       = []byte("meta")
-	bucketQuarantine = []byte("quarantine")
+	bucketQuarantine = []byte("quarantine") // before the dead-letter bucket; migrated by Open
 
 	keyNextSeq     = []byte("next_seq")
 	keyHeadSeq     = []byte("head_seq")
@@ -63,6 +65,10 @@ var (
 	keyDropBytes   = []byte("dropped_max_bytes")
 	keyDropAge     = []byte("dropped_max_age")
 	keyDropPurged  = []byte("dropped_purged")
+	keyDropDLLimit = []byte("dropped_dead_letter_limit")
+	keyDropDLPurge = []byte("dropped_dead_letter_purged")
+	keyDLRecords   = []byte("dead_letter_records")
+	keyDLBytes     = []byte("dead_letter_bytes")
 	keyRetired     = []byte("retired_bytes")
 )
 
@@ -146,14 +152,21 @@ func (o *Options) setDefaults() {
 // Stats is a snapshot of the buffer's counters. It costs nothing to take:
 // the counters are kept, not recomputed.
 type Stats struct {
-	Records     uint64 // records held
-	Bytes       uint64 // encoded size of the records held
-	FirstSeq    uint64 // sequence number of the head; 0 when empty
-	LastSeq     uint64 // highest sequence number ever assigned; 0 if none
-	Quarantined uint64 // records moved to quarantine since the file was created
-	// Dropped counts records removed by a limit, by reason ("max_bytes",
-	// "max_age"), since the file was created.
+	Records  uint64 // records held
+	Bytes    uint64 // encoded size of the records held
+	FirstSeq uint64 // sequence number of the head; 0 when empty
+	LastSeq  uint64 // highest sequence number ever assigned; 0 if none
+	// DeadLettered counts records dead-lettered since the file was
+	// created, by reason.
+	DeadLettered map[Reason]uint64
+	// DeadLetterRecords and DeadLetterBytes are what the dead-letter
+	// bucket holds now: records, and stored entry bytes.
+	DeadLetterRecords, DeadLetterBytes uint64
+	// Dropped counts records removed by a limit or a purge, by reason
+	// (DropMaxBytes, ...), since the file was created.
 	Dropped map[string]uint64
+	// ID identifies the buffer's log (see Buffer.ID).
+	ID      string
 	Commits uint64 // write transactions since Open
 	// CorruptFiles is how many damaged buffer files lie moved aside next to
 	// this one (path.corrupt-*, see OpenOrMoveAside), as found at Open:
@@ -166,17 +179,34 @@ const (
 	DropMaxBytes = "max_bytes"
 	DropMaxAge   = "max_age"
 	DropPurged   = "purged" // removed by Purge (ferry buffer purge)
+	// DropDeadLetterLimit: dead-letter entries removed, oldest first, to
+	// keep the bucket within Options.MaxDeadLetterBytes.
+	DropDeadLetterLimit = "dead_letter_limit"
+	// DropDeadLetterPurged: dead-letter entries removed by a dead-letter
+	// purge (ferry buffer dlq purge).
+	DropDeadLetterPurged = "dead_letter_purged"
 )
 
-// state is what the meta bucket holds, mirrored in memory.
+// state is what the meta bucket holds, mirrored in memory. Copies share
+// deadLettered: clone before changing a copy.
 type state struct {
 	next, head, count, bytes       uint64
-	quarantined                    uint64
 	dropBytes, dropAge, dropPurged uint64
+	dropDLLimit, dropDLPurged      uint64
 	// retired is the size of the batch values before the head: every
 	// record in them released or dropped, the batches not yet deleted
 	// (see reclaim).
 	retired uint64
+	// dlRecords and dlBytes are what the dead-letter bucket holds.
+	dlRecords, dlBytes uint64
+	// deadLettered counts records dead-lettered, ever, by reason.
+	deadLettered map[Reason]uint64
+	id           string
+}
+
+func (s state) clone() state {
+	s.deadLettered = maps.Clone(s.deadLettered)
+	return s
 }
 
 func (s *state) fields() []struct {
@@ -188,14 +218,16 @@ func (s *state) fields() []struct {
 		v *uint64
 	}{
 		{keyNextSeq, &s.next}, {keyHeadSeq, &s.head}, {keyCount, &s.count}, {keyBytes, &s.bytes},
-		{keyQuarantined, &s.quarantined}, {keyDropBytes, &s.dropBytes}, {keyDropAge, &s.dropAge},
-		{keyDropPurged, &s.dropPurged}, {keyRetired, &s.retired},
+		{keyDropBytes, &s.dropBytes}, {keyDropAge, &s.dropAge}, {keyDropPurged, &s.dropPurged},
+		{keyDropDLLimit, &s.dropDLLimit}, {keyDropDLPurge, &s.dropDLPurged}, {keyRetired, &s.retired},
+		{keyDLRecords, &s.dlRecords}, {keyDLBytes, &s.dlBytes},
 	}
 }
 
 // dropped is the drop counters by reason.
 func (s *state) dropped() map[string]uint64 {
-	return map[string]uint64{DropMaxBytes: s.dropBytes, DropMaxAge: s.dropAge, DropPurged: s.dropPurged}
+	return map[string]uint64{DropMaxBytes: s.dropBytes, DropMaxAge: s.dropAge, DropPurged: s.dropPurged,
+		DropDeadLetterLimit: s.dropDLLimit, DropDeadLetterPurged: s.dropDLPurged}
 }
 
 func (s *state) load(meta *bolt.Bucket) {
@@ -204,11 +236,38 @@ func (s *state) load(meta *bolt.Bucket) {
 			*f.v = binary.BigEndian.Uint64(v)
 		}
 	}
+	s.id = string(meta.Get(keyID))
+	s.deadLettered = map[Reason]uint64{}
+	if dl := meta.Bucket(bucketDeadLettered); dl != nil {
+		dl.ForEach(func(k, v []byte) error {
+			if len(v) == 8 {
+				s.deadLettered[Reason(k)] = binary.BigEndian.Uint64(v)
+			}
+			return nil
+		})
+	}
 }
 
 func (s *state) store(meta *bolt.Bucket) error {
 	for _, f := range s.fields() {
 		if err := meta.Put(f.k, binary.BigEndian.AppendUint64(nil, *f.v)); err != nil {
+			return err
+		}
+	}
+	if s.id != "" {
+		if err := meta.Put(keyID, []byte(s.id)); err != nil {
+			return err
+		}
+	}
+	dl, err := meta.CreateBucketIfNotExists(bucketDeadLettered)
+	if err != nil {
+		return err
+	}
+	for r, n := range s.deadLettered {
+		if r == "" { // bbolt refuses an empty key
+			r = "unspecified"
+		}
+		if err := dl.Put([]byte(r), binary.BigEndian.AppendUint64(nil, n)); err != nil {
 			return err
 		}
 	}
@@ -224,7 +283,7 @@ type Buffer struct {
 	log  *slog.Logger
 
 	reqs     chan appendReq
-	wake     chan struct{} // one slot: Release or Quarantine has work for the committer
+	wake     chan struct{} // one slot: Release or DeadLetter has work for the committer
 	stop     chan struct{} // closed by Close
 	quit     chan struct{} // closed first thing in Close: blocked appends give up
 	quitOnce sync.Once
@@ -241,11 +300,11 @@ type Buffer struct {
 	st        state
 	ratio     float64 // disk bytes in use per record byte, as last measured
 	commits   uint64
-	corrupt   int                 // files moved aside next to path, at Open
-	releaseTo uint64              // Release target not yet applied
-	toQuar    map[uint64]struct{} // Quarantine requests not yet applied
-	changed   chan struct{}       // closed and replaced after every commit
-	lastDrop  time.Time           // last time a drop was logged
+	corrupt   int                // files moved aside next to path, at Open
+	releaseTo uint64             // Release target not yet applied
+	toDead    map[uint64]deadReq // DeadLetter requests not yet applied
+	changed   chan struct{}      // closed and replaced after every commit
+	lastDrop  time.Time          // last time a drop was logged
 }
 
 type appendReq struct {
@@ -278,7 +337,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 		stop:    make(chan struct{}),
 		quit:    make(chan struct{}),
 		done:    make(chan struct{}),
-		toQuar:  map[uint64]struct{}{},
+		toDead:  map[uint64]deadReq{},
 		changed: make(chan struct{}),
 		st:      state{next: 1, head: 1},
 		ratio:   1,
@@ -289,7 +348,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 		if err != nil {
 			return err
 		}
-		if _, err := tx.CreateBucketIfNotExists(bucketQuarantine); err != nil {
+		if _, err := tx.CreateBucketIfNotExists(bucketDeadLetters); err != nil {
 			return err
 		}
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
@@ -297,6 +356,11 @@ func Open(path string, opts Options) (*Buffer, error) {
 			return err
 		}
 		b.st.load(meta)
+		if b.st.id == "" {
+			if b.st.id, err = newID(); err != nil {
+				return err
+			}
+		}
 		if k, v := batches.Cursor().Last(); k != nil {
 			_, n, _ := parseBatch(v)
 			if last := binary.BigEndian.Uint64(k) + uint64(n) - 1; last >= b.st.next {
@@ -356,11 +420,16 @@ func (b *Buffer) AppendWait(ctx context.Context, rec *Record) (uint64, error) {
 	}
 }
 
-// Read returns up to limit records with sequence numbers above after, in
-// order, appending them to dst[:0]. It waits until at least one such record
-// exists, ctx is done (ctx.Err()) or the buffer is closed (ErrClosed).
-// Records that cannot be decoded are quarantined and not returned.
-func (b *Buffer) Read(ctx context.Context, after uint64, limit int, dst []Record) ([]Record, error) {
+// Read returns records with sequence numbers above after, in order,
+// appending them to dst[:0]: at most maxRecords of them, and it stops
+// before their payload and topic bytes would exceed maxBytes (0 or less:
+// no byte bound), but it returns at least one record when there is one,
+// however large. It waits until at least one such record exists, ctx is
+// done (ctx.Err()) or the buffer is closed (ErrClosed). Records that cannot
+// be decoded are dead-lettered (ReasonUndecodable) and not returned.
+func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes int, dst []Record) ([]Record, error) {
+	limit := max(maxRecords, 1)
+	size := 0 // payload and topic bytes in dst
 	dst = dst[:0]
 	for {
 		b.mu.Lock()
@@ -403,17 +472,23 @@ func (b *Buffer) Read(ctx context.Context, after uint64, limit int, dst []Record
 					if len(dst) == limit {
 						return nil
 					}
-					scanned = seq
 					rec, err := decode(raw)
 					if err != nil {
-						b.Quarantine(seq, err)
+						scanned = seq
+						b.DeadLetter(seq, ReasonUndecodable, err)
 						continue
 					}
+					n := len(rec.Payload) + len(rec.Topic)
+					if maxBytes > 0 && len(dst) > 0 && size+n > maxBytes {
+						return nil
+					}
+					scanned = seq
+					size += n
 					rec.Seq = seq
 					dst = append(dst, rec)
 				}
 				if framingBroken(recs, count, perr) { // the rest of the batch is unreadable
-					b.Quarantine(base+uint64(len(recs)), perr)
+					b.DeadLetter(base+uint64(len(recs)), ReasonBrokenBatch, perr)
 				}
 				scanned = max(scanned, base+uint64(count)-1)
 			}
@@ -484,18 +559,6 @@ func getUint(b *bolt.Bucket, k []byte) uint64 {
 	return 0
 }
 
-// Quarantine moves record seq out of the FIFO into the quarantine bucket,
-// where it is kept for inspection: a record that cannot be decoded, or that
-// the destination rejects for good. It returns at once; the move is written
-// with the next commit, before any Release queued after it.
-func (b *Buffer) Quarantine(seq uint64, reason error) {
-	b.mu.Lock()
-	b.toQuar[seq] = struct{}{}
-	b.mu.Unlock()
-	b.log.Error("buffer: quarantining record", "path", b.path, "seq", seq, "reason", reason)
-	b.signal()
-}
-
 // Release removes every record with a sequence number up to and including
 // seq: they were delivered. It returns at once; the removal is written with
 // the next commit. If it is lost in a crash, the records are read again
@@ -519,13 +582,16 @@ func (b *Buffer) Stats() Stats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := Stats{
-		Records:      b.st.count,
-		Bytes:        b.st.bytes,
-		LastSeq:      b.st.next - 1,
-		Quarantined:  b.st.quarantined,
-		Dropped:      b.st.dropped(),
-		Commits:      b.commits,
-		CorruptFiles: b.corrupt,
+		Records:           b.st.count,
+		Bytes:             b.st.bytes,
+		LastSeq:           b.st.next - 1,
+		DeadLettered:      maps.Clone(b.st.deadLettered),
+		DeadLetterRecords: b.st.dlRecords,
+		DeadLetterBytes:   b.st.dlBytes,
+		Dropped:           b.st.dropped(),
+		ID:                b.st.id,
+		Commits:           b.commits,
+		CorruptFiles:      b.corrupt,
 	}
 	if b.st.count > 0 {
 		s.FirstSeq = b.st.head
@@ -559,7 +625,7 @@ func (b *Buffer) Close() error {
 const readaheadBytes = 1 << 20
 
 // releaseInterval is the least time between two commits that only release
-// (or quarantine) records: a forwarder releases many times a second, and
+// (or dead-letter) records: a forwarder releases many times a second, and
 // every commit costs the disk a few pages however little it changes.
 const releaseInterval = 100 * time.Millisecond
 
@@ -650,7 +716,7 @@ func (b *Buffer) commitLoop() {
 			stopping = true
 		}
 		if d := releaseInterval - time.Since(lastCommit); woken && reqs != nil && d > 0 {
-			// A release or quarantine alone is not urgent (lost in a
+			// A release or dead letter alone is not urgent (lost in a
 			// crash, records are only delivered twice): gather them for
 			// one write, unless an append comes to carry them. (With
 			// Block at max_bytes, reqs is nil: the release is what lets
@@ -707,23 +773,23 @@ func drain(reqs chan appendReq, batch []appendReq, max int, budget int64) []appe
 	return batch
 }
 
-// commit writes one transaction: quarantines, the appended batch, the
+// commit writes one transaction: dead letters, the appended batch, the
 // release, the limits, then reclaim of retired batches.
 func (b *Buffer) commit(batch []appendReq) {
 	b.mu.Lock()
-	st := b.st
+	st := b.st.clone()
 	ratio := b.ratio
 	credit := b.credit
 	releaseTo := b.releaseTo
-	var quar map[uint64]struct{}
-	if len(b.toQuar) > 0 {
-		quar, b.toQuar = b.toQuar, map[uint64]struct{}{}
+	var dead map[uint64]deadReq
+	if len(b.toDead) > 0 {
+		dead, b.toDead = b.toDead, map[uint64]deadReq{}
 	}
 	b.mu.Unlock()
 
 	budget, bounded := b.recordBudget(ratio)
 	limits := bounded && b.opts.WhenFull == DropOldest && st.bytes > budget || b.expired(st)
-	if len(batch) == 0 && len(quar) == 0 && releaseTo < st.head && !limits {
+	if len(batch) == 0 && len(dead) == 0 && releaseTo < st.head && !limits {
 		return
 	}
 	var dropped [2]uint64 // max_bytes, max_age
@@ -734,8 +800,8 @@ func (b *Buffer) commit(batch []appendReq) {
 			ratio = diskRatio(tx, st)
 			budget, _ = b.recordBudget(ratio)
 		}
-		for seq := range quar {
-			if err := b.quarantineTx(tx, &st, seq); err != nil {
+		for seq, r := range dead {
+			if err := deadLetterTx(tx, &st, seq, r); err != nil {
 				return err
 			}
 		}
@@ -812,8 +878,10 @@ func (b *Buffer) commit(batch []appendReq) {
 		err = fmt.Errorf("commit to buffer %s: %w", b.path, err)
 		b.log.Error("buffer: commit failed", "err", err, "records", len(batch))
 		b.mu.Lock()
-		for seq := range quar { // try again with the next commit
-			b.toQuar[seq] = struct{}{}
+		for seq, r := range dead { // try again with the next commit
+			if _, ok := b.toDead[seq]; !ok {
+				b.toDead[seq] = r
+			}
 		}
 		b.mu.Unlock()
 		for _, r := range batch {
@@ -831,7 +899,7 @@ func (b *Buffer) commit(batch []appendReq) {
 	b.credit = credit
 	b.commits++
 	// Wake readers: new records, or records gone (released, dropped,
-	// quarantined) that a reader may be waiting behind.
+	// dead-lettered) that a reader may be waiting behind.
 	close(b.changed)
 	b.changed = make(chan struct{})
 	logDrop := dropped != [2]uint64{} && time.Since(b.lastDrop) > 10*time.Second
@@ -860,7 +928,7 @@ func (b *Buffer) commit(batch []appendReq) {
 }
 
 // flush waits until everything requested before it (appends, releases,
-// quarantines) is committed.
+// dead letters) is committed.
 func (b *Buffer) flush(ctx context.Context) error {
 	ch := make(chan error, 1)
 	b.closeMu.RLock()
@@ -913,19 +981,19 @@ func dropPrefix(tx *bolt.Tx, st *state, through uint64) (uint64, error) {
 // dropWhile removes live records from the head for as long as drop says so,
 // moving the head past them. The batches it empties are retired, not
 // deleted: reclaim deletes them as new data needs their space. A batch
-// whose framing is broken is moved to quarantine whole on the way, never
+// whose framing is broken is dead-lettered whole on the way, never
 // dropped uncounted. It returns how many records it removed.
 func dropWhile(tx *bolt.Tx, st *state, drop func(raw []byte, seq uint64) bool) (uint64, error) {
 	batches := tx.Bucket(bucketBatches)
 	var removed uint64
-	var dead [][]byte // broken batches, quarantined
+	var dead [][]byte // broken batches, dead-lettered
 	c := batches.Cursor()
 	stopped := false
 	for k, v := seekBatch(c, st.head); k != nil && !stopped; k, v = c.Next() {
 		base := binary.BigEndian.Uint64(k)
-		recs, count, err := parseBatch(v)
-		if framingBroken(recs, count, err) {
-			if err := quarantineBatch(tx, st, k, v, recs); err != nil {
+		recs, count, perr := parseBatch(v)
+		if framingBroken(recs, count, perr) {
+			if err := deadLetterBatch(tx, st, k, v, recs, perr, time.Now()); err != nil {
 				return removed, err
 			}
 			st.head = batchEnd(batches, base, st.next)
@@ -1033,75 +1101,6 @@ func batchEnd(batches *bolt.Bucket, base, next uint64) uint64 {
 		return binary.BigEndian.Uint64(k)
 	}
 	return next
-}
-
-// quarantineBatch copies a batch whose framing is broken, as it is, to the
-// quarantine bucket under its key and counts its records as quarantined:
-// those it could frame, and the rest of its sequence range. The caller
-// deletes the batch.
-func quarantineBatch(tx *bolt.Tx, st *state, k, v []byte, recs [][]byte) error {
-	if err := tx.Bucket(bucketQuarantine).Put(append([]byte(nil), k...), append([]byte(nil), v...)); err != nil {
-		return err
-	}
-	base := binary.BigEndian.Uint64(k)
-	live := batchEnd(tx.Bucket(bucketBatches), base, st.next) - max(base, st.head)
-	for i, raw := range recs {
-		if base+uint64(i) < st.head {
-			continue
-		}
-		if len(raw) == 0 {
-			live-- // removed before
-		} else {
-			st.bytes -= min(st.bytes, uint64(len(raw)))
-		}
-	}
-	st.count -= min(st.count, live)
-	st.quarantined += live
-	return nil
-}
-
-// quarantineTx moves record seq to the quarantine bucket, leaving a removed
-// entry in its batch. If the batch's framing is broken, the whole batch is
-// moved: its unreadable records are counted as quarantined.
-func (b *Buffer) quarantineTx(tx *bolt.Tx, st *state, seq uint64) error {
-	if seq < st.head {
-		return nil // released meanwhile
-	}
-	batches := tx.Bucket(bucketBatches)
-	k, v := seekBatch(batches.Cursor(), seq)
-	if k == nil {
-		return nil
-	}
-	base := binary.BigEndian.Uint64(k)
-	recs, count, err := parseBatch(v)
-	if framingBroken(recs, count, err) {
-		if seq < base {
-			return nil
-		}
-		if err := quarantineBatch(tx, st, k, v, recs); err != nil {
-			return err
-		}
-		if base <= st.head { // it was the head batch: the head moves past it
-			st.head = batchEnd(batches, base, st.next)
-		}
-		return batches.Delete(k)
-	}
-	q := tx.Bucket(bucketQuarantine)
-	if seq < base || seq >= base+uint64(count) || len(recs[seq-base]) == 0 {
-		return nil // not there, or already removed
-	}
-	i := seq - base
-	raw := recs[i]
-	if err := q.Put(seqKey(seq), append([]byte(nil), raw...)); err != nil {
-		return err
-	}
-	st.count--
-	st.bytes -= uint64(len(raw))
-	st.quarantined++
-	kept := make([][]byte, len(recs))
-	copy(kept, recs)
-	kept[i] = nil
-	return batches.Put(append([]byte(nil), k...), appendBatch(make([]byte, 0, batchSize(kept)), kept))
 }
 
 // framingBroken reports whether parseBatch could not frame every record

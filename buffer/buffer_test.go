@@ -135,7 +135,7 @@ func readAll(t *testing.T, b *Buffer) []Record {
 	var after uint64
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-		recs, err := b.Read(ctx, after, 1000, nil)
+		recs, err := b.Read(ctx, after, 1000, 0, nil)
 		cancel()
 		if errors.Is(err, context.DeadlineExceeded) {
 			return out
@@ -298,7 +298,7 @@ func TestReadWaitsAndCloseWakes(t *testing.T) {
 	b, _ := openTest(t)
 	got := make(chan error, 1)
 	go func() {
-		recs, err := b.Read(context.Background(), 0, 10, nil)
+		recs, err := b.Read(context.Background(), 0, 10, 0, nil)
 		if err == nil && (len(recs) != 1 || recs[0].Seq != 1) {
 			err = fmt.Errorf("read %+v", recs)
 		}
@@ -312,7 +312,7 @@ func TestReadWaitsAndCloseWakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() {
-		_, err := b.Read(context.Background(), 1, 10, nil)
+		_, err := b.Read(context.Background(), 1, 10, 0, nil)
 		got <- err
 	}()
 	time.Sleep(20 * time.Millisecond)
@@ -348,7 +348,7 @@ func TestFileMode(t *testing.T) {
 	}
 }
 
-func TestCorruptRecordIsQuarantined(t *testing.T) {
+func TestCorruptRecordIsDeadLettered(t *testing.T) {
 	b, path := openTest(t)
 	ctx := context.Background()
 	for i := 1; i <= 3; i++ {
@@ -372,8 +372,8 @@ func TestCorruptRecordIsQuarantined(t *testing.T) {
 	if _, err := b.AppendWait(ctx, rec(4)); err != nil {
 		t.Fatal(err)
 	}
-	if st := b.Stats(); st.Quarantined != 1 || st.Records != 1 {
-		t.Fatalf("stats %+v, want 1 quarantined, 1 record", st)
+	if st := b.Stats(); st.DeadLettered[ReasonUndecodable] != 1 || st.DeadLetterRecords != 1 || st.Records != 1 {
+		t.Fatalf("stats %+v, want 1 dead-lettered as undecodable, 1 record", st)
 	}
 }
 

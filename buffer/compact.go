@@ -38,7 +38,7 @@ func openExclusive(op, path string) (*bolt.DB, error) {
 // written to path+".compact", fsynced, and renamed over path (the
 // directory is fsynced too), so a crash leaves either the old file or the
 // new one, both complete. Every live record, counter (the retired bytes
-// become 0) and quarantined record is kept; sequence numbers continue. It
+// become 0), dead-letter entry and the ID are kept; sequence numbers continue. It
 // returns the file's size before and after. It fails with ErrLocked while
 // another process (a running ferry) holds the file; the caller must not
 // open the buffer until Compact returns.
@@ -123,7 +123,7 @@ func compactOpen(src *bolt.DB, path string) (before, after int64, err error) {
 }
 
 // compactInto copies what src holds into dst and fsyncs dst: the
-// quarantine, the batches from the head on and the counters. Retired
+// dead letters, the batches from the head on and the counters. Retired
 // batches (all their records delivered or dropped) stay behind. A bbolt
 // panic on a damaged page becomes an error wrapping ErrCorrupt.
 func compactInto(dst, src *bolt.DB) (err error) {
@@ -141,8 +141,8 @@ func compactInto(dst, src *bolt.DB) (err error) {
 		if err != nil {
 			return err
 		}
-		if q := tx.Bucket(bucketQuarantine); q != nil {
-			if err := q.ForEach(func(k, v []byte) error { return w.add(bucketQuarantine, k, v) }); err != nil {
+		if dl := tx.Bucket(bucketDeadLetters); dl != nil {
+			if err := dl.ForEach(func(k, v []byte) error { return w.add(bucketDeadLetters, k, v) }); err != nil {
 				return err
 			}
 		}
@@ -168,7 +168,7 @@ func compactInto(dst, src *bolt.DB) (err error) {
 // counts them as dropped for DropPurged. It stops at the first record
 // received at or after cutoff, as MaxAge does, and at a damaged record
 // (which it leaves for Verify and Salvage); a batch whose framing is broken
-// is quarantined on the way, as everywhere. It needs the file to itself and
+// is dead-lettered on the way, as everywhere. It needs the file to itself and
 // fails with ErrLocked while another process (a running ferry) holds it. It
 // returns how many records it removed. Their batches are retired: new
 // records reuse the space, Compact gives it back to the file system.

@@ -371,7 +371,7 @@ func TestCompactionWhileRunningKeepsCounters(t *testing.T) {
 	checkCounters(t, path)
 }
 
-// A broken batch quarantined in the middle leaves a gap in the keys; a
+// A broken batch dead-lettered in the middle leaves a gap in the keys; a
 // release that stops before the gap retires the batch before it, and
 // reclaim must still see that batch as retired.
 func TestRetiredBeforeAGap(t *testing.T) {
@@ -391,7 +391,7 @@ func TestRetiredBeforeAGap(t *testing.T) {
 	if b, err = Open(path, Options{}); err != nil {
 		t.Fatal(err)
 	}
-	b.Quarantine(2, errors.New("broken"))
+	b.DeadLetter(2, "test", errors.New("broken"))
 	b.Release(1)
 	if err := b.flush(ctx); err != nil {
 		t.Fatal(err)

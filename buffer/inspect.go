@@ -35,13 +35,19 @@ var errStop = errors.New("stop")
 // Info describes a buffer file: its counters, the age of its records and how
 // much of the file bbolt could reuse.
 type Info struct {
-	Path        string            `json:"path"`
-	Records     uint64            `json:"records"`     // live records held
-	Bytes       uint64            `json:"bytes"`       // encoded size of the live records
-	FirstSeq    uint64            `json:"first_seq"`   // the head's sequence number; 0 when empty
-	LastSeq     uint64            `json:"last_seq"`    // highest sequence number ever assigned
-	Quarantined uint64            `json:"quarantined"` // records moved to quarantine, ever
-	Dropped     map[string]uint64 `json:"dropped"`     // removed by limit or purge, ever, by reason
+	Path     string `json:"path"`
+	ID       string `json:"id"`        // the log's identity, see Buffer.ID
+	Records  uint64 `json:"records"`   // live records held
+	Bytes    uint64 `json:"bytes"`     // encoded size of the live records
+	FirstSeq uint64 `json:"first_seq"` // the head's sequence number; 0 when empty
+	LastSeq  uint64 `json:"last_seq"`  // highest sequence number ever assigned
+	// DeadLettered counts records dead-lettered, ever, by reason.
+	DeadLettered map[Reason]uint64 `json:"dead_lettered"`
+	// DeadLetterRecords and DeadLetterBytes are what the dead-letter
+	// bucket holds now: records, and stored entry bytes.
+	DeadLetterRecords uint64            `json:"dead_letter_records"`
+	DeadLetterBytes   uint64            `json:"dead_letter_bytes"`
+	Dropped           map[string]uint64 `json:"dropped"` // removed by limit or purge, ever, by reason
 	// CorruptFiles are the damaged files moved aside next to this one
 	// (OpenOrMoveAside), kept for inspection.
 	CorruptFiles []string `json:"corrupt_files,omitempty"`
@@ -121,7 +127,7 @@ func (r *VerifyReport) problem(format string, args ...any) {
 func (b *Buffer) Info() (Info, error) { return b.view().info() }
 
 // Peek returns the next n live records from the head, in order, without
-// changing anything (nothing is released or quarantined). Records that
+// changing anything (nothing is released or dead-lettered). Records that
 // cannot be decoded are left out; Verify names them.
 func (b *Buffer) Peek(n int) ([]Record, error) { return b.view().peek(n) }
 
@@ -250,7 +256,8 @@ func (v fileView) info() (Info, error) {
 		if err != nil {
 			return err
 		}
-		info.Records, info.Bytes, info.LastSeq, info.Quarantined = st.count, st.bytes, st.next-1, st.quarantined
+		info.ID, info.Records, info.Bytes, info.LastSeq = st.id, st.count, st.bytes, st.next-1
+		info.DeadLettered, info.DeadLetterRecords, info.DeadLetterBytes = st.deadLettered, st.dlRecords, st.dlBytes
 		info.Dropped = st.dropped()
 		if st.count > 0 {
 			info.FirstSeq = st.head
@@ -514,10 +521,12 @@ func (v fileView) verify(ctx context.Context, full bool) (VerifyReport, error) {
 
 // Salvage copies every intact live record into a new buffer file at dst,
 // keeping its sequence number, and sets the damaged ones aside in the new
-// file's quarantine bucket (counted as quarantined), along with the records
-// already quarantined. The counters are recomputed; drop counts and the next
-// sequence number carry over, so sequence numbers keep growing when the new
-// file replaces the old one. dst must not exist. It returns how many records
+// file's dead-letter bucket (ReasonUndecodable, or ReasonBrokenBatch for a
+// batch whose framing is broken; counted), along with the old file's
+// intact dead-letter entries. The live and dead-letter counters are
+// recomputed; the ID, drop counts, dead-letter counts by reason and the
+// next sequence number carry over, so the new file continues the same log
+// when it replaces the old one. dst must not exist. It returns how many records
 // were copied. If the old file's structure is so damaged that reading stops
 // early, the new file holds what was read before, and the error says so.
 func (r *ReadOnly) Salvage(dst string) (copied int, err error) {
@@ -537,8 +546,8 @@ func (r *ReadOnly) Salvage(dst string) (copied int, err error) {
 		if meta := tx.Bucket(bucketMeta); meta != nil {
 			s.old.load(meta)
 		}
-		if q := tx.Bucket(bucketQuarantine); q != nil {
-			if err := q.ForEach(func(k, v []byte) error { return s.quarantine(k, v, 0) }); err != nil {
+		if dl := tx.Bucket(bucketDeadLetters); dl != nil {
+			if err := dl.ForEach(s.deadLetter); err != nil {
 				return err
 			}
 		}
@@ -584,7 +593,7 @@ type salvager struct {
 // createBuckets creates a buffer's buckets in a new file.
 func createBuckets(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketBatches, bucketMeta, bucketQuarantine} {
+		for _, name := range [][]byte{bucketBatches, bucketMeta, bucketDeadLetters} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -643,7 +652,7 @@ func (s *salvager) batch(batches *bolt.Bucket, base uint64, v []byte) error {
 			continue
 		}
 		if _, err := decode(raw); err != nil {
-			if err := s.quarantine(seqKey(seq), raw, 1); err != nil {
+			if err := s.setAside(seqKey(seq), &deadEntry{reason: ReasonUndecodable, detail: err.Error(), records: 1, body: raw}); err != nil {
 				return err
 			}
 			continue
@@ -664,8 +673,8 @@ func (s *salvager) batch(batches *bolt.Bucket, base uint64, v []byte) error {
 		first := max(base+uint64(len(raws)), s.old.head)
 		end := base + batchSpan(batches, base, count, s.old.next)
 		s.lastSeq = max(s.lastSeq, end-1)
-		if end > first {
-			return s.quarantine(seqKey(first), v, end-first) // the whole batch, for inspection
+		if end > first { // the whole batch, for inspection
+			return s.setAside(seqKey(base), &deadEntry{reason: ReasonBrokenBatch, detail: perr.Error(), records: end - first, batch: true, body: v})
 		}
 	}
 	return nil
@@ -686,10 +695,28 @@ func (s *salvager) flushRun() error {
 	return err
 }
 
-// quarantine sets value aside under key, counting n records.
-func (s *salvager) quarantine(key, value []byte, n uint64) error {
-	s.st.quarantined += n
-	return s.w.add(bucketQuarantine, key, value)
+// deadLetter copies an intact dead-letter entry of the old file; it counts
+// in what the new file holds, not in its counts by reason, which carry
+// over. A damaged entry is left behind (Verify reports it).
+func (s *salvager) deadLetter(k, v []byte) error {
+	e, err := decodeDeadEntry(v)
+	if err != nil || len(k) != 8 {
+		return nil
+	}
+	s.st.dlRecords += e.records
+	s.st.dlBytes += uint64(len(v))
+	return s.w.add(bucketDeadLetters, k, v)
+}
+
+// setAside makes a dead-letter entry in the new file for damage found in
+// the old one, counting it by reason.
+func (s *salvager) setAside(key []byte, e *deadEntry) error {
+	e.at = time.Now()
+	v := appendDeadEntry(nil, e)
+	s.st.dlRecords += e.records
+	s.st.dlBytes += uint64(len(v))
+	s.st.countDead(e.reason, e.records)
+	return s.w.add(bucketDeadLetters, key, v)
 }
 
 // finish writes what is left and the counters, and syncs the file.
@@ -704,8 +731,12 @@ func (s *salvager) finish() error {
 	if s.st.count == 0 {
 		s.st.head = s.st.next
 	}
-	s.st.quarantined += s.old.quarantined
+	for r, n := range s.old.deadLettered {
+		s.st.countDead(r, n)
+	}
 	s.st.dropBytes, s.st.dropAge, s.st.dropPurged = s.old.dropBytes, s.old.dropAge, s.old.dropPurged
+	s.st.dropDLLimit, s.st.dropDLPurged = s.old.dropDLLimit, s.old.dropDLPurged
+	s.st.id = s.old.id
 	err := s.out.Update(func(tx *bolt.Tx) error { return s.st.store(tx.Bucket(bucketMeta)) })
 	if err != nil {
 		return err

@@ -358,7 +358,7 @@ func TestVerifyFindsDamageAndSalvageKeepsTheRest(t *testing.T) {
 	}
 	defer b.Close()
 	st := b.Stats()
-	if st.Records != intact || st.Quarantined != 1+uint64(brokenCount) || st.LastSeq != 400 || st.FirstSeq != 1 {
+	if st.Records != intact || st.DeadLettered[ReasonUndecodable] != 1 || st.DeadLettered[ReasonBrokenBatch] != uint64(brokenCount) || st.ID == "" || st.LastSeq != 400 || st.FirstSeq != 1 {
 		t.Errorf("salvaged stats %+v", st)
 	}
 	got := map[uint64]bool{}

@@ -47,7 +47,7 @@ func TestFIFOMatchesModel(t *testing.T) {
 			var after uint64
 			for {
 				rctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-				recs, err := b.Read(rctx, after, 7, nil)
+				recs, err := b.Read(rctx, after, 7, 0, nil)
 				cancel()
 				if errors.Is(err, context.DeadlineExceeded) {
 					break
@@ -196,7 +196,7 @@ func TestMaxAgeDropsOldRecords(t *testing.T) {
 	}
 }
 
-func TestQuarantineInsideBatch(t *testing.T) {
+func TestDeadLetterInsideBatch(t *testing.T) {
 	b, _ := openTest(t)
 	ctx := context.Background()
 	var seqs []uint64
@@ -209,7 +209,7 @@ func TestQuarantineInsideBatch(t *testing.T) {
 	for range 10 {
 		<-done
 	}
-	b.Quarantine(5, errors.New("rejected"))
+	b.DeadLetter(5, "rejected", errors.New("rejected"))
 	if err := b.flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -219,10 +219,10 @@ func TestQuarantineInsideBatch(t *testing.T) {
 	}
 	for _, r := range got {
 		if r.Seq == 5 {
-			t.Fatal("quarantined record still read")
+			t.Fatal("dead-lettered record still read")
 		}
 	}
-	if st := b.Stats(); st.Quarantined != 1 || st.Records != 9 {
+	if st := b.Stats(); st.DeadLettered["rejected"] != 1 || st.DeadLetterRecords != 1 || st.Records != 9 {
 		t.Fatalf("stats %+v", st)
 	}
 }

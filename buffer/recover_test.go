@@ -136,9 +136,9 @@ func TestLockedFileIsNotMovedAside(t *testing.T) {
 	}
 }
 
-// A batch whose header is unreadable is quarantined whole, counted, when a
+// A batch whose header is unreadable is dead-lettered whole, counted, when a
 // release or a limit reaches it; never deleted uncounted.
-func TestBrokenBatchHeaderIsQuarantinedNotDropped(t *testing.T) {
+func TestBrokenBatchHeaderIsDeadLetteredNotDropped(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "buffer.db")
 	fill(t, path, 3)                                     // three commits: batches at seq 1, 2 and 3
 	damageBatch(t, path, 2, func(v []byte) { v[0] = 0 }) // not a batch any more
@@ -152,8 +152,8 @@ func TestBrokenBatchHeaderIsQuarantinedNotDropped(t *testing.T) {
 	if err := b.flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if st := b.Stats(); st.Records != 0 || st.Quarantined != 1 {
-		t.Fatalf("stats %+v, want 0 records and the broken batch's record quarantined", st)
+	if st := b.Stats(); st.Records != 0 || st.DeadLettered[ReasonBrokenBatch] != 1 || st.DeadLetterRecords != 1 {
+		t.Fatalf("stats %+v, want 0 records and the broken batch's record dead-lettered", st)
 	}
 	b.Close()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
@@ -162,8 +162,8 @@ func TestBrokenBatchHeaderIsQuarantinedNotDropped(t *testing.T) {
 	}
 	defer db.Close()
 	db.View(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketQuarantine).Get(seqKey(2)) == nil {
-			t.Error("the broken batch is not in the quarantine bucket")
+		if tx.Bucket(bucketDeadLetters).Get(seqKey(2)) == nil {
+			t.Error("the broken batch is not in the dead-letter bucket")
 		}
 		return nil
 	})

@@ -48,11 +48,11 @@ import (
 type Source interface {
 	// Read returns records with sequence numbers above after, in order,
 	// waiting until there is at least one.
-	Read(ctx context.Context, after uint64, max int, dst []buffer.Record) ([]buffer.Record, error)
+	Read(ctx context.Context, after uint64, maxRecords, maxBytes int, dst []buffer.Record) ([]buffer.Record, error)
 	// Release removes every record up to and including seq.
 	Release(seq uint64)
-	// Quarantine moves a record that can never be delivered aside.
-	Quarantine(seq uint64, reason error)
+	// DeadLetter moves a record that can never be delivered aside.
+	DeadLetter(seq uint64, reason buffer.Reason, detail error)
 	// Stats reports the buffer's counters, for the status record.
 	Stats() buffer.Stats
 }
@@ -331,7 +331,7 @@ func (f *Forwarder) pass(ctx context.Context, cl *kgo.Client, after uint64, isol
 		if space == 0 {
 			break
 		}
-		recs, readErr = f.src.Read(passCtx, after, min(space, maxRead), recs)
+		recs, readErr = f.src.Read(passCtx, after, min(space, maxRead), 16<<20, recs)
 		if readErr != nil {
 			if passCtx.Err() == nil {
 				readErr = fmt.Errorf("%w: %w", errSource, readErr)
@@ -438,7 +438,7 @@ var errStalled = errors.New("Kafka is not acknowledging")
 // quarantine sets a record Kafka will never take aside, counted and logged.
 func (f *Forwarder) quarantine(rec *buffer.Record, reason error) {
 	f.quarantined.Add(1)
-	f.src.Quarantine(rec.Seq, reason)
+	f.src.DeadLetter(rec.Seq, buffer.Reason("rejected"), reason)
 }
 
 // setError records the problem forwarding is retrying, logging it when it

@@ -204,8 +204,8 @@ func TestTooLargeIsQuarantined(t *testing.T) {
 	if st := f.Stats(); st.Quarantined != 1 {
 		t.Fatalf("forward stats %+v, want 1 quarantined", st)
 	}
-	if st := b.Stats(); st.Quarantined != 1 {
-		t.Fatalf("buffer stats %+v, want 1 quarantined", st)
+	if st := b.Stats(); st.DeadLettered["rejected"] != 1 {
+		t.Fatalf("buffer stats %+v, want 1 dead-lettered", st)
 	}
 }
 
@@ -254,12 +254,12 @@ type releases struct {
 	got []uint64
 }
 
-func (r *releases) Read(context.Context, uint64, int, []buffer.Record) ([]buffer.Record, error) {
+func (r *releases) Read(context.Context, uint64, int, int, []buffer.Record) ([]buffer.Record, error) {
 	return nil, errors.New("unused")
 }
-func (r *releases) Release(seq uint64)       { r.mu.Lock(); r.got = append(r.got, seq); r.mu.Unlock() }
-func (r *releases) Quarantine(uint64, error) {}
-func (r *releases) Stats() buffer.Stats      { return buffer.Stats{} }
+func (r *releases) Release(seq uint64)                      { r.mu.Lock(); r.got = append(r.got, seq); r.mu.Unlock() }
+func (r *releases) DeadLetter(uint64, buffer.Reason, error) {}
+func (r *releases) Stats() buffer.Stats                     { return buffer.Stats{} }
 
 // The window releases only the acknowledged prefix, whatever order the
 // acknowledgements come in, and stops at a failure.
@@ -389,8 +389,8 @@ func TestRejectedRecordIsIsolatedAndQuarantined(t *testing.T) {
 	if fmt.Sprint(firsts) != "[0 1 2 3 4 5]" {
 		t.Fatalf("first deliveries %v, want [0 1 2 3 4 5]", firsts)
 	}
-	if st := b.Stats(); st.Quarantined != 1 {
-		t.Fatalf("buffer stats %+v, want the rejected record quarantined", st)
+	if st := b.Stats(); st.DeadLettered["rejected"] != 1 {
+		t.Fatalf("buffer stats %+v, want the rejected record dead-lettered", st)
 	}
 }
 

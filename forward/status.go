@@ -47,7 +47,7 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 	var last time.Time
 	for {
 		bs := f.src.Stats()
-		changed := !maps.Equal(bs.Dropped, sent.Dropped) || bs.Quarantined != sent.Quarantined
+		changed := !maps.Equal(bs.Dropped, sent.Dropped) || deadLettered(bs) != sent.Quarantined
 		if last.IsZero() || changed || time.Since(last) >= f.cfg.StatusInterval {
 			st := f.status(bs)
 			if err := f.sendStatus(ctx, cl, st); err != nil {
@@ -78,12 +78,21 @@ func (f *Forwarder) status(bs buffer.Stats) Status {
 		BufferedRecords: bs.Records,
 		BufferedBytes:   bs.Bytes,
 		Dropped:         bs.Dropped,
-		Quarantined:     bs.Quarantined,
+		Quarantined:     deadLettered(bs),
 		CorruptFiles:    bs.CorruptFiles,
 		Unrouted:        fs.Unrouted,
 		Delivered:       fs.Delivered,
 		LastError:       fs.LastError,
 	}
+}
+
+// deadLettered is the buffer's dead-lettered records, all reasons.
+func deadLettered(bs buffer.Stats) uint64 {
+	var n uint64
+	for _, c := range bs.DeadLettered {
+		n += c
+	}
+	return n
 }
 
 func (f *Forwarder) sendStatus(ctx context.Context, cl *kgo.Client, st Status) error {

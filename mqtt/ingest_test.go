@@ -220,7 +220,7 @@ func TestRecordKeepsProperties(t *testing.T) {
 	}
 	ctx, stop := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stop()
-	recs, err := buf.Read(ctx, 0, 10, nil)
+	recs, err := buf.Read(ctx, 0, 10, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

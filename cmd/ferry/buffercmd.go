@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -31,14 +33,14 @@ need ferry stopped.
 commands:
   stats    [--json]             records, bytes, oldest and newest age, file
                                 size, bytes in use (what max_bytes bounds),
-                                retired and free space, quarantined, drops
+                                retired and free space, dead letters, drops
   peek     [-n N] [--json]      the next N records (default 10) from the head
   verify   [--salvage NEW]      bbolt's consistency check (offline only) and
                                 every batch's and record's checksum; exit 1
                                 on damage. --salvage copies every intact
                                 record (same sequence numbers) into the new
                                 buffer file NEW and sets the damaged ones
-                                aside in its quarantine; stop ferry, then
+                                aside in its dead-letter bucket; stop ferry, then
                                 move NEW over the buffer file to use it.
   export   [-o FILE]            every record as JSON lines (default stdout);
                                 exit 1 if some could not be read
@@ -242,12 +244,24 @@ func (c *bufferCmd) stats(args []string) int {
 	fmt.Fprintf(w, "reclaimable  %s (%.0f%% of the file; ferry buffer compact gives it back)\n",
 		sizeOf(int64(info.FreeFraction()*float64(info.FileSize))), 100*info.FreeFraction())
 	fmt.Fprintf(w, "free pages   %d free, %d pending, page size %d\n", info.FreePages, info.PendingPages, info.PageSize)
-	fmt.Fprintf(w, "quarantined  %d\n", info.Quarantined)
+	fmt.Fprintf(w, "dead letters %d records held (%s, not counted in max_bytes)", info.DeadLetterRecords, sizeOf(int64(info.DeadLetterBytes)))
+	if reasons := slices.Sorted(maps.Keys(info.DeadLettered)); len(reasons) > 0 {
+		fmt.Fprint(w, "; dead-lettered ever:")
+		for i, r := range reasons {
+			if i > 0 {
+				fmt.Fprint(w, ",")
+			}
+			fmt.Fprintf(w, " %s %d", r, info.DeadLettered[r])
+		}
+	}
+	fmt.Fprintln(w)
 	for _, f := range info.CorruptFiles {
 		fmt.Fprintf(w, "moved aside  %s (damaged; kept for inspection with ferry buffer --path)\n", f)
 	}
-	fmt.Fprintf(w, "dropped      max_bytes %d, max_age %d, purged %d\n",
-		info.Dropped[buffer.DropMaxBytes], info.Dropped[buffer.DropMaxAge], info.Dropped[buffer.DropPurged])
+	fmt.Fprintf(w, "dropped      max_bytes %d, max_age %d, purged %d, dead_letter_limit %d, dead_letter_purged %d\n",
+		info.Dropped[buffer.DropMaxBytes], info.Dropped[buffer.DropMaxAge], info.Dropped[buffer.DropPurged],
+		info.Dropped[buffer.DropDeadLetterLimit], info.Dropped[buffer.DropDeadLetterPurged])
+	fmt.Fprintf(w, "log id       %s\n", info.ID)
 	return exitOK
 }
 
@@ -375,7 +389,7 @@ func (c *bufferCmd) salvage(dst string) int {
 	if err != nil {
 		return c.fail(err)
 	}
-	fmt.Fprintf(c.stdout, "salvaged %d records into %s; %d unreadable set aside in its quarantine\n", n, dst, rep.Unreadable())
+	fmt.Fprintf(c.stdout, "salvaged %d records into %s; %d unreadable set aside in its dead-letter bucket\n", n, dst, rep.Unreadable())
 	fmt.Fprintf(c.stdout, "to use it, with ferry stopped: mv %s %s\n", dst, c.path)
 	if verr != nil {
 		return c.fail(verr)
