@@ -36,6 +36,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -95,12 +96,18 @@ type Options struct {
 	// QueueSize is how many appends may wait for the committer; Append blocks
 	// beyond it (backpressure). Default 16384.
 	QueueSize int
+	// QueueBytes bounds the encoded bytes of the appends waiting for the
+	// committer: Append blocks while its record would take them above
+	// QueueBytes, unless none wait, so a record larger than QueueBytes
+	// still goes through, alone. Default 16 MiB.
+	QueueBytes int
 	// SyncInterval, if above zero, makes the committer commit (and fsync) at
 	// most once per interval. Callbacks still wait for the fsync.
 	SyncInterval time.Duration
 	// MaxBytes bounds the disk space the buffer occupies: the pages of the
-	// file that hold data (records, retired batches, the quarantine and
-	// bbolt's tree), not counting free pages, which bbolt reuses. It is
+	// file that hold data (records, retired batches and bbolt's tree), not
+	// counting free pages, which bbolt reuses, nor the dead-letter bucket,
+	// which MaxDeadLetterBytes bounds on its own. It is
 	// enforced on the records' encoded size scaled by the file's overhead
 	// as measured at the previous commit (see diskRatio), so it holds to
 	// within about one commit; below 1 MiB of records it counts their
@@ -111,6 +118,14 @@ type Options struct {
 	WhenFull WhenFull
 	// MaxAge drops records received longer ago than this; 0: never.
 	MaxAge time.Duration
+	// MaxDeadLetterBytes bounds the dead-letter bucket's stored entry
+	// bytes. When a commit leaves more, the oldest entries (lowest sequence
+	// numbers) are deleted and their records counted as dropped for
+	// DropDeadLetterLimit; an entry larger than the bound is not kept. It
+	// is apart from MaxBytes: the file holds up to MaxBytes of FIFO plus
+	// MaxDeadLetterBytes of dead letters, so dead letters never push live
+	// records out. Default (0) 64 MiB; negative: no bound.
+	MaxDeadLetterBytes int64
 	// CompactMinSize and CompactMinFree: when a commit empties the buffer
 	// and the file is at least CompactMinSize bytes with at least
 	// CompactMinFree of it free, the committer rewrites it compactly
@@ -118,7 +133,7 @@ type Options struct {
 	// CompactMinSize turns it off.
 	CompactMinSize int64
 	CompactMinFree float64
-	// Logger receives quarantine, drop and commit-failure events.
+	// Logger receives dead-letter, drop and commit-failure events.
 	// Default: discard.
 	Logger *slog.Logger
 	// Now is the clock for MaxAge. Default time.Now.
@@ -134,6 +149,12 @@ func (o *Options) setDefaults() {
 	}
 	if o.QueueSize <= 0 {
 		o.QueueSize = 16384
+	}
+	if o.QueueBytes <= 0 {
+		o.QueueBytes = 16 << 20
+	}
+	if o.MaxDeadLetterBytes == 0 {
+		o.MaxDeadLetterBytes = 64 << 20
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -292,9 +313,19 @@ type Buffer struct {
 	closeMu sync.RWMutex // held shared while sending to reqs; exclusive to close
 	closed  bool
 
+	qmu      sync.Mutex
+	queued   int           // encoded bytes of the appends not yet committed (QueueBytes)
+	dequeued chan struct{} // if not nil, an append waits: closed when queued falls
+
 	// credit is the committer's own: bytes of retired batches deleted
 	// beyond what appends have taken since, so free pages bbolt still has.
 	credit uint64
+	// dlDisk is the committer's own: the bytes of the pages the
+	// dead-letter bucket takes, measured at the start of the commit after
+	// one that changed the bucket (dlStale): inside the commit that
+	// changes it, bbolt has not laid out its pages yet.
+	dlDisk  uint64
+	dlStale bool
 
 	mu        sync.Mutex // guards the fields below
 	st        state
@@ -303,6 +334,7 @@ type Buffer struct {
 	corrupt   int                // files moved aside next to path, at Open
 	releaseTo uint64             // Release target not yet applied
 	toDead    map[uint64]deadReq // DeadLetter requests not yet applied
+	deadOps   []deadOp           // replays and purges of dead letters not yet applied
 	changed   chan struct{}      // closed and replaced after every commit
 	lastDrop  time.Time          // last time a drop was logged
 }
@@ -348,14 +380,15 @@ func Open(path string, opts Options) (*Buffer, error) {
 		if err != nil {
 			return err
 		}
-		if _, err := tx.CreateBucketIfNotExists(bucketDeadLetters); err != nil {
-			return err
-		}
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err
 		}
 		b.st.load(meta)
+		if err := migrateQuarantine(tx, &b.st, opts.Now()); err != nil {
+			return fmt.Errorf("move the quarantine to the dead-letter bucket: %w", err)
+		}
+		b.dlStale = true
 		if b.st.id == "" {
 			if b.st.id, err = newID(); err != nil {
 				return err
@@ -394,12 +427,52 @@ func (b *Buffer) Append(rec *Record, done func(seq uint64, err error)) error {
 	if b.closed {
 		return ErrClosed
 	}
+	if err := b.reserve(len(val)); err != nil {
+		return err
+	}
 	select {
 	case b.reqs <- appendReq{val: val, done: done}:
 		return nil
 	case <-b.quit: // Close was called while the queue was full
+		b.unreserve(len(val))
 		return ErrClosed
 	}
+}
+
+// reserve waits until n more bytes fit in QueueBytes (or none are queued)
+// and counts them as queued.
+func (b *Buffer) reserve(n int) error {
+	b.qmu.Lock()
+	for b.queued > 0 && b.queued+n > b.opts.QueueBytes {
+		if b.dequeued == nil {
+			b.dequeued = make(chan struct{})
+		}
+		ch := b.dequeued
+		b.qmu.Unlock()
+		select {
+		case <-ch:
+		case <-b.quit: // Close was called while the queue was full
+			return ErrClosed
+		}
+		b.qmu.Lock()
+	}
+	b.queued += n
+	b.qmu.Unlock()
+	return nil
+}
+
+// unreserve takes n bytes off the queue and wakes the appends waiting.
+func (b *Buffer) unreserve(n int) {
+	if n == 0 {
+		return
+	}
+	b.qmu.Lock()
+	b.queued -= n
+	if b.dequeued != nil {
+		close(b.dequeued)
+		b.dequeued = nil
+	}
+	b.qmu.Unlock()
 }
 
 // AppendWait appends rec and waits until it is durable.
@@ -643,10 +716,12 @@ const ratioMinBytes = 1 << 20
 // neither free nor pending, over the records' encoded size and the retired
 // batches' size (their pages are in use until reclaimed). It reflects
 // what the commits before left on disk: batch framing, leaf pages' unused
-// tails, branch pages, the quarantine bucket.
-func diskRatio(tx *bolt.Tx, st state) float64 {
+// tails, branch pages. The dead-letter bucket's pages (dlDisk) are left
+// out: MaxBytes does not count them.
+func diskRatio(tx *bolt.Tx, st state, dlDisk uint64) float64 {
 	if data := st.bytes + st.retired; data >= ratioMinBytes {
-		return max(float64(usedBytes(tx))/float64(data), 1)
+		used := uint64(max(usedBytes(tx), 0))
+		return max(float64(used-min(used, dlDisk))/float64(data), 1)
 	}
 	return 1
 }
@@ -780,28 +855,41 @@ func (b *Buffer) commit(batch []appendReq) {
 	st := b.st.clone()
 	ratio := b.ratio
 	credit := b.credit
+	dlDisk, dlStale := b.dlDisk, b.dlStale
 	releaseTo := b.releaseTo
 	var dead map[uint64]deadReq
 	if len(b.toDead) > 0 {
 		dead, b.toDead = b.toDead, map[uint64]deadReq{}
 	}
+	ops := b.deadOps
+	b.deadOps = nil
 	b.mu.Unlock()
+	queued := 0
+	for _, r := range batch {
+		queued += len(r.val)
+	}
+	b.unreserve(queued) // in the committer's hands now
+	dlLimit, dlBounded := uint64(b.opts.MaxDeadLetterBytes), b.opts.MaxDeadLetterBytes > 0
 
 	budget, bounded := b.recordBudget(ratio)
 	limits := bounded && b.opts.WhenFull == DropOldest && st.bytes > budget || b.expired(st)
-	if len(batch) == 0 && len(dead) == 0 && releaseTo < st.head && !limits {
+	limits = limits || dlBounded && st.dlBytes > dlLimit
+	if len(batch) == 0 && len(dead) == 0 && len(ops) == 0 && releaseTo < st.head && !limits {
 		return
 	}
-	var dropped [2]uint64 // max_bytes, max_age
+	var dropped [3]uint64 // max_bytes, max_age, dead_letter_limit
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		batches := tx.Bucket(bucketBatches)
 		batches.FillPercent = 0.95 // keys only ever grow: pack pages
+		if dlStale {
+			dlDisk, dlStale = deadLetterDisk(tx), false
+		}
 		if bounded {
-			ratio = diskRatio(tx, st)
+			ratio = diskRatio(tx, st, dlDisk)
 			budget, _ = b.recordBudget(ratio)
 		}
-		for seq, r := range dead {
-			if err := deadLetterTx(tx, &st, seq, r); err != nil {
+		for _, seq := range slices.Sorted(maps.Keys(dead)) { // in key order: packed pages
+			if err := deadLetterTx(tx, &st, seq, dead[seq]); err != nil {
 				return err
 			}
 		}
@@ -829,6 +917,11 @@ func (b *Buffer) commit(batch []appendReq) {
 			st.count += uint64(len(recs))
 			st.bytes += uint64(size)
 			recs, size = recs[:0], 0
+		}
+		for _, op := range ops { // after the appends: their callbacks count on the sequence numbers
+			if err := op.fn(tx, &st); err != nil {
+				return err
+			}
 		}
 		if releaseTo >= st.head {
 			if _, err := dropPrefix(tx, &st, releaseTo); err != nil {
@@ -858,6 +951,14 @@ func (b *Buffer) commit(batch []appendReq) {
 			}
 			dropped[0] = n
 		}
+		if dlBounded {
+			n, err := limitDeadLetters(tx, &st, dlLimit)
+			if err != nil {
+				return err
+			}
+			dropped[2] = n
+		}
+		dlStale = dlStale || len(dead) > 0 || len(ops) > 0 || dropped[2] > 0
 		// Make room for what was appended from retired batches (less what
 		// earlier deletions left free), and bring the live and retired
 		// data within the budget.
@@ -887,6 +988,9 @@ func (b *Buffer) commit(batch []appendReq) {
 		for _, r := range batch {
 			r.done(0, err)
 		}
+		for _, op := range ops {
+			op.done <- err
+		}
 		return
 	}
 	b.mu.Lock()
@@ -897,21 +1001,25 @@ func (b *Buffer) commit(batch []appendReq) {
 	b.st = st
 	b.ratio = ratio
 	b.credit = credit
+	b.dlDisk, b.dlStale = dlDisk, dlStale
 	b.commits++
 	// Wake readers: new records, or records gone (released, dropped,
 	// dead-lettered) that a reader may be waiting behind.
 	close(b.changed)
 	b.changed = make(chan struct{})
-	logDrop := dropped != [2]uint64{} && time.Since(b.lastDrop) > 10*time.Second
+	logDrop := dropped != [3]uint64{} && time.Since(b.lastDrop) > 10*time.Second
 	if logDrop {
 		b.lastDrop = time.Now()
 	}
 	b.mu.Unlock()
 	if logDrop {
 		b.log.Warn("buffer: limit reached; oldest records dropped",
-			"dropped_max_bytes", dropped[0], "dropped_max_age", dropped[1],
-			"total_max_bytes", st.dropBytes, "total_max_age", st.dropAge,
-			"max_bytes", b.opts.MaxBytes, "max_age", b.opts.MaxAge)
+			"dropped_max_bytes", dropped[0], "dropped_max_age", dropped[1], "dropped_dead_letter_limit", dropped[2],
+			"total_max_bytes", st.dropBytes, "total_max_age", st.dropAge, "total_dead_letter_limit", st.dropDLLimit,
+			"max_bytes", b.opts.MaxBytes, "max_age", b.opts.MaxAge, "max_dead_letter_bytes", b.opts.MaxDeadLetterBytes)
+	}
+	for _, op := range ops {
+		op.done <- nil
 	}
 	seq := seq0
 	for _, r := range batch {

@@ -259,6 +259,7 @@ func (b *Buffer) compactIfSparse() {
 	b.st.retired = 0
 	b.mu.Unlock()
 	b.credit = 0
+	b.dlStale = true // the new file's pages are packed
 	var after int64
 	if fi, err := os.Stat(b.path); err == nil {
 		after = fi.Size()

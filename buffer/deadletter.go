@@ -9,9 +9,11 @@ package buffer
 // the same transaction that moves them.
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"time"
@@ -156,7 +158,8 @@ func decodeDeadEntry(v []byte) (deadEntry, error) {
 	return e, nil
 }
 
-// putDeadLetter stores e under key and counts it.
+// putDeadLetter stores e under key and adds it to what the bucket holds;
+// the caller counts it by reason.
 func putDeadLetter(tx *bolt.Tx, st *state, key []byte, e *deadEntry) error {
 	dl := tx.Bucket(bucketDeadLetters)
 	if old := dl.Get(key); old != nil { // replaced: uncount what it held
@@ -166,12 +169,12 @@ func putDeadLetter(tx *bolt.Tx, st *state, key []byte, e *deadEntry) error {
 		st.dlBytes -= min(st.dlBytes, uint64(len(old)))
 	}
 	v := appendDeadEntry(make([]byte, 0, 32+len(e.reason)+len(e.detail)+len(e.body)), e)
+	dl.FillPercent = 0.95 // keys mostly come in order: pack pages
 	if err := dl.Put(append([]byte(nil), key...), v); err != nil {
 		return err
 	}
 	st.dlRecords += e.records
 	st.dlBytes += uint64(len(v))
-	st.countDead(e.reason, e.records)
 	return nil
 }
 
@@ -197,6 +200,7 @@ func deadLetterBatch(tx *bolt.Tx, st *state, k, v []byte, recs [][]byte, perr er
 	if perr != nil {
 		detail = perr.Error()
 	}
+	st.countDead(ReasonBrokenBatch, live)
 	return putDeadLetter(tx, st, k, &deadEntry{reason: ReasonBrokenBatch, detail: detail, at: at, records: live, batch: true, body: v})
 }
 
@@ -235,6 +239,7 @@ func deadLetterTx(tx *bolt.Tx, st *state, seq uint64, r deadReq) error {
 	if err := putDeadLetter(tx, st, seqKey(seq), &deadEntry{reason: r.reason, detail: r.detail, at: r.at, records: 1, body: raw}); err != nil {
 		return err
 	}
+	st.countDead(r.reason, 1)
 	st.count--
 	st.bytes -= uint64(len(raw))
 	kept := make([][]byte, len(recs))
@@ -249,4 +254,523 @@ func (s *state) countDead(reason Reason, n uint64) {
 		s.deadLettered = map[Reason]uint64{}
 	}
 	s.deadLettered[reason] += n
+}
+
+// DeadLetterFilter selects dead-letter entries. The zero value selects all
+// of them; each field set narrows the selection.
+type DeadLetterFilter struct {
+	Reason Reason // only entries with this reason
+	Seq    uint64 // only the entry under this sequence number
+}
+
+func (f DeadLetterFilter) match(seq uint64, e *deadEntry) bool {
+	return (f.Seq == 0 || f.Seq == seq) && (f.Reason == "" || f.Reason == e.reason)
+}
+
+// DeadLetterEntry is one entry of the dead-letter bucket.
+type DeadLetterEntry struct {
+	// Seq is the record's sequence number in the FIFO it left; for a
+	// broken batch, the batch's first.
+	Seq            uint64
+	Reason         Reason
+	Detail         string // the error text given with the reason
+	DeadLetteredAt time.Time
+	// Records is how many records the entry accounts for: 1, or the live
+	// records in a broken batch's range.
+	Records uint64
+	// Size is the entry's stored size, what MaxDeadLetterBytes bounds.
+	Size int
+	// Record is the record, with Seq set; nil when the stored bytes cannot
+	// be decoded (ReasonUndecodable, ReasonBrokenBatch). Then Raw holds
+	// them as stored (an encoded record, or a whole batch) and Err says
+	// why.
+	Record *Record
+	Raw    []byte
+	Err    string
+}
+
+// entry turns a stored entry into its public form, copying what it keeps.
+func (e *deadEntry) entry(seq uint64, size int) DeadLetterEntry {
+	d := DeadLetterEntry{Seq: seq, Reason: e.reason, Detail: e.detail, DeadLetteredAt: e.at, Records: e.records, Size: size}
+	if e.batch {
+		d.Raw, d.Err = append([]byte(nil), e.body...), "a whole batch whose framing is broken"
+		return d
+	}
+	r, err := decode(e.body)
+	if err != nil {
+		d.Raw, d.Err = append([]byte(nil), e.body...), err.Error()
+		return d
+	}
+	r.Seq = seq
+	d.Record = &r
+	return d
+}
+
+// EachDeadLetter calls fn with every dead-letter entry f selects, in
+// sequence order, outside any transaction, and stops at the first error fn
+// returns, which it returns. It reads in short read transactions beside the
+// committer. damaged counts entries whose own header or checksum is
+// damaged, which are not passed to fn (Verify names them).
+func (b *Buffer) EachDeadLetter(f DeadLetterFilter, fn func(DeadLetterEntry) error) (damaged uint64, err error) {
+	return b.view().eachDeadLetter(f, fn)
+}
+
+// EachDeadLetter is Buffer.EachDeadLetter for a file at rest.
+func (r *ReadOnly) EachDeadLetter(f DeadLetterFilter, fn func(DeadLetterEntry) error) (damaged uint64, err error) {
+	return r.v.eachDeadLetter(f, fn)
+}
+
+func (v fileView) eachDeadLetter(f DeadLetterFilter, fn func(DeadLetterEntry) error) (damaged uint64, err error) {
+	var after []byte // key of the last entry visited
+	for {
+		var got []DeadLetterEntry
+		done := false
+		err := v.viewTx(func(tx *bolt.Tx) error {
+			dl := tx.Bucket(bucketDeadLetters)
+			if dl == nil {
+				done = true
+				return nil
+			}
+			c := dl.Cursor()
+			k, val := c.First()
+			switch {
+			case f.Seq != 0 && after == nil:
+				k, val = c.Seek(seqKey(f.Seq))
+			case after != nil:
+				if k, val = c.Seek(after); k != nil && string(k) == string(after) {
+					k, val = c.Next()
+				}
+			}
+			for ; k != nil && len(got) < scanChunk; k, val = c.Next() {
+				after = append(after[:0], k...)
+				if len(k) != 8 {
+					damaged++
+					continue
+				}
+				seq := binary.BigEndian.Uint64(k)
+				if f.Seq != 0 && seq != f.Seq {
+					k = nil
+					break
+				}
+				e, err := decodeDeadEntry(val)
+				if err != nil {
+					if f.Reason == "" {
+						damaged++
+					}
+					continue
+				}
+				if f.match(seq, &e) {
+					got = append(got, e.entry(seq, len(val)))
+				}
+			}
+			done = k == nil
+			return nil
+		})
+		if err != nil {
+			return damaged, fmt.Errorf("read dead letters of buffer %s: %w", v.path, err)
+		}
+		for _, e := range got {
+			if err := fn(e); err != nil {
+				if errors.Is(err, errStop) {
+					return damaged, nil
+				}
+				return damaged, err
+			}
+		}
+		if done {
+			return damaged, nil
+		}
+	}
+}
+
+// ReplayResult is what a replay of dead letters did.
+type ReplayResult struct {
+	// Replayed is how many records went back into the FIFO, with the new
+	// sequence numbers FirstSeq to LastSeq (0 when none).
+	Replayed uint64 `json:"replayed"`
+	FirstSeq uint64 `json:"first_seq"`
+	LastSeq  uint64 `json:"last_seq"`
+	// Kept is how many selected entries stayed in the bucket because their
+	// record cannot be decoded (ReasonUndecodable, ReasonBrokenBatch, a
+	// damaged entry): there is nothing to deliver.
+	Kept uint64 `json:"kept"`
+}
+
+// ReplayDeadLetters moves the dead-letter entries f selects back into the
+// FIFO, as new records at the tail: new sequence numbers, after every
+// record already buffered, each with its original receive time, topic,
+// payload and properties. They leave the bucket in the same transaction,
+// written by the committer with the next commit; it returns once that
+// commit is durable, or with ctx's error (the replay may still happen).
+// The records count as appended: MaxBytes and MaxAge apply to them (a
+// record older than MaxAge is dropped again at once). Fix what made them
+// fail first, or they come back.
+func (b *Buffer) ReplayDeadLetters(ctx context.Context, f DeadLetterFilter) (ReplayResult, error) {
+	var res ReplayResult
+	err := b.deadLetterOp(ctx, func(tx *bolt.Tx, st *state) (err error) {
+		res, err = replayTx(tx, st, f)
+		return err
+	})
+	if err != nil {
+		return res, fmt.Errorf("replay dead letters of buffer %s: %w", b.path, err)
+	}
+	return res, nil
+}
+
+// PurgeDeadLetters deletes the dead-letter entries f selects (with a zero
+// filter, damaged entries too) and counts their records as dropped for
+// DropDeadLetterPurged. It is written by the committer with the next
+// commit; it returns once that commit is durable, or with ctx's error (the
+// purge may still happen). It returns how many records it removed.
+func (b *Buffer) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (uint64, error) {
+	var n uint64
+	err := b.deadLetterOp(ctx, func(tx *bolt.Tx, st *state) (err error) {
+		n, err = purgeDeadTx(tx, st, f)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("purge dead letters of buffer %s: %w", b.path, err)
+	}
+	return n, nil
+}
+
+// ReplayDeadLetters is Buffer.ReplayDeadLetters on the file at path while
+// no ferry runs on it: it needs the file to itself and fails with
+// ErrLocked while another process holds it.
+func ReplayDeadLetters(path string, f DeadLetterFilter) (ReplayResult, error) {
+	var res ReplayResult
+	err := offlineUpdate("replay dead letters of buffer", path, func(tx *bolt.Tx, st *state) (err error) {
+		res, err = replayTx(tx, st, f)
+		return err
+	})
+	return res, err
+}
+
+// PurgeDeadLetters is Buffer.PurgeDeadLetters on the file at path while no
+// ferry runs on it: it needs the file to itself and fails with ErrLocked
+// while another process holds it.
+func PurgeDeadLetters(path string, f DeadLetterFilter) (uint64, error) {
+	var n uint64
+	err := offlineUpdate("purge dead letters of buffer", path, func(tx *bolt.Tx, st *state) (err error) {
+		n, err = purgeDeadTx(tx, st, f)
+		return err
+	})
+	return n, err
+}
+
+// offlineUpdate runs fn in one write transaction on the file at path,
+// opened exclusively, and stores the counters fn changed.
+func offlineUpdate(op, path string, fn func(tx *bolt.Tx, st *state) error) error {
+	db, err := openExclusive(op, path)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		st, _, err := readState(tx)
+		if err != nil {
+			return err
+		}
+		if err := migrateQuarantine(tx, &st, time.Now()); err != nil {
+			return err
+		}
+		if err := fn(tx, &st); err != nil {
+			return err
+		}
+		return st.store(tx.Bucket(bucketMeta))
+	})
+	if err == nil {
+		err = db.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", op, path, err)
+	}
+	return nil
+}
+
+// deadOp is a dead-letter operation for the committer to run inside its
+// next write transaction.
+type deadOp struct {
+	fn   func(tx *bolt.Tx, st *state) error
+	done chan error // buffered; gets the commit's outcome
+}
+
+// deadLetterOp has the committer run fn in its next transaction and waits
+// for the commit.
+func (b *Buffer) deadLetterOp(ctx context.Context, fn func(tx *bolt.Tx, st *state) error) error {
+	op := deadOp{fn: fn, done: make(chan error, 1)}
+	b.closeMu.RLock()
+	if b.closed {
+		b.closeMu.RUnlock()
+		return ErrClosed
+	}
+	b.mu.Lock()
+	b.deadOps = append(b.deadOps, op)
+	b.mu.Unlock()
+	b.closeMu.RUnlock()
+	b.signal()
+	select {
+	case err := <-op.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// replayTx moves the selected entries whose record can be decoded back
+// into the FIFO at st.next, in batches of about maxBatchBytes.
+func replayTx(tx *bolt.Tx, st *state, f DeadLetterFilter) (ReplayResult, error) {
+	var res ReplayResult
+	dl := tx.Bucket(bucketDeadLetters)
+	var keys [][]byte
+	var recs [][]byte
+	var gone uint64 // entry bytes
+	err := selectDead(dl, f, func(k, v []byte, e *deadEntry, err error) error {
+		if err != nil || e.batch {
+			res.Kept++
+			return nil
+		}
+		if _, err := decode(e.body); err != nil {
+			res.Kept++
+			return nil
+		}
+		keys = append(keys, k)
+		recs = append(recs, append([]byte(nil), e.body...))
+		gone += uint64(len(v))
+		return nil
+	})
+	if err != nil {
+		return res, err
+	}
+	for _, k := range keys {
+		if err := dl.Delete(k); err != nil {
+			return res, err
+		}
+	}
+	st.dlRecords -= min(st.dlRecords, uint64(len(keys)))
+	st.dlBytes -= min(st.dlBytes, gone)
+	if len(recs) == 0 {
+		return res, nil
+	}
+	res.Replayed, res.FirstSeq = uint64(len(recs)), st.next
+	batches := tx.Bucket(bucketBatches)
+	for len(recs) > 0 {
+		n, size := 0, 0
+		for n < len(recs) && (n == 0 || size < maxBatchBytes) {
+			size += len(recs[n])
+			n++
+		}
+		if err := batches.Put(seqKey(st.next), appendBatch(make([]byte, 0, batchSize(recs[:n])), recs[:n])); err != nil {
+			return res, err
+		}
+		st.next += uint64(n)
+		st.count += uint64(n)
+		st.bytes += uint64(size)
+		recs = recs[n:]
+	}
+	res.LastSeq = st.next - 1
+	return res, nil
+}
+
+// purgeDeadTx deletes the selected entries, counting their records as
+// dropped for DropDeadLetterPurged.
+func purgeDeadTx(tx *bolt.Tx, st *state, f DeadLetterFilter) (uint64, error) {
+	dl := tx.Bucket(bucketDeadLetters)
+	var keys [][]byte
+	var records, size uint64
+	err := selectDead(dl, f, func(k, v []byte, e *deadEntry, err error) error {
+		n := uint64(1) // a damaged entry: its count is unknown
+		if err == nil {
+			n = e.records
+		}
+		keys = append(keys, k)
+		records += n
+		size += uint64(len(v))
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range keys {
+		if err := dl.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	st.dlRecords -= min(st.dlRecords, records)
+	st.dlBytes -= min(st.dlBytes, size)
+	st.dropDLPurged += records
+	return records, nil
+}
+
+// selectDead calls fn with every entry f selects, in key order; keys are
+// copied. A damaged entry (err set, e zero) is selected only by a filter
+// without a reason.
+func selectDead(dl *bolt.Bucket, f DeadLetterFilter, fn func(k, v []byte, e *deadEntry, err error) error) error {
+	c := dl.Cursor()
+	k, v := c.First()
+	if f.Seq != 0 {
+		k, v = c.Seek(seqKey(f.Seq))
+	}
+	for ; k != nil; k, v = c.Next() {
+		seq := uint64(0)
+		if len(k) == 8 {
+			seq = binary.BigEndian.Uint64(k)
+		}
+		if f.Seq != 0 && seq != f.Seq {
+			return nil
+		}
+		e, err := decodeDeadEntry(v)
+		if err != nil && f.Reason != "" || err == nil && !f.match(seq, &e) {
+			continue
+		}
+		if err := fn(append([]byte(nil), k...), v, &e, err); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deadLetterDisk is the bytes of the pages the dead-letter bucket takes:
+// what MaxBytes leaves out. It visits every page of the bucket (bounded by
+// MaxDeadLetterBytes), so the committer measures it only after a commit
+// changed the bucket. In a write transaction it sees the pages as the last
+// commit left them.
+func deadLetterDisk(tx *bolt.Tx) uint64 {
+	dl := tx.Bucket(bucketDeadLetters)
+	if dl == nil {
+		return 0
+	}
+	s := dl.Stats()
+	return uint64(s.BranchAlloc + s.LeafAlloc)
+}
+
+// legacyEntry is the dead-letter entry for value v of the old quarantine
+// bucket: a single record (ReasonUndecodable) or a whole batch
+// (ReasonBrokenBatch, its first byte is a batch's magic).
+func legacyEntry(v []byte, now time.Time) deadEntry {
+	const detail = "moved from the quarantine bucket of an older ferry, which kept no reason"
+	e := deadEntry{reason: ReasonUndecodable, detail: detail, at: now, records: 1, body: v}
+	if len(v) > 0 && v[0] == batchMagic {
+		e.reason, e.batch = ReasonBrokenBatch, true
+		if n, ok := batchCount(v); ok && n > 0 {
+			e.records = uint64(n)
+		}
+	}
+	return e
+}
+
+// limitDeadLetters deletes the oldest entries (lowest sequence numbers)
+// until the bucket holds at most limit bytes, and returns how many records
+// they held; they count as dropped for DropDeadLetterLimit.
+func limitDeadLetters(tx *bolt.Tx, st *state, limit uint64) (uint64, error) {
+	if st.dlBytes <= limit {
+		return 0, nil
+	}
+	dl := tx.Bucket(bucketDeadLetters)
+	c := dl.Cursor()
+	var keys [][]byte
+	var records uint64
+	for k, v := c.First(); k != nil && st.dlBytes > limit; k, v = c.Next() {
+		n := uint64(1)
+		if e, err := decodeDeadEntry(v); err == nil {
+			n = e.records
+		}
+		keys = append(keys, append([]byte(nil), k...))
+		records += n
+		st.dlRecords -= min(st.dlRecords, n)
+		st.dlBytes -= min(st.dlBytes, uint64(len(v)))
+	}
+	for _, k := range keys {
+		if err := dl.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	if k, _ := dl.Cursor().First(); k == nil { // counters that drifted: nothing is left
+		st.dlRecords, st.dlBytes = 0, 0
+	}
+	st.dropDLLimit += records
+	return records, nil
+}
+
+// migrateQuarantine turns the quarantine bucket of a file written before
+// the dead-letter bucket existed into dead-letter entries, and deletes it.
+// A single record becomes ReasonUndecodable, a whole batch (its first byte
+// is a batch's magic) ReasonBrokenBatch. The old file counted both in one
+// total: the records of broken batches are that total less the single
+// records.
+func migrateQuarantine(tx *bolt.Tx, st *state, now time.Time) error {
+	if _, err := tx.CreateBucketIfNotExists(bucketDeadLetters); err != nil {
+		return err
+	}
+	meta := tx.Bucket(bucketMeta)
+	q := tx.Bucket(bucketQuarantine)
+	if q == nil {
+		return nil
+	}
+	total := getUint(meta, keyQuarantined)
+	var singles uint64
+	err := q.ForEach(func(k, v []byte) error {
+		e := legacyEntry(v, now)
+		if !e.batch {
+			singles++
+		}
+		return putDeadLetter(tx, st, k, &e) // counted by reason below, from the old total
+	})
+	if err != nil {
+		return err
+	}
+	st.countDead(ReasonUndecodable, min(singles, total))
+	if total > singles {
+		st.countDead(ReasonBrokenBatch, total-singles)
+	}
+	if err := tx.DeleteBucket(bucketQuarantine); err != nil {
+		return err
+	}
+	return meta.Delete(keyQuarantined)
+}
+
+// deadLetters checks every dead-letter entry and, when full, the
+// dead-letter counters against them: what the bucket holds, and by reason
+// no more than was ever dead-lettered. It reads the bucket in the
+// transaction it is given: the bucket is bounded (MaxDeadLetterBytes).
+func (vf *verifier) deadLetters(tx *bolt.Tx, full bool) {
+	dl := tx.Bucket(bucketDeadLetters)
+	if dl == nil {
+		if tx.Bucket(bucketQuarantine) == nil {
+			vf.rep.problem("the dead-letter bucket is missing")
+		}
+		return // a file from before it: Open moves the quarantine there
+	}
+	var records, size uint64
+	held := map[Reason]uint64{}
+	dl.ForEach(func(k, v []byte) error {
+		vf.rep.DeadLetters++
+		size += uint64(len(v))
+		e, err := decodeDeadEntry(v)
+		if err != nil || len(k) != 8 {
+			vf.rep.problem("dead-letter entry %x: %v", k, err)
+			return nil
+		}
+		if !e.batch {
+			if _, err := decode(e.body); err != nil && e.reason != ReasonUndecodable {
+				vf.rep.problem("dead-letter entry %d (%s): record: %v", binary.BigEndian.Uint64(k), e.reason, err)
+			}
+		}
+		records += e.records
+		held[e.reason] += e.records
+		return nil
+	})
+	if !full {
+		return
+	}
+	st := vf.st
+	if records != st.dlRecords || size != st.dlBytes {
+		vf.rep.problem("meta counts %d dead-letter records of %d bytes; the bucket holds %d of %d bytes",
+			st.dlRecords, st.dlBytes, records, size)
+	}
+	for r, n := range held {
+		if n > st.deadLettered[r] {
+			vf.rep.problem("the dead-letter bucket holds %d records for reason %q; meta counts %d ever dead-lettered", n, r, st.deadLettered[r])
+		}
+	}
 }

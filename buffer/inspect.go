@@ -58,8 +58,9 @@ type Info struct {
 
 	FileSize int64 `json:"file_size"` // bytes on disk
 	PageSize int   `json:"page_size"`
-	// UsedBytes is the part of the file in pages bbolt holds data in
-	// (what Options.MaxBytes bounds), retired batches included.
+	// UsedBytes is the part of the file in pages bbolt holds data in,
+	// retired batches and dead letters included. Options.MaxBytes bounds
+	// it less DeadLetterBytes.
 	UsedBytes int64 `json:"used_bytes"`
 	// RetiredBytes is the size of the retired batches: delivered or
 	// dropped records whose pages new records will reuse. A compaction
@@ -102,6 +103,9 @@ type VerifyReport struct {
 	Batches  int      `json:"batches"` // batch values read
 	Records  uint64   `json:"records"` // live records that are intact
 	Damaged  []Damage `json:"damaged,omitempty"`
+	// DeadLetters is how many dead-letter entries were read; a damaged one
+	// is a problem.
+	DeadLetters int `json:"dead_letters"`
 }
 
 // OK reports whether nothing wrong was found.
@@ -139,7 +143,8 @@ func (b *Buffer) Peek(n int) ([]Record, error) { return b.view().peek(n) }
 // fn.
 func (b *Buffer) Each(fn func(Record) error) (skipped uint64, err error) { return b.view().each(fn) }
 
-// Verify checks every batch's and every live record's checksum, in short
+// Verify checks every batch's, every live record's and every dead-letter
+// entry's checksum, in short
 // read transactions beside the running committer. bbolt's consistency check
 // and the counters check need the file to themselves (bbolt's check is not
 // safe beside a writer, and inside a write transaction it would stall
@@ -199,8 +204,9 @@ func (r *ReadOnly) Each(fn func(Record) error) (skipped uint64, err error) { ret
 
 // Verify runs bbolt's consistency check, checks that the batches are in
 // order and do not overlap, checks every batch's and every live record's
-// checksum, and checks the meta counters against the records found, all in
-// one read transaction. An error means the check could not run to the end;
+// checksum and every dead-letter entry's, and checks the meta counters
+// against the records and dead letters found, all in one read
+// transaction. An error means the check could not run to the end;
 // what it found is in the report either way.
 func (r *ReadOnly) Verify(ctx context.Context) (VerifyReport, error) { return r.v.verify(ctx, true) }
 
@@ -495,6 +501,9 @@ func (v fileView) verify(ctx context.Context, full bool) (VerifyReport, error) {
 				n++
 			}
 			done = k == nil
+			if done {
+				vf.deadLetters(tx, full)
+			}
 			if done && full {
 				if last := vf.prevEnd; last > st.next {
 					vf.rep.problem("meta next_seq %d is not above the last record %d", st.next, last-1)
@@ -548,6 +557,15 @@ func (r *ReadOnly) Salvage(dst string) (copied int, err error) {
 		}
 		if dl := tx.Bucket(bucketDeadLetters); dl != nil {
 			if err := dl.ForEach(s.deadLetter); err != nil {
+				return err
+			}
+		}
+		if q := tx.Bucket(bucketQuarantine); q != nil { // a file from before the dead-letter bucket
+			err := q.ForEach(func(k, v []byte) error {
+				e := legacyEntry(v, time.Now())
+				return s.setAside(k, &e)
+			})
+			if err != nil {
 				return err
 			}
 		}

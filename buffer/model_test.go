@@ -20,7 +20,8 @@ type modelRec struct {
 }
 
 // TestFIFOMatchesModel drives a buffer with random appends, reads, releases,
-// restarts and a MaxBytes limit, and checks it against a plain slice.
+// dead letters, replays, restarts and a MaxBytes limit, and checks it
+// against a plain slice.
 func TestFIFOMatchesModel(t *testing.T) {
 	rapid.Check(t, func(rt *rapid.T) {
 		path := filepath.Join(t.TempDir(), fmt.Sprintf("model-%d.db", time.Now().UnixNano()))
@@ -36,6 +37,8 @@ func TestFIFOMatchesModel(t *testing.T) {
 		var model []modelRec
 		next := uint64(1)
 		var dropped uint64
+		var dead []modelRec // dead-lettered, in sequence order
+		var deadEver uint64
 		modelBytes := func() (n int64) {
 			for _, r := range model {
 				n += int64(r.size)
@@ -70,6 +73,9 @@ func TestFIFOMatchesModel(t *testing.T) {
 			if st.Records != uint64(len(model)) || int64(st.Bytes) != modelBytes() || st.Dropped[DropMaxBytes] != dropped {
 				rt.Fatalf("%s: stats %+v; model %d records, %d bytes, %d dropped", what, st, len(model), modelBytes(), dropped)
 			}
+			if st.DeadLetterRecords != uint64(len(dead)) || st.DeadLettered["model"] != deadEver {
+				rt.Fatalf("%s: stats %+v; model %d dead letters held, %d ever", what, st, len(dead), deadEver)
+			}
 			if st.LastSeq != next-1 {
 				rt.Fatalf("%s: LastSeq %d, want %d", what, st.LastSeq, next-1)
 			}
@@ -103,6 +109,41 @@ func TestFIFOMatchesModel(t *testing.T) {
 					rt.Fatal(err)
 				}
 				model = model[i+1:]
+			},
+			"deadletter": func(rt *rapid.T) {
+				if len(model) == 0 {
+					return
+				}
+				i := rapid.IntRange(0, len(model)-1).Draw(rt, "i")
+				b.DeadLetter(model[i].seq, "model", nil)
+				if err := b.flush(ctx); err != nil {
+					rt.Fatal(err)
+				}
+				j := 0
+				for j < len(dead) && dead[j].seq < model[i].seq {
+					j++
+				}
+				dead = append(dead[:j], append([]modelRec{model[i]}, dead[j:]...)...)
+				model = append(model[:i], model[i+1:]...)
+				deadEver++
+			},
+			"replay": func(rt *rapid.T) {
+				res, err := b.ReplayDeadLetters(ctx, DeadLetterFilter{})
+				if err != nil {
+					rt.Fatal(err)
+				}
+				if res.Replayed != uint64(len(dead)) {
+					rt.Fatalf("replayed %+v, model has %d dead letters", res, len(dead))
+				}
+				for _, r := range dead {
+					model = append(model, modelRec{seq: next, payload: r.payload, size: r.size})
+					next++
+				}
+				dead = nil
+				for maxBytes > 0 && modelBytes() > maxBytes {
+					model = model[1:]
+					dropped++
+				}
 			},
 			"restart": func(rt *rapid.T) {
 				if err := b.Close(); err != nil {
