@@ -8,12 +8,10 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -39,13 +37,25 @@ func newBuffer(t *testing.T) *buffer.Buffer {
 
 func newCluster(t *testing.T, topics ...string) *kfake.Cluster {
 	t.Helper()
+	return newClusterWith(t, 2, nil, topics...)
+}
+
+func newPartitionedCluster(t *testing.T, partitions int, topics ...string) *kfake.Cluster {
+	t.Helper()
+	return newClusterWith(t, partitions, nil, topics...)
+}
+
+// newClusterWith starts a one-broker kfake cluster on loopback with topics
+// of the given number of partitions.
+func newClusterWith(t *testing.T, partitions int, extra []kfake.Opt, topics ...string) *kfake.Cluster {
+	t.Helper()
 	opts := []kfake.Opt{kfake.NumBrokers(1), kfake.ListenFn(func(network, _ string) (net.Listener, error) {
 		return net.Listen(network, "127.0.0.1:0")
 	})}
 	if len(topics) > 0 {
-		opts = append(opts, kfake.SeedTopics(2, topics...))
+		opts = append(opts, kfake.SeedTopics(int32(partitions), topics...))
 	}
-	c, err := kfake.NewCluster(opts...)
+	c, err := kfake.NewCluster(append(opts, extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +196,7 @@ func TestUnroutedIsCountedAndReleased(t *testing.T) {
 	}
 }
 
-func TestTooLargeIsQuarantined(t *testing.T) {
+func TestTooLargeIsDeadLetteredBeforeProducing(t *testing.T) {
 	c := newCluster(t, "t")
 	b := newBuffer(t)
 	if _, err := b.AppendWait(context.Background(), &buffer.Record{Topic: "s/a", Payload: make([]byte, 5000)}); err != nil {
@@ -201,10 +211,10 @@ func TestTooLargeIsQuarantined(t *testing.T) {
 	consume(t, c, "t", 1)
 	waitFor(t, "the buffer to drain", func() bool { return b.Stats().Records == 0 })
 	stop()
-	if st := f.Stats(); st.Quarantined != 1 {
-		t.Fatalf("forward stats %+v, want 1 quarantined", st)
+	if st := f.Stats(); st.DeadLettered[ReasonTooLarge] != 1 {
+		t.Fatalf("forward stats %+v, want 1 dead-lettered", st)
 	}
-	if st := b.Stats(); st.DeadLettered["rejected"] != 1 {
+	if st := b.Stats(); st.DeadLettered[ReasonTooLarge] != 1 {
 		t.Fatalf("buffer stats %+v, want 1 dead-lettered", st)
 	}
 }
@@ -215,14 +225,14 @@ func TestMissingTopicWaitsInBuffer(t *testing.T) {
 	c := newCluster(t)
 	b := newBuffer(t)
 	appendN(t, b, "s/a", 10)
-	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/+", "late", "")},
-		ExtraOpts: []kgo.Opt{kgo.MetadataMinAge(50 * time.Millisecond)}}, b)
+	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/+", "late", "")}}, b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	stop := run(t, f)
 	defer stop()
 	waitFor(t, "an unknown-topic error", func() bool { return strings.Contains(f.Stats().LastError, "UNKNOWN_TOPIC") })
+	time.Sleep(time.Second) // a retry or two
 	if n := b.Stats().Records; n != 10 {
 		t.Fatalf("buffer holds %d records while the topic is missing, want 10", n)
 	}
@@ -247,51 +257,6 @@ func TestMissingTopicWaitsInBuffer(t *testing.T) {
 	}
 	waitFor(t, "the buffer to drain", func() bool { return b.Stats().Records == 0 })
 	waitFor(t, "the error to clear", func() bool { return f.Stats().LastError == "" })
-}
-
-type releases struct {
-	mu  sync.Mutex
-	got []uint64
-}
-
-func (r *releases) Read(context.Context, uint64, int, int, []buffer.Record) ([]buffer.Record, error) {
-	return nil, errors.New("unused")
-}
-func (r *releases) Release(seq uint64)                      { r.mu.Lock(); r.got = append(r.got, seq); r.mu.Unlock() }
-func (r *releases) DeadLetter(uint64, buffer.Reason, error) {}
-func (r *releases) Stats() buffer.Stats                     { return buffer.Stats{} }
-
-// The window releases only the acknowledged prefix, whatever order the
-// acknowledgements come in, and stops at a failure.
-func TestWindowReleasesContiguousPrefix(t *testing.T) {
-	src := &releases{}
-	failed := false
-	w := newWindow(8, src, func() { failed = true })
-	var idx []uint64
-	for _, seq := range []uint64{10, 11, 13, 14, 15} { // 12 was quarantined: a gap in seqs
-		i, ok := w.push(seq)
-		if !ok {
-			t.Fatal("push refused before any failure")
-		}
-		idx = append(idx, i)
-	}
-	w.settle(idx[1], nil) // 11 before 10: nothing yet
-	if len(src.got) != 0 {
-		t.Fatalf("released %v before the head was acknowledged", src.got)
-	}
-	w.settle(idx[0], nil) // 10 and 11
-	w.settle(idx[3], errors.New("boom"))
-	w.settle(idx[2], nil) // 13; 14 failed so 15 must stay
-	w.settle(idx[4], nil)
-	if want := []uint64{11, 13}; fmt.Sprint(src.got) != fmt.Sprint(want) {
-		t.Fatalf("released %v, want %v", src.got, want)
-	}
-	if !failed || w.failure() == nil || w.releasedSeq() != 13 {
-		t.Fatalf("failed=%v failure=%v released=%d", failed, w.failure(), w.releasedSeq())
-	}
-	if _, ok := w.push(16); ok {
-		t.Fatal("push accepted a record after the pass failed: it could overtake the failed one")
-	}
 }
 
 func TestErrKeyIgnoresLocalPort(t *testing.T) {
@@ -354,11 +319,11 @@ func TestStatusRecordReportsDrops(t *testing.T) {
 	}
 }
 
-// A record Kafka rejects for good (here: larger than the producer's batch
-// limit) is found by sending it alone and quarantined; the records around
-// it are delivered, first occurrences in order, and forwarding goes on.
-func TestRejectedRecordIsIsolatedAndQuarantined(t *testing.T) {
-	c := newCluster(t, "t")
+// A record Kafka really rejects for good (here: larger than the broker's
+// message.max.bytes) is found and dead-lettered; the records around it are
+// delivered, in order, and forwarding goes on.
+func TestRecordOverKafkaLimitIsDeadLettered(t *testing.T) {
+	c := newClusterWith(t, 2, []kfake.Opt{kfake.BrokerConfigs(map[string]string{"message.max.bytes": "2000"})}, "t")
 	b := newBuffer(t)
 	appendN(t, b, "s/a", 3)
 	if _, err := b.AppendWait(context.Background(), &buffer.Record{Topic: "s/a", Payload: make([]byte, 5000)}); err != nil {
@@ -369,8 +334,7 @@ func TestRejectedRecordIsIsolatedAndQuarantined(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/+", "t", "k")},
-		ExtraOpts: []kgo.Opt{kgo.ProducerBatchMaxBytes(2000)}}, b) // Kafka's limit below the record
+	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/+", "t", "k")}}, b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,27 +353,8 @@ func TestRejectedRecordIsIsolatedAndQuarantined(t *testing.T) {
 	if fmt.Sprint(firsts) != "[0 1 2 3 4 5]" {
 		t.Fatalf("first deliveries %v, want [0 1 2 3 4 5]", firsts)
 	}
-	if st := b.Stats(); st.DeadLettered["rejected"] != 1 {
+	if st := b.Stats(); st.DeadLettered[ReasonTooLarge] != 1 || st.DeadLetterRecords != 1 {
 		t.Fatalf("buffer stats %+v, want the rejected record dead-lettered", st)
-	}
-}
-
-func TestPermanentErrors(t *testing.T) {
-	for _, tc := range []struct {
-		err  error
-		want bool
-	}{
-		{kerr.MessageTooLarge, true},
-		{fmt.Errorf("produce to Kafka topic %q: %w", "t", kerr.InvalidRecord), true},
-		{kerr.UnknownTopicOrPartition, false},
-		{kerr.NotLeaderForPartition, false},
-		{kerr.TopicAuthorizationFailed, false},
-		{context.DeadlineExceeded, false},
-		{nil, false},
-	} {
-		if got := permanent(tc.err); got != tc.want {
-			t.Errorf("permanent(%v) = %v, want %v", tc.err, got, tc.want)
-		}
 	}
 }
 

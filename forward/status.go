@@ -13,8 +13,8 @@ import (
 )
 
 // Status is the record the forwarder sends to Config.StatusTopic, keyed by
-// gateway id: what the gateway holds and, above all, what it lost, so the
-// data centre knows.
+// gateway id: what the gateway holds and, above all, what it lost or set
+// aside, so the data centre knows.
 type Status struct {
 	GatewayID string    `json:"gateway_id"`
 	Time      time.Time `json:"time"`
@@ -22,14 +22,22 @@ type Status struct {
 	BufferedRecords uint64 `json:"buffered_records"`
 	BufferedBytes   uint64 `json:"buffered_bytes"`
 	// Dropped counts records a configured limit removed, by reason
-	// ("max_bytes", "max_age"), since the buffer file was created.
+	// ("max_bytes", "max_age", "purged", "dead_letter_limit",
+	// "dead_letter_purged"), since the buffer file was created.
 	Dropped map[string]uint64 `json:"dropped"`
-	// Quarantined counts records set aside as undeliverable or
-	// undecodable, since the buffer file was created.
-	Quarantined uint64 `json:"quarantined"`
+	// DeadLettered counts records set aside as undeliverable, by reason
+	// (see the Reason constants; "undecodable" for damaged records), since
+	// the buffer file was created. DeadLetterRecords and DeadLetterBytes
+	// are what the dead-letter bucket holds now.
+	DeadLettered      map[buffer.Reason]uint64 `json:"dead_lettered"`
+	DeadLetterRecords uint64                   `json:"dead_letter_records"`
+	DeadLetterBytes   uint64                   `json:"dead_letter_bytes"`
 	// CorruptFiles is how many damaged buffer files ferry moved aside and
 	// replaced with a new buffer (their records were not delivered).
 	CorruptFiles int `json:"corrupt_files"`
+	// BufferID names the buffer's log, as in the records' ferry.buffer_id
+	// header.
+	BufferID string `json:"buffer_id"`
 	// Unrouted and Delivered count records since ferry started.
 	Unrouted  uint64 `json:"unrouted"`
 	Delivered uint64 `json:"delivered"`
@@ -37,9 +45,9 @@ type Status struct {
 }
 
 // reportStatus sends a Status record every StatusInterval, and within
-// seconds when the drop or quarantine counters change, until ctx is done.
+// seconds when the drop or dead-letter counters change, until ctx is done.
 // A failed send is logged (once per kind) and retried with the next one;
-// it never holds up the data.
+// it never holds up the data: cl is a client of its own.
 func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 	check := time.NewTicker(min(f.cfg.StatusInterval, 5*time.Second))
 	defer check.Stop()
@@ -47,7 +55,7 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 	var last time.Time
 	for {
 		bs := f.src.Stats()
-		changed := !maps.Equal(bs.Dropped, sent.Dropped) || deadLettered(bs) != sent.Quarantined
+		changed := !maps.Equal(bs.Dropped, sent.Dropped) || !maps.Equal(bs.DeadLettered, sent.DeadLettered)
 		if last.IsZero() || changed || time.Since(last) >= f.cfg.StatusInterval {
 			st := f.status(bs)
 			if err := f.sendStatus(ctx, cl, st); err != nil {
@@ -73,32 +81,26 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 func (f *Forwarder) status(bs buffer.Stats) Status {
 	fs := f.Stats()
 	return Status{
-		GatewayID:       f.cfg.GatewayID,
-		Time:            time.Now().UTC(),
-		BufferedRecords: bs.Records,
-		BufferedBytes:   bs.Bytes,
-		Dropped:         bs.Dropped,
-		Quarantined:     deadLettered(bs),
-		CorruptFiles:    bs.CorruptFiles,
-		Unrouted:        fs.Unrouted,
-		Delivered:       fs.Delivered,
-		LastError:       fs.LastError,
+		GatewayID:         f.cfg.GatewayID,
+		Time:              time.Now().UTC(),
+		BufferedRecords:   bs.Records,
+		BufferedBytes:     bs.Bytes,
+		Dropped:           bs.Dropped,
+		DeadLettered:      bs.DeadLettered,
+		DeadLetterRecords: bs.DeadLetterRecords,
+		DeadLetterBytes:   bs.DeadLetterBytes,
+		CorruptFiles:      bs.CorruptFiles,
+		BufferID:          bs.ID,
+		Unrouted:          fs.Unrouted,
+		Delivered:         fs.Delivered,
+		LastError:         fs.LastError,
 	}
-}
-
-// deadLettered is the buffer's dead-lettered records, all reasons.
-func deadLettered(bs buffer.Stats) uint64 {
-	var n uint64
-	for _, c := range bs.DeadLettered {
-		n += c
-	}
-	return n
 }
 
 func (f *Forwarder) sendStatus(ctx context.Context, cl *kgo.Client, st Status) error {
 	v, err := json.Marshal(st)
 	if err != nil {
-		return err
+		return fmt.Errorf("encode status: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

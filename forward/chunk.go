@@ -1,0 +1,502 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/ferry-edge/ferry/buffer"
+)
+
+var randN = rand.N[time.Duration]
+
+// errSource marks a failure to read the buffer: Run returns it.
+var errSource = errors.New("read buffer")
+
+// pass is Run's state: the window, the chunk in flight and what the last
+// failures taught. Only Run's goroutine uses it.
+type pass struct {
+	f  *Forwarder
+	cl *kgo.Client
+	w  *window
+
+	after uint64          // highest sequence number read into the window
+	recs  []buffer.Record // scratch for Read
+	vals  []string        // scratch for captures
+	chunk []*slot         // the chunk being produced
+
+	// probe, when cands is not empty, is a bisection in progress: Kafka
+	// refused a batch for good, and the record to blame is one of cands
+	// (ascending sequence numbers, one partition). Each chunk goes only up
+	// to the middle candidate.
+	probe struct{ cands []uint64 }
+	// known holds the topics whose metadata Kafka gave: the others are
+	// looked up before a chunk goes out (checkTopics), so that a missing
+	// or refused topic never holds a chunk up.
+	known map[string]bool
+	// parked holds topics Kafka said do not exist: their records wait
+	// (in order) until retryAt, and are dead-lettered once the topic has
+	// been missing for UnknownTopicTimeout.
+	parked map[string]*parkedTopic
+
+	attempt int       // consecutive chunks that failed with a retriable error
+	waitTil time.Time // no chunk before this (backoff)
+}
+
+type parkedTopic struct {
+	since, retryAt time.Time
+	attempt        int
+	err            error
+}
+
+func newPass(f *Forwarder, cl *kgo.Client) *pass {
+	return &pass{
+		f: f, cl: cl,
+		w:      newWindow(f.cfg.MaxBufferedRecords, f.cfg.MaxBufferedBytes),
+		parked: map[string]*parkedTopic{},
+		known:  map[string]bool{},
+	}
+}
+
+// maxRead is the most records one Read returns.
+const maxRead = 1000
+
+// run is Run's loop: fill the window, produce a chunk, wait for every
+// outcome, act on the failures, release, again.
+func (p *pass) run(ctx context.Context) error {
+	wait := backoff(250*time.Millisecond, 30*time.Second)
+	for {
+		if err := p.fill(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if d := time.Until(p.waitTil); d > 0 {
+			if !sleep(ctx, d) {
+				return nil
+			}
+		}
+		p.expireParked(time.Now())
+		p.release()
+		p.pick(time.Now())
+		if p.checkTopics(ctx) {
+			p.pick(time.Now())
+		}
+		if len(p.chunk) == 0 {
+			continue // fill waits for records or the next parked retry
+		}
+		if !p.produce(ctx) {
+			return nil // stopping; produce waited what it could
+		}
+		retriable := p.settle(time.Now())
+		p.release()
+		if retriable != nil {
+			p.attempt++
+			p.f.retries.Add(1)
+			p.f.setError(retriable)
+			p.waitTil = time.Now().Add(wait(p.attempt))
+		} else {
+			p.attempt = 0
+		}
+	}
+}
+
+// fill reads records into the window while it has room. It waits for
+// records only when the window has nothing to produce; then it also
+// wakes up for the next parked topic's retry.
+func (p *pass) fill(ctx context.Context) error {
+	for {
+		records, bytes := p.w.room()
+		if records == 0 || bytes == 0 {
+			return nil
+		}
+		readCtx := ctx
+		if p.hasWork(time.Now()) {
+			// Only what is there now; never wait while records wait to go.
+			if p.f.src.Stats().LastSeq <= p.after {
+				return p.linger(ctx)
+			}
+		} else if next, ok := p.nextRetry(); ok {
+			var cancel context.CancelFunc
+			readCtx, cancel = context.WithDeadline(ctx, next)
+			defer cancel()
+		}
+		var err error
+		p.recs, err = p.f.src.Read(readCtx, p.after, min(records, maxRead), bytes, p.recs)
+		if err != nil {
+			if readCtx != ctx && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				return nil // a parked topic's retry is due
+			}
+			return fmt.Errorf("forward: %w: %w", errSource, err)
+		}
+		for i := range p.recs {
+			p.admit(&p.recs[i])
+		}
+		clear(p.recs) // drop references to payloads the window holds now
+	}
+}
+
+// linger waits up to Linger for more records when the window is not full.
+func (p *pass) linger(ctx context.Context) error {
+	if p.f.cfg.Linger <= 0 || p.w.full() {
+		return nil
+	}
+	lctx, cancel := context.WithTimeout(ctx, p.f.cfg.Linger)
+	defer cancel()
+	for !p.w.full() {
+		records, bytes := p.w.room()
+		var err error
+		p.recs, err = p.f.src.Read(lctx, p.after, min(records, maxRead), bytes, p.recs)
+		for i := range p.recs {
+			p.admit(&p.recs[i])
+		}
+		clear(p.recs)
+		if err != nil {
+			if lctx.Err() != nil && ctx.Err() == nil {
+				return nil
+			}
+			return fmt.Errorf("forward: %w: %w", errSource, err)
+		}
+	}
+	return nil
+}
+
+// admit routes rec into the window. A record that matches no route, is too
+// large or would go to an invalid topic is settled at once.
+func (p *pass) admit(rec *buffer.Record) {
+	f := p.f
+	p.after = rec.Seq
+	var kr *kgo.Record
+	kr, p.vals = f.route(rec, p.vals)
+	s := &slot{seq: rec.Seq, kr: kr}
+	if kr != nil {
+		s.size = recordSize(kr)
+	}
+	p.w.add(s)
+	switch {
+	case kr == nil:
+		s.state, s.kr = settled, nil
+		n := f.unrouted.Add(1)
+		if n&(n-1) == 0 { // 1, 2, 4, 8, ...: rate-limited
+			f.log.Warn("record matches no route; dropped", "mqtt_topic", rec.Topic, "seq", rec.Seq, "dropped_total", n)
+		}
+	case s.size > f.cfg.MaxRecordBytes:
+		p.deadLetter(s, ReasonTooLarge, fmt.Errorf("record of %d bytes exceeds the %d-byte limit (forward.kafka.max_record_bytes)", s.size, f.cfg.MaxRecordBytes))
+	default:
+		if err := validTopic(kr.Topic); err != nil {
+			p.deadLetter(s, ReasonInvalidTopic, fmt.Errorf("MQTT topic %q: %w", rec.Topic, err))
+		}
+	}
+}
+
+// hasWork reports whether the window holds a record that may be produced
+// now.
+func (p *pass) hasWork(now time.Time) bool {
+	for _, s := range p.w.slots {
+		if s.state == pending && !p.isParked(s.kr.Topic, now) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *pass) isParked(topic string, now time.Time) bool {
+	pt := p.parked[topic]
+	return pt != nil && now.Before(pt.retryAt)
+}
+
+// nextRetry is when the earliest parked topic is tried again.
+func (p *pass) nextRetry() (time.Time, bool) {
+	var next time.Time
+	for _, pt := range p.parked {
+		if next.IsZero() || pt.retryAt.Before(next) {
+			next = pt.retryAt
+		}
+	}
+	return next, !next.IsZero()
+}
+
+// pick chooses the chunk: every pending record in window order, except
+// those of parked topics and, during a bisection, those after the middle
+// candidate.
+func (p *pass) pick(now time.Time) {
+	p.chunk = p.chunk[:0]
+	cut := ^uint64(0)
+	if c := p.probe.cands; len(c) > 0 {
+		cut = c[(len(c)+1)/2-1]
+	}
+	for _, s := range p.w.slots {
+		if s.seq > cut {
+			break
+		}
+		if s.state == pending && !p.isParked(s.kr.Topic, now) {
+			p.chunk = append(p.chunk, s)
+		}
+	}
+}
+
+// produce hands the chunk to the client and flushes it: every record gets
+// its outcome before produce returns true. When ctx ends first, it waits
+// up to ShutdownTimeout, releases what Kafka acknowledged and returns
+// false; the rest stays in the buffer.
+func (p *pass) produce(ctx context.Context) bool {
+	f := p.f
+	f.chunks.Add(1)
+	if f.inflight.Add(int64(len(p.chunk))) == int64(len(p.chunk)) {
+		f.lastAck.Store(time.Now().UnixNano()) // the wait starts now
+	}
+	for _, s := range p.chunk {
+		s.state, s.done, s.err = sent, false, nil
+		s.kr.Partition = -1 // set by the client once the record has a partition
+		p.cl.Produce(context.Background(), s.kr, func(r *kgo.Record, err error) {
+			f.inflight.Add(-1)
+			if err == nil {
+				f.delivered.Add(1)
+				f.lastAck.Store(time.Now().UnixNano())
+				f.clearError()
+			}
+			p.w.finish(s, r, err)
+		})
+	}
+	if err := p.cl.Flush(ctx); err == nil {
+		return true
+	}
+	fctx, cancel := context.WithTimeout(context.Background(), f.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := p.cl.Flush(fctx); err != nil {
+		f.log.Warn("records still in flight at shutdown; they stay in the buffer and are produced again at the next start, with the same identity headers",
+			"in_flight", f.inflight.Load())
+	}
+	for _, s := range p.chunk {
+		if done, err, _ := p.w.outcome(s); done && err == nil {
+			s.state = acked
+		}
+	}
+	p.release()
+	return false
+}
+
+// settle reads the chunk's outcomes and acts on the failures: dead-letter
+// what Kafka refused for good (bisecting to find it), park topics that do
+// not exist, and return the first error worth a backoff (nil if none).
+func (p *pass) settle(now time.Time) (retriable error) {
+	var first *slot // the earliest record refused for good, to bisect on
+	var firstReason buffer.Reason
+	var failed []*slot
+	for _, s := range p.chunk {
+		_, err, part := p.w.outcome(s)
+		if err == nil {
+			s.state = acked
+			continue
+		}
+		s.state, s.partition = pending, part
+		failed = append(failed, s)
+	}
+	probing := len(p.probe.cands) > 0
+	for _, s := range failed {
+		if s.state != pending {
+			continue // dead-lettered with its topic below
+		}
+		err := fmt.Errorf("produce to Kafka topic %q: %w", s.kr.Topic, s.err)
+		class, reason := classify(s.err)
+		switch {
+		case class == missingTopic:
+			p.park(s.kr.Topic, err, now)
+		case class == rejectTopic && s.partition < 0:
+			// Refused with the topic's metadata: every record of the
+			// topic failed alike, and there is no batch to bisect.
+			topic := s.kr.Topic
+			for _, o := range failed {
+				if o.state == pending && o.partition < 0 && o.kr.Topic == topic {
+					p.deadLetter(o, reason, err)
+				}
+			}
+			delete(p.known, topic)
+		case class == rejectRecord || class == rejectTopic:
+			if first == nil {
+				first, firstReason = s, reason
+			}
+		default:
+			if retriable == nil {
+				retriable = err
+			}
+		}
+	}
+	p.bisect(first, firstReason, failed, probing)
+	return retriable
+}
+
+// bisect narrows down the record to blame for a refused batch. first is
+// the earliest record of the chunk that Kafka refused for good (nil if
+// none). Its partition failed from first's batch on, so every failed
+// record of that partition is a candidate; a candidate that fails alone is
+// the one, and is dead-lettered. If the chunk was a probe and nothing
+// failed, the culprit is among the candidates after the probe's cut.
+func (p *pass) bisect(first *slot, reason buffer.Reason, failed []*slot, probing bool) {
+	if first == nil {
+		if probing {
+			c := p.probe.cands
+			p.probe.cands = c[(len(c)+1)/2:]
+		}
+		return
+	}
+	var cands []uint64
+	for _, s := range failed {
+		if s.state == pending && s.kr.Topic == first.kr.Topic && s.partition == first.partition {
+			cands = append(cands, s.seq)
+		}
+	}
+	if len(cands) == 1 {
+		p.deadLetter(first, reason, fmt.Errorf("Kafka refused it when produced alone: %w", first.err))
+		p.probe.cands = nil
+		return
+	}
+	p.probe.cands = cands
+	p.f.log.Info("Kafka refused a batch for good; producing it in halves to find the record to blame",
+		"topic", first.kr.Topic, "partition", first.partition, "candidates", len(cands), "err", first.err)
+}
+
+// expireParked dead-letters the records of topics missing for longer than
+// UnknownTopicTimeout.
+func (p *pass) expireParked(now time.Time) {
+	for t, pt := range p.parked {
+		if p.f.cfg.UnknownTopicTimeout > 0 && now.Sub(pt.since) >= p.f.cfg.UnknownTopicTimeout {
+			p.deadLetterTopic(p.w.slots, t, ReasonUnknownTopic,
+				fmt.Errorf("Kafka topic %q did not exist for %v: %w", t, p.f.cfg.UnknownTopicTimeout, pt.err))
+			delete(p.parked, t)
+			delete(p.known, t)
+		}
+	}
+}
+
+// park holds a missing topic's records back until a retry with backoff.
+func (p *pass) park(topic string, err error, now time.Time) {
+	pt := p.parked[topic]
+	if pt == nil {
+		pt = &parkedTopic{since: now}
+		p.parked[topic] = pt
+		p.f.log.Error("Kafka topic does not exist; its records wait in the buffer, other topics go on",
+			"topic", topic, "dead_letter_after", p.f.cfg.UnknownTopicTimeout, "err", err)
+	}
+	pt.attempt++
+	pt.err = err
+	pt.retryAt = now.Add(backoff(time.Second, 30*time.Second)(pt.attempt))
+	p.f.setError(err)
+}
+
+// metadataTimeout bounds checkTopics' wait for Kafka; past it the chunk
+// goes out anyway and the client sorts the topics out.
+const metadataTimeout = 5 * time.Second
+
+// checkTopics asks Kafka about the topics of the chunk it has not seen
+// yet, in one metadata request. A topic that does not exist is parked, one
+// Kafka refuses has its records dead-lettered; either way they leave the
+// chunk before it goes out. It reports whether it changed anything.
+func (p *pass) checkTopics(ctx context.Context) bool {
+	var topics []string
+	seen := map[string]bool{}
+	for _, s := range p.chunk {
+		if t := s.kr.Topic; !p.known[t] && !seen[t] {
+			seen[t] = true
+			topics = append(topics, t)
+		}
+	}
+	if len(topics) == 0 {
+		return false
+	}
+	req := kmsg.NewPtrMetadataRequest()
+	req.AllowAutoTopicCreation = p.f.cfg.AllowAutoTopicCreation
+	for _, t := range topics {
+		rt := kmsg.NewMetadataRequestTopic()
+		rt.Topic = kmsg.StringPtr(t)
+		req.Topics = append(req.Topics, rt)
+	}
+	mctx, cancel := context.WithTimeout(ctx, metadataTimeout)
+	defer cancel()
+	resp, err := req.RequestWith(mctx, p.cl)
+	if err != nil {
+		return false // Kafka unreachable: produce, and let the client wait
+	}
+	now := time.Now()
+	changed := false
+	for _, rt := range resp.Topics {
+		if rt.Topic == nil || !seen[*rt.Topic] {
+			continue
+		}
+		t := *rt.Topic
+		kerrv := kerr.ErrorForCode(rt.ErrorCode)
+		if kerrv == nil {
+			p.known[t] = true
+			if p.parked[t] != nil {
+				delete(p.parked, t)
+				p.f.log.Info("Kafka topic exists now; its waiting records go out", "topic", t)
+			}
+			continue
+		}
+		err := fmt.Errorf("Kafka topic %q: %w", t, kerrv)
+		switch class, reason := classify(kerrv); class {
+		case missingTopic:
+			p.park(t, err, now)
+			changed = true
+		case rejectTopic:
+			p.deadLetterTopic(p.w.slots, t, reason, err)
+			changed = true
+		}
+	}
+	return changed
+}
+
+// deadLetterTopic dead-letters every pending record of topic in slots.
+func (p *pass) deadLetterTopic(slots []*slot, topic string, reason buffer.Reason, err error) {
+	for _, s := range slots {
+		if s.state == pending && s.kr != nil && s.kr.Topic == topic {
+			p.deadLetter(s, reason, err)
+		}
+	}
+}
+
+// deadLetter moves a record to the buffer's dead-letter bucket and settles
+// its slot.
+func (p *pass) deadLetter(s *slot, reason buffer.Reason, err error) {
+	f := p.f
+	f.src.DeadLetter(s.seq, reason, err)
+	s.state = settled
+	s.kr = nil
+	f.deadMu.Lock()
+	f.dead[reason]++
+	n := f.dead[reason]
+	f.deadMu.Unlock()
+	if n&(n-1) == 0 { // 1, 2, 4, 8, ... per reason: rate-limited
+		f.log.Error("record dead-lettered: Kafka will not take it; kept in the buffer (ferry buffer dlq list)",
+			"seq", s.seq, "reason", reason, "err", err, "dead_lettered_total", n)
+	}
+}
+
+// release hands the window's settled prefix back to the source.
+func (p *pass) release() {
+	if seq := p.w.popReleasable(); seq > 0 {
+		p.f.src.Release(seq)
+	}
+}
+
+// sleep waits d or until ctx is done; false if ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,156 @@
+package forward
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ferry-edge/ferry/buffer"
+	"github.com/ferry-edge/ferry/internal/topic"
+)
+
+// Header names set on every Kafka record.
+const (
+	HeaderMQTTTopic       = "mqtt.topic"
+	HeaderGateway         = "ferry.gateway_id"
+	HeaderQoS             = "mqtt.qos"
+	HeaderContentType     = "mqtt.content_type"
+	HeaderResponseTopic   = "mqtt.response_topic"
+	HeaderCorrelationData = "mqtt.correlation_data"
+	HeaderPayloadFormat   = "mqtt.payload_format" // "utf-8" when the publisher said so
+
+	// HeaderBufferID and HeaderSeq identify a record for the life of the
+	// gateway: together with HeaderGateway they are unique, and a record
+	// produced twice (after a crash, or a stop while Kafka was silent)
+	// carries the same three values both times, so a consumer can drop
+	// the second copy. HeaderSeq is the buffer's sequence number in
+	// decimal; HeaderBufferID names the buffer file's log (a new file,
+	// for example after a damaged one was moved aside, starts a new log).
+	HeaderBufferID = "ferry.buffer_id"
+	HeaderSeq      = "ferry.seq"
+)
+
+// Route sends records whose MQTT topic matches Match to Topic, keyed by Key.
+type Route struct {
+	Match *topic.Pattern
+	Topic *topic.Template
+	Key   *topic.Template // nil: no key (records are partitioned by MQTT topic)
+}
+
+// route builds the Kafka record for rec, or returns nil if no route
+// matches. vals is scratch space for captures.
+func (f *Forwarder) route(rec *buffer.Record, vals []string) (*kgo.Record, []string) {
+	for i := range f.cfg.Routes {
+		r := &f.cfg.Routes[i]
+		var ok bool
+		vals, ok = r.Match.Match(rec.Topic, vals)
+		if !ok {
+			continue
+		}
+		kr := &kgo.Record{
+			Topic:     r.Topic.Expand(vals),
+			Value:     rec.Payload,
+			Timestamp: rec.ReceivedAt,
+			Headers:   make([]kgo.RecordHeader, 0, 5+len(rec.UserProperties)),
+		}
+		if r.Key != nil {
+			kr.Key = []byte(r.Key.Expand(vals))
+		}
+		h := kr.Headers
+		h = append(h,
+			kgo.RecordHeader{Key: HeaderMQTTTopic, Value: []byte(rec.Topic)}, // first: the partitioner reads it
+			kgo.RecordHeader{Key: HeaderGateway, Value: f.gateway},
+			kgo.RecordHeader{Key: HeaderBufferID, Value: f.bufferID},
+			kgo.RecordHeader{Key: HeaderSeq, Value: strconv.AppendUint(nil, rec.Seq, 10)},
+			kgo.RecordHeader{Key: HeaderQoS, Value: qosValues[rec.QoS&3]},
+		)
+		if rec.ContentType != "" {
+			h = append(h, kgo.RecordHeader{Key: HeaderContentType, Value: []byte(rec.ContentType)})
+		}
+		if rec.ResponseTopic != "" {
+			h = append(h, kgo.RecordHeader{Key: HeaderResponseTopic, Value: []byte(rec.ResponseTopic)})
+		}
+		if rec.CorrelationData != nil {
+			h = append(h, kgo.RecordHeader{Key: HeaderCorrelationData, Value: rec.CorrelationData})
+		}
+		if rec.PayloadUTF8 {
+			h = append(h, kgo.RecordHeader{Key: HeaderPayloadFormat, Value: utf8Value})
+		}
+		for _, p := range rec.UserProperties {
+			h = append(h, kgo.RecordHeader{Key: p.Key, Value: []byte(p.Value)})
+		}
+		kr.Headers = h
+		return kr, vals
+	}
+	return nil, vals
+}
+
+// Header values shared by every record (franz-go only reads them).
+var (
+	qosValues = [4][]byte{[]byte("0"), []byte("1"), []byte("2"), []byte("3")}
+	utf8Value = []byte("utf-8")
+)
+
+// recordSize is what a record costs in a produce request, near enough:
+// key, value, topic and headers.
+func recordSize(r *kgo.Record) int {
+	n := len(r.Key) + len(r.Value) + len(r.Topic)
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n
+}
+
+// maxTopicLen is Kafka's limit on a topic name's length.
+const maxTopicLen = 249
+
+// validTopic checks a topic name as Kafka does (Topic.validate): 1 to 249
+// characters from [a-zA-Z0-9._-], and neither "." nor "..". A route's
+// template can make any name from what a publisher chose as a topic level,
+// so every expanded name is checked before it is produced.
+func validTopic(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty Kafka topic name")
+	case name == "." || name == "..":
+		return fmt.Errorf("Kafka topic name %q is not allowed", name)
+	case len(name) > maxTopicLen:
+		return fmt.Errorf("Kafka topic name of %d characters is longer than %d", len(name), maxTopicLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-' {
+			continue
+		}
+		return fmt.Errorf("Kafka topic name %q has the character %q (allowed: a-z A-Z 0-9 . _ -)", name, rune(c))
+	}
+	return nil
+}
+
+// partitioner places a record by its key as Kafka's own producer does
+// (murmur2), and a record without a key by its MQTT topic. Either way a
+// record produced again goes to the partition it went to before, which is
+// what keeps first occurrences in order per partition when a failed record
+// is re-sent after later ones were delivered. (Kafka's default for
+// records without a key, sticky partitioning, picks a partition per batch.)
+type partitioner struct{ byKey kgo.Partitioner }
+
+func newPartitioner() kgo.Partitioner {
+	return partitioner{byKey: kgo.StickyKeyPartitioner(nil)}
+}
+
+func (p partitioner) ForTopic(t string) kgo.TopicPartitioner {
+	return topicPartitioner{p.byKey.ForTopic(t)}
+}
+
+type topicPartitioner struct{ byKey kgo.TopicPartitioner }
+
+func (topicPartitioner) RequiresConsistency(*kgo.Record) bool { return true }
+
+func (tp topicPartitioner) Partition(r *kgo.Record, n int) int {
+	if r.Key != nil || len(r.Headers) == 0 {
+		return tp.byKey.Partition(r, n)
+	}
+	return tp.byKey.Partition(&kgo.Record{Key: r.Headers[0].Value}, n)
+}

@@ -1,0 +1,103 @@
+package forward
+
+import (
+	"sync"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// window holds the records read from the buffer and not yet released, in
+// sequence order, bounded by count and by bytes. Only Run's goroutine
+// touches it, except the outcome fields that a produce's promise sets
+// (under mu).
+type window struct {
+	maxRecords, maxBytes int
+
+	slots []*slot // oldest first
+	bytes int     // sum of the slots' sizes
+
+	mu sync.Mutex // guards slot.outcome and slot.err while a chunk is in flight
+}
+
+type state uint8
+
+const (
+	pending state = iota // to be produced
+	sent                 // produced, outcome not known yet
+	acked                // Kafka acknowledged it
+	settled              // done without delivery: unrouted or dead-lettered
+)
+
+type slot struct {
+	seq   uint64
+	kr    *kgo.Record // nil once settled without a Kafka record
+	size  int
+	state state
+
+	// Set by the promise, read after the chunk's flush.
+	done bool
+	err  error
+	// partition is where the failed produce placed the record; -1 when it
+	// never reached a partition (the topic's metadata failed).
+	partition int32
+}
+
+func newWindow(maxRecords, maxBytes int) *window {
+	return &window{maxRecords: maxRecords, maxBytes: maxBytes}
+}
+
+// room is how many more records and bytes the window takes. A record
+// larger than the byte bound is taken when the window is empty.
+func (w *window) room() (records, bytes int) {
+	records = w.maxRecords - len(w.slots)
+	bytes = w.maxBytes - w.bytes
+	if len(w.slots) == 0 {
+		bytes = max(bytes, 1)
+	}
+	return max(records, 0), max(bytes, 0)
+}
+
+func (w *window) full() bool {
+	r, b := w.room()
+	return r == 0 || b == 0
+}
+
+func (w *window) add(s *slot) {
+	w.slots = append(w.slots, s)
+	w.bytes += s.size
+}
+
+// finish records a produce's outcome; called from the promise.
+func (w *window) finish(s *slot, r *kgo.Record, err error) {
+	w.mu.Lock()
+	s.done, s.err, s.partition = true, err, r.Partition
+	w.mu.Unlock()
+}
+
+// outcome reads what the promise recorded.
+func (w *window) outcome(s *slot) (done bool, err error, partition int32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return s.done, s.err, s.partition
+}
+
+// popReleasable removes the oldest slots for as long as they are acked or
+// settled and returns the highest sequence number removed (0: none).
+func (w *window) popReleasable() uint64 {
+	var seq uint64
+	i := 0
+	for ; i < len(w.slots); i++ {
+		s := w.slots[i]
+		if s.state != acked && s.state != settled {
+			break
+		}
+		seq = s.seq
+		w.bytes -= s.size
+	}
+	if i > 0 {
+		n := copy(w.slots, w.slots[i:])
+		clear(w.slots[n:])
+		w.slots = w.slots[:n]
+	}
+	return seq
+}
