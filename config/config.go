@@ -166,6 +166,10 @@ type Forward struct {
 	// StatusInterval is how often the status record is sent; >= 1s.
 	// Default 1m.
 	StatusInterval time.Duration `yaml:"status_interval"`
+	// UnknownTopicTimeout is how long records wait for a Kafka topic that
+	// does not exist before they are dead-lettered (records of other
+	// topics go on meanwhile); 0s: wait for ever. Default 1m.
+	UnknownTopicTimeout time.Duration `yaml:"unknown_topic_timeout"`
 }
 
 // Kafka configures the Kafka producer.
@@ -176,11 +180,14 @@ type Kafka struct {
 	// Compression of record batches: none, gzip, snappy, lz4 or zstd.
 	// Default none.
 	Compression string `yaml:"compression"`
-	// Linger is how long a batch waits for more records; >= 0. Default 0.
+	// Linger is how long the forwarder waits for more records before it
+	// produces a chunk that does not fill the window; >= 0. Default 0.
 	Linger time.Duration `yaml:"linger"`
-	// MaxBufferedRecords bounds the records read from the buffer and in
-	// flight to Kafka; >= 1. Default 10000.
-	MaxBufferedRecords int `yaml:"max_buffered_records"`
+	// MaxBufferedRecords and MaxBufferedBytes bound the records read from
+	// the buffer and not yet acknowledged by Kafka (the forwarder's
+	// memory); >= 1 and >= 64KiB. Defaults 10000 and 16MiB.
+	MaxBufferedRecords int      `yaml:"max_buffered_records"`
+	MaxBufferedBytes   ByteSize `yaml:"max_buffered_bytes"`
 	// DialTimeout bounds one connection attempt to a broker; > 0.
 	// Default 10s.
 	DialTimeout time.Duration `yaml:"dial_timeout"`

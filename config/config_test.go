@@ -84,11 +84,13 @@ func TestDefaults(t *testing.T) {
 				ClientID:           "ferry-testhost",
 				Compression:        "none",
 				MaxBufferedRecords: 10000,
+				MaxBufferedBytes:   16 << 20,
 				DialTimeout:        10 * time.Second,
 			},
-			Routes:         []Route{{Match: "sensors/#", Topic: "telemetry"}},
-			StatusTopic:    "ferry.status",
-			StatusInterval: time.Minute,
+			Routes:              []Route{{Match: "sensors/#", Topic: "telemetry"}},
+			StatusTopic:         "ferry.status",
+			StatusInterval:      time.Minute,
+			UnknownTopicTimeout: time.Minute,
 		},
 	}
 	if !reflect.DeepEqual(c, want) {

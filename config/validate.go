@@ -25,6 +25,9 @@ const (
 	defaultQoS                = 1
 	defaultCompression        = "none"
 	defaultMaxBufferedRecords = 10000
+	defaultMaxBufferedBytes   = 16 << 20
+	minMaxBufferedBytes       = 64 << 10
+	defaultUnknownTopicWait   = time.Minute
 	defaultDialTimeout        = 10 * time.Second
 	defaultBufferFile         = "buffer.db"         // in $STATE_DIRECTORY
 	fallbackBufferPath        = "./ferry-buffer.db" // without $STATE_DIRECTORY
@@ -86,10 +89,12 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 	setString(&k.ClientID, "ferry-"+c.GatewayID)
 	setString(&k.Compression, defaultCompression)
 	setIfAbsent(src, "forward.kafka.max_buffered_records", &k.MaxBufferedRecords, defaultMaxBufferedRecords)
+	setIfAbsent(src, "forward.kafka.max_buffered_bytes", &k.MaxBufferedBytes, ByteSize(defaultMaxBufferedBytes))
 	setIfAbsent(src, "forward.kafka.dial_timeout", &k.DialTimeout, defaultDialTimeout)
 	setIfAbsent(src, "forward.kafka.tls.enabled", &k.TLS.Enabled, src.isSet("forward.kafka.tls"))
 	setIfAbsent(src, "forward.status_topic", &c.Forward.StatusTopic, "ferry.status")
 	setIfAbsent(src, "forward.status_interval", &c.Forward.StatusInterval, time.Minute)
+	setIfAbsent(src, "forward.unknown_topic_timeout", &c.Forward.UnknownTopicTimeout, defaultUnknownTopicWait)
 }
 
 func setString(s *string, def string) {
@@ -196,6 +201,9 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	if k.MaxBufferedRecords < 1 {
 		bad("forward.kafka.max_buffered_records", "must be 1 or more, got %d", k.MaxBufferedRecords)
 	}
+	if k.MaxBufferedBytes < minMaxBufferedBytes {
+		bad("forward.kafka.max_buffered_bytes", "must be %v or more, got %v", ByteSize(minMaxBufferedBytes), k.MaxBufferedBytes)
+	}
 	if k.DialTimeout <= 0 {
 		bad("forward.kafka.dial_timeout", "must be more than 0s, got %v", k.DialTimeout)
 	}
@@ -235,6 +243,9 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	if c.Forward.StatusInterval < time.Second {
 		bad("forward.status_interval", "must be 1s or more, got %v", c.Forward.StatusInterval)
+	}
+	if c.Forward.UnknownTopicTimeout < 0 {
+		bad("forward.unknown_topic_timeout", "must be 0s (wait for ever) or more, got %v", c.Forward.UnknownTopicTimeout)
 	}
 	if len(c.Forward.Routes) == 0 {
 		bad("forward.routes", "at least one route is required")

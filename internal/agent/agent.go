@@ -165,12 +165,17 @@ func forwardConfig(cfg *config.Config, log *slog.Logger) (forward.Config, error)
 		Compression:        k.Compression,
 		Linger:             k.Linger,
 		MaxBufferedRecords: k.MaxBufferedRecords,
+		MaxBufferedBytes:   int(k.MaxBufferedBytes),
 		DialTimeout:        k.DialTimeout,
 		Logger:             log,
 
 		AllowAutoTopicCreation: k.AllowAutoTopicCreation,
 		StatusTopic:            cfg.Forward.StatusTopic,
 		StatusInterval:         cfg.Forward.StatusInterval,
+		UnknownTopicTimeout:    cfg.Forward.UnknownTopicTimeout,
+	}
+	if fc.UnknownTopicTimeout == 0 {
+		fc.UnknownTopicTimeout = -1 // the config's 0s: wait for ever
 	}
 	var err error
 	if fc.TLS, err = kafkaTLS(k.TLS); err != nil {
