@@ -13,9 +13,11 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -773,4 +775,63 @@ func (vf *verifier) deadLetters(tx *bolt.Tx, full bool) {
 			vf.rep.problem("the dead-letter bucket holds %d records for reason %q; meta counts %d ever dead-lettered", n, r, st.deadLettered[r])
 		}
 	}
+}
+
+// JSONDeadLetter is a dead-letter entry in ferry's export format, one JSON
+// object per line: the entry's own fields, then, when its record can be
+// decoded, the record's fields as in JSONRecord (seq is the record's
+// original sequence number); otherwise raw_base64 and error.
+//
+//	seq               the record's sequence number (a broken batch: its first)
+//	reason            why it was dead-lettered, e.g. "message_too_large"
+//	detail            the error text given with the reason, when there is one
+//	dead_lettered_at  RFC 3339 time with nanoseconds, UTC
+//	records           records the entry accounts for: 1, or a broken batch's
+//	size              the entry's stored bytes (what max_dead_letter_bytes bounds)
+//	topic ... user_properties   the record, as in JSONRecord
+//	raw_base64, error the stored bytes and why they cannot be decoded
+type JSONDeadLetter struct {
+	Seq            uint64    `json:"seq"`
+	Reason         Reason    `json:"reason"`
+	Detail         string    `json:"detail,omitempty"`
+	DeadLetteredAt time.Time `json:"dead_lettered_at"`
+	Records        uint64    `json:"records"`
+	Size           int       `json:"size"`
+	*JSONRecord
+	Raw []byte `json:"raw_base64,omitempty"`
+	Err string `json:"error,omitempty"`
+}
+
+// NewJSONDeadLetter converts e to its export form.
+func NewJSONDeadLetter(e DeadLetterEntry) JSONDeadLetter {
+	j := JSONDeadLetter{Seq: e.Seq, Reason: e.Reason, Detail: e.Detail, DeadLetteredAt: e.DeadLetteredAt.UTC(),
+		Records: e.Records, Size: e.Size, Raw: e.Raw, Err: e.Err}
+	if e.Record != nil {
+		r := NewJSONRecord(*e.Record)
+		j.JSONRecord = &r
+	}
+	return j
+}
+
+// Entry converts j back into a dead-letter entry.
+func (j JSONDeadLetter) Entry() (DeadLetterEntry, error) {
+	e := DeadLetterEntry{Seq: j.Seq, Reason: j.Reason, Detail: j.Detail, DeadLetteredAt: j.DeadLetteredAt,
+		Records: j.Records, Size: j.Size, Raw: j.Raw, Err: j.Err}
+	if j.JSONRecord != nil {
+		j.JSONRecord.Seq = j.Seq
+		r, err := j.JSONRecord.Record()
+		if err != nil {
+			return e, fmt.Errorf("dead letter %d: %w", j.Seq, err)
+		}
+		e.Record = &r
+	}
+	return e, nil
+}
+
+// WriteDeadLetterJSON writes e to w as one line of the export format (see
+// JSONDeadLetter).
+func WriteDeadLetterJSON(w io.Writer, e DeadLetterEntry) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(NewJSONDeadLetter(e))
 }

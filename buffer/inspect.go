@@ -60,8 +60,9 @@ type Info struct {
 	PageSize int   `json:"page_size"`
 	// UsedBytes is the part of the file in pages bbolt holds data in,
 	// retired batches and dead letters included. Options.MaxBytes bounds
-	// it less DeadLetterBytes.
-	UsedBytes int64 `json:"used_bytes"`
+	// it less DeadLetterUsedBytes, the dead-letter bucket's pages.
+	UsedBytes           int64 `json:"used_bytes"`
+	DeadLetterUsedBytes int64 `json:"dead_letter_used_bytes"`
 	// RetiredBytes is the size of the retired batches: delivered or
 	// dropped records whose pages new records will reuse. A compaction
 	// gives back FileSize-UsedBytes+RetiredBytes, about.
@@ -274,6 +275,7 @@ func (v fileView) info() (Info, error) {
 		info.PageSize = tx.DB().Info().PageSize
 		info.FreePages, info.PendingPages = s.FreePageN, s.PendingPageN
 		info.UsedBytes = usedBytes(tx)
+		info.DeadLetterUsedBytes = int64(deadLetterDisk(tx))
 		info.RetiredBytes = st.retired
 		info.CorruptFiles = CorruptFiles(v.path)
 		return nil
