@@ -25,10 +25,12 @@ const bufferUsage = `usage: ferry buffer <command> [-c FILE | --path PATH] [flag
 
 Inspect and repair ferry's buffer. The buffer is named by the configuration
 file (-c, default /etc/ferry/ferry.yaml; its buffer.path) or directly
-(--path). stats, peek, export and verify work on a running ferry's buffer
-through its admin socket (<buffer path>.sock) without disturbing it, or on
-the file itself while ferry is stopped. purge, compact and verify --salvage
-need ferry stopped.
+(--path). stats, peek, export, verify, dlq list and dlq export work on a
+running ferry's buffer through its admin socket (<buffer path>.sock)
+without disturbing it, or on the file itself while ferry is stopped. dlq
+replay and dlq purge go through the running ferry (its buffer's only
+writer) or change the file while ferry is stopped. purge, compact and
+verify --salvage need ferry stopped.
 
 commands:
   stats    [--json]             records, bytes, oldest and newest age, file
@@ -50,6 +52,29 @@ commands:
   compact                       rewrite the file without its free pages and
                                 retired (delivered) batches
 
+dead letters: records moved out of the buffer because they can never be
+delivered (Kafka rejects them for good, their topic is invalid) or cannot
+be decoded. They are kept, counted by reason, bounded by
+buffer.max_dead_letter_bytes (oldest dropped, counted) apart from max_bytes.
+  dlq list   [--reason R] [--seq N] [--limit N] [--json]
+                                seq, reason, when dead-lettered, when
+                                received, MQTT topic, payload size, detail
+  dlq export [--reason R] [--seq N] [-o FILE]
+                                as JSON lines: the export format plus reason,
+                                detail, dead_lettered_at, records, size (and
+                                raw_base64, error for an undecodable one)
+  dlq replay --all | [--reason R] [--seq N]
+                                move them back into the buffer as new records
+                                (new sequence numbers, receive time and
+                                properties kept). Fix the cause first (the
+                                route, the topic, Kafka's limits), or they
+                                fail again. They go to the tail: after every
+                                record already buffered, newer ones too.
+                                Undecodable ones stay.
+  dlq purge  --all | [--reason R] [--seq N]
+                                delete them; counted as dropped, reason
+                                "dead_letter_purged"
+
 export format, one JSON object per line:
   {"seq":17,"topic":"sensors/a/t","qos":1,"retain":false,
    "received_at":"2024-05-01T12:00:00.123456789Z","payload":"{\"t\":21.5}",
@@ -59,6 +84,11 @@ export format, one JSON object per line:
   payload_base64 holds it in standard base64. payload_utf8 is the MQTT v5
   payload format indicator. content_type, response_topic, correlation_data
   (base64), payload_utf8 and user_properties appear only when set.
+
+dlq export format, one JSON object per line:
+  {"seq":17,"reason":"message_too_large","detail":"...",
+   "dead_lettered_at":"2024-05-01T12:00:01Z","records":1,"size":2100,
+   "topic":"sensors/a/t",...the record as above}
 
 exit status: 0 ok, 1 failure or damage found, 2 bad usage or configuration
 `
@@ -79,6 +109,7 @@ func cmdBuffer(args []string, stdout, stderr io.Writer) int {
 		"export":  (*bufferCmd).export,
 		"purge":   (*bufferCmd).purge,
 		"compact": (*bufferCmd).compact,
+		"dlq":     (*bufferCmd).dlq,
 	}
 	name := args[0]
 	if name == "help" || name == "-h" || name == "-help" || name == "--help" {
@@ -157,29 +188,25 @@ type inspector interface {
 	Peek(ctx context.Context, n int) ([]buffer.Record, error)
 	Export(ctx context.Context, w io.Writer) (skipped uint64, err error)
 	Verify(ctx context.Context) (buffer.VerifyReport, error)
+	// DeadLetters calls fn with the dead-letter entries f selects, at
+	// most limit (0: all); damaged counts entries that could not be read.
+	DeadLetters(ctx context.Context, f buffer.DeadLetterFilter, limit int, fn func(buffer.DeadLetterEntry) error) (damaged uint64, err error)
 	Close() error
 }
 
 // open asks a running ferry first and opens the file itself if none
 // answers.
 func (c *bufferCmd) open() (in inspector, live bool, err error) {
-	sock := admin.SocketPath(c.path)
-	if _, err := os.Stat(sock); err == nil {
-		client := admin.NewClient(sock)
-		pctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
-		_, err := client.Info(pctx)
-		cancel()
-		if err == nil {
-			return client, true, nil
-		}
-		client.Close()
-		if !errors.Is(err, admin.ErrNotServing) {
-			return nil, false, err
-		}
+	client, err := c.liveClient()
+	if err != nil {
+		return nil, false, err
+	}
+	if client != nil {
+		return client, true, nil
 	}
 	ro, err := buffer.OpenReadOnly(c.path)
 	if errors.Is(err, buffer.ErrLocked) {
-		return nil, false, fmt.Errorf("%w, and no ferry answers on %s", err, sock)
+		return nil, false, fmt.Errorf("%w, and no ferry answers on %s", err, admin.SocketPath(c.path))
 	}
 	if err != nil {
 		return nil, false, err
@@ -239,12 +266,12 @@ func (c *bufferCmd) stats(args []string) int {
 		fmt.Fprintf(w, "oldest       %s (%s ago)\n", info.Oldest.UTC().Format(time.RFC3339), ago(now, info.Oldest))
 		fmt.Fprintf(w, "newest       %s (%s ago)\n", info.Newest.UTC().Format(time.RFC3339), ago(now, info.Newest))
 	}
-	fmt.Fprintf(w, "file         %s, %s in use (what max_bytes bounds), %s of it retired (delivered or dropped, reused by new records)\n",
-		sizeOf(info.FileSize), sizeOf(info.UsedBytes), sizeOf(int64(info.RetiredBytes)))
+	fmt.Fprintf(w, "file         %s, %s in use (what max_bytes bounds) and %s by dead letters, %s retired (delivered or dropped, reused by new records)\n",
+		sizeOf(info.FileSize), sizeOf(info.UsedBytes-info.DeadLetterUsedBytes), sizeOf(info.DeadLetterUsedBytes), sizeOf(int64(info.RetiredBytes)))
 	fmt.Fprintf(w, "reclaimable  %s (%.0f%% of the file; ferry buffer compact gives it back)\n",
 		sizeOf(int64(info.FreeFraction()*float64(info.FileSize))), 100*info.FreeFraction())
 	fmt.Fprintf(w, "free pages   %d free, %d pending, page size %d\n", info.FreePages, info.PendingPages, info.PageSize)
-	fmt.Fprintf(w, "dead letters %d records held (%s, not counted in max_bytes)", info.DeadLetterRecords, sizeOf(int64(info.DeadLetterBytes)))
+	fmt.Fprintf(w, "dead letters %d records held (%s, bounded by max_dead_letter_bytes; ferry buffer dlq list)", info.DeadLetterRecords, sizeOf(int64(info.DeadLetterBytes)))
 	if reasons := slices.Sorted(maps.Keys(info.DeadLettered)); len(reasons) > 0 {
 		fmt.Fprint(w, "; dead-lettered ever:")
 		for i, r := range reasons {

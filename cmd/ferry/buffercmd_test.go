@@ -196,6 +196,8 @@ func TestBufferUsageErrors(t *testing.T) {
 		{"buffer"}, {"buffer", "fly"}, {"buffer", "stats", "extra", "--path", path},
 		{"buffer", "stats", "-c", "x.yaml", "--path", path}, {"buffer", "purge", "--path", path},
 		{"buffer", "peek", "-n", "-1", "--path", path}, {"buffer", "stats", "-c", filepath.Join(t.TempDir(), "missing.yaml")},
+		{"buffer", "dlq"}, {"buffer", "dlq", "fly"}, {"buffer", "dlq", "purge", "--path", path},
+		{"buffer", "dlq", "replay", "--all", "--reason", "x", "--path", path}, {"buffer", "dlq", "list", "--limit", "-1", "--path", path},
 	} {
 		if code, _, _ := ferryCmd(t, args...); code != exitUsage {
 			t.Errorf("ferry %v: exit %d, want %d", args, code, exitUsage)
@@ -208,7 +210,7 @@ func TestBufferUsageErrors(t *testing.T) {
 
 // serveLive opens a buffer at path, serves it on its admin socket and keeps
 // appending to it until the test ends.
-func serveLive(t *testing.T, path string) {
+func serveLive(t *testing.T, path string) *buffer.Buffer {
 	t.Helper()
 	b, err := buffer.Open(path, buffer.Options{})
 	if err != nil {
@@ -241,6 +243,7 @@ func serveLive(t *testing.T, path string) {
 		wg.Wait()
 		b.Close()
 	})
+	return b
 }
 
 func TestBufferCommandsLive(t *testing.T) {
@@ -309,5 +312,137 @@ func TestRunServesAdminSocket(t *testing.T) {
 	}
 	if out := mustCmd(t, exitOK, "buffer", "stats", "-c", configPath); !strings.Contains(out, "file at rest") {
 		t.Errorf("stats after stop:\n%s", out)
+	}
+}
+
+// deadLetterAndWait dead-letters seqs in b and waits until they are in the
+// dead-letter bucket.
+func deadLetterAndWait(t *testing.T, b *buffer.Buffer, reason buffer.Reason, seqs ...uint64) {
+	t.Helper()
+	want := b.Stats().DeadLetterRecords + uint64(len(seqs))
+	for _, seq := range seqs {
+		b.DeadLetter(seq, reason, fmt.Errorf("kafka: %s for record %d", reason, seq))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for b.Stats().DeadLetterRecords < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("dead letters not written: %+v", b.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func readDeadLetterLines(t *testing.T, text string) []buffer.DeadLetterEntry {
+	t.Helper()
+	var got []buffer.DeadLetterEntry
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for sc.Scan() {
+		var j buffer.JSONDeadLetter
+		if err := json.Unmarshal(sc.Bytes(), &j); err != nil {
+			t.Fatalf("dead-letter line %q: %v", sc.Text(), err)
+		}
+		e, err := j.Entry()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, e)
+	}
+	return got
+}
+
+func TestBufferDLQOffline(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "buffer.db")
+	b, err := buffer.Open(path, buffer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRecords(t, b, 1, 10, 0)
+	deadLetterAndWait(t, b, "message_too_large", 3, 7)
+	deadLetterAndWait(t, b, "invalid_topic", 5)
+	b.Release(10)
+	b.Close()
+
+	out := mustCmd(t, exitOK, "buffer", "dlq", "list", "--path", path)
+	for _, want := range []string{"SEQ", "REASON", "DETAIL", "message_too_large", "invalid_topic", "sensors/dev-3/telemetry", "kafka: invalid_topic for record 5"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dlq list lacks %q:\n%s", want, out)
+		}
+	}
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 4 || !strings.HasPrefix(lines[1], "3 ") || !strings.HasPrefix(lines[3], "7 ") {
+		t.Errorf("dlq list: want a header and seqs 3, 5, 7:\n%s", out)
+	}
+	if out := mustCmd(t, exitOK, "buffer", "dlq", "list", "--limit", "1", "--path", path); strings.Count(out, "\n") != 2 || !strings.Contains(out, "\n3 ") {
+		t.Errorf("dlq list --limit 1:\n%s", out)
+	}
+	got := readDeadLetterLines(t, mustCmd(t, exitOK, "buffer", "dlq", "list", "--reason", "invalid_topic", "--json", "--path", path))
+	if len(got) != 1 || got[0].Seq != 5 || got[0].Reason != "invalid_topic" || got[0].Record == nil || string(got[0].Record.Payload) != `{"i":5}` {
+		t.Fatalf("dlq list --json: %+v", got)
+	}
+
+	file := filepath.Join(dir, "dead.jsonl")
+	if out := mustCmd(t, exitOK, "buffer", "dlq", "export", "-o", file, "--path", path); !strings.Contains(out, "exported 3 dead letters") {
+		t.Errorf("dlq export:\n%s", out)
+	}
+	text, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = readDeadLetterLines(t, string(text))
+	if len(got) != 3 || got[2].Seq != 7 || got[2].Detail != "kafka: message_too_large for record 7" || got[2].DeadLetteredAt.IsZero() ||
+		got[2].Record.Topic != "sensors/dev-2/telemetry" || got[2].Record.UserProperties[0].Value != "7" {
+		t.Fatalf("dlq export: %+v", got)
+	}
+	for _, field := range []string{`"reason":`, `"detail":`, `"dead_lettered_at":`, `"received_at":`, `"payload":`} {
+		if !strings.Contains(string(text), field) {
+			t.Errorf("dlq export lacks %s:\n%s", field, text)
+		}
+	}
+
+	if out := mustCmd(t, exitOK, "buffer", "dlq", "replay", "--reason", "message_too_large", "--path", path); !strings.Contains(out, "replayed 2 dead letters") || !strings.Contains(out, "as records 11 to 12") {
+		t.Errorf("dlq replay:\n%s", out)
+	}
+	peeked := readJSONLines(t, mustCmd(t, exitOK, "buffer", "peek", "--json", "--path", path))
+	if len(peeked) != 2 || peeked[0].Seq != 11 || string(peeked[0].Payload) != `{"i":3}` || peeked[1].Seq != 12 {
+		t.Fatalf("after replay, peek: %+v", peeked)
+	}
+	if out := mustCmd(t, exitOK, "buffer", "dlq", "purge", "--all", "--path", path); !strings.Contains(out, "purged 1 dead-letter records") {
+		t.Errorf("dlq purge:\n%s", out)
+	}
+	out = mustCmd(t, exitOK, "buffer", "stats", "--path", path)
+	for _, want := range []string{"dead letters 0 records held", "invalid_topic 1, message_too_large 2", "dead_letter_purged 1", "log id"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stats lacks %q:\n%s", want, out)
+		}
+	}
+	if out := mustCmd(t, exitOK, "buffer", "dlq", "list", "--path", path); !strings.Contains(out, "no dead letters") {
+		t.Errorf("dlq list of an empty bucket:\n%s", out)
+	}
+}
+
+func TestBufferDLQLive(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "b.db")
+	b := serveLive(t, path)
+	deadLetterAndWait(t, b, "invalid_topic", 2, 4)
+
+	out := mustCmd(t, exitOK, "buffer", "dlq", "list", "--path", path)
+	if !strings.Contains(out, "\n2 ") || !strings.Contains(out, "\n4 ") || !strings.Contains(out, "invalid_topic") {
+		t.Errorf("dlq list, live:\n%s", out)
+	}
+	if got := readDeadLetterLines(t, mustCmd(t, exitOK, "buffer", "dlq", "list", "--seq", "4", "--json", "--path", path)); len(got) != 1 || got[0].Seq != 4 {
+		t.Errorf("dlq list --seq 4, live: %+v", got)
+	}
+	out = mustCmd(t, exitOK, "buffer", "dlq", "replay", "--seq", "2", "--path", path)
+	if !strings.Contains(out, "replayed 1 dead letters") || !strings.Contains(out, "live, through ferry's admin socket") {
+		t.Errorf("dlq replay, live:\n%s", out)
+	}
+	if st := b.Stats(); st.DeadLetterRecords != 1 || st.DeadLettered["invalid_topic"] != 2 {
+		t.Errorf("after a live replay: %+v", st)
+	}
+	if out := mustCmd(t, exitOK, "buffer", "dlq", "purge", "--reason", "invalid_topic", "--path", path); !strings.Contains(out, "purged 1 dead-letter records") {
+		t.Errorf("dlq purge, live:\n%s", out)
+	}
+	if st := b.Stats(); st.DeadLetterRecords != 0 || st.Dropped[buffer.DropDeadLetterPurged] != 1 {
+		t.Errorf("after a live purge: %+v", st)
 	}
 }

@@ -1,19 +1,27 @@
-// Package admin is ferry's local admin endpoint: read-only HTTP over a unix
-// socket next to the buffer file, so `ferry buffer stats|peek|export|verify`
-// can inspect the buffer of a running ferry, which holds the file's lock.
+// Package admin is ferry's local admin endpoint: HTTP over a unix socket
+// next to the buffer file, so `ferry buffer` can inspect the buffer of a
+// running ferry, which holds the file's lock, and act on its dead letters.
 //
 // The socket is created with mode 0600 (only ferry's user, and root, may
-// connect) and removed when the server stops. Nothing it serves changes the
-// buffer: reads go through the buffer's inspection methods, in short read
-// transactions beside the committer.
+// connect) and removed when the server stops. The GET endpoints change
+// nothing: reads go through the buffer's inspection methods, in short read
+// transactions beside the committer. The two POST endpoints replay or purge
+// dead letters through the committer, the buffer's only writer, and answer
+// once the change is durable.
 //
-// Endpoints (all GET):
+// Endpoints:
 //
-//	/v1/stats        buffer.Info as JSON
-//	/v1/peek?n=N     the next N records (default 10), JSON lines
-//	/v1/export       every live record, JSON lines; trailers Ferry-Skipped
-//	                 (records that could not be decoded) and Ferry-Error
-//	/v1/verify       buffer.VerifyReport as JSON
+//	GET  /v1/stats        buffer.Info as JSON
+//	GET  /v1/peek?n=N     the next N records (default 10), JSON lines
+//	GET  /v1/export       every live record, JSON lines; trailers Ferry-Skipped
+//	                      (records that could not be decoded) and Ferry-Error
+//	GET  /v1/verify       buffer.VerifyReport as JSON
+//	GET  /v1/dlq?reason=R&seq=N&limit=N
+//	                      dead-letter entries (all: no reason, seq or limit),
+//	                      buffer.JSONDeadLetter lines; trailers Ferry-Damaged
+//	                      (entries that could not be read) and Ferry-Error
+//	POST /v1/dlq/replay?reason=R&seq=N   buffer.ReplayResult as JSON
+//	POST /v1/dlq/purge?reason=R&seq=N    {"purged": records} as JSON
 package admin
 
 import (
@@ -85,6 +93,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	mux.HandleFunc("GET /v1/peek", s.peek)
 	mux.HandleFunc("GET /v1/export", s.export)
 	mux.HandleFunc("GET /v1/verify", s.verify)
+	mux.HandleFunc("GET /v1/dlq", s.deadLetters)
+	mux.HandleFunc("POST /v1/dlq/replay", s.replay)
+	mux.HandleFunc("POST /v1/dlq/purge", s.purge)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -178,4 +189,91 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, rep)
+}
+
+// deadLetterFilter reads the reason and seq parameters.
+func deadLetterFilter(r *http.Request) (buffer.DeadLetterFilter, error) {
+	q := r.URL.Query()
+	f := buffer.DeadLetterFilter{Reason: buffer.Reason(q.Get("reason"))}
+	if s := q.Get("seq"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil || n == 0 {
+			return f, fmt.Errorf("seq: want a sequence number above 0, got %q", s)
+		}
+		f.Seq = n
+	}
+	return f, nil
+}
+
+// errLimit ends a listing at its limit.
+var errLimit = errors.New("limit reached")
+
+func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request) {
+	f, err := deadLetterFilter(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	limit := 0
+	if q := r.URL.Query().Get("limit"); q != "" {
+		if limit, err = strconv.Atoi(q); err != nil || limit < 0 {
+			http.Error(w, fmt.Sprintf("limit: want 0 (no limit) or more, got %q", q), http.StatusBadRequest)
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "application/jsonl")
+	w.Header().Set("Trailer", "Ferry-Damaged, Ferry-Error")
+	ctx := r.Context()
+	n := 0
+	damaged, err := s.buf.EachDeadLetter(f, func(e buffer.DeadLetterEntry) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if limit > 0 && n == limit {
+			return errLimit
+		}
+		n++
+		return buffer.WriteDeadLetterJSON(w, e)
+	})
+	w.Header().Set("Ferry-Damaged", strconv.FormatUint(damaged, 10))
+	if err != nil && !errors.Is(err, errLimit) {
+		s.log.Warn("admin: dead-letter listing stopped", "err", err)
+		w.Header().Set("Ferry-Error", err.Error())
+	}
+}
+
+func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
+	f, err := deadLetterFilter(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	res, err := s.buf.ReplayDeadLetters(r.Context(), f)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("admin: dead letters replayed", "reason", f.Reason, "seq", f.Seq, "replayed", res.Replayed,
+		"first_seq", res.FirstSeq, "last_seq", res.LastSeq, "kept", res.Kept)
+	writeJSON(w, res)
+}
+
+// PurgeResult is what POST /v1/dlq/purge answers.
+type PurgeResult struct {
+	Purged uint64 `json:"purged"` // records removed
+}
+
+func (s *Server) purge(w http.ResponseWriter, r *http.Request) {
+	f, err := deadLetterFilter(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	n, err := s.buf.PurgeDeadLetters(r.Context(), f)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("admin: dead letters purged", "reason", f.Reason, "seq", f.Seq, "purged", n)
+	writeJSON(w, PurgeResult{Purged: n})
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -48,7 +49,13 @@ func (c *Client) Close() error {
 
 // get sends a GET for path and returns the response if its status is 200.
 func (c *Client) get(ctx context.Context, path string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://ferry"+path, nil)
+	return c.do(ctx, http.MethodGet, path)
+}
+
+// do sends a request without a body and returns the response if its status
+// is 200.
+func (c *Client) do(ctx context.Context, method, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://ferry"+path, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -139,4 +146,83 @@ func (c *Client) Export(ctx context.Context, w io.Writer) (skipped uint64, err e
 		return 0, fmt.Errorf("admin socket %s: export ended without its trailer (ferry stopped?)", c.socket)
 	}
 	return skipped, nil
+}
+
+// deadLetterQuery is the query string selecting f's entries.
+func deadLetterQuery(f buffer.DeadLetterFilter) url.Values {
+	q := url.Values{}
+	if f.Reason != "" {
+		q.Set("reason", string(f.Reason))
+	}
+	if f.Seq != 0 {
+		q.Set("seq", strconv.FormatUint(f.Seq, 10))
+	}
+	return q
+}
+
+// DeadLetters calls fn with the running buffer's dead-letter entries f
+// selects, at most limit of them (0: all), in sequence order. damaged
+// counts entries the server could not read.
+func (c *Client) DeadLetters(ctx context.Context, f buffer.DeadLetterFilter, limit int, fn func(buffer.DeadLetterEntry) error) (damaged uint64, err error) {
+	q := deadLetterQuery(f)
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	resp, err := c.get(ctx, "/v1/dlq?"+q.Encode())
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var j buffer.JSONDeadLetter
+		if err := dec.Decode(&j); err == io.EOF {
+			break
+		} else if err != nil {
+			return 0, fmt.Errorf("admin socket %s: dead letters: %w", c.socket, err)
+		}
+		e, err := j.Entry()
+		if err != nil {
+			return 0, fmt.Errorf("admin socket %s: dead letters: %w", c.socket, err)
+		}
+		if err := fn(e); err != nil {
+			return 0, err
+		}
+	}
+	if msg := resp.Trailer.Get("Ferry-Error"); msg != "" {
+		return 0, fmt.Errorf("admin socket %s: dead letters: stopped: %s", c.socket, msg)
+	}
+	s := resp.Trailer.Get("Ferry-Damaged")
+	if damaged, err = strconv.ParseUint(s, 10, 64); err != nil {
+		return 0, fmt.Errorf("admin socket %s: dead letters ended without their trailer (ferry stopped?)", c.socket)
+	}
+	return damaged, nil
+}
+
+// ReplayDeadLetters has the running buffer replay the dead letters f
+// selects (see buffer.Buffer.ReplayDeadLetters).
+func (c *Client) ReplayDeadLetters(ctx context.Context, f buffer.DeadLetterFilter) (buffer.ReplayResult, error) {
+	var res buffer.ReplayResult
+	err := c.postJSON(ctx, "/v1/dlq/replay?"+deadLetterQuery(f).Encode(), &res)
+	return res, err
+}
+
+// PurgeDeadLetters has the running buffer purge the dead letters f
+// selects and returns how many records it removed.
+func (c *Client) PurgeDeadLetters(ctx context.Context, f buffer.DeadLetterFilter) (uint64, error) {
+	var res PurgeResult
+	err := c.postJSON(ctx, "/v1/dlq/purge?"+deadLetterQuery(f).Encode(), &res)
+	return res.Purged, err
+}
+
+func (c *Client) postJSON(ctx context.Context, path string, v any) error {
+	resp, err := c.do(ctx, http.MethodPost, path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("admin socket %s: %s: %w", c.socket, path, err)
+	}
+	return nil
 }
