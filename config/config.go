@@ -116,6 +116,14 @@ type Buffer struct {
 	// Default 1GiB (768MiB on 32-bit systems, where bbolt must map the
 	// whole file into the address space); 0 means no bound.
 	MaxBytes ByteSize `yaml:"max_bytes"`
+	// MaxDeadLetterBytes bounds the dead-letter bucket (records Kafka
+	// rejects for good, or that cannot be decoded), on the entries' stored
+	// size; beyond it the oldest are dropped and counted. It is apart from
+	// MaxBytes: the file holds up to MaxBytes of buffered records plus
+	// MaxDeadLetterBytes of dead letters. Default 64MiB; 0 means no bound
+	// (not allowed on 32-bit systems, where MaxBytes plus this must stay
+	// within 832MiB).
+	MaxDeadLetterBytes ByteSize `yaml:"max_dead_letter_bytes"`
 	// MaxAge drops records received longer ago than this, e.g. 7d or 36h;
 	// 0 turns it off. Default 7d.
 	MaxAge time.Duration `yaml:"max_age"`
@@ -129,6 +137,15 @@ type Buffer struct {
 	// buffer.db.corrupt-<time>, kept for inspection, and a new buffer is
 	// started) or "fail" (ferry refuses to start).
 	OnCorrupt string `yaml:"on_corrupt"`
+}
+
+// DeadLetterLimit is MaxDeadLetterBytes as a limit in bytes, negative for
+// none (MaxDeadLetterBytes 0), as the buffer's options take it.
+func (b Buffer) DeadLetterLimit() int64 {
+	if b.MaxDeadLetterBytes == 0 {
+		return -1
+	}
+	return int64(b.MaxDeadLetterBytes)
 }
 
 // ByteSize is a size in bytes. In YAML it is an integer or a number with a

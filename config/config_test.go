@@ -77,7 +77,7 @@ func TestDefaults(t *testing.T) {
 			ReceiveMaximum: 1000,
 			Subscriptions:  []Subscription{{Filter: "sensors/#", QoS: 1}},
 		},
-		Buffer: Buffer{Path: "./ferry-buffer.db", Sync: "always", SyncInterval: 100 * time.Millisecond, MaxBytes: 1 << 30, MaxAge: 7 * 24 * time.Hour, WhenFull: "drop_oldest", OnCorrupt: "move_aside"},
+		Buffer: Buffer{Path: "./ferry-buffer.db", Sync: "always", SyncInterval: 100 * time.Millisecond, MaxBytes: 1 << 30, MaxDeadLetterBytes: 64 << 20, MaxAge: 7 * 24 * time.Hour, WhenFull: "drop_oldest", OnCorrupt: "move_aside"},
 		Forward: Forward{
 			Kafka: Kafka{
 				Brokers:            []string{"127.0.0.1:9092"},
@@ -354,7 +354,15 @@ func TestBufferLimits(t *testing.T) {
 			want: Buffer{MaxBytes: 512 << 20, MaxAge: 72 * time.Hour, WhenFull: "block", Sync: "interval", SyncInterval: time.Second}},
 		{yaml: "buffer: {max_bytes: 2GB, max_age: 0}", want: Buffer{MaxBytes: 2e9, MaxAge: 0, WhenFull: "drop_oldest", Sync: "always"}},
 		{yaml: "buffer: {max_bytes: 1073741824}", want: Buffer{MaxBytes: 1 << 30, MaxAge: 7 * 24 * time.Hour}},
-		{yaml: "", intSize: 32, want: Buffer{MaxBytes: 768 << 20}},
+		{yaml: "", intSize: 32, want: Buffer{MaxBytes: 768 << 20, MaxDeadLetterBytes: 64 << 20}},
+		{yaml: "buffer: {max_bytes: 512MiB, max_dead_letter_bytes: 320MiB}", intSize: 32, want: Buffer{MaxBytes: 512 << 20, MaxDeadLetterBytes: 320 << 20}},
+		{yaml: "buffer: {max_dead_letter_bytes: 65MiB}", intSize: 32,
+			err: "buffer.max_dead_letter_bytes: must be at most 64MiB on a 32-bit system with max_bytes 768MiB, got 65MiB"},
+		{yaml: "buffer: {max_bytes: 512MiB, max_dead_letter_bytes: 0}", intSize: 32,
+			err: "buffer.max_dead_letter_bytes: must be at most 320MiB on a 32-bit system with max_bytes 512MiB, got 0B"},
+		{yaml: "buffer: {max_dead_letter_bytes: 1GB}", want: Buffer{MaxBytes: 1 << 30, MaxDeadLetterBytes: 1e9}},
+		{yaml: "buffer: {max_dead_letter_bytes: 0}", want: Buffer{MaxBytes: 1 << 30, MaxDeadLetterBytes: 0}},
+		{yaml: "buffer: {max_dead_letter_bytes: lots}", err: `buffer.max_dead_letter_bytes: must be a size such as 512MiB or 1GiB, got "lots"`},
 		{yaml: "buffer: {max_bytes: 1GiB}", intSize: 32, err: "buffer.max_bytes: must be at most 768MiB on a 32-bit system, got 1GiB"},
 		{yaml: "buffer: {max_bytes: 0}", intSize: 32, err: "buffer.max_bytes: must be at most 768MiB on a 32-bit system, got 0B"},
 		{yaml: "buffer: {max_bytes: lots}", err: `buffer.max_bytes: must be a size such as 512MiB or 1GiB, got "lots"`},
@@ -376,10 +384,14 @@ func TestBufferLimits(t *testing.T) {
 			continue
 		}
 		b := cfg.Buffer
-		if b.MaxBytes != tc.want.MaxBytes || tc.want.MaxAge != 0 && b.MaxAge != tc.want.MaxAge ||
+		checkDL := tc.want.MaxDeadLetterBytes != 0 || strings.Contains(tc.yaml, "max_dead_letter_bytes")
+		if b.MaxBytes != tc.want.MaxBytes || checkDL && b.MaxDeadLetterBytes != tc.want.MaxDeadLetterBytes || tc.want.MaxAge != 0 && b.MaxAge != tc.want.MaxAge ||
 			tc.want.WhenFull != "" && b.WhenFull != tc.want.WhenFull || tc.want.Sync != "" && b.Sync != tc.want.Sync ||
 			tc.want.SyncInterval != 0 && b.SyncInterval != tc.want.SyncInterval {
 			t.Errorf("%q: buffer %+v, want %+v", tc.yaml, b, tc.want)
+		}
+		if want := int64(tc.want.MaxDeadLetterBytes); checkDL && (want == 0 && b.DeadLetterLimit() != -1 || want != 0 && b.DeadLetterLimit() != want) {
+			t.Errorf("%q: dead-letter limit %d for %v", tc.yaml, b.DeadLetterLimit(), b.MaxDeadLetterBytes)
 		}
 		if strings.Contains(tc.yaml, "max_age: 0") && b.MaxAge != 0 {
 			t.Errorf("%q: max_age %v, want 0 (off)", tc.yaml, b.MaxAge)

@@ -34,11 +34,15 @@ const (
 	defaultSyncInterval       = 100 * time.Millisecond
 	defaultMaxBytes           = 1 << 30
 	defaultMaxAge             = 7 * 24 * time.Hour
-	// maxBytes32 is the most a 32-bit system may buffer: bbolt maps the
-	// whole file (max_bytes plus its growth step and rounding of the map
-	// size), a compaction maps a second file, and a 32-bit process's
-	// address space holds only about 2 GiB of maps reliably.
+	defaultMaxDeadLetterBytes = 64 << 20
+	// maxBytes32 is the most a 32-bit system may buffer, and maxFile32 the
+	// most its buffer file may hold, max_bytes plus max_dead_letter_bytes
+	// (the defaults fill it): bbolt maps the whole file (plus its growth
+	// step and rounding of the map size), a compaction maps a second
+	// file, and a 32-bit process's address space holds only about 2 GiB
+	// of maps reliably.
 	maxBytes32 = 768 << 20
+	maxFile32  = maxBytes32 + defaultMaxDeadLetterBytes
 )
 
 // setDefaults fills in what the file left out: absent or null keys, and
@@ -72,6 +76,7 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 		defaultMax = maxBytes32
 	}
 	setIfAbsent(src, "buffer.max_bytes", &bu.MaxBytes, defaultMax)
+	setIfAbsent(src, "buffer.max_dead_letter_bytes", &bu.MaxDeadLetterBytes, defaultMaxDeadLetterBytes)
 	setIfAbsent(src, "buffer.max_age", &bu.MaxAge, defaultMaxAge)
 	setString(&bu.WhenFull, "drop_oldest")
 	setString(&bu.OnCorrupt, "move_aside")
@@ -133,6 +138,13 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	if env.intSize() == 32 && (bu.MaxBytes == 0 || bu.MaxBytes > maxBytes32) {
 		bad("buffer.max_bytes", "must be at most %v on a 32-bit system, got %v: bbolt maps the whole buffer file into memory and a 32-bit process cannot map more reliably", ByteSize(maxBytes32), bu.MaxBytes)
+	}
+	if bu.MaxDeadLetterBytes < 0 {
+		bad("buffer.max_dead_letter_bytes", "must be 0 (no bound) or more, got %v", bu.MaxDeadLetterBytes)
+	} else if env.intSize() == 32 && bu.MaxBytes > 0 && bu.MaxBytes <= maxBytes32 &&
+		(bu.MaxDeadLetterBytes == 0 || bu.MaxDeadLetterBytes > maxFile32-bu.MaxBytes) {
+		bad("buffer.max_dead_letter_bytes", "must be at most %v on a 32-bit system with max_bytes %v, got %v: bbolt maps the whole buffer file into memory, and max_bytes plus max_dead_letter_bytes must stay within %v",
+			maxFile32-bu.MaxBytes, bu.MaxBytes, bu.MaxDeadLetterBytes, ByteSize(maxFile32))
 	}
 	if bu.MaxAge < 0 {
 		bad("buffer.max_age", "must be 0 (off) or more, got %v", bu.MaxAge)
