@@ -96,6 +96,7 @@ func openBuffer(c config.Buffer, log *slog.Logger) (*buffer.Buffer, error) {
 		MaxAge:   c.MaxAge,
 		Logger:   log.With("component", "buffer"),
 	}
+	opts.MaxDeadLetterBytes = c.DeadLetterLimit()
 	if c.Sync == "interval" {
 		opts.SyncInterval = c.SyncInterval
 	}
