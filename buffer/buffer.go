@@ -10,14 +10,23 @@
 // interval: fewer, larger writes (kinder to flash), the same guarantee,
 // more latency.
 //
-// Order: records get sequence numbers that only grow, across restarts too.
+// Order: records get sequence numbers that only grow, across restarts too,
+// and the file's ID (random, kept by compaction and salvage, new for a new
+// file) names the log they belong to: (ID, Seq) is unique forever.
 // Read returns records in sequence order. Records leave the buffer through
 // Release, which removes a prefix ("everything up to seq is delivered"), and
 // through the configured limits (MaxBytes with DropOldest, MaxAge), which
 // remove the oldest records and count them by reason. A record that cannot be
 // delivered leaves through DeadLetter into the dead-letter bucket (kept with
 // its reason, counted, logged; see deadletter.go), and so does a stored
-// record that cannot be decoded: nothing is skipped silently.
+// record that cannot be decoded: nothing is skipped silently. The
+// dead-letter bucket has its own bound (MaxDeadLetterBytes, oldest entries
+// dropped and counted) and does not count toward MaxBytes: the file holds
+// at most MaxBytes of FIFO plus MaxDeadLetterBytes of dead letters, so
+// records that fail can never push live records out.
+//
+// Memory: appends wait for the committer in a queue bounded by count
+// (QueueSize) and by bytes (QueueBytes); Append blocks beyond either.
 //
 // Cost does not depend on depth: counters live in a meta bucket updated in
 // the same transaction as the records, the head is found with one cursor
