@@ -50,6 +50,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // maxBatchBytes is the size of record data at which a commit starts a new
@@ -362,7 +363,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
 	}
 	db, err := openBolt(path, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open buffer %s: %w (is another ferry running on it?)", path, ErrLocked)
 	}
 	if err != nil {
@@ -578,7 +579,7 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 		})
 		b.dbMu.RUnlock()
 		if err != nil {
-			if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+			if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 				return dst, ErrClosed
 			}
 			return dst, fmt.Errorf("read buffer %s: %w", b.path, err)

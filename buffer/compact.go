@@ -10,6 +10,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // compactTxSize bounds one write transaction of a compaction, so its memory
@@ -23,7 +24,7 @@ func openExclusive(op, path string) (*bolt.DB, error) {
 		return nil, fmt.Errorf("%s %s: %w", op, path, err)
 	}
 	db, err := openBoltOnce(path, &bolt.Options{Timeout: offlineLockTimeout, FreelistType: bolt.FreelistMapType})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("%s %s: %w", op, path, ErrLocked)
 	}
 	if err != nil {

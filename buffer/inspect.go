@@ -19,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // offlineLockTimeout is how long the offline tools (OpenReadOnly, Purge,
@@ -174,7 +175,7 @@ func OpenReadOnly(path string) (*ReadOnly, error) {
 		ReadOnly: true, Timeout: offlineLockTimeout,
 		FreelistType: bolt.FreelistMapType, PreLoadFreelist: true, // for the free page counts
 	})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open buffer %s: %w", path, ErrLocked)
 	}
 	if err != nil {
@@ -234,7 +235,7 @@ func (v fileView) viewTx(fn func(tx *bolt.Tx) error) (err error) {
 		db = v.live.db
 	}
 	err = db.View(fn)
-	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return ErrClosed
 	}
 	return err

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // ErrCorruptFile is returned (wrapped) by Open for a file that exists but
@@ -89,8 +90,8 @@ func openBoltOnce(path string, o *bolt.Options) (db *bolt.DB, err error) {
 	switch {
 	case err == nil:
 		return db, nil
-	case errors.Is(err, bolt.ErrInvalid), errors.Is(err, bolt.ErrVersionMismatch), errors.Is(err, bolt.ErrChecksum),
-		errors.Is(err, bolt.ErrInvalidMapping):
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum),
+		errors.Is(err, berrors.ErrInvalidMapping):
 		return nil, fmt.Errorf("%w: %w", ErrCorruptFile, err)
 	}
 	return nil, err
