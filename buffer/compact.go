@@ -147,6 +147,15 @@ func compactInto(dst, src *bolt.DB) (err error) {
 				return err
 			}
 		}
+		err = convertQuarantine(tx, &st, time.Now(), func(k []byte, e *deadEntry) error { // a file from before the dead-letter bucket
+			v := appendDeadEntry(nil, e)
+			st.dlRecords += e.records
+			st.dlBytes += uint64(len(v))
+			return w.add(bucketDeadLetters, k, v)
+		})
+		if err != nil {
+			return err
+		}
 		c := batches.Cursor()
 		for k, v := seekBatch(c, st.head); k != nil; k, v = c.Next() {
 			if err := w.add(bucketBatches, k, v); err != nil {
@@ -182,6 +191,9 @@ func Purge(path string, cutoff time.Time) (removed uint64, err error) {
 	err = db.Update(func(tx *bolt.Tx) error {
 		st, _, err := readState(tx)
 		if err != nil {
+			return err
+		}
+		if err := migrateQuarantine(tx, &st, time.Now()); err != nil { // a file from before the dead-letter bucket
 			return err
 		}
 		removed, err = dropWhile(tx, &st, func(raw []byte, _ uint64) bool {

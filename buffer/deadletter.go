@@ -704,19 +704,40 @@ func migrateQuarantine(tx *bolt.Tx, st *state, now time.Time) error {
 	if _, err := tx.CreateBucketIfNotExists(bucketDeadLetters); err != nil {
 		return err
 	}
-	meta := tx.Bucket(bucketMeta)
 	q := tx.Bucket(bucketQuarantine)
 	if q == nil {
 		return nil
 	}
-	total := getUint(meta, keyQuarantined)
+	err := convertQuarantine(tx, st, now, func(k []byte, e *deadEntry) error { return putDeadLetter(tx, st, k, e) })
+	if err != nil {
+		return err
+	}
+	if err := tx.DeleteBucket(bucketQuarantine); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketMeta).Delete(keyQuarantined)
+}
+
+// convertQuarantine calls put with the dead-letter entry for every entry
+// of tx's old quarantine bucket, if it has one, and counts them by reason
+// in st; put adds them to what the bucket holds. Open, Compact and Salvage
+// read files written before the dead-letter bucket with it.
+func convertQuarantine(tx *bolt.Tx, st *state, now time.Time, put func(k []byte, e *deadEntry) error) error {
+	q := tx.Bucket(bucketQuarantine)
+	if q == nil {
+		return nil
+	}
+	var total uint64
+	if meta := tx.Bucket(bucketMeta); meta != nil {
+		total = getUint(meta, keyQuarantined)
+	}
 	var singles uint64
 	err := q.ForEach(func(k, v []byte) error {
 		e := legacyEntry(v, now)
 		if !e.batch {
 			singles++
 		}
-		return putDeadLetter(tx, st, k, &e) // counted by reason below, from the old total
+		return put(k, &e)
 	})
 	if err != nil {
 		return err
@@ -725,10 +746,7 @@ func migrateQuarantine(tx *bolt.Tx, st *state, now time.Time) error {
 	if total > singles {
 		st.countDead(ReasonBrokenBatch, total-singles)
 	}
-	if err := tx.DeleteBucket(bucketQuarantine); err != nil {
-		return err
-	}
-	return meta.Delete(keyQuarantined)
+	return nil
 }
 
 // deadLetters checks every dead-letter entry and, when full, the

@@ -385,18 +385,20 @@ func TestCompactAndSalvageKeepDeadLetters(t *testing.T) {
 	}
 }
 
-// A file written before the dead-letter bucket existed: its quarantine
-// becomes dead letters, counted, on Open.
-func TestQuarantineMigrates(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "buffer.db")
+// oldFile makes a buffer file the way a ferry from before the dead-letter
+// bucket left it: three live records, a quarantine bucket holding a single
+// record and a whole broken batch of two, one total, no dead letters, no
+// ID. It returns the two quarantine values.
+func oldFile(t *testing.T, path string) (single, batch []byte) {
+	t.Helper()
 	fillBuffer(t, path, 3)
-	batch := appendBatch(nil, [][]byte{appendEncoded(nil, rec(7)), appendEncoded(nil, rec(8))})
-	single := appendEncoded(nil, rec(5))
-	// Make it the old way: a quarantine bucket, one total, no dead letters.
+	batch = appendBatch(nil, [][]byte{appendEncoded(nil, rec(7)), appendEncoded(nil, rec(8))})
+	single = appendEncoded(nil, rec(5))
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer db.Close()
 	if err := db.Update(func(tx *bolt.Tx) error {
 		if err := tx.DeleteBucket(bucketDeadLetters); err != nil {
 			return err
@@ -420,41 +422,87 @@ func TestQuarantineMigrates(t *testing.T) {
 		if err := q.Put(seqKey(2), batch); err != nil {
 			return err
 		}
-		return meta.Put(keyQuarantined, binary8(3)) // 1 record + a batch of 2
+		return meta.Put(keyQuarantined, seqKey(3)) // 1 record + a batch of 2
 	}); err != nil {
 		t.Fatal(err)
 	}
-	db.Close()
-
-	b, err := Open(path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := b.Stats()
-	if st.DeadLettered[ReasonUndecodable] != 1 || st.DeadLettered[ReasonBrokenBatch] != 2 || st.DeadLetterRecords != 3 || st.Records != 3 || st.ID == "" {
-		t.Fatalf("stats after migration %+v", st)
-	}
-	got := deadLetters(t, b.EachDeadLetter, DeadLetterFilter{})
-	if len(got) != 2 || got[0].Reason != ReasonUndecodable || got[0].Record == nil || !bytes.Equal(got[0].Record.Payload, rec(5).Payload) ||
-		got[1].Reason != ReasonBrokenBatch || !bytes.Equal(got[1].Raw, batch) || got[1].Records != 2 {
-		t.Fatalf("entries %+v", got)
-	}
-	b.Close()
-	checkCounters(t, path)
-	db, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.View(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketQuarantine) != nil || tx.Bucket(bucketMeta).Get(keyQuarantined) != nil {
-			t.Error("the quarantine bucket or its counter is still there")
-		}
-		return nil
-	})
+	return single, batch
 }
 
-func binary8(n uint64) []byte { return seqKey(n) }
+// A file written before the dead-letter bucket existed: its quarantine
+// becomes dead letters, counted, when Open, Compact, Salvage or an offline
+// purge reads it.
+func TestQuarantineMigrates(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		op   func(t *testing.T, path string) string // returns the file to open
+	}{
+		{"open", func(t *testing.T, path string) string { return path }},
+		{"compact", func(t *testing.T, path string) string {
+			if _, _, err := Compact(path); err != nil {
+				t.Fatal(err)
+			}
+			return path
+		}},
+		{"salvage", func(t *testing.T, path string) string {
+			ro := openReadOnlyTest(t, path)
+			dst := path + ".salvaged"
+			if _, err := ro.Salvage(dst); err != nil {
+				t.Fatal(err)
+			}
+			ro.Close()
+			return dst
+		}},
+		{"purge", func(t *testing.T, path string) string {
+			if _, err := Purge(path, time.Unix(0, 0)); err != nil {
+				t.Fatal(err)
+			}
+			return path
+		}},
+		{"dlq purge", func(t *testing.T, path string) string {
+			if _, err := PurgeDeadLetters(path, DeadLetterFilter{Seq: 99}); err != nil {
+				t.Fatal(err)
+			}
+			return path
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "buffer.db")
+			single, batch := oldFile(t, path)
+			path = tc.op(t, path)
+			if tc.name != "open" {
+				checkCounters(t, path)
+			}
+			b, err := Open(path, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := b.Stats()
+			if st.DeadLettered[ReasonUndecodable] != 1 || st.DeadLettered[ReasonBrokenBatch] != 2 || st.DeadLetterRecords != 3 ||
+				st.DeadLetterBytes == 0 || st.Records != 3 || st.ID == "" {
+				t.Fatalf("stats after migration %+v", st)
+			}
+			got := deadLetters(t, b.EachDeadLetter, DeadLetterFilter{})
+			if len(got) != 2 || got[0].Reason != ReasonUndecodable || got[0].Record == nil || !bytes.Equal(got[0].Record.Payload, rec(5).Payload) ||
+				got[1].Reason != ReasonBrokenBatch || !bytes.Equal(got[1].Raw, batch) || got[1].Records != 2 {
+				t.Fatalf("entries %+v (single %x)", got, single)
+			}
+			b.Close()
+			checkCounters(t, path)
+			db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			db.View(func(tx *bolt.Tx) error {
+				if tx.Bucket(bucketQuarantine) != nil || tx.Bucket(bucketMeta).Get(keyQuarantined) != nil {
+					t.Error("the quarantine bucket or its counter is still there")
+				}
+				return nil
+			})
+		})
+	}
+}
 
 // Read stops before maxBytes of payload and topic, but returns a record
 // larger than the bound alone.

@@ -563,14 +563,14 @@ func (r *ReadOnly) Salvage(dst string) (copied int, err error) {
 				return err
 			}
 		}
-		if q := tx.Bucket(bucketQuarantine); q != nil { // a file from before the dead-letter bucket
-			err := q.ForEach(func(k, v []byte) error {
-				e := legacyEntry(v, time.Now())
-				return s.setAside(k, &e)
-			})
-			if err != nil {
-				return err
-			}
+		err := convertQuarantine(tx, &s.st, time.Now(), func(k []byte, e *deadEntry) error { // a file from before the dead-letter bucket
+			v := appendDeadEntry(nil, e)
+			s.st.dlRecords += e.records
+			s.st.dlBytes += uint64(len(v))
+			return s.w.add(bucketDeadLetters, k, v)
+		})
+		if err != nil {
+			return err
 		}
 		batches := tx.Bucket(bucketBatches)
 		if batches == nil {
