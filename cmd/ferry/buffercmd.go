@@ -401,7 +401,7 @@ func (c *bufferCmd) printReport(rep buffer.VerifyReport, live bool) {
 	if !rep.OK() {
 		verdict = fmt.Sprintf("DAMAGED: %d problems, %d unreadable records", len(rep.Problems), rep.Unreadable())
 	}
-	fmt.Fprintf(w, "%s: %d batches, %d intact records; %s; %s\n", c.path, rep.Batches, rep.Records, structure, verdict)
+	fmt.Fprintf(w, "%s: %d batches, %d intact records, %d dead-letter entries; %s; %s\n", c.path, rep.Batches, rep.Records, rep.DeadLetters, structure, verdict)
 }
 
 func (c *bufferCmd) salvage(dst string) int {

@@ -124,3 +124,84 @@ func TestListenReplacesStaleSocketOnly(t *testing.T) {
 		t.Error("Listen replaced a regular file")
 	}
 }
+
+// The dead-letter endpoints list with filters and a limit, and replay and
+// purge through the buffer's committer; bad parameters are a 400.
+func TestServeDeadLetters(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	b, err := buffer.Open(filepath.Join(t.TempDir(), "b.db"), buffer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := 1; i <= 5; i++ {
+		if _, err := b.AppendWait(ctx, &buffer.Record{Topic: "t", Payload: []byte(fmt.Sprint(i)), ReceivedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for seq := uint64(1); seq <= 4; seq++ {
+		b.DeadLetter(seq, buffer.Reason(fmt.Sprint("r", seq%2)), errors.New("no"))
+	}
+	for b.Stats().DeadLetterRecords < 4 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	sock := SocketPath(b.Path())
+	srv, err := Listen(sock, b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	c := NewClient(sock)
+	defer c.Close()
+
+	list := func(f buffer.DeadLetterFilter, limit int) []uint64 {
+		t.Helper()
+		var seqs []uint64
+		damaged, err := c.DeadLetters(ctx, f, limit, func(e buffer.DeadLetterEntry) error {
+			if e.Record == nil || string(e.Record.Payload) != fmt.Sprint(e.Seq) || e.Detail != "no" {
+				return fmt.Errorf("entry %+v", e)
+			}
+			seqs = append(seqs, e.Seq)
+			return nil
+		})
+		if err != nil || damaged != 0 {
+			t.Fatalf("dead letters %+v: %v, %d damaged", f, err, damaged)
+		}
+		return seqs
+	}
+	if got := fmt.Sprint(list(buffer.DeadLetterFilter{}, 0)); got != "[1 2 3 4]" {
+		t.Errorf("all: %s", got)
+	}
+	if got := fmt.Sprint(list(buffer.DeadLetterFilter{Reason: "r1"}, 1)); got != "[1]" {
+		t.Errorf("reason r1, limit 1: %s", got)
+	}
+	if got := fmt.Sprint(list(buffer.DeadLetterFilter{Seq: 4}, 0)); got != "[4]" {
+		t.Errorf("seq 4: %s", got)
+	}
+	res, err := c.ReplayDeadLetters(ctx, buffer.DeadLetterFilter{Reason: "r0"})
+	if err != nil || res.Replayed != 2 || res.FirstSeq != 6 || res.LastSeq != 7 {
+		t.Errorf("replay: %+v, %v", res, err)
+	}
+	if n, err := c.PurgeDeadLetters(ctx, buffer.DeadLetterFilter{}); err != nil || n != 2 {
+		t.Errorf("purge: %d, %v", n, err)
+	}
+	if st := b.Stats(); st.DeadLetterRecords != 0 || st.Records != 3 || st.Dropped[buffer.DropDeadLetterPurged] != 2 {
+		t.Errorf("stats %+v", st)
+	}
+	if _, err := c.PurgeDeadLetters(ctx, buffer.DeadLetterFilter{}); err != nil {
+		t.Errorf("purge of nothing: %v", err)
+	}
+	if _, err := c.get(ctx, "/v1/dlq?seq=x"); err == nil || !strings.Contains(err.Error(), "400") {
+		t.Errorf("seq=x: %v", err)
+	}
+	if _, err := c.get(ctx, "/v1/dlq/replay"); err == nil || !strings.Contains(err.Error(), "405") {
+		t.Errorf("GET replay: %v", err)
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+}
