@@ -296,7 +296,7 @@ func (s *state) store(meta *bolt.Bucket) error {
 	}
 	for r, n := range s.deadLettered {
 		if r == "" { // bbolt refuses an empty key
-			r = "unspecified"
+			r = reasonUnspecified
 		}
 		if err := dl.Put([]byte(r), binary.BigEndian.AppendUint64(nil, n)); err != nil {
 			return err

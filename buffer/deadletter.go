@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -40,6 +41,13 @@ const (
 	ReasonBrokenBatch Reason = "broken_batch"
 )
 
+// reasonUnspecified stands for an empty reason (a bbolt key cannot be
+// empty).
+const reasonUnspecified Reason = "unspecified"
+
+// maxDetail is the most of a dead letter's detail text kept.
+const maxDetail = 1024
+
 var (
 	bucketDeadLetters  = []byte("dead_letters")
 	bucketDeadLettered = []byte("dead_lettered") // in meta: reason -> records dead-lettered, ever
@@ -51,11 +59,18 @@ var (
 // once; the move is written with the next commit, and before any Release
 // queued after it, so DeadLetter(seq) followed by Release(n) with n >= seq
 // never loses the record. A record released or dropped before the commit
-// is not moved. Asking twice for one record keeps the first request.
+// is not moved. Asking twice for one record keeps the first request. An
+// empty reason is kept as "unspecified"; detail is cut at 1 KiB.
 func (b *Buffer) DeadLetter(seq uint64, reason Reason, detail error) {
 	d := ""
 	if detail != nil {
 		d = detail.Error()
+	}
+	if len(d) > maxDetail {
+		d = strings.ToValidUTF8(d[:maxDetail], "") + " ..."
+	}
+	if reason == "" {
+		reason = reasonUnspecified
 	}
 	b.mu.Lock()
 	if _, ok := b.toDead[seq]; !ok {
