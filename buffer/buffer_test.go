@@ -399,6 +399,7 @@ func crashChild(path string) {
 			if seq%2000 == 0 {
 				fmt.Fprintf(out, "R %d\n", seq-1000)
 				out.Flush()
+				b.DeadLetter(seq-1500, "crash", nil) // as a forwarder does before a release past it
 				b.Release(seq - 1000)
 			}
 			fmt.Fprintf(out, "%d %s\n", seq, r.Payload)
@@ -510,6 +511,13 @@ func TestKillNineKeepsAcknowledged(t *testing.T) {
 		for seq := range acked {
 			if !seen[seq] && seq > released { // a release may or may not have been committed
 				t.Fatalf("round %d: acknowledged seq %d is missing (%d acked, %d present)", round, seq, len(acked), len(got))
+			}
+		}
+		// A release that was committed carried the dead letter asked for
+		// before it: the record 500 below it is in the dead-letter bucket.
+		if st := b.Stats(); st.FirstSeq > 1000 || st.Records == 0 && st.LastSeq > 2000 {
+			if st.DeadLettered["crash"] == 0 || st.DeadLetterRecords != st.DeadLettered["crash"] {
+				t.Fatalf("round %d: releases committed up to %d but dead letters %+v", round, st.FirstSeq, st)
 			}
 		}
 		t.Logf("round %d: %d acknowledged, released up to %d, %d present", round, len(acked), released, len(got))
