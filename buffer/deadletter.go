@@ -419,9 +419,11 @@ type ReplayResult struct {
 // payload and properties. They leave the bucket in the same transaction,
 // written by the committer with the next commit; it returns once that
 // commit is durable, or with ctx's error (the replay may still happen).
-// The records count as appended: MaxBytes and MaxAge apply to them (a
-// record older than MaxAge is dropped again at once). Fix what made them
-// fail first, or they come back.
+// The records count as appended: MaxBytes and MaxAge apply to them (with
+// DropOldest the oldest records make room; with Block a replay may take
+// the buffer over MaxBytes until releases bring it back; a record older
+// than MaxAge is dropped again at once). Fix what made them fail first, or
+// they come back.
 func (b *Buffer) ReplayDeadLetters(ctx context.Context, f DeadLetterFilter) (ReplayResult, error) {
 	var res ReplayResult
 	err := b.deadLetterOp(ctx, func(tx *bolt.Tx, st *state) (err error) {
