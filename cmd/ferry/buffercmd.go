@@ -42,8 +42,9 @@ commands:
                                 on damage. --salvage copies every intact
                                 record (same sequence numbers) into the new
                                 buffer file NEW and sets the damaged ones
-                                aside in its dead-letter bucket; stop ferry, then
-                                move NEW over the buffer file to use it.
+                                aside in its dead-letter bucket; stop
+                                ferry, then move NEW over the buffer file
+                                to use it.
   export   [-o FILE]            every record as JSON lines (default stdout);
                                 exit 1 if some could not be read
   purge    --older-than D       remove the records received more than D ago
