@@ -330,12 +330,8 @@ type Buffer struct {
 	// credit is the committer's own: bytes of retired batches deleted
 	// beyond what appends have taken since, so free pages bbolt still has.
 	credit uint64
-	// dlDisk is the committer's own: the bytes of the pages the
-	// dead-letter bucket takes, measured at the start of the commit after
-	// one that changed the bucket (dlStale): inside the commit that
-	// changes it, bbolt has not laid out its pages yet.
-	dlDisk  uint64
-	dlStale bool
+	// dl is the committer's own: the pages the dead-letter bucket takes.
+	dl dlPages
 
 	mu        sync.Mutex // guards the fields below
 	st        state
@@ -398,7 +394,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 		if err := migrateQuarantine(tx, &b.st, opts.Now()); err != nil {
 			return fmt.Errorf("move the quarantine to the dead-letter bucket: %w", err)
 		}
-		b.dlStale = true
+		b.dl.stale = true
 		if b.st.id == "" {
 			if b.st.id, err = newID(); err != nil {
 				return err
@@ -726,8 +722,8 @@ const ratioMinBytes = 1 << 20
 // neither free nor pending, over the records' encoded size and the retired
 // batches' size (their pages are in use until reclaimed). It reflects
 // what the commits before left on disk: batch framing, leaf pages' unused
-// tails, branch pages. The dead-letter bucket's pages (dlDisk) are left
-// out: MaxBytes does not count them.
+// tails, branch pages. The dead-letter bucket's pages (dlDisk, see
+// dlPages) are left out: MaxBytes does not count them.
 func diskRatio(tx *bolt.Tx, st state, dlDisk uint64) float64 {
 	if data := st.bytes + st.retired; data >= ratioMinBytes {
 		used := uint64(max(usedBytes(tx), 0))
@@ -865,7 +861,7 @@ func (b *Buffer) commit(batch []appendReq) {
 	st := b.st.clone()
 	ratio := b.ratio
 	credit := b.credit
-	dlDisk, dlStale := b.dlDisk, b.dlStale
+	dl := b.dl
 	releaseTo := b.releaseTo
 	var dead map[uint64]deadReq
 	if len(b.toDead) > 0 {
@@ -891,11 +887,9 @@ func (b *Buffer) commit(batch []appendReq) {
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		batches := tx.Bucket(bucketBatches)
 		batches.FillPercent = 0.95 // keys only ever grow: pack pages
-		if dlStale {
-			dlDisk, dlStale = deadLetterDisk(tx), false
-		}
 		if bounded {
-			ratio = diskRatio(tx, st, dlDisk)
+			dl.measure(tx, st, time.Now())
+			ratio = diskRatio(tx, st, dl.estimate(st))
 			budget, _ = b.recordBudget(ratio)
 		}
 		for _, seq := range slices.Sorted(maps.Keys(dead)) { // in key order: packed pages
@@ -968,7 +962,7 @@ func (b *Buffer) commit(batch []appendReq) {
 			}
 			dropped[2] = n
 		}
-		dlStale = dlStale || len(dead) > 0 || len(ops) > 0 || dropped[2] > 0
+		dl.stale = dl.stale || len(dead) > 0 || len(ops) > 0 || dropped[2] > 0
 		// Make room for what was appended from retired batches (less what
 		// earlier deletions left free), and bring the live and retired
 		// data within the budget.
@@ -1011,7 +1005,7 @@ func (b *Buffer) commit(batch []appendReq) {
 	b.st = st
 	b.ratio = ratio
 	b.credit = credit
-	b.dlDisk, b.dlStale = dlDisk, dlStale
+	b.dl = dl
 	b.commits++
 	// Wake readers: new records, or records gone (released, dropped,
 	// dead-lettered) that a reader may be waiting behind.

@@ -272,7 +272,7 @@ func (b *Buffer) compactIfSparse() {
 	b.st.retired = 0
 	b.mu.Unlock()
 	b.credit = 0
-	b.dlStale = true // the new file's pages are packed
+	b.dl = dlPages{stale: true} // the new file's pages are packed: measure again
 	var after int64
 	if fi, err := os.Stat(b.path); err == nil {
 		after = fi.Size()

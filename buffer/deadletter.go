@@ -649,11 +649,42 @@ func selectDead(dl *bolt.Bucket, f DeadLetterFilter, fn func(k, v []byte, e *dea
 	return nil
 }
 
-// deadLetterDisk is the bytes of the pages the dead-letter bucket takes:
-// what MaxBytes leaves out. It visits every page of the bucket (bounded by
-// MaxDeadLetterBytes), so the committer measures it only after a commit
-// changed the bucket. In a write transaction it sees the pages as the last
-// commit left them.
+// dlPages follows the pages the dead-letter bucket takes, which MaxBytes
+// leaves out. Measuring them visits every page of the bucket, so the
+// committer measures at the start of a commit after one that changed the
+// bucket (inside the commit that changes it, bbolt has not laid the pages
+// out yet), but not more than once a second unless the entries' stored
+// bytes changed by more than an eighth (and 1 MiB) since; in between, the
+// change in stored bytes stands for the change in pages. A stream of bad
+// records costs a walk of the bucket a second, not one a commit.
+type dlPages struct {
+	measured uint64    // bytes of the bucket's pages when measured
+	atBytes  uint64    // the entries' stored bytes then
+	at       time.Time // when
+	stale    bool      // the bucket changed since
+}
+
+// measure measures the pages at the start of a write transaction, if they
+// changed and the last measurement is a second old; st is the state the
+// last commit left.
+func (p *dlPages) measure(tx *bolt.Tx, st state, now time.Time) {
+	change := max(st.dlBytes, p.atBytes) - min(st.dlBytes, p.atBytes)
+	if !p.stale || now.Sub(p.at) < time.Second && change <= max(1<<20, p.atBytes/8) {
+		return
+	}
+	*p = dlPages{measured: deadLetterDisk(tx), atBytes: st.dlBytes, at: now}
+}
+
+// estimate is the bytes of the bucket's pages for st.
+func (p *dlPages) estimate(st state) uint64 {
+	if st.dlBytes >= p.atBytes {
+		return p.measured + st.dlBytes - p.atBytes
+	}
+	return p.measured - min(p.measured, p.atBytes-st.dlBytes)
+}
+
+// deadLetterDisk is the bytes of the pages the dead-letter bucket takes. In
+// a write transaction it sees the pages as the last commit left them.
 func deadLetterDisk(tx *bolt.Tx) uint64 {
 	dl := tx.Bucket(bucketDeadLetters)
 	if dl == nil {

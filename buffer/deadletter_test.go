@@ -622,3 +622,30 @@ func FuzzDecodeDeadEntry(f *testing.F) {
 		e.entry(1, len(v)) // must not panic, whatever the body
 	})
 }
+
+// Between measurements the dead-letter pages follow the stored bytes; a
+// small change within a second is not measured again, a large one is.
+func TestDeadLetterPagesEstimate(t *testing.T) {
+	p := dlPages{measured: 5 << 20, atBytes: 4 << 20, at: time.Unix(100, 0)}
+	for _, tc := range []struct{ bytes, want uint64 }{
+		{4 << 20, 5 << 20}, {5 << 20, 6 << 20}, {3 << 20, 4 << 20}, {0, 1 << 20},
+	} {
+		if got := p.estimate(state{dlBytes: tc.bytes}); got != tc.want {
+			t.Errorf("estimate for %d stored bytes: %d, want %d", tc.bytes, got, tc.want)
+		}
+	}
+	b, _ := openTest(t)
+	b.dbMu.RLock()
+	defer b.dbMu.RUnlock()
+	b.db.View(func(tx *bolt.Tx) error {
+		q := p
+		q.stale = true
+		if q.measure(tx, state{dlBytes: 4<<20 + 1000}, time.Unix(100, 5e8)); q.at != p.at {
+			t.Error("a small change half a second later was measured")
+		}
+		if q.measure(tx, state{dlBytes: 6 << 20}, time.Unix(100, 5e8)); q.at == p.at || q.stale || q.atBytes != 6<<20 {
+			t.Errorf("a large change was not measured: %+v", q)
+		}
+		return nil
+	})
+}
