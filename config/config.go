@@ -202,7 +202,7 @@ type Kafka struct {
 	Linger time.Duration `yaml:"linger"`
 	// MaxBufferedRecords and MaxBufferedBytes bound the records read from
 	// the buffer and not yet acknowledged by Kafka (the forwarder's
-	// memory); >= 1 and >= 64KiB. Defaults 10000 and 16MiB.
+	// memory); >= 1 and >= 64KiB. Defaults 20000 and 16MiB.
 	MaxBufferedRecords int      `yaml:"max_buffered_records"`
 	MaxBufferedBytes   ByteSize `yaml:"max_buffered_bytes"`
 	// DialTimeout bounds one connection attempt to a broker; > 0.

@@ -83,7 +83,7 @@ func TestDefaults(t *testing.T) {
 				Brokers:            []string{"127.0.0.1:9092"},
 				ClientID:           "ferry-testhost",
 				Compression:        "none",
-				MaxBufferedRecords: 10000,
+				MaxBufferedRecords: 20000,
 				MaxBufferedBytes:   16 << 20,
 				DialTimeout:        10 * time.Second,
 			},
@@ -105,7 +105,7 @@ func TestDefaults(t *testing.T) {
 
 	// An explicit zero is kept (and validated), a null is a default.
 	c = mustParse(t, strings.Replace(minimal, "[127.0.0.1:9092]\n", "[127.0.0.1:9092]\n    linger: 0s\n    max_buffered_records:\n", 1), testEnv())
-	if c.Forward.Kafka.MaxBufferedRecords != 10000 || c.Forward.Kafka.Linger != 0 {
+	if c.Forward.Kafka.MaxBufferedRecords != 20000 || c.Forward.Kafka.Linger != 0 {
 		t.Errorf("Kafka = %+v", c.Forward.Kafka)
 	}
 	c = mustParse(t, strings.Replace(minimal, "- filter: sensors/#", "- {filter: sensors/#, qos: 0}", 1), testEnv())

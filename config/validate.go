@@ -24,7 +24,7 @@ const (
 	defaultReceiveMaximum     = 1000
 	defaultQoS                = 1
 	defaultCompression        = "none"
-	defaultMaxBufferedRecords = 10000
+	defaultMaxBufferedRecords = 20000
 	defaultMaxBufferedBytes   = 16 << 20
 	minMaxBufferedBytes       = 64 << 10
 	defaultUnknownTopicWait   = time.Minute

@@ -30,6 +30,7 @@ type pass struct {
 	recs  []buffer.Record // scratch for Read
 	vals  []string        // scratch for captures
 	chunk []*slot         // the chunk being produced
+	slab  []slot          // slots not used yet
 
 	// probe, when cands is not empty, is a bisection in progress: Kafka
 	// refused a batch for good, and the record to blame is one of cands
@@ -67,16 +68,24 @@ func newPass(f *Forwarder, cl *kgo.Client) *pass {
 // maxRead is the most records one Read returns.
 const maxRead = 1000
 
+// slabSize is how many slots are allocated at once.
+const slabSize = 256
+
 // run is Run's loop: fill the window, produce a chunk, wait for every
 // outcome, act on the failures, release, again.
 func (p *pass) run(ctx context.Context) error {
 	wait := backoff(250*time.Millisecond, 30*time.Second)
 	for {
-		if err := p.fill(ctx); err != nil {
-			if ctx.Err() != nil {
-				return nil
+		// With records ready to go (and no Linger to wait out), the next
+		// chunk goes out at once and the window is topped up while it is
+		// in flight (see produce); otherwise wait here for records.
+		if p.f.cfg.Linger > 0 || !p.hasWork(time.Now()) {
+			if err := p.fill(ctx, false); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
 			}
-			return err
 		}
 		if ctx.Err() != nil {
 			return nil
@@ -113,17 +122,22 @@ func (p *pass) run(ctx context.Context) error {
 
 // fill reads records into the window while it has room. It waits for
 // records only when the window has nothing to produce; then it also
-// wakes up for the next parked topic's retry.
-func (p *pass) fill(ctx context.Context) error {
+// wakes up for the next parked topic's retry. With prefetch it only takes
+// what the buffer holds now, and never waits.
+func (p *pass) fill(ctx context.Context, prefetch bool) error {
+	work := prefetch || p.hasWork(time.Now())
 	for {
 		records, bytes := p.w.room()
 		if records == 0 || bytes == 0 {
 			return nil
 		}
 		readCtx := ctx
-		if p.hasWork(time.Now()) {
+		if work {
 			// Only what is there now; never wait while records wait to go.
 			if p.f.src.Stats().LastSeq <= p.after {
+				if prefetch {
+					return nil
+				}
 				return p.linger(ctx)
 			}
 		} else if next, ok := p.nextRetry(); ok {
@@ -139,8 +153,10 @@ func (p *pass) fill(ctx context.Context) error {
 			}
 			return fmt.Errorf("forward: %w: %w", errSource, err)
 		}
+		now := time.Now()
 		for i := range p.recs {
-			p.admit(&p.recs[i])
+			s := p.admit(&p.recs[i])
+			work = work || s.state == pending && !p.isParked(s.kr.Topic, now)
 		}
 		clear(p.recs) // drop references to payloads the window holds now
 	}
@@ -173,30 +189,39 @@ func (p *pass) linger(ctx context.Context) error {
 
 // admit routes rec into the window. A record that matches no route, is too
 // large or would go to an invalid topic is settled at once.
-func (p *pass) admit(rec *buffer.Record) {
+func (p *pass) admit(rec *buffer.Record) *slot {
 	f := p.f
 	p.after = rec.Seq
+	if len(p.slab) == 0 {
+		p.slab = make([]slot, slabSize) // one allocation for many records
+	}
+	s := &p.slab[0]
+	p.slab = p.slab[1:]
+	s.seq = rec.Seq
+	var routed bool
+	routed, p.vals = f.route(rec, &s.rec, p.vals)
 	var kr *kgo.Record
-	kr, p.vals = f.route(rec, p.vals)
-	s := &slot{seq: rec.Seq, kr: kr}
-	if kr != nil {
+	if routed {
+		kr = &s.rec
+		s.kr = kr
 		s.size = recordSize(kr)
 	}
 	p.w.add(s)
 	switch {
 	case kr == nil:
-		s.state, s.kr = settled, nil
+		s.state = settled
 		n := f.unrouted.Add(1)
 		if n&(n-1) == 0 { // 1, 2, 4, 8, ...: rate-limited
 			f.log.Warn("record matches no route; dropped", "mqtt_topic", rec.Topic, "seq", rec.Seq, "dropped_total", n)
 		}
 	case s.size > f.cfg.MaxRecordBytes:
-		p.deadLetter(s, ReasonTooLarge, fmt.Errorf("record of %d bytes exceeds the %d-byte limit (forward.kafka.max_record_bytes)", s.size, f.cfg.MaxRecordBytes))
+		p.deadLetter(s, ReasonTooLarge, fmt.Errorf("record of %d bytes exceeds the %d-byte limit", s.size, f.cfg.MaxRecordBytes))
 	default:
 		if err := validTopic(kr.Topic); err != nil {
 			p.deadLetter(s, ReasonInvalidTopic, fmt.Errorf("MQTT topic %q: %w", rec.Topic, err))
 		}
 	}
+	return s
 }
 
 // hasWork reports whether the window holds a record that may be produced
@@ -226,21 +251,25 @@ func (p *pass) nextRetry() (time.Time, bool) {
 	return next, !next.IsZero()
 }
 
-// pick chooses the chunk: every pending record in window order, except
+// pick chooses the chunk: the pending records in window order, except
 // those of parked topics and, during a bisection, those after the middle
-// candidate.
+// candidate; at most half the window, so that the next chunk is read
+// while this one is in flight.
 func (p *pass) pick(now time.Time) {
 	p.chunk = p.chunk[:0]
 	cut := ^uint64(0)
 	if c := p.probe.cands; len(c) > 0 {
 		cut = c[(len(c)+1)/2-1]
 	}
+	maxRecords, maxBytes := max(p.w.maxRecords/2, 1), p.w.maxBytes/2
+	bytes := 0
 	for _, s := range p.w.slots {
-		if s.seq > cut {
+		if s.seq > cut || len(p.chunk) == maxRecords || len(p.chunk) > 0 && bytes+s.size > maxBytes {
 			break
 		}
 		if s.state == pending && !p.isParked(s.kr.Topic, now) {
 			p.chunk = append(p.chunk, s)
+			bytes += s.size
 		}
 	}
 }
@@ -268,7 +297,15 @@ func (p *pass) produce(ctx context.Context) bool {
 			p.w.finish(s, r, err)
 		})
 	}
-	if err := p.cl.Flush(ctx); err == nil {
+	// Flush sends the chunk and waits for every outcome; meanwhile the
+	// next chunk is read from the buffer and routed.
+	flushed := make(chan error, 1)
+	go func() { flushed <- p.cl.Flush(ctx) }()
+	prefetchErr := p.fill(ctx, true)
+	if err := <-flushed; err == nil {
+		if prefetchErr != nil && ctx.Err() == nil {
+			p.f.log.Warn("reading ahead in the buffer failed; will read again", "err", prefetchErr)
+		}
 		return true
 	}
 	fctx, cancel := context.WithTimeout(context.Background(), f.cfg.ShutdownTimeout)
@@ -471,7 +508,7 @@ func (p *pass) deadLetter(s *slot, reason buffer.Reason, err error) {
 	f := p.f
 	f.src.DeadLetter(s.seq, reason, err)
 	s.state = settled
-	s.kr = nil
+	s.kr, s.rec = nil, kgo.Record{} // let the payload go
 	f.deadMu.Lock()
 	f.dead[reason]++
 	n := f.dead[reason]

@@ -95,11 +95,12 @@ type Config struct {
 	// what there is; records that arrive meanwhile go with the next chunk.
 	Linger time.Duration
 	// MaxBufferedRecords and MaxBufferedBytes bound the window: the records
-	// read from the buffer and not yet released, which is also the most
-	// one chunk produces. Memory use is about MaxBufferedBytes plus a few
-	// hundred bytes per record. A single record larger than
-	// MaxBufferedBytes is still forwarded, alone. Defaults 10,000 and
-	// 16 MiB.
+	// read from the buffer and not yet released. A chunk is at most half
+	// of it, so the next chunk is read while one is in flight; over a slow
+	// link a chunk costs one round trip, so a larger window drains faster.
+	// Memory use is about MaxBufferedBytes plus some 700 bytes per record.
+	// A single record larger than MaxBufferedBytes is still forwarded,
+	// alone. Defaults 20,000 and 16 MiB.
 	MaxBufferedRecords int
 	MaxBufferedBytes   int
 	// MaxRecordBytes is the largest record (value, key, topic and headers)
@@ -174,7 +175,7 @@ func New(cfg Config, src Source) (*Forwarder, error) {
 		return nil, errors.New("forward: no routes")
 	}
 	if cfg.MaxBufferedRecords <= 0 {
-		cfg.MaxBufferedRecords = 10000
+		cfg.MaxBufferedRecords = 20000
 	}
 	if cfg.MaxBufferedBytes <= 0 {
 		cfg.MaxBufferedBytes = 16 << 20

@@ -38,9 +38,9 @@ type Route struct {
 	Key   *topic.Template // nil: no key (records are partitioned by MQTT topic)
 }
 
-// route builds the Kafka record for rec, or returns nil if no route
-// matches. vals is scratch space for captures.
-func (f *Forwarder) route(rec *buffer.Record, vals []string) (*kgo.Record, []string) {
+// route fills kr with the Kafka record for rec and reports whether a route
+// matched. vals is scratch space for captures.
+func (f *Forwarder) route(rec *buffer.Record, kr *kgo.Record, vals []string) (bool, []string) {
 	for i := range f.cfg.Routes {
 		r := &f.cfg.Routes[i]
 		var ok bool
@@ -48,21 +48,25 @@ func (f *Forwarder) route(rec *buffer.Record, vals []string) (*kgo.Record, []str
 		if !ok {
 			continue
 		}
-		kr := &kgo.Record{
+		*kr = kgo.Record{
 			Topic:     r.Topic.Expand(vals),
 			Value:     rec.Payload,
 			Timestamp: rec.ReceivedAt,
-			Headers:   make([]kgo.RecordHeader, 0, 5+len(rec.UserProperties)),
 		}
+		// The MQTT topic and the sequence number share one allocation.
+		buf := make([]byte, 0, len(rec.Topic)+20)
+		buf = append(buf, rec.Topic...)
+		topicVal := buf[:len(rec.Topic):len(rec.Topic)]
+		seqVal := strconv.AppendUint(buf[len(rec.Topic):], rec.Seq, 10)
 		if r.Key != nil {
 			kr.Key = []byte(r.Key.Expand(vals))
 		}
-		h := kr.Headers
+		h := make([]kgo.RecordHeader, 0, 5+len(rec.UserProperties)+4)
 		h = append(h,
-			kgo.RecordHeader{Key: HeaderMQTTTopic, Value: []byte(rec.Topic)}, // first: the partitioner reads it
+			kgo.RecordHeader{Key: HeaderMQTTTopic, Value: topicVal}, // first: the partitioner reads it
 			kgo.RecordHeader{Key: HeaderGateway, Value: f.gateway},
 			kgo.RecordHeader{Key: HeaderBufferID, Value: f.bufferID},
-			kgo.RecordHeader{Key: HeaderSeq, Value: strconv.AppendUint(nil, rec.Seq, 10)},
+			kgo.RecordHeader{Key: HeaderSeq, Value: seqVal},
 			kgo.RecordHeader{Key: HeaderQoS, Value: qosValues[rec.QoS&3]},
 		)
 		if rec.ContentType != "" {
@@ -81,9 +85,9 @@ func (f *Forwarder) route(rec *buffer.Record, vals []string) (*kgo.Record, []str
 			h = append(h, kgo.RecordHeader{Key: p.Key, Value: []byte(p.Value)})
 		}
 		kr.Headers = h
-		return kr, vals
+		return true, vals
 	}
-	return nil, vals
+	return false, vals
 }
 
 // Header values shared by every record (franz-go only reads them).

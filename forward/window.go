@@ -30,7 +30,8 @@ const (
 
 type slot struct {
 	seq   uint64
-	kr    *kgo.Record // nil once settled without a Kafka record
+	kr    *kgo.Record // &rec; nil once settled without a Kafka record
+	rec   kgo.Record
 	size  int
 	state state
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 )
@@ -20,6 +21,10 @@ type KafkaConfig struct {
 	Partitions int
 	// Brokers in the cluster. Default 1. SetReachable cuts all of them.
 	Brokers int
+	// RTT, if above zero, delays everything the cluster sends by that much
+	// (without limiting how much is in flight): a link with that round-trip
+	// time, for measuring how forwarding copes with a slow uplink.
+	RTT time.Duration
 }
 
 // Kafka is a fake Kafka cluster (kfake) on 127.0.0.1 whose network can be
@@ -45,7 +50,7 @@ func StartKafkaWith(cfg KafkaConfig, topics ...string) (*Kafka, error) {
 	if cfg.Brokers <= 0 {
 		cfg.Brokers = 1
 	}
-	g := &gate{up: true, conns: make(map[*gatedConn]struct{})}
+	g := &gate{up: true, conns: make(map[*gatedConn]struct{}), rtt: cfg.RTT}
 	opts := []kfake.Opt{
 		kfake.NumBrokers(cfg.Brokers),
 		kfake.AllowAutoTopicCreation(),
@@ -107,6 +112,7 @@ type gate struct {
 	mu    sync.Mutex
 	up    bool
 	conns map[*gatedConn]struct{}
+	rtt   time.Duration
 }
 
 func (g *gate) listen(network, address string) (net.Listener, error) {
@@ -141,6 +147,10 @@ func (g *gate) resetLocked() {
 
 // reset closes c so that the peer sees a reset rather than an orderly EOF.
 func reset(c net.Conn) {
+	if dc, ok := c.(*delayedConn); ok {
+		dc.stop()
+		c = dc.Conn
+	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}
@@ -166,6 +176,9 @@ func (l *gatedListener) Accept() (net.Conn, error) {
 			reset(c)
 			continue
 		}
+		if l.g.rtt > 0 {
+			c = newDelayedConn(c, l.g.rtt)
+		}
 		gc := &gatedConn{Conn: c, g: l.g}
 		l.g.conns[gc] = struct{}{}
 		l.g.mu.Unlock()
@@ -184,4 +197,66 @@ func (c *gatedConn) Close() error {
 	delete(c.g.conns, c)
 	c.g.mu.Unlock()
 	return c.Conn.Close()
+}
+
+// delayedConn delivers what is written to it after a delay, as a long link
+// does: writes return at once and any amount may be on its way. One
+// goroutine per connection, stopped by Close, does the delayed writes.
+type delayedConn struct {
+	net.Conn
+	delay time.Duration
+	queue chan delayedWrite
+	done  chan struct{}
+	once  sync.Once
+}
+
+type delayedWrite struct {
+	due time.Time
+	b   []byte
+}
+
+func newDelayedConn(c net.Conn, delay time.Duration) *delayedConn {
+	d := &delayedConn{Conn: c, delay: delay, queue: make(chan delayedWrite, 4096), done: make(chan struct{})}
+	go d.deliver()
+	return d
+}
+
+func (d *delayedConn) Write(p []byte) (int, error) {
+	w := delayedWrite{due: time.Now().Add(d.delay), b: append([]byte(nil), p...)}
+	select {
+	case d.queue <- w:
+		return len(p), nil
+	case <-d.done:
+		return 0, net.ErrClosed
+	}
+}
+
+func (d *delayedConn) deliver() {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case w := <-d.queue:
+			if wait := time.Until(w.due); wait > 0 {
+				t.Reset(wait)
+				select {
+				case <-t.C:
+				case <-d.done:
+					return
+				}
+			}
+			if _, err := d.Conn.Write(w.b); err != nil {
+				return
+			}
+		case <-d.done:
+			return
+		}
+	}
+}
+
+func (d *delayedConn) stop() { d.once.Do(func() { close(d.done) }) }
+
+func (d *delayedConn) Close() error {
+	d.stop()
+	return d.Conn.Close()
 }

@@ -1,0 +1,170 @@
+package forward
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ferry-edge/ferry/buffer"
+	"github.com/ferry-edge/ferry/internal/testenv"
+	"github.com/ferry-edge/ferry/internal/topic"
+)
+
+// BenchmarkDrain measures how fast a backlog drains: b.N records of 200
+// bytes from 100 devices, on kfake with 4 partitions, directly and over a
+// link with a 50 ms round trip. In the same run it measures a plain
+// franz-go producer (acks=all, idempotent, its defaults) writing the same
+// records from memory: "franz-go" is the ceiling, "ferry" drains them
+// from a buffer file while a sensor keeps appending 1,000 live records a
+// second, which must be delivered too.
+//
+//	go test -run '^$' -bench Drain -benchtime 1000000x ./forward
+func BenchmarkDrain(b *testing.B) {
+	for _, rtt := range []time.Duration{0, 50 * time.Millisecond} {
+		b.Run(fmt.Sprintf("rtt=%v/franz-go", rtt), func(b *testing.B) { benchPlain(b, rtt) })
+		b.Run(fmt.Sprintf("rtt=%v/ferry", rtt), func(b *testing.B) { benchFerry(b, rtt) })
+	}
+}
+
+const benchDevices = 100
+
+func benchKafka(b *testing.B, rtt time.Duration) *testenv.Kafka {
+	b.Helper()
+	k, err := testenv.StartKafkaWith(testenv.KafkaConfig{Partitions: 4, RTT: rtt}, "t")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(k.Close)
+	return k
+}
+
+func benchRecord(i int) *buffer.Record {
+	p := make([]byte, 200)
+	copy(p, fmt.Sprintf(`{"device":"dev-%03d","seq":%d,"t":21.5,"h":40.1}`, i%benchDevices, i))
+	return &buffer.Record{Topic: fmt.Sprintf("s/dev-%03d", i%benchDevices), Payload: p, QoS: 1, ReceivedAt: time.Now(), Seq: uint64(i + 1)}
+}
+
+func benchRoutes(b *testing.B) []Route {
+	b.Helper()
+	m, err := topic.ParsePattern("s/{device}")
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := Route{Match: m}
+	if r.Topic, err = topic.ParseTemplate("t", m.Names()); err != nil {
+		b.Fatal(err)
+	}
+	if r.Key, err = topic.ParseTemplate("{device}", m.Names()); err != nil {
+		b.Fatal(err)
+	}
+	return []Route{r}
+}
+
+func benchPlain(b *testing.B, rtt time.Duration) {
+	k := benchKafka(b, rtt)
+	f := &Forwarder{cfg: Config{Routes: benchRoutes(b), GatewayID: "gw"}, gateway: []byte("gw"), bufferID: []byte("0123456789abcdef")}
+	recs := make([]*kgo.Record, b.N)
+	var vals []string
+	for i := range recs {
+		recs[i] = new(kgo.Record)
+		_, vals = f.route(benchRecord(i), recs[i], vals)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(k.Brokers()...), kgo.MaxBufferedRecords(10000))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.ProduceSync(context.Background(), &kgo.Record{Topic: "t", Value: []byte("warm up")}).FirstErr(); err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var failed error
+	var mu sync.Mutex
+	b.ResetTimer()
+	start := time.Now()
+	for _, r := range recs {
+		wg.Add(1)
+		cl.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
+			if err != nil {
+				mu.Lock()
+				failed = err
+				mu.Unlock()
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if failed != nil {
+		b.Fatal(failed)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
+}
+
+func benchFerry(b *testing.B, rtt time.Duration) {
+	k := benchKafka(b, rtt)
+	buf, err := buffer.Open(filepath.Join(b.TempDir(), "buffer.db"), buffer.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer buf.Close()
+	for i := range b.N {
+		if err := buf.Append(benchRecord(i), func(_ uint64, err error) {
+			if err != nil {
+				panic(err)
+			}
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for buf.Stats().Records < uint64(b.N) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	f, err := New(Config{Brokers: k.Brokers(), Routes: benchRoutes(b), GatewayID: "gw"}, buf)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	live := make(chan int, 1)
+	go func() { // a live sensor: 1,000 records a second during the drain
+		n := 0
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				live <- n
+				return
+			case <-t.C:
+				if buf.Append(benchRecord(n), func(uint64, error) {}) == nil {
+					n++
+				}
+			}
+		}
+	}()
+	done := make(chan error, 1)
+	b.ResetTimer()
+	start := time.Now()
+	go func() { done <- f.Run(ctx) }()
+	for f.Stats().Delivered < uint64(b.N) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	cancel()
+	n := <-live
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	if st := f.Stats(); len(st.DeadLettered) > 0 || st.Unrouted > 0 {
+		b.Fatalf("not all delivered: %+v", st)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
+	b.ReportMetric(float64(n), "live-records")
+}
