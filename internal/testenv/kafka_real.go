@@ -158,6 +158,12 @@ func UniqueTopic(prefix string) string {
 
 // CreateTopic creates topic name with DefaultPartitions partitions.
 func (k *Kafka) CreateTopic(ctx context.Context, name string) error {
+	return k.CreateTopicWith(ctx, name, nil)
+}
+
+// CreateTopicWith creates topic name with DefaultPartitions partitions and
+// the given topic configs (e.g. max.message.bytes).
+func (k *Kafka) CreateTopicWith(ctx context.Context, name string, configs map[string]string) error {
 	cl, err := kgo.NewClient(k.ClientOpts()...)
 	if err != nil {
 		return err
@@ -166,6 +172,11 @@ func (k *Kafka) CreateTopic(ctx context.Context, name string) error {
 	req := kmsg.NewPtrCreateTopicsRequest()
 	t := kmsg.NewCreateTopicsRequestTopic()
 	t.Topic, t.NumPartitions, t.ReplicationFactor = name, DefaultPartitions, 1
+	for k, v := range configs {
+		c := kmsg.NewCreateTopicsRequestTopicConfig()
+		c.Name, c.Value = k, kmsg.StringPtr(v)
+		t.Configs = append(t.Configs, c)
+	}
 	req.Topics = append(req.Topics, t)
 	req.TimeoutMillis = 10000
 	resp, err := req.RequestWith(ctx, cl)

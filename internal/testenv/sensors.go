@@ -271,6 +271,26 @@ func (s *Sensors) runDevice(ctx context.Context, i int) {
 	}
 }
 
+// Publish connects to the broker at brokerURL, publishes each payload to
+// topic at qos (waiting for each acknowledgement), and disconnects.
+func Publish(ctx context.Context, brokerURL, topic string, qos byte, payloads ...[]byte) error {
+	addr, err := brokerAddr(brokerURL)
+	if err != nil {
+		return err
+	}
+	c, err := dialMQTT(ctx, addr, fmt.Sprintf("testenv-publish-%d", time.Now().UnixNano()), func() {})
+	if err != nil {
+		return err
+	}
+	defer c.Disconnect(&paho.Disconnect{})
+	for _, p := range payloads {
+		if err := publish(ctx, c, topic, qos, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // publish sends one message and, for QoS 1 and 2, waits for its
 // acknowledgement (paho gives up after its 10s packet timeout).
 func publish(ctx context.Context, c *paho.Client, topic string, qos byte, payload []byte) error {

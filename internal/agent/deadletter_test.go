@@ -1,0 +1,104 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-edge/ferry/forward"
+	"github.com/ferry-edge/ferry/internal/testenv"
+)
+
+// Records Kafka refuses for good (here: larger than the topic's
+// max.message.bytes, so refused by the broker itself, on kfake and on a
+// real broker alike) are dead-lettered; every other message arrives in
+// per-device order and exactly once, and the buffer drains.
+func TestPoisonRecordsAreDeadLetteredInOrder(t *testing.T) {
+	broker := testenv.NewBroker(t)
+	testenv.RequireMosquitto(t, broker, mochiStalls)
+	kafka := testenv.NewKafka(t)
+	topic := testenv.UniqueTopic("poison")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := kafka.CreateTopicWith(ctx, topic, map[string]string{"max.message.bytes": "20000"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := loadConfig(t, broker, kafka, topic)
+	a, stopAgent := startAgent(t, cfg, Options{})
+	collector := startCollector(t, kafka, topic)
+
+	sensors := testenv.StartSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 8, PerDevice: 500, QoS: 1})
+	waitFor(t, "a third of the messages", 30*time.Second, func() bool { return sensors.Sent() > 8*500/3 })
+	poison := bytes.Repeat([]byte("p"), 50_000)
+	for i := range 3 {
+		if err := testenv.Publish(ctx, broker.URL(), fmt.Sprintf("sensors/poison-%d/telemetry", i), 1, poison); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := sensors.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 90*time.Second)
+	defer wcancel()
+	rep := collector.WaitFor(wctx, res)
+	t.Logf("report: %s", rep)
+	if !rep.OK() || rep.Duplicates != 0 {
+		t.Fatalf("not delivered intact and once: %s", rep)
+	}
+	waitFor(t, "the buffer to drain", 30*time.Second, func() bool { return a.Stats().Buffer.Records == 0 })
+	st := a.Stats()
+	if n := st.Buffer.DeadLettered[forward.ReasonTooLarge]; n != 3 {
+		t.Fatalf("dead-lettered %v, want 3 for %s", st.Buffer.DeadLettered, forward.ReasonTooLarge)
+	}
+	t.Logf("forwarder: %d chunks for %d records", st.Forward.Chunks, st.Forward.Delivered)
+	stopAgent()
+}
+
+// A topic level that makes an invalid Kafka topic name (a space; an empty
+// level) dead-letters that message before it is produced, at once, and the
+// rest flows; before, it was retried for ever and held everything back.
+func TestInvalidTopicFromCaptureIsDeadLettered(t *testing.T) {
+	broker := testenv.NewBroker(t)
+	testenv.RequireMosquitto(t, broker, mochiStalls)
+	kafka := testenv.NewKafka(t)
+	topic := testenv.NewTopic(t, kafka)
+	cfg := loadConfig(t, broker, kafka, topic)
+	cfg.MQTT.Subscriptions = append(cfg.MQTT.Subscriptions, cfg.MQTT.Subscriptions[0])
+	cfg.MQTT.Subscriptions[1].Filter = "odd/#"
+	odd := cfg.Forward.Routes[0]
+	odd.Match, odd.Topic = "odd/{device}", "{device}"
+	cfg.Forward.Routes = append(cfg.Forward.Routes, odd)
+	a, stopAgent := startAgent(t, cfg, Options{})
+	collector := startCollector(t, kafka, topic)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	sensors := testenv.StartSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 4, PerDevice: 300, QoS: 1})
+	for _, mqttTopic := range []string{"odd/bad dev", "odd/"} {
+		if err := testenv.Publish(ctx, broker.URL(), mqttTopic, 1, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := sensors.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer wcancel()
+	if rep := collector.WaitFor(wctx, res); !rep.OK() || rep.Duplicates != 0 {
+		t.Fatalf("not delivered intact and once: %s", rep)
+	}
+	waitFor(t, "the buffer to drain", 30*time.Second, func() bool { return a.Stats().Buffer.Records == 0 })
+	st := a.Stats()
+	if n := st.Buffer.DeadLettered[forward.ReasonInvalidTopic]; n != 2 {
+		t.Fatalf("dead-lettered %v, want 2 for %s", st.Buffer.DeadLettered, forward.ReasonInvalidTopic)
+	}
+	if strings.Contains(st.Forward.LastError, "topic") {
+		t.Errorf("forwarding reports %q after the bad records were set aside", st.Forward.LastError)
+	}
+	stopAgent()
+}
