@@ -315,7 +315,7 @@ func (p *pass) produce(ctx context.Context) bool {
 			"in_flight", f.inflight.Load())
 	}
 	for _, s := range p.chunk {
-		if done, err, _ := p.w.outcome(s); done && err == nil {
+		if done, _, err := p.w.outcome(s); done && err == nil {
 			s.state = acked
 		}
 	}
@@ -331,7 +331,7 @@ func (p *pass) settle(now time.Time) (retriable error) {
 	var firstReason buffer.Reason
 	var failed []*slot
 	for _, s := range p.chunk {
-		_, err, part := p.w.outcome(s)
+		_, part, err := p.w.outcome(s)
 		if err == nil {
 			s.state = acked
 			continue
@@ -394,7 +394,7 @@ func (p *pass) bisect(first *slot, reason buffer.Reason, failed []*slot, probing
 		}
 	}
 	if len(cands) == 1 {
-		p.deadLetter(first, reason, fmt.Errorf("Kafka refused it when produced alone: %w", first.err))
+		p.deadLetter(first, reason, fmt.Errorf("refused by Kafka when produced alone: %w", first.err))
 		p.probe.cands = nil
 		return
 	}
@@ -409,7 +409,7 @@ func (p *pass) expireParked(now time.Time) {
 	for t, pt := range p.parked {
 		if p.f.cfg.UnknownTopicTimeout > 0 && now.Sub(pt.since) >= p.f.cfg.UnknownTopicTimeout {
 			p.deadLetterTopic(p.w.slots, t, ReasonUnknownTopic,
-				fmt.Errorf("Kafka topic %q did not exist for %v: %w", t, p.f.cfg.UnknownTopicTimeout, pt.err))
+				fmt.Errorf("topic %q did not exist for %v: %w", t, p.f.cfg.UnknownTopicTimeout, pt.err))
 			delete(p.parked, t)
 			delete(p.known, t)
 		}
@@ -480,7 +480,7 @@ func (p *pass) checkTopics(ctx context.Context) bool {
 			}
 			continue
 		}
-		err := fmt.Errorf("Kafka topic %q: %w", t, kerrv)
+		err := fmt.Errorf("topic %q: %w", t, kerrv)
 		switch class, reason := classify(kerrv); class {
 		case missingTopic:
 			p.park(t, err, now)

@@ -32,7 +32,7 @@ func (f *Forwarder) watch(ctx context.Context) {
 }
 
 // errStalled marks the error watch reports.
-var errStalled = errors.New("Kafka is not acknowledging")
+var errStalled = errors.New("no acknowledgement from Kafka")
 
 // setError records the problem forwarding is waiting on, logging it when
 // it changes.

@@ -116,18 +116,18 @@ const maxTopicLen = 249
 func validTopic(name string) error {
 	switch {
 	case name == "":
-		return fmt.Errorf("empty Kafka topic name")
+		return fmt.Errorf("empty topic name")
 	case name == "." || name == "..":
-		return fmt.Errorf("Kafka topic name %q is not allowed", name)
+		return fmt.Errorf("topic name %q is not allowed", name)
 	case len(name) > maxTopicLen:
-		return fmt.Errorf("Kafka topic name of %d characters is longer than %d", len(name), maxTopicLen)
+		return fmt.Errorf("topic name of %d characters is longer than %d", len(name), maxTopicLen)
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
 		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-' {
 			continue
 		}
-		return fmt.Errorf("Kafka topic name %q has the character %q (allowed: a-z A-Z 0-9 . _ -)", name, rune(c))
+		return fmt.Errorf("topic name %q has the character %q (Kafka allows a-z A-Z 0-9 . _ -)", name, rune(c))
 	}
 	return nil
 }

@@ -76,10 +76,10 @@ func (w *window) finish(s *slot, r *kgo.Record, err error) {
 }
 
 // outcome reads what the promise recorded.
-func (w *window) outcome(s *slot) (done bool, err error, partition int32) {
+func (w *window) outcome(s *slot) (done bool, partition int32, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return s.done, s.err, s.partition
+	return s.done, s.partition, s.err
 }
 
 // popReleasable removes the oldest slots for as long as they are acked or

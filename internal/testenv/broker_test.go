@@ -71,8 +71,7 @@ func (s *subscriber) connect(t *testing.T, addr string, ack bool) (sessionPresen
 	if err != nil {
 		t.Fatal(err)
 	}
-	var c *paho.Client
-	c = paho.NewClient(paho.ClientConfig{
+	c := paho.NewClient(paho.ClientConfig{
 		Conn:                       conn,
 		ClientID:                   "ferry-under-test",
 		EnableManualAcknowledgment: true,
