@@ -45,12 +45,18 @@ type Report struct {
 	SplitDevices int
 	// LostSample names up to 10 lost messages as "device#seq".
 	LostSample []string
+	// ResentDuplicates counts duplicates that carry the same identity
+	// headers (ferry.buffer_id, ferry.seq) as the first copy: ferry sent
+	// the same buffered record again (after a crash). The others (Duplicates
+	// less these) are messages the MQTT broker delivered twice (a PUBACK
+	// lost in a crash), stored twice by ferry.
+	ResentDuplicates int
 }
 
 // String returns the report on one line.
 func (r Report) String() string {
-	s := fmt.Sprintf("sent=%d delivered=%d unique=%d lost=%d duplicates=%d out_of_order=%d",
-		r.Sent, r.Delivered, r.Unique, r.Lost, r.Duplicates, r.OutOfOrder)
+	s := fmt.Sprintf("sent=%d delivered=%d unique=%d lost=%d duplicates=%d (same identity %d) out_of_order=%d",
+		r.Sent, r.Delivered, r.Unique, r.Lost, r.Duplicates, r.ResentDuplicates, r.OutOfOrder)
 	if r.Unparsed > 0 {
 		s += fmt.Sprintf(" unparsed=%d", r.Unparsed)
 	}
@@ -217,11 +223,17 @@ func buildReport(res *SensorsResult, recs []Received, unparsed int) Report {
 			rep.SplitDevices++
 		}
 		s := map[int]bool{}
+		identity := map[int]string{}
 		maxSeq := -1
 		for _, r := range rs {
+			id := header(r.Headers, "ferry.buffer_id") + "/" + header(r.Headers, "ferry.seq")
 			if s[r.Msg.Seq] {
+				if identity[r.Msg.Seq] == id {
+					rep.ResentDuplicates++
+				}
 				continue
 			}
+			identity[r.Msg.Seq] = id
 			s[r.Msg.Seq] = true
 			if r.Msg.Seq < maxSeq {
 				rep.OutOfOrder++
@@ -253,4 +265,14 @@ func buildReport(res *SensorsResult, recs []Received, unparsed int) Report {
 		}
 	}
 	return rep
+}
+
+// header returns the value of the first header named key, or "".
+func header(hs []kgo.RecordHeader, key string) string {
+	for _, h := range hs {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
 }
