@@ -526,6 +526,7 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 			}
 		}
 		var scanned uint64
+		var payloads arena
 		b.dbMu.RLock()
 		err := b.db.View(func(tx *bolt.Tx) error {
 			// The head as of this transaction: records a limit dropped
@@ -551,7 +552,10 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 					if len(dst) == limit {
 						return nil
 					}
-					rec, err := decode(raw)
+					// A batch whose checksum held vouches for its
+					// records' bytes; a damaged one has each record
+					// checked on its own.
+					rec, err := decodeWith(raw, perr != nil, &payloads)
 					if err != nil {
 						scanned = seq
 						b.DeadLetter(seq, ReasonUndecodable, err)

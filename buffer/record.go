@@ -92,14 +92,21 @@ func appendBytes(dst, b []byte) []byte {
 
 // decode parses an encoded record. It copies everything it keeps, so buf may
 // be memory that is only valid inside a transaction.
-func decode(buf []byte) (Record, error) {
+func decode(buf []byte) (Record, error) { return decodeWith(buf, true, nil) }
+
+// decodeWith is decode that checks the record's own checksum only with
+// verify (a batch whose checksum held covers its records' bytes already)
+// and copies payloads into a, if not nil.
+func decodeWith(buf []byte, verify bool, a *arena) (Record, error) {
 	var r Record
 	if len(buf) < 3+1+4 {
 		return r, fmt.Errorf("%w: %d bytes is too short", ErrCorrupt, len(buf))
 	}
 	body, sum := buf[:len(buf)-4], binary.BigEndian.Uint32(buf[len(buf)-4:])
-	if got := crc32.Checksum(body, castagnoli); got != sum {
-		return r, fmt.Errorf("%w: checksum %08x, want %08x", ErrCorrupt, got, sum)
+	if verify {
+		if got := crc32.Checksum(body, castagnoli); got != sum {
+			return r, fmt.Errorf("%w: checksum %08x, want %08x", ErrCorrupt, got, sum)
+		}
 	}
 	if body[0] != encodingV1 {
 		return r, fmt.Errorf("%w: unknown encoding version %d", ErrCorrupt, body[0])
@@ -123,7 +130,7 @@ func decode(buf []byte) (Record, error) {
 			r.UserProperties[i] = Property{Key: string(d.bytes()), Value: string(d.bytes())}
 		}
 	}
-	r.Payload = d.copyBytes()
+	r.Payload = a.copy(d.bytes())
 	if r.Payload == nil && d.err == nil {
 		r.Payload = []byte{}
 	}
@@ -185,4 +192,27 @@ func (d *decoder) copyBytes() []byte {
 		return nil
 	}
 	return append([]byte(nil), b...)
+}
+
+// arenaChunk is the size of the blocks an arena carves payloads from.
+const arenaChunk = 64 << 10
+
+// arena copies many small payloads into a few shared blocks: one
+// allocation for many records. A block lives as long as any record in it.
+// A nil arena copies each payload on its own.
+type arena struct{ block []byte }
+
+func (a *arena) copy(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	if a == nil || len(b) > arenaChunk/8 {
+		return append([]byte(nil), b...)
+	}
+	if len(b) > cap(a.block)-len(a.block) {
+		a.block = make([]byte, 0, arenaChunk)
+	}
+	start := len(a.block)
+	a.block = append(a.block, b...)
+	return a.block[start:len(a.block):len(a.block)] // capped: an append by the caller cannot reach the next payload
 }
