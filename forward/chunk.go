@@ -102,7 +102,13 @@ func (p *pass) run(ctx context.Context) error {
 			p.pick(time.Now())
 		}
 		if len(p.chunk) == 0 {
-			continue // fill waits for records or the next parked retry
+			// Everything waiting is held back (a parked topic, or the
+			// bisection's cut falls on one): fill waits for records or
+			// the next retry, unless records wait, then this does.
+			if p.hasWork(time.Now()) && !sleep(ctx, p.untilRetry()) {
+				return nil
+			}
+			continue
 		}
 		if !p.produce(ctx) {
 			return nil // stopping; produce waited what it could
@@ -140,13 +146,14 @@ func (p *pass) fill(ctx context.Context, prefetch bool) error {
 				}
 				return p.linger(ctx)
 			}
-		} else if next, ok := p.nextRetry(); ok {
-			var cancel context.CancelFunc
+		}
+		cancel := func() {}
+		if next, ok := p.nextRetry(); ok && !work {
 			readCtx, cancel = context.WithDeadline(ctx, next)
-			defer cancel()
 		}
 		var err error
 		p.recs, err = p.f.src.Read(readCtx, p.after, min(records, maxRead), bytes, p.recs)
+		cancel()
 		if err != nil {
 			if readCtx != ctx && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 				return nil // a parked topic's retry is due
@@ -240,6 +247,15 @@ func (p *pass) isParked(topic string, now time.Time) bool {
 	return pt != nil && now.Before(pt.retryAt)
 }
 
+// untilRetry is how long until the next parked topic's retry, at most a
+// second.
+func (p *pass) untilRetry() time.Duration {
+	if next, ok := p.nextRetry(); ok {
+		return min(max(time.Until(next), time.Millisecond), time.Second)
+	}
+	return time.Second
+}
+
 // nextRetry is when the earliest parked topic is tried again.
 func (p *pass) nextRetry() (time.Time, bool) {
 	var next time.Time
@@ -258,6 +274,7 @@ func (p *pass) nextRetry() (time.Time, bool) {
 func (p *pass) pick(now time.Time) {
 	p.chunk = p.chunk[:0]
 	cut := ^uint64(0)
+	p.probe.cands = p.stillPending(p.probe.cands) // candidates settled meanwhile are out
 	if c := p.probe.cands; len(c) > 0 {
 		cut = c[(len(c)+1)/2-1]
 	}
@@ -339,7 +356,7 @@ func (p *pass) settle(now time.Time) (retriable error) {
 		s.state, s.partition = pending, part
 		failed = append(failed, s)
 	}
-	probing := len(p.probe.cands) > 0
+	parked := map[string]bool{}
 	for _, s := range failed {
 		if s.state != pending {
 			continue // dead-lettered with its topic below
@@ -348,14 +365,19 @@ func (p *pass) settle(now time.Time) (retriable error) {
 		class, reason := classify(s.err)
 		switch {
 		case class == missingTopic:
-			p.park(s.kr.Topic, err, now)
+			if !parked[s.kr.Topic] { // once per chunk: the backoff counts retries, not records
+				parked[s.kr.Topic] = true
+				p.park(s.kr.Topic, err, now)
+			}
 		case class == rejectTopic && s.partition < 0:
 			// Refused with the topic's metadata: every record of the
 			// topic failed alike, and there is no batch to bisect.
 			topic := s.kr.Topic
 			for _, o := range failed {
 				if o.state == pending && o.partition < 0 && o.kr.Topic == topic {
-					p.deadLetter(o, reason, err)
+					if c, r := classify(o.err); c == class && r == reason {
+						p.deadLetter(o, reason, err)
+					}
 				}
 			}
 			delete(p.known, topic)
@@ -369,7 +391,7 @@ func (p *pass) settle(now time.Time) (retriable error) {
 			}
 		}
 	}
-	p.bisect(first, firstReason, failed, probing)
+	p.bisect(first, firstReason, failed)
 	return retriable
 }
 
@@ -377,14 +399,12 @@ func (p *pass) settle(now time.Time) (retriable error) {
 // the earliest record of the chunk that Kafka refused for good (nil if
 // none). Its partition failed from first's batch on, so every failed
 // record of that partition is a candidate; a candidate that fails alone is
-// the one, and is dead-lettered. If the chunk was a probe and nothing
-// failed, the culprit is among the candidates after the probe's cut.
-func (p *pass) bisect(first *slot, reason buffer.Reason, failed []*slot, probing bool) {
+// the one, and is dead-lettered. If the chunk was a probe and nothing was
+// refused, the candidates it delivered are cleared, and the culprit is
+// among the rest (those not produced, or failed for another reason).
+func (p *pass) bisect(first *slot, reason buffer.Reason, failed []*slot) {
 	if first == nil {
-		if probing {
-			c := p.probe.cands
-			p.probe.cands = c[(len(c)+1)/2:]
-		}
+		p.probe.cands = p.stillPending(p.probe.cands)
 		return
 	}
 	var cands []uint64
@@ -401,6 +421,28 @@ func (p *pass) bisect(first *slot, reason buffer.Reason, failed []*slot, probing
 	p.probe.cands = cands
 	p.f.log.Info("Kafka refused a batch for good; producing it in halves to find the record to blame",
 		"topic", first.kr.Topic, "partition", first.partition, "candidates", len(cands), "err", first.err)
+}
+
+// stillPending returns the sequence numbers of seqs (ascending) whose
+// records wait in the window to be produced, in place.
+func (p *pass) stillPending(seqs []uint64) []uint64 {
+	out := seqs[:0]
+	i := 0
+	for _, s := range p.w.slots {
+		for i < len(seqs) && seqs[i] < s.seq {
+			i++ // released meanwhile
+		}
+		if i == len(seqs) {
+			break
+		}
+		if seqs[i] == s.seq {
+			if s.state == pending {
+				out = append(out, s.seq)
+			}
+			i++
+		}
+	}
+	return out
 }
 
 // expireParked dead-letters the records of topics missing for longer than

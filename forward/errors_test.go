@@ -433,3 +433,65 @@ func TestValidTopic(t *testing.T) {
 		}
 	}
 }
+
+// Several records Kafka refuses for good (here: over the broker's
+// message.max.bytes, refused per partition as Kafka does), two of them
+// next to each other in one partition and others in other partitions at
+// the same time: exactly those are dead-lettered, and every other record
+// arrives once, in order per device.
+func TestSeveralRefusedRecordsInSeveralPartitions(t *testing.T) {
+	c := newClusterWith(t, 4, []kfake.Opt{kfake.BrokerConfigs(map[string]string{"message.max.bytes": "3000"})}, "t")
+	b := newBuffer(t)
+	const n, devs = 2000, 8
+	bad := map[int]bool{500: true, 501: true, 508: true, 1203: true, 1999: true}
+	for i := range n {
+		p := fmt.Appendf(nil, "%d", i)
+		if bad[i] {
+			p = append(p, bytes.Repeat([]byte("x"), 5000)...)
+		}
+		if err := b.Append(&buffer.Record{Topic: fmt.Sprintf("s/d%d", i%devs), Payload: p}, func(uint64, error) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the backlog to be durable", func() bool { return b.Stats().Records == n })
+	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/{device}", "t", "{device}")}}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, f)
+	waitFor(t, "the buffer to drain", func() bool { return b.Stats().Records == 0 })
+	stop()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics("t"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	seen := map[int]bool{}
+	last := map[string]int{}
+	for ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			i, err := strconv.Atoi(string(r.Value))
+			if err != nil {
+				t.Errorf("record %.20q reached Kafka", r.Value)
+				return
+			}
+			if seen[i] {
+				t.Errorf("record %d twice", i)
+			}
+			seen[i] = true
+			if prev, ok := last[string(r.Key)]; ok && i < prev {
+				t.Errorf("device %s: %d after %d", r.Key, i, prev)
+			}
+			last[string(r.Key)] = i
+		})
+	}
+	if len(seen) != n-len(bad) {
+		t.Fatalf("%d distinct records in Kafka, want %d", len(seen), n-len(bad))
+	}
+	if got := b.Stats().DeadLettered[ReasonTooLarge]; got != uint64(len(bad)) {
+		t.Fatalf("dead-lettered %v, want %d for %s", b.Stats().DeadLettered, len(bad), ReasonTooLarge)
+	}
+	t.Logf("%d chunks", f.Stats().Chunks)
+}
