@@ -82,3 +82,11 @@ func parseBatch(v []byte) (recs [][]byte, count int, err error) {
 	}
 	return recs, count, nil
 }
+
+// framingBroken reports whether parseBatch could not frame every record
+// (as opposed to a checksum mismatch with sound framing).
+func framingBroken(recs [][]byte, count int, err error) bool {
+	return err != nil && (count == 0 || len(recs) < count)
+}
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }

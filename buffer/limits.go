@@ -1,0 +1,155 @@
+package buffer
+
+import (
+	"encoding/binary"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// ratioMinBytes is the least record data from which the file's overhead is
+// measured: below it bbolt's fixed pages (meta, freelist, bucket roots)
+// would dominate the ratio, and MaxBytes counts record bytes as they are.
+const ratioMinBytes = 1 << 20
+
+// diskRatio measures, at the start of a write transaction, how many bytes
+// of the file are in use per byte of record data in st: pages that are
+// neither free nor pending, over the records' encoded size and the retired
+// batches' size (their pages are in use until reclaimed). It reflects
+// what the commits before left on disk: batch framing, leaf pages' unused
+// tails, branch pages. The dead-letter bucket's pages (dlDisk, see
+// dlPages) are left out: MaxBytes does not count them.
+func diskRatio(tx *bolt.Tx, st state, dlDisk uint64) float64 {
+	if data := st.bytes + st.retired; data >= ratioMinBytes {
+		used := uint64(max(usedBytes(tx), 0))
+		return max(float64(used-min(used, dlDisk))/float64(data), 1)
+	}
+	return 1
+}
+
+// usedBytes is the part of the file in pages that hold data: bbolt's high
+// water mark less its free and pending pages, as the last write
+// transaction left them.
+func usedBytes(tx *bolt.Tx) int64 {
+	s := tx.DB().Stats()
+	return tx.Size() - int64(s.FreePageN+s.PendingPageN)*int64(tx.DB().Info().PageSize)
+}
+
+// recordBudget is how many bytes of record data fit in MaxBytes on disk at
+// the given ratio; ok is false when there is no bound.
+func (b *Buffer) recordBudget(ratio float64) (budget uint64, ok bool) {
+	if b.opts.MaxBytes <= 0 {
+		return 0, false
+	}
+	return uint64(float64(b.opts.MaxBytes) / ratio), true
+}
+
+// room is how many bytes of appends one commit may take: with Block, what
+// is left below MaxBytes; otherwise unbounded (-1).
+func (b *Buffer) room() int64 {
+	if b.opts.WhenFull != Block {
+		return -1
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	budget, ok := b.recordBudget(b.ratio)
+	if !ok {
+		return -1
+	}
+	return int64(budget - min(budget, b.st.bytes))
+}
+
+// full reports whether appends must wait (Block policy at MaxBytes).
+func (b *Buffer) full() bool {
+	return b.room() == 0
+}
+
+// expired reports whether the head record is older than MaxAge.
+func (b *Buffer) expired(st state) bool {
+	if b.opts.MaxAge <= 0 || st.count == 0 {
+		return false
+	}
+	var t time.Time
+	b.dbMu.RLock()
+	defer b.dbMu.RUnlock()
+	b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketBatches).Cursor()
+		for k, v := seekBatch(c, st.head); k != nil; k, v = c.Next() {
+			recs, _, _ := parseBatch(v)
+			base := binary.BigEndian.Uint64(k)
+			for i, raw := range recs {
+				if base+uint64(i) >= st.head && len(raw) > 0 {
+					t = recordTime(raw)
+					return nil
+				}
+			}
+		}
+		return nil
+	})
+	return !t.IsZero() && t.Before(b.opts.Now().Add(-b.opts.MaxAge))
+}
+
+// dropWhile removes live records from the head for as long as drop says so,
+// moving the head past them. The batches it empties are retired, not
+// deleted: reclaim deletes them as new data needs their space. A batch
+// whose framing is broken is dead-lettered whole on the way, never
+// dropped uncounted. It returns how many records it removed.
+func dropWhile(tx *bolt.Tx, st *state, drop func(raw []byte, seq uint64) bool) (uint64, error) {
+	batches := tx.Bucket(bucketBatches)
+	var removed uint64
+	var dead [][]byte // broken batches, dead-lettered
+	c := batches.Cursor()
+	stopped := false
+	for k, v := seekBatch(c, st.head); k != nil && !stopped; k, v = c.Next() {
+		base := binary.BigEndian.Uint64(k)
+		recs, count, perr := parseBatch(v)
+		if framingBroken(recs, count, perr) {
+			if err := deadLetterBatch(tx, st, k, v, recs, perr, time.Now()); err != nil {
+				return removed, err
+			}
+			st.head = batchEnd(batches, base, st.next)
+			dead = append(dead, k)
+			continue
+		}
+		for i, raw := range recs {
+			seq := base + uint64(i)
+			if seq < st.head || len(raw) == 0 {
+				continue
+			}
+			if !drop(raw, seq) {
+				stopped = true
+				break
+			}
+			removed++
+			st.count--
+			st.bytes -= uint64(len(raw))
+			st.head = seq + 1
+		}
+		if !stopped {
+			st.head = base + uint64(count)
+			st.retired += uint64(len(v))
+		}
+	}
+	for _, k := range dead {
+		if err := batches.Delete(k); err != nil {
+			return removed, err
+		}
+	}
+	if st.count == 0 {
+		st.head = st.next
+	}
+	return removed, nil
+}
+
+// recordTime reads an encoded record's receive time without decoding it
+// all; the zero time if it cannot.
+func recordTime(raw []byte) time.Time {
+	if len(raw) < 4 {
+		return time.Time{}
+	}
+	ns, n := binary.Varint(raw[3:])
+	if n <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}

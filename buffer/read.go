@@ -1,0 +1,158 @@
+package buffer
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Read returns records with sequence numbers above after, in order,
+// appending them to dst[:0]: at most maxRecords of them, and it stops
+// before their payload and topic bytes would exceed maxBytes (0 or less:
+// no byte bound), but it returns at least one record when there is one,
+// however large. It waits until at least one such record exists, ctx is
+// done (ctx.Err()) or the buffer is closed (ErrClosed). Records that cannot
+// be decoded are dead-lettered (ReasonUndecodable) and not returned.
+func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes int, dst []Record) ([]Record, error) {
+	limit := max(maxRecords, 1)
+	size := 0 // payload and topic bytes in dst
+	dst = dst[:0]
+	for {
+		b.mu.Lock()
+		changed, last := b.changed, b.st.next-1
+		after = max(after, b.st.head-1) // released or dropped meanwhile: start at the head
+		b.mu.Unlock()
+		if after >= last {
+			select {
+			case <-changed:
+				continue
+			case <-ctx.Done():
+				return dst, ctx.Err()
+			case <-b.done:
+				return dst, ErrClosed
+			}
+		}
+		var scanned uint64
+		var payloads arena
+		b.dbMu.RLock()
+		err := b.db.View(func(tx *bolt.Tx) error {
+			// The head as of this transaction: records a limit dropped
+			// since the check above are not returned (and then counted
+			// as both dropped and delivered).
+			if h := getUint(tx.Bucket(bucketMeta), keyHeadSeq); h > after+1 {
+				after = h - 1
+			}
+			c := tx.Bucket(bucketBatches).Cursor()
+			k, v := seekBatch(c, after+1)
+			readahead(tx, v, readaheadBytes)
+			for ; k != nil && len(dst) < limit; k, v = c.Next() {
+				base := binary.BigEndian.Uint64(k)
+				recs, count, perr := parseBatch(v)
+				if perr != nil {
+					b.log.Error("buffer: damaged batch; salvaging intact records", "path", b.path, "first_seq", base, "err", perr)
+				}
+				for i, raw := range recs {
+					seq := base + uint64(i)
+					if seq <= after || len(raw) == 0 {
+						continue
+					}
+					if len(dst) == limit {
+						return nil
+					}
+					// A batch whose checksum held vouches for its
+					// records' bytes; a damaged one has each record
+					// checked on its own.
+					rec, err := decodeWith(raw, perr != nil, &payloads)
+					if err != nil {
+						scanned = seq
+						b.DeadLetter(seq, ReasonUndecodable, err)
+						continue
+					}
+					n := len(rec.Payload) + len(rec.Topic)
+					if maxBytes > 0 && len(dst) > 0 && size+n > maxBytes {
+						return nil
+					}
+					scanned = seq
+					size += n
+					rec.Seq = seq
+					dst = append(dst, rec)
+				}
+				if framingBroken(recs, count, perr) { // the rest of the batch is unreadable
+					b.DeadLetter(base+uint64(len(recs)), ReasonBrokenBatch, perr)
+				}
+				scanned = max(scanned, base+uint64(count)-1)
+			}
+			return nil
+		})
+		b.dbMu.RUnlock()
+		if err != nil {
+			if errors.Is(err, berrors.ErrDatabaseNotOpen) {
+				return dst, ErrClosed
+			}
+			return dst, fmt.Errorf("read buffer %s: %w", b.path, err)
+		}
+		if len(dst) > 0 {
+			return dst, nil
+		}
+		if scanned > after {
+			after = scanned // everything scanned was removed or bad; look further
+		} else {
+			// Nothing readable up to the last record: wait for more.
+			b.mu.Lock()
+			stale := b.changed == changed
+			b.mu.Unlock()
+			if stale {
+				select {
+				case <-changed:
+				case <-ctx.Done():
+					return dst, ctx.Err()
+				case <-b.done:
+					return dst, ErrClosed
+				}
+			}
+		}
+	}
+}
+
+// seekBatch positions c on the batch holding seq (or the first after it).
+func seekBatch(c *bolt.Cursor, seq uint64) ([]byte, []byte) {
+	k, v := c.Seek(seqKey(seq))
+	if k != nil && binary.BigEndian.Uint64(k) == seq {
+		return k, v
+	}
+	if k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	if k == nil { // seq is before the first batch
+		return c.First()
+	}
+	base := binary.BigEndian.Uint64(k)
+	_, n, _ := parseBatch(v)
+	if n == 0 { // header unreadable: the batch reaches up to the next one
+		if nk, nv := c.Next(); nk != nil && binary.BigEndian.Uint64(nk) <= seq {
+			return nk, nv
+		}
+		return c.Seek(k)
+	}
+	if base+uint64(n) <= seq {
+		return c.Next() // that batch ends before seq
+	}
+	return k, v
+}
+
+func getUint(b *bolt.Bucket, k []byte) uint64 {
+	if v := b.Get(k); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+// readaheadBytes is how much of the file Read asks the kernel to read
+// ahead of the batch it starts at.
+const readaheadBytes = 1 << 20
