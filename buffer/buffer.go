@@ -337,6 +337,7 @@ type Buffer struct {
 	commits   uint64
 	corrupt   int                // files moved aside next to path, at Open
 	releaseTo uint64             // Release target not yet applied
+	toRemove  []uint64           // Remove requests not yet applied
 	toDead    map[uint64]deadReq // DeadLetter requests not yet applied
 	deadOps   []deadOp           // replays and purges of dead letters not yet applied
 	changed   chan struct{}      // closed and replaced after every commit

@@ -118,6 +118,8 @@ func (b *Buffer) commit(batch []appendReq) {
 	}
 	ops := b.deadOps
 	b.deadOps = nil
+	remove := b.toRemove
+	b.toRemove = nil
 	b.mu.Unlock()
 	queued := 0
 	for _, r := range batch {
@@ -129,7 +131,7 @@ func (b *Buffer) commit(batch []appendReq) {
 	budget, bounded := b.recordBudget(ratio)
 	limits := bounded && b.opts.WhenFull == DropOldest && st.bytes > budget || b.expired(st)
 	limits = limits || dlBounded && st.dlBytes > dlLimit
-	if len(batch) == 0 && len(dead) == 0 && len(ops) == 0 && releaseTo < st.head && !limits {
+	if len(batch) == 0 && len(dead) == 0 && len(ops) == 0 && len(remove) == 0 && releaseTo < st.head && !limits {
 		return
 	}
 	var dropped [3]uint64 // max_bytes, max_age, dead_letter_limit
@@ -145,6 +147,10 @@ func (b *Buffer) commit(batch []appendReq) {
 			if err := deadLetterTx(tx, &st, seq, dead[seq]); err != nil {
 				return err
 			}
+		}
+		slices.Sort(remove)
+		if err := removeTx(tx, &st, remove); err != nil {
+			return err
 		}
 		// The appended records go in batches of about maxBatchBytes: big
 		// enough to spread bbolt's per-key cost over many records, small
@@ -237,6 +243,7 @@ func (b *Buffer) commit(batch []appendReq) {
 				b.toDead[seq] = r
 			}
 		}
+		b.toRemove = append(b.toRemove, remove...)
 		b.mu.Unlock()
 		for _, r := range batch {
 			r.done(0, err)

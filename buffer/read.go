@@ -12,14 +12,15 @@ import (
 
 // Read returns records with sequence numbers above after, in order,
 // appending them to dst[:0]: at most maxRecords of them, and it stops
-// before their payload and topic bytes would exceed maxBytes (0 or less:
-// no byte bound), but it returns at least one record when there is one,
-// however large. It waits until at least one such record exists, ctx is
-// done (ctx.Err()) or the buffer is closed (ErrClosed). Records that cannot
-// be decoded are dead-lettered (ReasonUndecodable) and not returned.
+// before their encoded size would exceed maxBytes (0 or less: no byte
+// bound), but it returns at least one record when there is one, however
+// large. It waits until at least one such record exists, ctx is done
+// (ctx.Err()) or the buffer is closed (ErrClosed); with ctx done already it
+// returns what is there without waiting. Records that cannot be decoded are
+// dead-lettered (ReasonUndecodable) and not returned. The payloads of one
+// Read share one allocation of their size.
 func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes int, dst []Record) ([]Record, error) {
 	limit := max(maxRecords, 1)
-	size := 0 // payload and topic bytes in dst
 	dst = dst[:0]
 	for {
 		b.mu.Lock()
@@ -37,7 +38,6 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 			}
 		}
 		var scanned uint64
-		var payloads arena
 		b.dbMu.RLock()
 		err := b.db.View(func(tx *bolt.Tx) error {
 			// The head as of this transaction: records a limit dropped
@@ -46,10 +46,15 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 			if h := getUint(tx.Bucket(bucketMeta), keyHeadSeq); h > after+1 {
 				after = h - 1
 			}
+			// First the records to return, as stored (valid until the
+			// transaction ends), then one block for all their payloads.
+			var take []storedRecord
+			size := 0
 			c := tx.Bucket(bucketBatches).Cursor()
 			k, v := seekBatch(c, after+1)
 			readahead(tx, v, readaheadBytes)
-			for ; k != nil && len(dst) < limit; k, v = c.Next() {
+		batches:
+			for ; k != nil; k, v = c.Next() {
 				base := binary.BigEndian.Uint64(k)
 				recs, count, perr := parseBatch(v)
 				if perr != nil {
@@ -60,31 +65,27 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 					if seq <= after || len(raw) == 0 {
 						continue
 					}
-					if len(dst) == limit {
-						return nil
+					if len(take) == limit || maxBytes > 0 && len(take) > 0 && size+len(raw) > maxBytes {
+						break batches
 					}
-					// A batch whose checksum held vouches for its
-					// records' bytes; a damaged one has each record
-					// checked on its own.
-					rec, err := decodeWith(raw, perr != nil, &payloads)
-					if err != nil {
-						scanned = seq
-						b.DeadLetter(seq, ReasonUndecodable, err)
-						continue
-					}
-					n := len(rec.Payload) + len(rec.Topic)
-					if maxBytes > 0 && len(dst) > 0 && size+n > maxBytes {
-						return nil
-					}
+					take = append(take, storedRecord{seq, raw})
+					size += len(raw)
 					scanned = seq
-					size += n
-					rec.Seq = seq
-					dst = append(dst, rec)
 				}
 				if framingBroken(recs, count, perr) { // the rest of the batch is unreadable
 					b.DeadLetter(base+uint64(len(recs)), ReasonBrokenBatch, perr)
 				}
 				scanned = max(scanned, base+uint64(count)-1)
+			}
+			payloads := arena{block: make([]byte, 0, size)}
+			for _, t := range take {
+				rec, err := decodeWith(t.raw, &payloads)
+				if err != nil {
+					b.DeadLetter(t.seq, ReasonUndecodable, err)
+					continue
+				}
+				rec.Seq = t.seq
+				dst = append(dst, rec)
 			}
 			return nil
 		})
@@ -116,6 +117,12 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 			}
 		}
 	}
+}
+
+// storedRecord is a record as stored, inside a read transaction.
+type storedRecord struct {
+	seq uint64
+	raw []byte
 }
 
 // seekBatch positions c on the batch holding seq (or the first after it).

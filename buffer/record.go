@@ -92,21 +92,17 @@ func appendBytes(dst, b []byte) []byte {
 
 // decode parses an encoded record. It copies everything it keeps, so buf may
 // be memory that is only valid inside a transaction.
-func decode(buf []byte) (Record, error) { return decodeWith(buf, true, nil) }
+func decode(buf []byte) (Record, error) { return decodeWith(buf, nil) }
 
-// decodeWith is decode that checks the record's own checksum only with
-// verify (a batch whose checksum held covers its records' bytes already)
-// and copies payloads into a, if not nil.
-func decodeWith(buf []byte, verify bool, a *arena) (Record, error) {
+// decodeWith is decode that copies the payload into a, if not nil.
+func decodeWith(buf []byte, a *arena) (Record, error) {
 	var r Record
 	if len(buf) < 3+1+4 {
 		return r, fmt.Errorf("%w: %d bytes is too short", ErrCorrupt, len(buf))
 	}
 	body, sum := buf[:len(buf)-4], binary.BigEndian.Uint32(buf[len(buf)-4:])
-	if verify {
-		if got := crc32.Checksum(body, castagnoli); got != sum {
-			return r, fmt.Errorf("%w: checksum %08x, want %08x", ErrCorrupt, got, sum)
-		}
+	if got := crc32.Checksum(body, castagnoli); got != sum {
+		return r, fmt.Errorf("%w: checksum %08x, want %08x", ErrCorrupt, got, sum)
 	}
 	if body[0] != encodingV1 {
 		return r, fmt.Errorf("%w: unknown encoding version %d", ErrCorrupt, body[0])
@@ -194,23 +190,18 @@ func (d *decoder) copyBytes() []byte {
 	return append([]byte(nil), b...)
 }
 
-// arenaChunk is the size of the blocks an arena carves payloads from.
-const arenaChunk = 64 << 10
-
-// arena copies many small payloads into a few shared blocks: one
-// allocation for many records. A block lives as long as any record in it.
-// A nil arena copies each payload on its own.
+// arena copies the payloads of one Read into one shared block, sized by
+// the caller for exactly what it copies, so no record holds memory beyond
+// its own payload. Without a block (nil arena, or when the block is used
+// up) each payload is copied on its own.
 type arena struct{ block []byte }
 
 func (a *arena) copy(b []byte) []byte {
 	if len(b) == 0 {
 		return nil
 	}
-	if a == nil || len(b) > arenaChunk/8 {
+	if a == nil || len(b) > cap(a.block)-len(a.block) {
 		return append([]byte(nil), b...)
-	}
-	if len(b) > cap(a.block)-len(a.block) {
-		a.block = make([]byte, 0, arenaChunk)
 	}
 	start := len(a.block)
 	a.block = append(a.block, b...)

@@ -17,6 +17,75 @@ func (b *Buffer) Release(seq uint64) {
 	b.signal()
 }
 
+// Remove removes the records with these sequence numbers, wherever they
+// are: delivered while an earlier record still waits, so Release cannot
+// take them yet. It returns at once; the removal is written with a later
+// commit (gathered like releases). If it is lost in a crash, the records
+// are read again (delivered twice, never lost). A sequence number already
+// gone is ignored.
+func (b *Buffer) Remove(seqs ...uint64) {
+	if len(seqs) == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.toRemove = append(b.toRemove, seqs...)
+	b.mu.Unlock()
+	b.signal()
+}
+
+// removeTx removes the records seqs (ascending) from their batches,
+// rewriting each batch once and leaving removed entries, as dead letters
+// do. A batch whose framing is broken is left for Read and the limits to
+// find.
+func removeTx(tx *bolt.Tx, st *state, seqs []uint64) error {
+	batches := tx.Bucket(bucketBatches)
+	for len(seqs) > 0 {
+		if seqs[0] < st.head {
+			seqs = seqs[1:]
+			continue
+		}
+		k, v := seekBatch(batches.Cursor(), seqs[0])
+		if k == nil {
+			return nil
+		}
+		base := binary.BigEndian.Uint64(k)
+		recs, count, perr := parseBatch(v)
+		end := base + uint64(count)
+		skip := uint64(0) // skip the sequence numbers below this
+		switch {
+		case seqs[0] < base: // in a gap: not there
+			skip = base
+		case framingBroken(recs, count, perr):
+			skip = max(end, base+1)
+		}
+		if skip > 0 {
+			for len(seqs) > 0 && seqs[0] < skip {
+				seqs = seqs[1:]
+			}
+			continue
+		}
+		kept := make([][]byte, len(recs))
+		copy(kept, recs)
+		changed := false
+		for ; len(seqs) > 0 && seqs[0] < end; seqs = seqs[1:] {
+			i := seqs[0] - base
+			if len(kept[i]) == 0 {
+				continue // removed before
+			}
+			st.count--
+			st.bytes -= uint64(len(kept[i]))
+			kept[i] = nil
+			changed = true
+		}
+		if changed {
+			if err := batches.Put(append([]byte(nil), k...), appendBatch(make([]byte, 0, batchSize(kept)), kept)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // dropPrefix removes every record up to and including through, retiring
 // the batches that end there and moving the head. It returns how many live
 // records it removed.
