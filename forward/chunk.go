@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -15,6 +16,16 @@ import (
 )
 
 var randN = rand.N[time.Duration]
+
+// noWait makes Read return what the buffer holds without waiting.
+var noWait = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// errNoOutcome is a produced record franz-go gave no answer for.
+var errNoOutcome = errors.New("the producer gave no answer for the record")
 
 // errSource marks a failure to read the buffer: Run returns it.
 var errSource = errors.New("read buffer")
@@ -36,24 +47,29 @@ type pass struct {
 	// refused a batch for good, and the record to blame is one of cands
 	// (ascending sequence numbers, one partition). Each chunk goes only up
 	// to the middle candidate.
-	probe struct{ cands []uint64 }
+	probe struct {
+		cands []uint64
+		// step > 0: galloping, the next probe takes the first step
+		// candidates (1, 2, 4, ...: a bad record near the front, or a
+		// run of them, is found in a few small chunks); 0: halving.
+		step int
+	}
+	// refusals counts, per topic, the records dead-lettered in a row for
+	// a topic-level refusal (TOPIC_AUTHORIZATION_FAILED,
+	// INVALID_TOPIC_EXCEPTION in a produce response); at
+	// topicRefusalRun the whole topic is taken as refused.
+	refusals map[string]int
 	// known holds the topics whose metadata Kafka gave: the others are
 	// looked up before a chunk goes out (checkTopics), so that a missing
 	// or refused topic never holds a chunk up.
 	known map[string]bool
-	// parked holds topics Kafka said do not exist: their records wait
-	// (in order) until retryAt, and are dead-lettered once the topic has
-	// been missing for UnknownTopicTimeout.
-	parked map[string]*parkedTopic
+	// parked holds the topics Kafka said do not exist (see park.go):
+	// their records wait outside the window, as sequence numbers.
+	parked  map[string]*parkedTopic
+	scratch kgo.Record // admit routes into it before it takes a slot
 
 	attempt int       // consecutive chunks that failed with a retriable error
 	waitTil time.Time // no chunk before this (backoff)
-}
-
-type parkedTopic struct {
-	since, retryAt time.Time
-	attempt        int
-	err            error
 }
 
 func newPass(f *Forwarder, cl *kgo.Client) *pass {
@@ -62,8 +78,17 @@ func newPass(f *Forwarder, cl *kgo.Client) *pass {
 		w:      newWindow(f.cfg.MaxBufferedRecords, f.cfg.MaxBufferedBytes),
 		parked: map[string]*parkedTopic{},
 		known:  map[string]bool{},
+
+		refusals: map[string]int{},
 	}
 }
+
+// topicRefusalRun is how many records of a topic in a row Kafka must
+// refuse for a topic-level reason before the forwarder takes the refusal
+// as the topic's, not the records' (an ACL that allows describing a topic
+// but not writing to it), and dead-letters all its waiting records at once
+// instead of finding them one by one.
+const topicRefusalRun = 8
 
 // maxRead is the most records one Read returns.
 const maxRead = 1000
@@ -95,20 +120,23 @@ func (p *pass) run(ctx context.Context) error {
 				return nil
 			}
 		}
-		p.expireParked(time.Now())
+		p.tendParked(ctx, time.Now())
 		p.release()
 		p.pick(time.Now())
 		if p.checkTopics(ctx) {
 			p.pick(time.Now())
 		}
 		if len(p.chunk) == 0 {
-			// Everything waiting is held back (a parked topic, or the
-			// bisection's cut falls on one): fill waits for records or
-			// the next retry, unless records wait, then this does.
-			if p.hasWork(time.Now()) && !sleep(ctx, p.untilRetry()) {
+			// Everything waiting is held back (a parked topic): fill
+			// waits for records or the next retry, unless the window is
+			// full or records wait, then this does.
+			if (p.w.full() || p.hasWork(time.Now())) && !sleep(ctx, p.untilRetry()) {
 				return nil
 			}
 			continue
+		}
+		if ctx.Err() != nil {
+			return nil
 		}
 		if !p.produce(ctx) {
 			return nil // stopping; produce waited what it could
@@ -148,22 +176,25 @@ func (p *pass) fill(ctx context.Context, prefetch bool) error {
 			}
 		}
 		cancel := func() {}
-		if next, ok := p.nextRetry(); ok && !work {
+		switch next, ok := p.nextRetry(); {
+		case work:
+			readCtx = noWait // what is there; records that turn out unreadable must not make it wait
+		case ok:
 			readCtx, cancel = context.WithDeadline(ctx, next)
 		}
 		var err error
 		p.recs, err = p.f.src.Read(readCtx, p.after, min(records, maxRead), bytes, p.recs)
 		cancel()
 		if err != nil {
-			if readCtx != ctx && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-				return nil // a parked topic's retry is due
+			if readCtx != ctx && readCtx.Err() != nil && ctx.Err() == nil {
+				return nil // nothing now, or a parked topic's retry is due
 			}
 			return fmt.Errorf("forward: %w: %w", errSource, err)
 		}
-		now := time.Now()
 		for i := range p.recs {
-			s := p.admit(&p.recs[i])
-			work = work || s.state == pending && !p.isParked(s.kr.Topic, now)
+			if s := p.admit(&p.recs[i]); s != nil && s.state == pending {
+				work = true
+			}
 		}
 		clear(p.recs) // drop references to payloads the window holds now
 	}
@@ -194,21 +225,32 @@ func (p *pass) linger(ctx context.Context) error {
 	return nil
 }
 
-// admit routes rec into the window. A record that matches no route, is too
-// large or would go to an invalid topic is settled at once.
+// admit routes rec into the window and returns its slot. A record that
+// matches no route, is too large or would go to an invalid topic is
+// settled at once; one for a parked topic joins that topic's list instead
+// (nil).
 func (p *pass) admit(rec *buffer.Record) *slot {
 	f := p.f
 	p.after = rec.Seq
+	kr := &p.scratch
+	var routed bool
+	routed, p.vals = f.route(rec, kr, p.vals)
+	if routed {
+		if pt := p.parked[kr.Topic]; pt != nil && validTopic(kr.Topic) == nil {
+			pt.seqs = append(pt.seqs, rec.Seq) // waits with the topic's other records
+			*kr = kgo.Record{}
+			return nil
+		}
+	}
 	if len(p.slab) == 0 {
 		p.slab = make([]slot, slabSize) // one allocation for many records
 	}
 	s := &p.slab[0]
 	p.slab = p.slab[1:]
 	s.seq = rec.Seq
-	var routed bool
-	routed, p.vals = f.route(rec, &s.rec, p.vals)
-	var kr *kgo.Record
+	kr = nil
 	if routed {
+		s.rec, p.scratch = p.scratch, kgo.Record{}
 		kr = &s.rec
 		s.kr = kr
 		s.size = recordSize(kr)
@@ -231,40 +273,14 @@ func (p *pass) admit(rec *buffer.Record) *slot {
 	return s
 }
 
-// hasWork reports whether the window holds a record that may be produced
-// now.
-func (p *pass) hasWork(now time.Time) bool {
+// hasWork reports whether the window holds a record to produce.
+func (p *pass) hasWork(time.Time) bool {
 	for _, s := range p.w.slots {
-		if s.state == pending && !p.isParked(s.kr.Topic, now) {
+		if s.state == pending {
 			return true
 		}
 	}
 	return false
-}
-
-func (p *pass) isParked(topic string, now time.Time) bool {
-	pt := p.parked[topic]
-	return pt != nil && now.Before(pt.retryAt)
-}
-
-// untilRetry is how long until the next parked topic's retry, at most a
-// second.
-func (p *pass) untilRetry() time.Duration {
-	if next, ok := p.nextRetry(); ok {
-		return min(max(time.Until(next), time.Millisecond), time.Second)
-	}
-	return time.Second
-}
-
-// nextRetry is when the earliest parked topic is tried again.
-func (p *pass) nextRetry() (time.Time, bool) {
-	var next time.Time
-	for _, pt := range p.parked {
-		if next.IsZero() || pt.retryAt.Before(next) {
-			next = pt.retryAt
-		}
-	}
-	return next, !next.IsZero()
 }
 
 // pick chooses the chunk: the pending records in window order, except
@@ -276,7 +292,11 @@ func (p *pass) pick(now time.Time) {
 	cut := ^uint64(0)
 	p.probe.cands = p.stillPending(p.probe.cands) // candidates settled meanwhile are out
 	if c := p.probe.cands; len(c) > 0 {
-		cut = c[(len(c)+1)/2-1]
+		k := (len(c) + 1) / 2
+		if p.probe.step > 0 {
+			k = min(p.probe.step, len(c))
+		}
+		cut = c[k-1]
 	}
 	maxRecords, maxBytes := max(p.w.maxRecords/2, 1), p.w.maxBytes/2
 	bytes := 0
@@ -284,7 +304,7 @@ func (p *pass) pick(now time.Time) {
 		if s.seq > cut || len(p.chunk) == maxRecords || len(p.chunk) > 0 && bytes+s.size > maxBytes {
 			break
 		}
-		if s.state == pending && !p.isParked(s.kr.Topic, now) {
+		if s.state == pending {
 			p.chunk = append(p.chunk, s)
 			bytes += s.size
 		}
@@ -348,10 +368,17 @@ func (p *pass) settle(now time.Time) (retriable error) {
 	var firstReason buffer.Reason
 	var failed []*slot
 	for _, s := range p.chunk {
-		_, part, err := p.w.outcome(s)
-		if err == nil {
+		done, part, err := p.w.outcome(s)
+		if done && err == nil {
 			s.state = acked
+			if len(p.refusals) > 0 {
+				delete(p.refusals, s.kr.Topic)
+			}
 			continue
+		}
+		if !done { // Flush returned without its answer: never count it as delivered
+			err = errNoOutcome
+			s.err = err
 		}
 		s.state, s.partition = pending, part
 		failed = append(failed, s)
@@ -405,6 +432,9 @@ func (p *pass) settle(now time.Time) (retriable error) {
 func (p *pass) bisect(first *slot, reason buffer.Reason, failed []*slot) {
 	if first == nil {
 		p.probe.cands = p.stillPending(p.probe.cands)
+		if p.probe.step > 0 {
+			p.probe.step *= 2
+		}
 		return
 	}
 	var cands []uint64
@@ -414,17 +444,30 @@ func (p *pass) bisect(first *slot, reason buffer.Reason, failed []*slot) {
 		}
 	}
 	if len(cands) == 1 {
+		topic := first.kr.Topic
 		p.deadLetter(first, reason, fmt.Errorf("refused by Kafka when produced alone: %w", first.err))
-		p.probe.cands = nil
+		p.probe.cands, p.probe.step = nil, 0
+		if class, _ := classify(first.err); class == rejectTopic {
+			if p.refusals[topic]++; p.refusals[topic] >= topicRefusalRun {
+				p.deadLetterTopic(p.w.slots, topic, reason, fmt.Errorf(
+					"the last %d records of the topic were refused one by one, so the topic is: %w", topicRefusalRun, first.err))
+			}
+		}
 		return
 	}
+	if len(p.probe.cands) > 0 && p.probe.step > 0 {
+		p.probe.step = 0 // the culprit is within the last gallop: halve from here
+	} else {
+		p.probe.step = 1
+	}
 	p.probe.cands = cands
-	p.f.log.Info("Kafka refused a batch for good; producing it in halves to find the record to blame",
+	p.f.log.Info("Kafka refused a batch for good; producing it in parts to find the record to blame",
 		"topic", first.kr.Topic, "partition", first.partition, "candidates", len(cands), "err", first.err)
 }
 
 // stillPending returns the sequence numbers of seqs (ascending) whose
-// records wait in the window to be produced, in place.
+// records wait in the window to be produced, in place (a parked topic's
+// records leave the window).
 func (p *pass) stillPending(seqs []uint64) []uint64 {
 	out := seqs[:0]
 	i := 0
@@ -443,34 +486,6 @@ func (p *pass) stillPending(seqs []uint64) []uint64 {
 		}
 	}
 	return out
-}
-
-// expireParked dead-letters the records of topics missing for longer than
-// UnknownTopicTimeout.
-func (p *pass) expireParked(now time.Time) {
-	for t, pt := range p.parked {
-		if p.f.cfg.UnknownTopicTimeout > 0 && now.Sub(pt.since) >= p.f.cfg.UnknownTopicTimeout {
-			p.deadLetterTopic(p.w.slots, t, ReasonUnknownTopic,
-				fmt.Errorf("topic %q did not exist for %v: %w", t, p.f.cfg.UnknownTopicTimeout, pt.err))
-			delete(p.parked, t)
-			delete(p.known, t)
-		}
-	}
-}
-
-// park holds a missing topic's records back until a retry with backoff.
-func (p *pass) park(topic string, err error, now time.Time) {
-	pt := p.parked[topic]
-	if pt == nil {
-		pt = &parkedTopic{since: now}
-		p.parked[topic] = pt
-		p.f.log.Error("Kafka topic does not exist; its records wait in the buffer, other topics go on",
-			"topic", topic, "dead_letter_after", p.f.cfg.UnknownTopicTimeout, "err", err)
-	}
-	pt.attempt++
-	pt.err = err
-	pt.retryAt = now.Add(backoff(time.Second, 30*time.Second)(pt.attempt))
-	p.f.setError(err)
 }
 
 // metadataTimeout bounds checkTopics' wait for Kafka; past it the chunk
@@ -493,33 +508,15 @@ func (p *pass) checkTopics(ctx context.Context) bool {
 	if len(topics) == 0 {
 		return false
 	}
-	req := kmsg.NewPtrMetadataRequest()
-	req.AllowAutoTopicCreation = p.f.cfg.AllowAutoTopicCreation
-	for _, t := range topics {
-		rt := kmsg.NewMetadataRequestTopic()
-		rt.Topic = kmsg.StringPtr(t)
-		req.Topics = append(req.Topics, rt)
-	}
-	mctx, cancel := context.WithTimeout(ctx, metadataTimeout)
-	defer cancel()
-	resp, err := req.RequestWith(mctx, p.cl)
-	if err != nil {
+	found, ok := p.lookup(ctx, topics)
+	if !ok {
 		return false // Kafka unreachable: produce, and let the client wait
 	}
 	now := time.Now()
 	changed := false
-	for _, rt := range resp.Topics {
-		if rt.Topic == nil || !seen[*rt.Topic] {
-			continue
-		}
-		t := *rt.Topic
-		kerrv := kerr.ErrorForCode(rt.ErrorCode)
+	for t, kerrv := range found {
 		if kerrv == nil {
 			p.known[t] = true
-			if p.parked[t] != nil {
-				delete(p.parked, t)
-				p.f.log.Info("Kafka topic exists now; its waiting records go out", "topic", t)
-			}
 			continue
 		}
 		err := fmt.Errorf("topic %q: %w", t, kerrv)
@@ -535,6 +532,31 @@ func (p *pass) checkTopics(ctx context.Context) bool {
 	return changed
 }
 
+// lookup asks Kafka about topics in one metadata request and returns each
+// topic's error (nil: it exists); ok is false if Kafka did not answer.
+func (p *pass) lookup(ctx context.Context, topics []string) (found map[string]error, ok bool) {
+	req := kmsg.NewPtrMetadataRequest()
+	req.AllowAutoTopicCreation = p.f.cfg.AllowAutoTopicCreation
+	for _, t := range topics {
+		rt := kmsg.NewMetadataRequestTopic()
+		rt.Topic = kmsg.StringPtr(t)
+		req.Topics = append(req.Topics, rt)
+	}
+	mctx, cancel := context.WithTimeout(ctx, metadataTimeout)
+	defer cancel()
+	resp, err := req.RequestWith(mctx, p.cl)
+	if err != nil {
+		return nil, false
+	}
+	found = map[string]error{}
+	for _, rt := range resp.Topics {
+		if rt.Topic != nil && slices.Contains(topics, *rt.Topic) {
+			found[*rt.Topic] = kerr.ErrorForCode(rt.ErrorCode)
+		}
+	}
+	return found, true
+}
+
 // deadLetterTopic dead-letters every pending record of topic in slots.
 func (p *pass) deadLetterTopic(slots []*slot, topic string, reason buffer.Reason, err error) {
 	for _, s := range slots {
@@ -547,24 +569,36 @@ func (p *pass) deadLetterTopic(slots []*slot, topic string, reason buffer.Reason
 // deadLetter moves a record to the buffer's dead-letter bucket and settles
 // its slot.
 func (p *pass) deadLetter(s *slot, reason buffer.Reason, err error) {
-	f := p.f
-	f.src.DeadLetter(s.seq, reason, err)
+	p.deadLetterSeq(s.seq, reason, err)
 	s.state = settled
 	s.kr, s.rec = nil, kgo.Record{} // let the payload go
+}
+
+// deadLetterSeq moves record seq to the buffer's dead-letter bucket,
+// counted and logged.
+func (p *pass) deadLetterSeq(seq uint64, reason buffer.Reason, err error) {
+	f := p.f
+	f.src.DeadLetter(seq, reason, err)
 	f.deadMu.Lock()
 	f.dead[reason]++
 	n := f.dead[reason]
 	f.deadMu.Unlock()
 	if n&(n-1) == 0 { // 1, 2, 4, 8, ... per reason: rate-limited
 		f.log.Error("record dead-lettered: Kafka will not take it; kept in the buffer (ferry buffer dlq list)",
-			"seq", s.seq, "reason", reason, "err", err, "dead_lettered_total", n)
+			"seq", seq, "reason", reason, "err", err, "dead_lettered_total", n)
 	}
 }
 
-// release hands the window's settled prefix back to the source.
+// release hands the window's settled prefix back to the source, and the
+// records Kafka acknowledged behind a record that still waits (a parked
+// topic, a bisection, a backoff) too, one by one: so they neither fill the
+// window nor go to Kafka again after a restart.
 func (p *pass) release() {
-	if seq := p.w.popReleasable(); seq > 0 {
+	if seq := p.w.popReleasable(p.parkedFloor()); seq > 0 {
 		p.f.src.Release(seq)
+	}
+	if seqs := p.w.popAcked(); len(seqs) > 0 {
+		p.f.src.Remove(seqs...)
 	}
 }
 

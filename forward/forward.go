@@ -6,11 +6,11 @@
 // was dead-lettered, and only as part of a contiguous prefix: if record n is
 // still waiting, nothing after it is released either.
 //
-// Order: records are produced in chunks. A chunk is every record waiting in
-// the window (bounded by MaxBufferedRecords and MaxBufferedBytes), produced
-// with franz-go's manual flushing: nothing of a chunk goes on the wire
-// until all of it is buffered in the client, and the next chunk is produced
-// only once every record of this one has its outcome. franz-go sends a
+// Order: records are produced in chunks. A chunk is the records waiting in
+// the window (bounded by MaxBufferedRecords and MaxBufferedBytes), at most
+// half of it, produced with franz-go's manual flushing: nothing of a chunk
+// goes on the wire until all of it is buffered in the client, and the next
+// chunk is produced only once every record of this one has its outcome. franz-go sends a
 // partition's records in order and, when Kafka refuses a batch for good,
 // fails that batch and every later one of the partition together; so
 // within a chunk each partition ends with an acknowledged prefix and a
@@ -34,9 +34,13 @@
 //
 // What is never delivered: a record that matches no route is counted and
 // dropped with a warning. A record Kafka refuses for good (too large,
-// invalid, refused topic; see classify) is found by bisecting the failed
-// batch, at most log2(MaxBufferedRecords) chunks, and dead-lettered in the
-// buffer with its reason: kept, counted, replayable. A route that makes an
+// invalid, refused topic; see classify) is found by producing the failed
+// batch in parts (galloping, then halving: about 2·log2 of its position in
+// chunks) and dead-lettered in the buffer with its reason: kept, counted,
+// replayable. Records Kafka acknowledged behind one that still waits are
+// removed from the buffer one by one (Source.Remove), so they are not sent
+// again after a restart. Records are partitioned the same way each time as
+// long as the topic's partition count does not change. A route that makes an
 // invalid topic name is caught before producing and dead-lettered at once.
 // Records for a topic that does not exist wait (other topics go on) and are
 // dead-lettered after UnknownTopicTimeout. Everything else is retried with
@@ -68,10 +72,12 @@ import (
 type Source interface {
 	// Read returns records with sequence numbers above after, in order, at
 	// most maxRecords and about maxBytes of them, waiting until there is
-	// at least one.
+	// at least one (with ctx done already: what is there, no wait).
 	Read(ctx context.Context, after uint64, maxRecords, maxBytes int, dst []buffer.Record) ([]buffer.Record, error)
 	// Release removes every record up to and including seq.
 	Release(seq uint64)
+	// Remove removes records delivered while an earlier one waits.
+	Remove(seqs ...uint64)
 	// DeadLetter moves a record that can never be delivered aside, before
 	// any later Release.
 	DeadLetter(seq uint64, reason buffer.Reason, detail error)
@@ -156,7 +162,7 @@ type Forwarder struct {
 	bufferID []byte
 
 	delivered, unrouted, chunks, retries atomic.Uint64
-	inflight                             atomic.Int64
+	inflight, parkedTopics               atomic.Int64
 	lastAck                              atomic.Int64 // unix nanos of the last acknowledgement
 	lastErr                              atomic.Value // string
 	lastKey                              atomic.Value // string: errKey of lastErr
@@ -262,7 +268,6 @@ func (f *Forwarder) clientOpts() []kgo.Opt {
 		kgo.ProducerBatchCompression(codec),
 		kgo.DialTimeout(f.cfg.DialTimeout),
 		kgo.RetryBackoffFn(backoff(100*time.Millisecond, 5*time.Second)),
-		kgo.WithHooks(hooks{f}),
 		// A record that passes the MaxRecordBytes check always fits a batch,
 		// overhead included, and stays under Kafka's default 1 MiB limit.
 		kgo.ProducerBatchMaxBytes(int32(f.cfg.MaxRecordBytes + batchOverhead)),
@@ -289,6 +294,7 @@ func (f *Forwarder) clientOpts() []kgo.Opt {
 func (f *Forwarder) Run(ctx context.Context) error {
 	cl, err := kgo.NewClient(append(f.clientOpts(),
 		kgo.ManualFlushing(),
+		kgo.WithHooks(hooks{f}), // the data path's connections show in Stats and the log
 		kgo.RecordPartitioner(newPartitioner()),
 		// The window bounds what is produced; the client's own bounds
 		// only need to be above it.

@@ -59,8 +59,12 @@ func errKey(err error) string {
 	return err.Error()
 }
 
-// clearError notes that Kafka acknowledged records, logging the recovery.
+// clearError notes that Kafka acknowledged records, logging the recovery;
+// while a topic is parked its error stands.
 func (f *Forwarder) clearError() {
+	if f.parkedTopics.Load() > 0 {
+		return
+	}
 	if f.lastErr.Load().(string) != "" && f.lastErr.Swap("") != "" {
 		f.lastKey.Store("")
 		f.log.Info("Kafka is accepting records again")

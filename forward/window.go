@@ -82,14 +82,75 @@ func (w *window) outcome(s *slot) (done bool, partition int32, err error) {
 	return s.done, s.partition, s.err
 }
 
-// popReleasable removes the oldest slots for as long as they are acked or
-// settled and returns the highest sequence number removed (0: none).
-func (w *window) popReleasable() uint64 {
+// evict removes the slots that take returns true for, in order.
+func (w *window) evict(take func(*slot) bool) []*slot {
+	var out []*slot
+	n := 0
+	for _, s := range w.slots {
+		if take(s) {
+			out = append(out, s)
+			w.bytes -= s.size
+			continue
+		}
+		w.slots[n] = s
+		n++
+	}
+	clear(w.slots[n:])
+	w.slots = w.slots[:n]
+	return out
+}
+
+// merge adds slots (in sequence order, none already in the window) in
+// their places.
+func (w *window) merge(in []*slot) {
+	if len(in) == 0 {
+		return
+	}
+	out := make([]*slot, 0, len(w.slots)+len(in))
+	i := 0
+	for _, s := range w.slots {
+		for i < len(in) && in[i].seq < s.seq {
+			out = append(out, in[i])
+			i++
+		}
+		out = append(out, s)
+	}
+	out = append(out, in[i:]...)
+	for _, s := range in {
+		w.bytes += s.size
+	}
+	w.slots = out
+}
+
+// popAcked removes the acknowledged slots from the window (they can only
+// be behind one that is not, after popReleasable) and returns their
+// sequence numbers.
+func (w *window) popAcked() []uint64 {
+	var seqs []uint64
+	n := 0
+	for _, s := range w.slots {
+		if s.state == acked {
+			seqs = append(seqs, s.seq)
+			w.bytes -= s.size
+			continue
+		}
+		w.slots[n] = s
+		n++
+	}
+	clear(w.slots[n:])
+	w.slots = w.slots[:n]
+	return seqs
+}
+
+// popReleasable removes the oldest slots below floor for as long as they
+// are acked or settled and returns the highest sequence number removed (0:
+// none).
+func (w *window) popReleasable(floor uint64) uint64 {
 	var seq uint64
 	i := 0
 	for ; i < len(w.slots); i++ {
 		s := w.slots[i]
-		if s.state != acked && s.state != settled {
+		if s.state != acked && s.state != settled || s.seq >= floor {
 			break
 		}
 		seq = s.seq

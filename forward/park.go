@@ -1,0 +1,241 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ferry-edge/ferry/buffer"
+)
+
+// A topic that does not exist is parked: its records leave the window and
+// wait in the buffer, the window keeping only their sequence numbers, so
+// that however many there are they hold back no other topic. The topic is
+// looked up again with backoff. When it exists, it drains: its records are
+// read back from the buffer into the window, oldest first, as room allows,
+// while its new records keep joining the list behind them (so they stay in
+// order). When it has been missing for UnknownTopicTimeout, its records are
+// dead-lettered. Nothing at or above the oldest parked record is released
+// by prefix; records delivered past it are removed one by one.
+type parkedTopic struct {
+	since, retryAt time.Time
+	attempt        int
+	err            error
+	// seqs are the topic's records outside the window, ascending.
+	seqs []uint64
+	// draining: the topic exists again; seqs go back into the window.
+	draining bool
+}
+
+// park takes a missing topic's records out of the window and schedules a
+// lookup with backoff.
+func (p *pass) park(topic string, err error, now time.Time) {
+	pt := p.parked[topic]
+	if pt == nil || pt.draining {
+		if pt == nil {
+			pt = &parkedTopic{}
+			p.parked[topic] = pt
+		}
+		pt.since, pt.draining, pt.attempt = now, false, 0
+		p.f.log.Error("Kafka topic does not exist; its records wait in the buffer, other topics go on",
+			"topic", topic, "dead_letter_after", p.f.cfg.UnknownTopicTimeout, "err", err)
+	}
+	pt.attempt++
+	pt.err = err
+	pt.retryAt = now.Add(backoff(time.Second, 30*time.Second)(pt.attempt))
+	delete(p.known, topic) // its retry starts with a metadata request, not a produce
+	out := p.w.evict(func(s *slot) bool { return s.state == pending && s.kr.Topic == topic })
+	if len(out) > 0 {
+		seqs := make([]uint64, 0, len(out)+len(pt.seqs))
+		for _, s := range out {
+			seqs = append(seqs, s.seq)                        // all below pt.seqs: fed from its front, or read before
+			s.state, s.kr, s.rec = settled, nil, kgo.Record{} // out of the window for good
+		}
+		pt.seqs = append(seqs, pt.seqs...)
+	}
+	p.countParked()
+	p.f.setError(err)
+}
+
+// countParked publishes how many topics wait for Kafka (not draining), so
+// an acknowledgement does not clear their error.
+func (p *pass) countParked() {
+	n := 0
+	for _, pt := range p.parked {
+		if !pt.draining {
+			n++
+		}
+	}
+	p.f.parkedTopics.Store(int64(n))
+}
+
+// tendParked looks up the parked topics whose retry is due, dead-letters
+// the records of those missing for too long, and feeds the draining ones
+// back into the window.
+func (p *pass) tendParked(ctx context.Context, now time.Time) {
+	var due []string
+	for t, pt := range p.parked {
+		switch {
+		case pt.draining:
+		case p.f.cfg.UnknownTopicTimeout > 0 && now.Sub(pt.since) >= p.f.cfg.UnknownTopicTimeout:
+			err := fmt.Errorf("topic %q did not exist for %v: %w", t, p.f.cfg.UnknownTopicTimeout, pt.err)
+			for _, seq := range pt.seqs {
+				p.deadLetterSeq(seq, ReasonUnknownTopic, err)
+			}
+			delete(p.parked, t)
+		case !now.Before(pt.retryAt):
+			due = append(due, t)
+		}
+	}
+	if len(due) > 0 {
+		if found, ok := p.lookup(ctx, due); ok {
+			for _, t := range due {
+				pt := p.parked[t]
+				switch kerrv, answered := found[t]; {
+				case !answered:
+				case kerrv == nil:
+					pt.draining = true
+					p.known[t] = true
+					p.f.log.Info("Kafka topic exists now; its waiting records go out", "topic", t, "records", len(pt.seqs))
+				default:
+					err := fmt.Errorf("topic %q: %w", t, kerrv)
+					switch class, reason := classify(kerrv); class {
+					case missingTopic:
+						p.park(t, err, now)
+					case rejectTopic:
+						for _, seq := range pt.seqs {
+							p.deadLetterSeq(seq, reason, err)
+						}
+						delete(p.parked, t)
+					default:
+						p.park(t, err, now) // try again later
+					}
+				}
+			}
+		} else {
+			for _, t := range due { // Kafka did not answer: later
+				pt := p.parked[t]
+				pt.retryAt = now.Add(backoff(time.Second, 30*time.Second)(pt.attempt))
+			}
+		}
+	}
+	p.feed(ctx)
+	p.countParked()
+}
+
+// feed reads the draining topics' records back into the window, oldest
+// first, as far as it has room; a topic whose list is empty is no longer
+// parked.
+func (p *pass) feed(ctx context.Context) {
+	for t, pt := range p.parked {
+		if !pt.draining {
+			continue
+		}
+		var in []*slot
+		from := uint64(0)
+		if len(pt.seqs) > 0 {
+			from = pt.seqs[0] - 1
+		}
+		for len(pt.seqs) > 0 {
+			records, bytes := p.w.room()
+			records -= len(in)
+			for _, s := range in {
+				bytes -= s.size
+			}
+			if records <= 0 || bytes <= 0 && len(p.w.slots)+len(in) > 0 {
+				break
+			}
+			var err error
+			p.recs, err = p.f.src.Read(noWait, from, min(records, maxRead), max(bytes, 1), p.recs)
+			if err != nil && !errors.Is(err, context.Canceled) {
+				break // the buffer is closing: Run's read says so
+			}
+			if len(p.recs) == 0 {
+				pt.seqs = nil // nothing left to read: dropped by a limit meanwhile
+				break
+			}
+			for i := range p.recs {
+				rec := &p.recs[i]
+				from = rec.Seq
+				for len(pt.seqs) > 0 && pt.seqs[0] < rec.Seq {
+					pt.seqs = pt.seqs[1:] // gone from the buffer (a limit dropped it)
+				}
+				if len(pt.seqs) == 0 || pt.seqs[0] != rec.Seq {
+					continue // another record
+				}
+				pt.seqs = pt.seqs[1:]
+				if s := p.slotFor(rec); s != nil {
+					in = append(in, s)
+				}
+			}
+			clear(p.recs)
+		}
+		p.w.merge(in)
+		if len(pt.seqs) == 0 {
+			delete(p.parked, t)
+		}
+	}
+}
+
+// slotFor routes a record read back for a draining topic into a new slot
+// (nil if its routing changed so that it no longer goes to Kafka: then it
+// is settled through admit's rules, in place).
+func (p *pass) slotFor(rec *buffer.Record) *slot {
+	if len(p.slab) == 0 {
+		p.slab = make([]slot, slabSize)
+	}
+	s := &p.slab[0]
+	routed, vals := p.f.route(rec, &s.rec, p.vals)
+	p.vals = vals
+	if !routed || validTopic(s.rec.Topic) != nil || recordSize(&s.rec) > p.f.cfg.MaxRecordBytes {
+		s.rec = kgo.Record{}
+		p.deadLetterSeq(rec.Seq, ReasonInvalidTopic, fmt.Errorf("MQTT topic %q no longer routes to a valid Kafka topic", rec.Topic))
+		return nil
+	}
+	p.slab = p.slab[1:]
+	s.seq, s.kr, s.size, s.state = rec.Seq, &s.rec, recordSize(&s.rec), pending
+	return s
+}
+
+// parkedFloor is the oldest record of a parked topic (the window must not
+// release by prefix past it), or the largest sequence number.
+func (p *pass) parkedFloor() uint64 {
+	floor := ^uint64(0)
+	for _, pt := range p.parked {
+		if len(pt.seqs) > 0 {
+			floor = min(floor, pt.seqs[0])
+		}
+	}
+	return floor
+}
+
+// untilRetry is how long until the next parked topic's retry, at most a
+// second.
+func (p *pass) untilRetry() time.Duration {
+	if next, ok := p.nextRetry(); ok {
+		return min(max(time.Until(next), time.Millisecond), time.Second)
+	}
+	return time.Second
+}
+
+// nextRetry is when the earliest parked topic is looked up again or
+// expires.
+func (p *pass) nextRetry() (time.Time, bool) {
+	var next time.Time
+	for _, pt := range p.parked {
+		if pt.draining {
+			continue
+		}
+		due := pt.retryAt
+		if d := p.f.cfg.UnknownTopicTimeout; d > 0 && pt.since.Add(d).Before(due) {
+			due = pt.since.Add(d)
+		}
+		if next.IsZero() || due.Before(next) {
+			next = due
+		}
+	}
+	return next, !next.IsZero()
+}
