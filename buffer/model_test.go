@@ -110,6 +110,25 @@ func TestFIFOMatchesModel(t *testing.T) {
 				}
 				model = model[i+1:]
 			},
+			"remove": func(rt *rapid.T) {
+				if len(model) == 0 {
+					return
+				}
+				var seqs []uint64
+				kept := model[:0:0]
+				for _, r := range model {
+					if rapid.Bool().Draw(rt, "remove") {
+						seqs = append(seqs, r.seq)
+					} else {
+						kept = append(kept, r)
+					}
+				}
+				b.Remove(seqs...)
+				if err := b.flush(ctx); err != nil {
+					rt.Fatal(err)
+				}
+				model = kept
+			},
 			"deadletter": func(rt *rapid.T) {
 				if len(model) == 0 {
 					return
