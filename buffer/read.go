@@ -18,7 +18,8 @@ import (
 // (ctx.Err()) or the buffer is closed (ErrClosed); with ctx done already it
 // returns what is there without waiting. Records that cannot be decoded are
 // dead-lettered (ReasonUndecodable) and not returned. The payloads of one
-// Read share one allocation of their size.
+// Read share one allocation of their size, which lives as long as any of
+// them: a caller that keeps only a few should copy them.
 func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes int, dst []Record) ([]Record, error) {
 	limit := max(maxRecords, 1)
 	dst = dst[:0]

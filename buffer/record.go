@@ -191,9 +191,11 @@ func (d *decoder) copyBytes() []byte {
 }
 
 // arena copies the payloads of one Read into one shared block, sized by
-// the caller for exactly what it copies, so no record holds memory beyond
-// its own payload. Without a block (nil arena, or when the block is used
-// up) each payload is copied on its own.
+// the caller for what it copies: one allocation for many records. The
+// block lives as long as any of its payloads, so a caller that keeps a few
+// records of a Read and drops the rest should copy those few out. Without
+// a block (nil arena, or when the block is used up) each payload is copied
+// on its own.
 type arena struct{ block []byte }
 
 func (a *arena) copy(b []byte) []byte {

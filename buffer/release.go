@@ -55,8 +55,8 @@ func removeTx(tx *bolt.Tx, st *state, seqs []uint64) error {
 		switch {
 		case seqs[0] < base: // in a gap: not there
 			skip = base
-		case framingBroken(recs, count, perr):
-			skip = max(end, base+1)
+		case framingBroken(recs, count, perr): // its header may be unreadable: it reaches up to the next batch
+			skip = max(batchEnd(batches, base, st.next), end, base+1)
 		}
 		if skip > 0 {
 			for len(seqs) > 0 && seqs[0] < skip {

@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -42,6 +43,7 @@ type pass struct {
 	vals  []string        // scratch for captures
 	chunk []*slot         // the chunk being produced
 	slab  []slot          // slots not used yet
+	kept  []*slot         // scratch for fill
 
 	// probe, when cands is not empty, is a bisection in progress: Kafka
 	// refused a batch for good, and the record to blame is one of cands
@@ -161,8 +163,8 @@ func (p *pass) run(ctx context.Context) error {
 func (p *pass) fill(ctx context.Context, prefetch bool) error {
 	work := prefetch || p.hasWork(time.Now())
 	for {
-		records, bytes := p.w.room()
-		if records == 0 || bytes == 0 {
+		records, room := p.w.room()
+		if records == 0 || room == 0 {
 			return nil
 		}
 		readCtx := ctx
@@ -183,7 +185,7 @@ func (p *pass) fill(ctx context.Context, prefetch bool) error {
 			readCtx, cancel = context.WithDeadline(ctx, next)
 		}
 		var err error
-		p.recs, err = p.f.src.Read(readCtx, p.after, min(records, maxRead), bytes, p.recs)
+		p.recs, err = p.f.src.Read(readCtx, p.after, min(records, maxRead), room, p.recs)
 		cancel()
 		if err != nil {
 			if readCtx != ctx && readCtx.Err() != nil && ctx.Err() == nil {
@@ -191,11 +193,23 @@ func (p *pass) fill(ctx context.Context, prefetch bool) error {
 			}
 			return fmt.Errorf("forward: %w: %w", errSource, err)
 		}
+		kept, setAside := p.kept[:0], false
 		for i := range p.recs {
-			if s := p.admit(&p.recs[i]); s != nil && s.state == pending {
+			switch s := p.admit(&p.recs[i]); {
+			case s == nil:
+				setAside = true
+			case s.state == pending:
 				work = true
+				kept = append(kept, s)
 			}
 		}
+		if setAside { // a Read's payloads share one block: do not let a few keep it all
+			for _, s := range kept {
+				s.rec.Value = bytes.Clone(s.rec.Value)
+			}
+		}
+		clear(kept)
+		p.kept = kept
 		clear(p.recs) // drop references to payloads the window holds now
 	}
 }
@@ -384,18 +398,20 @@ func (p *pass) settle(now time.Time) (retriable error) {
 		failed = append(failed, s)
 	}
 	parked := map[string]bool{}
+	for _, s := range failed { // first: parking takes the topic's records out of the window
+		if class, _ := classify(s.err); class == missingTopic && s.state == pending && !parked[s.kr.Topic] {
+			parked[s.kr.Topic] = true // once per chunk: the backoff counts retries, not records
+			p.park(s.kr.Topic, fmt.Errorf("produce to Kafka topic %q: %w", s.kr.Topic, s.err), now)
+		}
+	}
 	for _, s := range failed {
 		if s.state != pending {
-			continue // dead-lettered with its topic below
+			continue // parked, or dead-lettered with its topic below
 		}
 		err := fmt.Errorf("produce to Kafka topic %q: %w", s.kr.Topic, s.err)
 		class, reason := classify(s.err)
 		switch {
 		case class == missingTopic:
-			if !parked[s.kr.Topic] { // once per chunk: the backoff counts retries, not records
-				parked[s.kr.Topic] = true
-				p.park(s.kr.Topic, err, now)
-			}
 		case class == rejectTopic && s.partition < 0:
 			// Refused with the topic's metadata: every record of the
 			// topic failed alike, and there is no batch to bisect.
@@ -431,9 +447,10 @@ func (p *pass) settle(now time.Time) (retriable error) {
 // among the rest (those not produced, or failed for another reason).
 func (p *pass) bisect(first *slot, reason buffer.Reason, failed []*slot) {
 	if first == nil {
+		before := len(p.probe.cands)
 		p.probe.cands = p.stillPending(p.probe.cands)
-		if p.probe.step > 0 {
-			p.probe.step *= 2
+		if p.probe.step > 0 && len(p.probe.cands) < before {
+			p.probe.step *= 2 // the probe delivered: try twice as many
 		}
 		return
 	}
@@ -590,9 +607,10 @@ func (p *pass) deadLetterSeq(seq uint64, reason buffer.Reason, err error) {
 }
 
 // release hands the window's settled prefix back to the source, and the
-// records Kafka acknowledged behind a record that still waits (a parked
-// topic, a bisection, a backoff) too, one by one: so they neither fill the
-// window nor go to Kafka again after a restart.
+// records done behind a record that still waits (a parked topic, a
+// bisection, a backoff) too, one by one: so they neither fill the window
+// nor go to Kafka again after a restart. (Removing a dead-lettered record
+// is a no-op: the buffer applies dead letters first.)
 func (p *pass) release() {
 	if seq := p.w.popReleasable(p.parkedFloor()); seq > 0 {
 		p.f.src.Release(seq)

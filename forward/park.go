@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -91,34 +92,32 @@ func (p *pass) tendParked(ctx context.Context, now time.Time) {
 		}
 	}
 	if len(due) > 0 {
-		if found, ok := p.lookup(ctx, due); ok {
-			for _, t := range due {
-				pt := p.parked[t]
-				switch kerrv, answered := found[t]; {
-				case !answered:
-				case kerrv == nil:
-					pt.draining = true
-					p.known[t] = true
-					p.f.log.Info("Kafka topic exists now; its waiting records go out", "topic", t, "records", len(pt.seqs))
-				default:
-					err := fmt.Errorf("topic %q: %w", t, kerrv)
-					switch class, reason := classify(kerrv); class {
-					case missingTopic:
-						p.park(t, err, now)
-					case rejectTopic:
-						for _, seq := range pt.seqs {
-							p.deadLetterSeq(seq, reason, err)
-						}
-						delete(p.parked, t)
-					default:
-						p.park(t, err, now) // try again later
-					}
-				}
-			}
-		} else {
-			for _, t := range due { // Kafka did not answer: later
-				pt := p.parked[t]
+		found, _ := p.lookup(ctx, due)
+		now := time.Now() // the lookup may have taken seconds
+		for _, t := range due {
+			pt := p.parked[t]
+			kerrv, answered := found[t]
+			if !answered { // Kafka did not answer: later
+				pt.attempt++
 				pt.retryAt = now.Add(backoff(time.Second, 30*time.Second)(pt.attempt))
+				continue
+			}
+			switch class, reason := classify(kerrv); {
+			case kerrv == nil || class == retry:
+				// It exists (a retriable answer such as
+				// LEADER_NOT_AVAILABLE says so too): the producer
+				// waits for its leader.
+				pt.draining = true
+				p.known[t] = true
+				p.f.log.Info("Kafka topic exists now; its waiting records go out", "topic", t, "records", len(pt.seqs))
+			case class == missingTopic:
+				p.park(t, fmt.Errorf("topic %q: %w", t, kerrv), now)
+			default: // refused
+				err := fmt.Errorf("topic %q: %w", t, kerrv)
+				for _, seq := range pt.seqs {
+					p.deadLetterSeq(seq, reason, err)
+				}
+				delete(p.parked, t)
 			}
 		}
 	}
@@ -180,9 +179,10 @@ func (p *pass) feed(ctx context.Context) {
 	}
 }
 
-// slotFor routes a record read back for a draining topic into a new slot
-// (nil if its routing changed so that it no longer goes to Kafka: then it
-// is settled through admit's rules, in place).
+// slotFor routes a record read back for a draining topic into a new slot,
+// with its own copy of the payload (the rest of the Read is not kept). A
+// record too large for Kafka is dead-lettered instead (nil), as admit
+// would have done had the topic not been parked.
 func (p *pass) slotFor(rec *buffer.Record) *slot {
 	if len(p.slab) == 0 {
 		p.slab = make([]slot, slabSize)
@@ -190,11 +190,16 @@ func (p *pass) slotFor(rec *buffer.Record) *slot {
 	s := &p.slab[0]
 	routed, vals := p.f.route(rec, &s.rec, p.vals)
 	p.vals = vals
-	if !routed || validTopic(s.rec.Topic) != nil || recordSize(&s.rec) > p.f.cfg.MaxRecordBytes {
+	if !routed { // only routed records are parked, and routes do not change while ferry runs
 		s.rec = kgo.Record{}
-		p.deadLetterSeq(rec.Seq, ReasonInvalidTopic, fmt.Errorf("MQTT topic %q no longer routes to a valid Kafka topic", rec.Topic))
 		return nil
 	}
+	if n := recordSize(&s.rec); n > p.f.cfg.MaxRecordBytes {
+		s.rec = kgo.Record{}
+		p.deadLetterSeq(rec.Seq, ReasonTooLarge, fmt.Errorf("record of %d bytes exceeds the %d-byte limit", n, p.f.cfg.MaxRecordBytes))
+		return nil
+	}
+	s.rec.Value = bytes.Clone(s.rec.Value)
 	p.slab = p.slab[1:]
 	s.seq, s.kr, s.size, s.state = rec.Seq, &s.rec, recordSize(&s.rec), pending
 	return s

@@ -122,14 +122,14 @@ func (w *window) merge(in []*slot) {
 	w.slots = out
 }
 
-// popAcked removes the acknowledged slots from the window (they can only
-// be behind one that is not, after popReleasable) and returns their
+// popAcked removes the acknowledged and settled slots from the window
+// (after popReleasable they are behind one that waits) and returns their
 // sequence numbers.
 func (w *window) popAcked() []uint64 {
 	var seqs []uint64
 	n := 0
 	for _, s := range w.slots {
-		if s.state == acked {
+		if s.state == acked || s.state == settled {
 			seqs = append(seqs, s.seq)
 			w.bytes -= s.size
 			continue
