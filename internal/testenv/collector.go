@@ -55,8 +55,11 @@ type Report struct {
 
 // String returns the report on one line.
 func (r Report) String() string {
-	s := fmt.Sprintf("sent=%d delivered=%d unique=%d lost=%d duplicates=%d (same identity %d) out_of_order=%d",
-		r.Sent, r.Delivered, r.Unique, r.Lost, r.Duplicates, r.ResentDuplicates, r.OutOfOrder)
+	s := fmt.Sprintf("sent=%d delivered=%d unique=%d lost=%d duplicates=%d out_of_order=%d",
+		r.Sent, r.Delivered, r.Unique, r.Lost, r.Duplicates, r.OutOfOrder)
+	if r.ResentDuplicates > 0 {
+		s += fmt.Sprintf(" duplicates_same_identity=%d", r.ResentDuplicates)
+	}
 	if r.Unparsed > 0 {
 		s += fmt.Sprintf(" unparsed=%d", r.Unparsed)
 	}
@@ -228,7 +231,7 @@ func buildReport(res *SensorsResult, recs []Received, unparsed int) Report {
 		for _, r := range rs {
 			id := header(r.Headers, "ferry.buffer_id") + "/" + header(r.Headers, "ferry.seq")
 			if s[r.Msg.Seq] {
-				if identity[r.Msg.Seq] == id {
+				if id != "/" && identity[r.Msg.Seq] == id {
 					rep.ResentDuplicates++
 				}
 				continue
