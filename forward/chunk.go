@@ -67,8 +67,7 @@ type pass struct {
 	known map[string]bool
 	// parked holds the topics Kafka said do not exist (see park.go):
 	// their records wait outside the window, as sequence numbers.
-	parked  map[string]*parkedTopic
-	scratch kgo.Record // admit routes into it before it takes a slot
+	parked map[string]*parkedTopic
 
 	attempt int       // consecutive chunks that failed with a retriable error
 	waitTil time.Time // no chunk before this (backoff)
@@ -246,25 +245,23 @@ func (p *pass) linger(ctx context.Context) error {
 func (p *pass) admit(rec *buffer.Record) *slot {
 	f := p.f
 	p.after = rec.Seq
-	kr := &p.scratch
-	var routed bool
-	routed, p.vals = f.route(rec, kr, p.vals)
-	if routed {
-		if pt := p.parked[kr.Topic]; pt != nil && validTopic(kr.Topic) == nil {
-			pt.seqs = append(pt.seqs, rec.Seq) // waits with the topic's other records
-			*kr = kgo.Record{}
-			return nil
-		}
-	}
 	if len(p.slab) == 0 {
 		p.slab = make([]slot, slabSize) // one allocation for many records
 	}
-	s := &p.slab[0]
+	s := &p.slab[0] // taken only if the record enters the window
+	routed, vals := f.route(rec, &s.rec, s.hdrs[:0], s.buf[:0], p.vals)
+	p.vals = vals
+	if routed {
+		if pt := p.parked[s.rec.Topic]; pt != nil && validTopic(s.rec.Topic) == nil {
+			pt.seqs = append(pt.seqs, rec.Seq) // waits with the topic's other records
+			s.rec = kgo.Record{}
+			return nil
+		}
+	}
 	p.slab = p.slab[1:]
 	s.seq = rec.Seq
-	kr = nil
+	var kr *kgo.Record
 	if routed {
-		s.rec, p.scratch = p.scratch, kgo.Record{}
 		kr = &s.rec
 		s.kr = kr
 		s.size = recordSize(kr)

@@ -188,7 +188,7 @@ func (p *pass) slotFor(rec *buffer.Record) *slot {
 		p.slab = make([]slot, slabSize)
 	}
 	s := &p.slab[0]
-	routed, vals := p.f.route(rec, &s.rec, p.vals)
+	routed, vals := p.f.route(rec, &s.rec, s.hdrs[:0], s.buf[:0], p.vals)
 	p.vals = vals
 	if !routed { // only routed records are parked, and routes do not change while ferry runs
 		s.rec = kgo.Record{}

@@ -39,8 +39,10 @@ type Route struct {
 }
 
 // route fills kr with the Kafka record for rec and reports whether a route
-// matched. vals is scratch space for captures.
-func (f *Forwarder) route(rec *buffer.Record, kr *kgo.Record, vals []string) (bool, []string) {
+// matched. vals is scratch space for captures. The headers go into hdrs and
+// the short header values and key into buf when they fit (a slot's own
+// arrays: no allocation for the common record), else into new memory.
+func (f *Forwarder) route(rec *buffer.Record, kr *kgo.Record, hdrs []kgo.RecordHeader, buf []byte, vals []string) (bool, []string) {
 	for i := range f.cfg.Routes {
 		r := &f.cfg.Routes[i]
 		var ok bool
@@ -53,15 +55,32 @@ func (f *Forwarder) route(rec *buffer.Record, kr *kgo.Record, vals []string) (bo
 			Value:     rec.Payload,
 			Timestamp: rec.ReceivedAt,
 		}
-		// The MQTT topic and the sequence number share one allocation.
-		buf := make([]byte, 0, len(rec.Topic)+20)
-		buf = append(buf, rec.Topic...)
-		topicVal := buf[:len(rec.Topic):len(rec.Topic)]
-		seqVal := strconv.AppendUint(buf[len(rec.Topic):], rec.Seq, 10)
+		var key string
 		if r.Key != nil {
-			kr.Key = []byte(r.Key.Expand(vals))
+			key = r.Key.Expand(vals)
 		}
-		h := make([]kgo.RecordHeader, 0, 5+len(rec.UserProperties)+4)
+		// The MQTT topic, the sequence number and the key share buf.
+		if need := len(rec.Topic) + 20 + len(key); cap(buf) < need {
+			buf = make([]byte, 0, need)
+		}
+		buf = append(buf[:0], rec.Topic...)
+		topicVal := buf[:len(rec.Topic):len(rec.Topic)]
+		buf = strconv.AppendUint(buf, rec.Seq, 10)
+		seqVal := buf[len(topicVal):len(buf):len(buf)]
+		if r.Key != nil {
+			buf = append(buf, key...)
+			kr.Key = buf[len(buf)-len(key) : len(buf) : len(buf)]
+		}
+		n := 5 + len(rec.UserProperties)
+		for _, set := range [...]bool{rec.ContentType != "", rec.ResponseTopic != "", rec.CorrelationData != nil, rec.PayloadUTF8} {
+			if set {
+				n++
+			}
+		}
+		h := hdrs[:0]
+		if cap(h) < n {
+			h = make([]kgo.RecordHeader, 0, n)
+		}
 		h = append(h,
 			kgo.RecordHeader{Key: HeaderMQTTTopic, Value: topicVal}, // first: the partitioner reads it
 			kgo.RecordHeader{Key: HeaderGateway, Value: f.gateway},

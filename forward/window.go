@@ -29,9 +29,13 @@ const (
 )
 
 type slot struct {
-	seq   uint64
-	kr    *kgo.Record // &rec; nil once settled without a Kafka record
-	rec   kgo.Record
+	seq uint64
+	kr  *kgo.Record // &rec; nil once settled without a Kafka record
+	rec kgo.Record
+	// Room for rec's headers and short header values and key, so that a
+	// common record needs no allocation of its own (see route).
+	hdrs  [6]kgo.RecordHeader
+	buf   [80]byte
 	size  int
 	state state
 
