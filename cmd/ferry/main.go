@@ -23,8 +23,13 @@ import (
 	"github.com/ferry-edge/ferry/internal/agent"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// Build stamps, set with -ldflags "-X main.version=... -X main.commit=...
+// -X main.date=..." (go run ./cmd/ferry-dist does).
+var (
+	version = "dev"
+	commit  = "" // the git commit built
+	date    = "" // the commit's time, RFC 3339, so builds are reproducible
+)
 
 const (
 	exitOK      = 0
@@ -59,7 +64,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "buffer":
 		return cmdBuffer(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
-		fmt.Fprintf(stdout, "ferry %s %s\n", version, goVersion())
+		fmt.Fprintf(stdout, "ferry %s (commit %s, built %s, %s)\n", version, orUnknown(commit), orUnknown(date), goVersion())
 		return exitOK
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
@@ -67,6 +72,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "ferry: unknown command %q\n\n%s", args[0], usage)
 	return exitUsage
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }
 
 func goVersion() string {
