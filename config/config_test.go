@@ -90,6 +90,7 @@ func TestDefaults(t *testing.T) {
 			StatusTopic:    "ferry.status",
 			StatusInterval: time.Minute,
 		},
+		Admin: Admin{Listen: "127.0.0.1:9464"},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)

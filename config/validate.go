@@ -36,6 +36,8 @@ const (
 	// size), a compaction maps a second file, and a 32-bit process's
 	// address space holds only about 2 GiB of maps reliably.
 	maxBytes32 = 768 << 20
+	// defaultAdminListen serves metrics on loopback only.
+	defaultAdminListen = "127.0.0.1:9464"
 )
 
 // setDefaults fills in what the file left out: absent or null keys, and
@@ -50,6 +52,7 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 	}
 	setString(&c.Log.Level, defaultLogLevel)
 	setString(&c.Log.Format, defaultLogFormat)
+	setIfAbsent(src, "admin.listen", &c.Admin.Listen, defaultAdminListen) // "" is off
 
 	m := &c.MQTT
 	setString(&m.ClientID, "ferry-"+c.GatewayID)
@@ -117,6 +120,11 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf("log.format", c.Log.Format, "text", "json")
+	if a := c.Admin.Listen; a != "" {
+		if msg := checkHostPort(a); msg != "" {
+			bad("admin.listen", "must be host:port (0.0.0.0:9464 for every interface) or \"\" (off), got %q: %s", a, msg)
+		}
+	}
 
 	bu := &c.Buffer
 	oneOf("buffer.sync", bu.Sync, "always", "interval")
