@@ -21,6 +21,7 @@ import (
 	"github.com/ferry-edge/ferry/config"
 	"github.com/ferry-edge/ferry/internal/admin"
 	"github.com/ferry-edge/ferry/internal/agent"
+	"github.com/ferry-edge/ferry/internal/metrics"
 )
 
 // Build stamps, set with -ldflags "-X main.version=... -X main.commit=...
@@ -42,6 +43,7 @@ const usage = `usage: ferry <command> [flags]
 commands:
   run     -c FILE   run the agent
   check   -c FILE   validate FILE and print the effective configuration
+  status  -c FILE   summarize the running ferry that uses FILE
   buffer  <command> inspect and repair the buffer: stats, peek, verify,
                     export, purge, compact (ferry buffer help)
   version           print the version
@@ -61,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
+	case "status":
+		return cmdStatus(args[1:], stdout, stderr)
 	case "buffer":
 		return cmdBuffer(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
@@ -140,15 +144,20 @@ func cmdRun(args []string, stderr io.Writer) int {
 	// at once (the default action), should the clean stop hang.
 	context.AfterFunc(ctx, stop)
 
-	a, err := agent.New(cfg, log, agent.Options{})
+	watchdog := watchdogInterval(log)
+	m := metrics.New(metrics.Build{Version: version, Commit: commit, Date: date})
+	a, err := agent.New(cfg, log, agent.Options{Hooks: m.Hooks(), StallLimit: watchdog})
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
+	m.Attach(a)
 	statusCtx, stopStatus := context.WithCancel(ctx)
 	defer stopStatus()
 	go a.LogStatus(statusCtx, time.Minute)
-	defer serveAdmin(ctx, a.Buffer(), log)()
+	defer serveAdmin(ctx, a.Buffer(), statusFunc(cfg, a), log)()
+	defer serveMetrics(ctx, cfg.Admin.Listen, m, log)()
+	defer notifySystemd(ctx, a, watchdog, log)()
 	if err := a.Run(ctx); err != nil {
 		log.Error("ferry failed", "err", err)
 		return exitFailure
@@ -162,12 +171,13 @@ func cmdRun(args []string, stderr io.Writer) int {
 // serveAdmin serves the buffer on its admin socket until ctx is done or the
 // returned stop is called; stop returns once the socket is gone. Without a
 // socket ferry runs on, and says so.
-func serveAdmin(ctx context.Context, buf *buffer.Buffer, log *slog.Logger) (stop func()) {
+func serveAdmin(ctx context.Context, buf *buffer.Buffer, status func() any, log *slog.Logger) (stop func()) {
 	srv, err := admin.Listen(admin.SocketPath(buf.Path()), buf, log.With("component", "admin"))
 	if err != nil {
 		log.Warn("no admin socket: ferry buffer commands cannot inspect the buffer while ferry runs", "err", err)
 		return func() {}
 	}
+	srv.SetStatus(status)
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -179,12 +189,46 @@ func serveAdmin(ctx context.Context, buf *buffer.Buffer, log *slog.Logger) (stop
 	return func() { cancel(); <-done }
 }
 
+// serveMetrics serves /metrics, /healthz and /readyz on addr until ctx is
+// done or the returned stop is called. With addr "" it does nothing; if
+// addr cannot be bound ferry runs on without metrics, and says so.
+func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, log *slog.Logger) (stop func()) {
+	if addr == "" {
+		return func() {}
+	}
+	log = log.With("component", "metrics")
+	srv, err := metrics.Listen(addr, m, log)
+	if err != nil {
+		log.Warn("no metrics endpoint", "err", err)
+		return func() {}
+	}
+	log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr())
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ctx); err != nil {
+			log.Warn("metrics endpoint failed", "err", err)
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
 		level = slog.LevelInfo
 	}
 	opts := &slog.HandlerOptions{Level: level}
+	if os.Getenv("JOURNAL_STREAM") != "" && c.Format != "json" {
+		// Under systemd the journal stamps every line: no second time.
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey && len(groups) == 0 {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}

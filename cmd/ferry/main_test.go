@@ -90,11 +90,22 @@ type child struct {
 	log        bytes.Buffer
 }
 
-func startFerry(t *testing.T, configPath string) *child {
+func startFerry(t *testing.T, configPath string, env ...string) *child {
 	t.Helper()
 	c := &child{subscribed: make(chan struct{}), exited: make(chan struct{})}
-	c.cmd = exec.Command(os.Args[0], "-test.run=^$")
-	c.cmd.Env = append(os.Environ(), "FERRY_TEST_CHILD_ARGS=run -c "+configPath)
+	if bin := os.Getenv("FERRY_TEST_BINARY"); bin != "" {
+		// A ferry binary built for the boards, run under qemu-user with
+		// FERRY_TEST_EXEC=qemu-aarch64-static, for example.
+		args := []string{bin, "run", "-c", configPath}
+		if emu := os.Getenv("FERRY_TEST_EXEC"); emu != "" {
+			args = append([]string{emu}, args...)
+		}
+		c.cmd = exec.Command(args[0], args[1:]...)
+		c.cmd.Env = append(os.Environ(), env...)
+	} else {
+		c.cmd = exec.Command(os.Args[0], "-test.run=^$")
+		c.cmd.Env = append(append(os.Environ(), "FERRY_TEST_CHILD_ARGS=run -c "+configPath), env...)
+	}
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

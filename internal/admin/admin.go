@@ -14,6 +14,8 @@
 //	/v1/export       every live record, JSON lines; trailers Ferry-Skipped
 //	                 (records that could not be decoded) and Ferry-Error
 //	/v1/verify       buffer.VerifyReport as JSON
+//	/v1/status       the running ferry's status as JSON (see SetStatus),
+//	                 for ferry status
 package admin
 
 import (
@@ -44,6 +46,8 @@ type Server struct {
 	ln   net.Listener
 	buf  *buffer.Buffer
 	log  *slog.Logger
+
+	status func() any // see SetStatus
 }
 
 // Listen creates the socket at path (mode 0600) for buf. A socket file left
@@ -73,6 +77,10 @@ func Listen(path string, buf *buffer.Buffer, log *slog.Logger) (*Server, error) 
 	return &Server{path: path, ln: ln, buf: buf, log: log}, nil
 }
 
+// SetStatus makes /v1/status answer with fn's value as JSON. Call it
+// before Serve.
+func (s *Server) SetStatus(fn func() any) { s.status = fn }
+
 // Path returns the socket's path.
 func (s *Server) Path() string { return s.path }
 
@@ -85,6 +93,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	mux.HandleFunc("GET /v1/peek", s.peek)
 	mux.HandleFunc("GET /v1/export", s.export)
 	mux.HandleFunc("GET /v1/verify", s.verify)
+	if s.status != nil {
+		mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, s.status()) })
+	}
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

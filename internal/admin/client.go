@@ -140,3 +140,8 @@ func (c *Client) Export(ctx context.Context, w io.Writer) (skipped uint64, err e
 	}
 	return skipped, nil
 }
+
+// Status decodes the running ferry's /v1/status into v.
+func (c *Client) Status(ctx context.Context, v any) error {
+	return c.getJSON(ctx, "/v1/status", v)
+}
