@@ -13,6 +13,16 @@ case "$1" in
   abort-*) exit 0 ;;
 esac
 
+if [ "$upgrade" = no ]; then
+  echo "ferry: edit /etc/ferry/ferry.yaml, check it with 'ferry check', then 'systemctl start ferry'"
+fi
+
+# DPKG_ROOT is set when dpkg installs into another root (dpkg --root
+# --force-script-chrootless): enable the unit there, touch nothing running.
+if [ -n "${DPKG_ROOT:-}" ]; then
+  systemctl --root="$DPKG_ROOT" enable ferry.service >/dev/null 2>&1 || true
+  exit 0
+fi
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload >/dev/null 2>&1 || true
   if [ "$upgrade" = yes ]; then
@@ -21,8 +31,5 @@ if [ -d /run/systemd/system ]; then
 fi
 if command -v systemctl >/dev/null 2>&1; then
   systemctl enable ferry.service >/dev/null 2>&1 || true
-fi
-if [ "$upgrade" = no ]; then
-  echo "ferry: edit /etc/ferry/ferry.yaml, check it with 'ferry check', then 'systemctl start ferry'"
 fi
 exit 0

@@ -9,6 +9,10 @@ case "$1" in
   remove|0) ;;
   *) exit 0 ;;
 esac
+if [ -n "${DPKG_ROOT:-}" ]; then
+  systemctl --root="$DPKG_ROOT" disable ferry.service >/dev/null 2>&1 || true
+  exit 0
+fi
 if [ -d /run/systemd/system ]; then
   systemctl stop ferry.service >/dev/null 2>&1 || true
 fi
