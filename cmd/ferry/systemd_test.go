@@ -326,3 +326,48 @@ func frozenCapableMount(t *testing.T) string {
 	})
 	return mnt
 }
+
+// TestStopDuringKafkaOutage measures the slowest clean stop: Kafka cut off
+// with records in flight, so the forwarder waits its shutdown timeout. The
+// unit's TimeoutStopSec must cover it, or systemd kills ferry mid-stop.
+func TestStopDuringKafkaOutage(t *testing.T) {
+	broker := testenv.NewBroker(t)
+	kafka := testenv.NewKafka(t)
+	if kafka.IsReal() {
+		t.Skip("cuts kfake's network")
+	}
+	topic := testenv.NewTopic(t, kafka)
+	configPath := writeConfig(t, broker, kafka, topic, filepath.Join(t.TempDir(), "buffer.db"), freeAddr(t))
+	ferry := startFerry(t, configPath)
+	ferry.waitSubscribed(t)
+	kafka.SetReachable(false)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := testenv.RunSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 4, PerDevice: 100, QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // let the forwarder take records in flight
+	start := time.Now()
+	if code := ferry.stop(t, syscall.SIGTERM); code != exitOK {
+		t.Fatalf("SIGTERM: exit %d\n%s", code, ferry.logText())
+	}
+	took := time.Since(start)
+	unit, err := os.ReadFile("../../packaging/ferry.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var limit time.Duration
+	for _, line := range strings.Split(string(unit), "\n") {
+		if v, ok := strings.CutPrefix(line, "TimeoutStopSec="); ok {
+			n, err := time.ParseDuration(strings.TrimSpace(v) + "s")
+			if err != nil {
+				t.Fatalf("TimeoutStopSec=%s: %v", v, err)
+			}
+			limit = n
+		}
+	}
+	t.Logf("clean stop during a Kafka outage took %v; TimeoutStopSec is %v", took.Round(10*time.Millisecond), limit)
+	if took >= limit {
+		t.Errorf("the clean stop took %v, more than the unit's TimeoutStopSec=%v", took, limit)
+	}
+}
