@@ -94,22 +94,28 @@ func goVersion() string {
 
 // loadConfig parses the -c flag and loads the file, printing errors.
 func loadConfig(name string, args []string, stderr io.Writer) (*config.Config, bool) {
+	cfg, _, ok := loadConfigPath(name, args, stderr)
+	return cfg, ok
+}
+
+// loadConfigPath is loadConfig that also returns the file's path.
+func loadConfigPath(name string, args []string, stderr io.Writer) (*config.Config, string, bool) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("c", "/etc/ferry/ferry.yaml", "configuration file")
 	if err := fs.Parse(args); err != nil {
-		return nil, false
+		return nil, "", false
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "ferry %s: unexpected argument %q\n", name, fs.Arg(0))
-		return nil, false
+		return nil, "", false
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry: invalid configuration:\n%v\n", err)
-		return nil, false
+		return nil, "", false
 	}
-	return cfg, true
+	return cfg, *path, true
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
@@ -130,11 +136,12 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdRun(args []string, stderr io.Writer) int {
-	cfg, ok := loadConfig("run", args, stderr)
+	cfg, path, ok := loadConfigPath("run", args, stderr)
 	if !ok {
 		return exitUsage
 	}
-	log := newLogger(cfg.Log, stderr)
+	level := new(slog.LevelVar)
+	log := newLogger(cfg.Log, level, stderr)
 	for _, w := range cfg.Warnings {
 		log.Warn("config: " + w)
 	}
@@ -158,6 +165,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	defer serveAdmin(ctx, a.Buffer(), statusFunc(cfg, a), log)()
 	defer serveMetrics(ctx, cfg.Admin.Listen, m, log)()
 	defer notifySystemd(ctx, a, watchdog, log)()
+	defer reloadOnHUP(ctx, path, cfg, level, log)()
 	if err := a.Run(ctx); err != nil {
 		log.Error("ferry failed", "err", err)
 		return exitFailure
@@ -214,11 +222,14 @@ func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, log *slo
 	return func() { cancel(); <-done }
 }
 
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
-		level = slog.LevelInfo
+// newLogger returns the logger c asks for, its level held in level (which
+// a reload may change).
+func newLogger(c config.Log, level *slog.LevelVar, w io.Writer) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.Level)); err != nil {
+		l = slog.LevelInfo
 	}
+	level.Set(l)
 	opts := &slog.HandlerOptions{Level: level}
 	if os.Getenv("JOURNAL_STREAM") != "" && c.Format != "json" {
 		// Under systemd the journal stamps every line: no second time.
