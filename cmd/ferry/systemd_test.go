@@ -176,8 +176,9 @@ func TestSystemdNotifyMetricsStatus(t *testing.T) {
 	}
 
 	// The watchdog is pinged while all is well, every half interval.
+	// The STATUS= line follows the flow, every statusInterval.
 	notify.waitFor(t, ready, "WATCHDOG=1", 5*time.Second)
-	notify.waitFor(t, ready.Add(5*time.Second), "STATUS=received 400, buffered", 10*time.Second)
+	notify.waitFor(t, time.Now(), "STATUS=received 400, buffered", statusInterval+10*time.Second)
 
 	code, body := httpGet(t, "http://"+addr+"/metrics")
 	if code != http.StatusOK {
