@@ -33,6 +33,9 @@ func Listen(addr string, m *Metrics, log *slog.Logger) (*Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// A metric that cannot be read (a /proc file hidden by the
+		// sandbox, say) is left out; the rest are still served.
+		ErrorHandling: promhttp.ContinueOnError,
 	}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if ok, why := m.src.Healthy(); !ok {
