@@ -206,3 +206,47 @@ func readFile(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// TestRPMContents checks every .rpm's files, modes, the config file's
+// noreplace flag and the scriptlets, as rpm itself reads them.
+func TestRPMContents(t *testing.T) {
+	requireTools(t, "rpm")
+	dir := distDir(t)
+	rpms, _ := filepath.Glob(filepath.Join(dir, "*.rpm"))
+	if len(rpms) == 0 {
+		t.Fatalf("no .rpm in %s", dir)
+	}
+	want := map[string]string{ // path: mode flags link
+		"/etc/ferry":                            "drwxr-xr-x  ",
+		"/etc/ferry/ferry.yaml":                 "-rw-r--r-- cn ", // config, noreplace
+		"/usr/bin/ferry":                        "-rwxr-xr-x  ",
+		"/usr/lib/systemd/system/ferry.service": "-rw-r--r--  ",
+		"/usr/share/doc/ferry/copyright":        "-rw-r--r--  ",
+		"/var/lib/private":                      "drwx------  ",
+		"/var/lib/private/ferry":                "drwx------  ",
+	}
+	for _, pkg := range rpms {
+		t.Run(filepath.Base(pkg), func(t *testing.T) {
+			out := sh(t, "rpm", "-qp", "--qf", `[%{FILENAMES}\t%{FILEMODES:perms} %{FILEFLAGS:fflags} %{FILELINKTOS}\n]`, pkg)
+			got := map[string]string{}
+			for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+				path, rest, _ := strings.Cut(line, "\t")
+				got[path] = rest
+			}
+			for path, w := range want {
+				if got[path] != w {
+					t.Errorf("%s: %q, want %q", path, got[path], w)
+				}
+			}
+			if l := got["/var/lib/ferry"]; !strings.HasSuffix(l, " private/ferry") {
+				t.Errorf("/var/lib/ferry: %q, want a symlink to private/ferry", l)
+			}
+			scripts := sh(t, "rpm", "-qp", "--scripts", pkg)
+			for _, s := range []string{"postinstall scriptlet", "preuninstall scriptlet", "postuninstall scriptlet", "systemctl enable ferry.service"} {
+				if !strings.Contains(scripts, s) {
+					t.Errorf("scriptlets lack %q", s)
+				}
+			}
+		})
+	}
+}
