@@ -316,9 +316,12 @@ func writeChangelog(st stamp) (string, error) {
 	_, err = fmt.Fprintf(f, `- semver: %s
   date: %s
   packager: %s
+  deb:
+    urgency: medium
+    distributions: [stable]
   changes:
     - commit: %s
-      note: ferry %s, built from commit %s; see the project's git history for the changes
+      note: ferry %s, from commit %.12s
 `, st.Version, st.Time.Format(time.RFC3339), maintainer, strings.TrimSuffix(st.Commit, "-dirty"), st.Version, st.Commit)
 	if cerr := f.Close(); err == nil {
 		err = cerr
