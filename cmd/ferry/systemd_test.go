@@ -372,3 +372,49 @@ func TestStopDuringKafkaOutage(t *testing.T) {
 		t.Errorf("the clean stop took %v, more than the unit's TimeoutStopSec=%v", took, limit)
 	}
 }
+
+// TestMetricsUnderProcSubsetPid runs ferry with /proc as the unit's
+// ProcSubset=pid and ProtectProc=invisible leave it (a /proc mounted so in
+// a private mount namespace made with unshare): every ferry_ metric is still served,
+// /proc/self/io included. Needs root and unshare; skips without.
+func TestMetricsUnderProcSubsetPid(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for unshare and mount")
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("needs unshare")
+	}
+	if out, err := exec.Command("unshare", "-m", "sh", "-c",
+		"mount -t proc -o subset=pid,hidepid=invisible proc /proc && ! test -e /proc/stat").CombinedOutput(); err != nil {
+		t.Skipf("cannot mount /proc with subset=pid here: %v: %s", err, out)
+	}
+	broker := testenv.NewBroker(t)
+	kafka := testenv.NewKafka(t)
+	topic := testenv.NewTopic(t, kafka)
+	addr := freeAddr(t)
+	configPath := writeConfig(t, broker, kafka, topic, filepath.Join(t.TempDir(), "buffer.db"), addr)
+	// unshare and sh exec ferry: the signals the test sends reach it.
+	sandbox := []string{"unshare", "-m", "sh", "-c",
+		`mount -t proc -o subset=pid,hidepid=invisible proc /proc && exec "$@"`, "sandbox"}
+	ferry := startFerryIn(t, sandbox, configPath)
+	ferry.waitSubscribed(t)
+
+	code, body := httpGet(t, "http://"+addr+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: %d\n%s\n%s", code, body, ferry.logText())
+	}
+	for _, want := range []string{"ferry_disk_written_bytes_total ", "ferry_buffer_oldest_record_age_seconds 0", "process_resident_memory_bytes ", "ferry_ready 1"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics under ProcSubset=pid lacks %q", want)
+		}
+	}
+	if strings.Contains(body, "ferry_disk_written_bytes_total 0\n") {
+		t.Error("ferry_disk_written_bytes_total is 0: /proc/self/io unread")
+	}
+	if strings.Contains(ferry.logText(), "level=WARN") && strings.Contains(ferry.logText(), "component=metrics") {
+		t.Errorf("metrics warnings:\n%s", ferry.logText())
+	}
+	if code := ferry.stop(t, syscall.SIGTERM); code != exitOK {
+		t.Fatalf("SIGTERM: exit %d\n%s", code, ferry.logText())
+	}
+}
