@@ -43,6 +43,7 @@ type Config struct {
 	MQTT      MQTT    `yaml:"mqtt"`
 	Buffer    Buffer  `yaml:"buffer"`
 	Forward   Forward `yaml:"forward"`
+	Admin     Admin   `yaml:"admin"`
 
 	// Warnings holds non-fatal findings, each "file:line:column: key.path:
 	// message", such as a subscription that no route can ever match.
@@ -259,6 +260,15 @@ type Route struct {
 	Topic string `yaml:"topic"`
 	// Key is the record key template, like Topic; empty means no key.
 	Key string `yaml:"key"`
+}
+
+// Admin configures ferry's HTTP endpoint for monitoring.
+type Admin struct {
+	// Listen is the host:port serving Prometheus /metrics, /healthz and
+	// /readyz. Default 127.0.0.1:9464; an empty string turns it off. The
+	// endpoint has no authentication: keep it on loopback or a management
+	// network.
+	Listen string `yaml:"listen"`
 }
 
 // Secret is a string that prints as "***" (when not empty) with fmt and in

@@ -92,6 +92,7 @@ func TestDefaults(t *testing.T) {
 			StatusInterval:      time.Minute,
 			UnknownTopicTimeout: time.Minute,
 		},
+		Admin: Admin{Listen: "127.0.0.1:9464"},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)

@@ -43,6 +43,8 @@ const (
 	// of maps reliably.
 	maxBytes32 = 768 << 20
 	maxFile32  = maxBytes32 + defaultMaxDeadLetterBytes
+	// defaultAdminListen serves metrics on loopback only.
+	defaultAdminListen = "127.0.0.1:9464"
 )
 
 // setDefaults fills in what the file left out: absent or null keys, and
@@ -57,6 +59,7 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 	}
 	setString(&c.Log.Level, defaultLogLevel)
 	setString(&c.Log.Format, defaultLogFormat)
+	setIfAbsent(src, "admin.listen", &c.Admin.Listen, defaultAdminListen) // "" is off
 
 	m := &c.MQTT
 	setString(&m.ClientID, "ferry-"+c.GatewayID)
@@ -127,6 +130,11 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf("log.format", c.Log.Format, "text", "json")
+	if a := c.Admin.Listen; a != "" {
+		if msg := checkHostPort(a); msg != "" {
+			bad("admin.listen", "must be host:port (0.0.0.0:9464 for every interface) or \"\" (off), got %q: %s", a, msg)
+		}
+	}
 
 	bu := &c.Buffer
 	oneOf("buffer.sync", bu.Sync, "always", "interval")

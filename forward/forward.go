@@ -139,6 +139,10 @@ type Config struct {
 	// own, so it never holds up the data.
 	StatusTopic    string
 	StatusInterval time.Duration // default 1m
+	// Observers are franz-go hooks (kgo.Hook: connections, produce
+	// requests) added to the data client, for metrics. They observe; no
+	// hook can change what is produced or how it is acknowledged.
+	Observers []kgo.Hook
 }
 
 // Stats are forwarding counters since Run started.
@@ -294,7 +298,7 @@ func (f *Forwarder) clientOpts() []kgo.Opt {
 func (f *Forwarder) Run(ctx context.Context) error {
 	cl, err := kgo.NewClient(append(f.clientOpts(),
 		kgo.ManualFlushing(),
-		kgo.WithHooks(hooks{f}), // the data path's connections show in Stats and the log
+		kgo.WithHooks(append([]kgo.Hook{hooks{f}}, f.cfg.Observers...)...), // the data path's connections show in Stats and the log
 		kgo.RecordPartitioner(newPartitioner()),
 		// The window bounds what is produced; the client's own bounds
 		// only need to be above it.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -90,11 +91,31 @@ type child struct {
 	log        bytes.Buffer
 }
 
-func startFerry(t *testing.T, configPath string) *child {
+func startFerry(t *testing.T, configPath string, env ...string) *child {
+	t.Helper()
+	return startFerryIn(t, nil, configPath, env...)
+}
+
+// startFerryIn starts ferry as startFerry does, its command line prefixed
+// by wrapper (a sandbox, say).
+func startFerryIn(t *testing.T, wrapper []string, configPath string, env ...string) *child {
 	t.Helper()
 	c := &child{subscribed: make(chan struct{}), exited: make(chan struct{})}
-	c.cmd = exec.Command(os.Args[0], "-test.run=^$")
-	c.cmd.Env = append(os.Environ(), "FERRY_TEST_CHILD_ARGS=run -c "+configPath)
+	var args []string
+	if bin := os.Getenv("FERRY_TEST_BINARY"); bin != "" {
+		// A ferry binary built for the boards, run under qemu-user with
+		// FERRY_TEST_EXEC=qemu-aarch64-static, for example.
+		args = []string{bin, "run", "-c", configPath}
+		if emu := os.Getenv("FERRY_TEST_EXEC"); emu != "" {
+			args = append([]string{emu}, args...)
+		}
+	} else {
+		args = []string{os.Args[0], "-test.run=^$"}
+		env = append([]string{"FERRY_TEST_CHILD_ARGS=run -c " + configPath}, env...)
+	}
+	args = append(slices.Clone(wrapper), args...)
+	c.cmd = exec.Command(args[0], args[1:]...)
+	c.cmd.Env = append(os.Environ(), env...)
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -22,6 +22,8 @@
 //	                      (entries that could not be read) and Ferry-Error
 //	POST /v1/dlq/replay?reason=R&seq=N   buffer.ReplayResult as JSON
 //	POST /v1/dlq/purge?reason=R&seq=N    {"purged": records} as JSON
+//	GET  /v1/status       the running ferry's status as JSON (see SetStatus),
+//	                      for ferry status
 package admin
 
 import (
@@ -52,6 +54,8 @@ type Server struct {
 	ln   net.Listener
 	buf  *buffer.Buffer
 	log  *slog.Logger
+
+	status func() any // see SetStatus
 }
 
 // Listen creates the socket at path (mode 0600) for buf. A socket file left
@@ -81,6 +85,10 @@ func Listen(path string, buf *buffer.Buffer, log *slog.Logger) (*Server, error) 
 	return &Server{path: path, ln: ln, buf: buf, log: log}, nil
 }
 
+// SetStatus makes /v1/status answer with fn's value as JSON. Call it
+// before Serve.
+func (s *Server) SetStatus(fn func() any) { s.status = fn }
+
 // Path returns the socket's path.
 func (s *Server) Path() string { return s.path }
 
@@ -96,6 +104,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	mux.HandleFunc("GET /v1/dlq", s.deadLetters)
 	mux.HandleFunc("POST /v1/dlq/replay", s.replay)
 	mux.HandleFunc("POST /v1/dlq/purge", s.purge)
+	if s.status != nil {
+		mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, s.status()) })
+	}
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

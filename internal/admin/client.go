@@ -226,3 +226,8 @@ func (c *Client) postJSON(ctx context.Context, path string, v any) error {
 	}
 	return nil
 }
+
+// Status decodes the running ferry's /v1/status into v.
+func (c *Client) Status(ctx context.Context, v any) error {
+	return c.getJSON(ctx, "/v1/status", v)
+}

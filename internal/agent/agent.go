@@ -10,6 +10,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -19,6 +20,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/sasl"
@@ -39,6 +41,10 @@ type Agent struct {
 	buf    *buffer.Buffer
 	ingest *mqtt.Ingest
 	fwd    *forward.Forwarder
+
+	health     health       // see Healthy
+	closed     atomic.Bool  // the buffer is closed: not Ready
+	kafkaConns atomic.Int64 // open broker connections, from kafkaHooks
 }
 
 // Stats is a snapshot of every stage's counters.
@@ -53,6 +59,11 @@ type Options struct {
 	// Forward is applied to the forwarder's config after it is built from
 	// the config file (tests shorten timings with it).
 	Forward func(*forward.Config)
+	// Hooks receive latencies for metrics (see Hooks).
+	Hooks Hooks
+	// StallLimit is how long a stage may make no progress before Healthy
+	// reports false. Default 30s.
+	StallLimit time.Duration
 }
 
 // New opens the buffer and prepares the stages. It does not connect yet.
@@ -71,11 +82,18 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 	if opts.Forward != nil {
 		opts.Forward(&fc)
 	}
+	a := &Agent{cfg: cfg, log: log}
+	a.health = health{limit: cmp.Or(opts.StallLimit, 30*time.Second), block: cfg.Buffer.WhenFull == "block"}
+	fc.Observers = append(fc.Observers, kafkaHooks{a: a, produce: opts.Hooks.ProduceLatency})
 	buf, err := openBuffer(cfg.Buffer, log)
 	if err != nil {
 		return nil, err
 	}
-	ingest, err := mqtt.New(mc, buf)
+	var sink mqtt.Sink = buf
+	if opts.Hooks.CommitLatency != nil {
+		sink = timedSink{buf: buf, observe: opts.Hooks.CommitLatency}
+	}
+	ingest, err := mqtt.New(mc, sink)
 	if err != nil {
 		buf.Close()
 		return nil, err
@@ -85,7 +103,8 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 		buf.Close()
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: log, buf: buf, ingest: ingest, fwd: fwd}, nil
+	a.buf, a.ingest, a.fwd = buf, ingest, fwd
+	return a, nil
 }
 
 // openBuffer opens the buffer with the configured limits. A corrupt file is
@@ -307,6 +326,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !fwdStopped {
 		fwdErr = <-fwdDone
 	}
+	a.closed.Store(true)
 	closeErr := a.buf.Close()
 	st = a.buf.Stats()
 	fs := a.fwd.Stats()

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"os/signal"
+	"reflect"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"gopkg.in/yaml.v3"
+
+	"github.com/ferry-edge/ferry/config"
+)
+
+// reloadOnHUP re-reads the configuration file at path on every SIGHUP
+// (systemctl reload ferry) until ctx is done or stop is called. What can
+// change live changes: log.level. Any other change needs a restart: it is
+// refused with a log line naming each key, and the running configuration
+// stays, as it does when the file is invalid (the log says why, with
+// file:line:column). stop returns once SIGHUP is no longer handled.
+func reloadOnHUP(ctx context.Context, path string, running *config.Config, level *slog.LevelVar, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer signal.Stop(hup)
+		cur := *running
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				daemon.SdNotify(false, "RELOADING=1")
+				cur = reload(path, cur, level, log)
+				daemon.SdNotify(false, "READY=1")
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// reload applies what it can of the file at path to cur and returns the
+// configuration now in force.
+func reload(path string, cur config.Config, level *slog.LevelVar, log *slog.Logger) config.Config {
+	next, err := config.Load(path)
+	if err != nil {
+		log.Error("reload: invalid configuration; the running one stays", "err", strings.ReplaceAll(err.Error(), "\n", "; "))
+		return cur
+	}
+	if changed := restartKeys(&cur, next); len(changed) > 0 {
+		log.Error("reload: refused; these keys change only with a restart (systemctl restart ferry); the running configuration stays",
+			"keys", strings.Join(changed, ","))
+		return cur
+	}
+	if next.Log.Level != cur.Log.Level {
+		var l slog.Level
+		if err := l.UnmarshalText([]byte(next.Log.Level)); err == nil {
+			level.Set(l)
+		}
+		log.Info("reload: log level changed", "from", cur.Log.Level, "to", next.Log.Level)
+	} else {
+		log.Info("reload: configuration unchanged")
+	}
+	cur.Log.Level = next.Log.Level
+	return cur
+}
+
+// restartKeys lists the keys, as dotted paths, in which next differs from
+// cur other than log.level.
+func restartKeys(cur, next *config.Config) []string {
+	a, b := *cur, *next
+	a.Log.Level, b.Log.Level = "", ""
+	a.Warnings, b.Warnings = nil, nil
+	if reflect.DeepEqual(a, b) {
+		return nil
+	}
+	fa, fb := flatten(&a), flatten(&b)
+	var keys []string
+	for _, k := range slices.Sorted(maps.Keys(fa)) {
+		if fa[k] != fb[k] {
+			keys = append(keys, k)
+		}
+	}
+	for k := range fb {
+		if _, ok := fa[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		keys = []string{"a secret (password)"} // masked alike in both
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
+}
+
+// flatten maps each leaf of c's YAML form (secrets masked) to its value.
+func flatten(c *config.Config) map[string]string {
+	out := map[string]string{}
+	data, err := yaml.Marshal(c)
+	if err != nil {
+		return out
+	}
+	var tree any
+	if yaml.Unmarshal(data, &tree) != nil {
+		return out
+	}
+	var walk func(prefix string, v any)
+	walk = func(prefix string, v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, x := range v {
+				walk(strings.TrimPrefix(prefix+"."+k, "."), x)
+			}
+		case []any:
+			for i, x := range v {
+				walk(fmt.Sprintf("%s[%d]", prefix, i), x)
+			}
+		default:
+			out[prefix] = fmt.Sprint(v)
+		}
+	}
+	walk("", tree)
+	return out
+}

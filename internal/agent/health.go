@@ -1,0 +1,73 @@
+package agent
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Ready reports whether ferry does its job: the buffer is open and the
+// broker granted the subscriptions. Kafka being unreachable does not make
+// ferry unready: buffering through an outage is the job. why says what is
+// missing.
+func (a *Agent) Ready() (ok bool, why string) {
+	if a.closed.Load() {
+		return false, "stopping: the buffer is closed"
+	}
+	if s := a.ingest.Stats(); !s.Connected {
+		return false, "not connected to the MQTT broker"
+	} else if !s.Subscribed {
+		return false, "the MQTT broker has not granted the subscriptions"
+	}
+	return true, ""
+}
+
+// Healthy reports whether the pipeline makes progress: false when the
+// buffer's committer has had appends waiting and committed nothing, or the
+// forwarder has had records waiting, delivered nothing and reported no
+// Kafka error, for longer than Options.StallLimit. Kafka being down is
+// healthy (the records wait in the buffer), and so is a full buffer with
+// when_full: block while Kafka is down. Each call is an observation:
+// call it at least a few times per StallLimit.
+func (a *Agent) Healthy() (ok bool, why string) {
+	return a.health.observe(a.Snapshot(), time.Now())
+}
+
+// health remembers when each stage last made progress.
+type health struct {
+	limit time.Duration // how long a stage may stall
+	block bool          // buffer.when_full is block
+
+	mu                  sync.Mutex
+	last                Snapshot
+	seen                bool
+	commitAt, forwardAt time.Time // when each stage last progressed or had nothing to do
+}
+
+func (h *health) observe(s Snapshot, now time.Time) (bool, string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.seen {
+		h.seen, h.last, h.commitAt, h.forwardAt = true, s, now, now
+		return true, ""
+	}
+	kafkaDown := s.KafkaError != ""
+	var waiting uint64 // appends not yet durable
+	if s.Received > s.Committed {
+		waiting = s.Received - s.Committed
+	}
+	if waiting == 0 || s.BufferCommits != h.last.BufferCommits || (h.block && kafkaDown) {
+		h.commitAt = now
+	}
+	if s.BufferRecords == 0 || s.forwardedDone != h.last.forwardedDone || kafkaDown {
+		h.forwardAt = now
+	}
+	h.last = s
+	if d := now.Sub(h.commitAt); d > h.limit {
+		return false, fmt.Sprintf("buffer committer stuck: %d appends waiting, no commit for %v", waiting, d.Truncate(time.Second))
+	}
+	if d := now.Sub(h.forwardAt); d > h.limit {
+		return false, fmt.Sprintf("forwarder stuck: %d records buffered, none forwarded for %v, no Kafka error", s.BufferRecords, d.Truncate(time.Second))
+	}
+	return true, ""
+}

@@ -1,0 +1,67 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestHealthJudgement feeds sequences of snapshots, one a second, to the
+// health judgement with a 3s stall limit.
+func TestHealthJudgement(t *testing.T) {
+	idle := Snapshot{}
+	committing := func(i int) Snapshot { // appends waiting and commits moving
+		return Snapshot{Received: uint64(100 * i), Committed: uint64(100*i - 50), BufferCommits: uint64(i)}
+	}
+	stuckCommit := Snapshot{Received: 500, Committed: 400, BufferCommits: 7}
+	forwarding := func(i int) Snapshot {
+		return Snapshot{BufferRecords: 10, forwardedDone: uint64(i)}
+	}
+	stuckForward := Snapshot{BufferRecords: 10, forwardedDone: 3}
+	kafkaDown := Snapshot{BufferRecords: 10, forwardedDone: 3, KafkaError: "dial tcp: connection refused"}
+	fullBlocked := Snapshot{Received: 500, Committed: 400, BufferCommits: 7, BufferRecords: 400, KafkaError: "dial tcp: connection refused"}
+
+	for _, tc := range []struct {
+		name  string
+		block bool
+		seq   func(i int) Snapshot
+		stuck string // "" healthy throughout; else the reason seen by the end
+	}{
+		{"idle", false, func(int) Snapshot { return idle }, ""},
+		{"commits moving", false, committing, ""},
+		{"committer stuck", false, func(int) Snapshot { return stuckCommit }, "buffer committer stuck: 100 appends waiting"},
+		{"forwarder moving", false, forwarding, ""},
+		{"forwarder stuck", false, func(int) Snapshot { return stuckForward }, "forwarder stuck: 10 records buffered"},
+		{"Kafka down is buffering, not stuck", false, func(int) Snapshot { return kafkaDown }, ""},
+		{"block at max_bytes while Kafka is down", true, func(int) Snapshot { return fullBlocked }, ""},
+		{"no block: the same is a stuck committer", false, func(int) Snapshot { return fullBlocked }, "buffer committer stuck"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := health{limit: 3 * time.Second, block: tc.block}
+			t0 := time.Unix(1000, 0)
+			var why string
+			for i := 1; i <= 6; i++ {
+				var ok bool
+				ok, why = h.observe(tc.seq(i), t0.Add(time.Duration(i)*time.Second))
+				if i <= 4 && !ok {
+					t.Fatalf("unhealthy after %ds, within the 3s limit: %s", i-1, why)
+				}
+				if tc.stuck == "" && !ok {
+					t.Fatalf("unhealthy at %ds: %s", i, why)
+				}
+			}
+			if !strings.Contains(why, tc.stuck) || (tc.stuck != "" && why == "") {
+				t.Fatalf("after 5s: %q, want %q", why, tc.stuck)
+			}
+			// Progress heals at once.
+			if tc.stuck != "" {
+				s := tc.seq(6)
+				s.BufferCommits++
+				s.forwardedDone++
+				if ok, why := h.observe(s, t0.Add(7*time.Second)); !ok {
+					t.Fatalf("still unhealthy after progress: %s", why)
+				}
+			}
+		})
+	}
+}

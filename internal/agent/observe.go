@@ -1,0 +1,151 @@
+package agent
+
+import (
+	"net"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ferry-edge/ferry/buffer"
+	"github.com/ferry-edge/ferry/forward"
+)
+
+// This file is the one place that reads the stages' Stats for monitoring:
+// metrics, health, systemd status and `ferry status` all go through
+// Snapshot, so a renamed stats field is a one-line change here.
+
+// Snapshot is the agent's state in plain numbers.
+type Snapshot struct {
+	MQTTConnected  bool   `json:"mqtt_connected"`
+	MQTTSubscribed bool   `json:"mqtt_subscribed"`
+	Received       uint64 `json:"received"`  // messages taken from the broker
+	Committed      uint64 `json:"committed"` // of those, durable in the buffer (and so acknowledged)
+
+	BufferRecords uint64 `json:"buffer_records"` // records waiting in the buffer, in flight included
+	BufferBytes   uint64 `json:"buffer_bytes"`   // their encoded size
+	BufferCommits uint64 `json:"buffer_commits"` // write transactions since the buffer opened
+	CorruptFiles  int    `json:"corrupt_files"`  // damaged buffer files moved aside
+
+	// Dropped counts records given up on purpose, by reason: the buffer's
+	// limits ("max_bytes", "max_age"), "purged" by ferry buffer purge (all
+	// since the buffer file was created), and "unrouted" (no route
+	// matched, since start).
+	Dropped map[string]uint64 `json:"dropped"`
+	// DeadLettered counts records set aside in the buffer's dead-letter
+	// bucket since the file was created, by reason (buffer.Reason:
+	// "undecodable", "broken_batch", and the forwarder's reasons such as
+	// "message_too_large" or "unknown_topic").
+	DeadLettered map[string]uint64 `json:"dead_lettered"`
+
+	Delivered     uint64 `json:"delivered"`     // records Kafka acknowledged, since start
+	InFlight      int    `json:"in_flight"`     // records produced, not yet acknowledged
+	KafkaRetries  uint64 `json:"kafka_retries"` // times forwarding restarted after an error
+	KafkaError    string `json:"kafka_error"`   // what forwarding is retrying; "" when healthy
+	KafkaConns    int64  `json:"kafka_conns"`   // open connections to brokers (needs Hooks.Kafka: set by New)
+	forwardedDone uint64 // delivered + unrouted + dead-lettered: records the forwarder finished
+}
+
+// Snapshot reads every stage's counters.
+func (a *Agent) Snapshot() Snapshot {
+	m, b, f := a.ingest.Stats(), a.buf.Stats(), a.fwd.Stats()
+	s := Snapshot{
+		MQTTConnected:  m.Connected,
+		MQTTSubscribed: m.Subscribed,
+		Received:       m.Received,
+		Committed:      m.Stored,
+		BufferRecords:  b.Records,
+		BufferBytes:    b.Bytes,
+		BufferCommits:  b.Commits,
+		CorruptFiles:   b.CorruptFiles,
+		Dropped:        map[string]uint64{"unrouted": f.Unrouted},
+		DeadLettered:   map[string]uint64{},
+		Delivered:      f.Delivered,
+		InFlight:       f.InFlight,
+		KafkaRetries:   f.Retries,
+		KafkaError:     f.LastError,
+		KafkaConns:     a.kafkaConns.Load(),
+	}
+	for _, r := range []string{buffer.DropMaxBytes, buffer.DropMaxAge, buffer.DropPurged, buffer.DropDeadLetterLimit, buffer.DropDeadLetterPurged} {
+		s.Dropped[r] = b.Dropped[r]
+	}
+	// Dead letters by reason, since the buffer file was created (the
+	// buffer counts the forwarder's too).
+	for _, reason := range []buffer.Reason{buffer.ReasonUndecodable, buffer.ReasonBrokenBatch,
+		forward.ReasonTooLarge, forward.ReasonInvalidRecord, forward.ReasonInvalidTopic,
+		forward.ReasonTopicAuthorization, forward.ReasonPolicyViolation, forward.ReasonUnknownTopic} {
+		s.DeadLettered[string(reason)] = 0 // every reason has a series, zero until it happens
+	}
+	for reason, n := range b.DeadLettered {
+		s.DeadLettered[string(reason)] = n
+	}
+	var dead uint64
+	for _, n := range f.DeadLettered {
+		dead += n
+	}
+	s.forwardedDone = f.Delivered + f.Unrouted + dead
+	return s
+}
+
+// BufferInfo is what a read transaction on the buffer tells: the oldest
+// record's age, the file's size. It costs a short read of the file, so it
+// is for scrapes and `ferry status`, not for every message.
+func (a *Agent) BufferInfo() (buffer.Info, error) { return a.buf.Info() }
+
+// Hooks receive what the stages' counters cannot tell: latencies and
+// connection changes. Each may be nil; each must be quick and safe for
+// concurrent use.
+type Hooks struct {
+	// CommitLatency gets, for every record, the time from its Append to
+	// the buffer reporting it durable (queueing, commit and fsync).
+	CommitLatency func(time.Duration)
+	// ProduceLatency gets, for every produce request, the time from
+	// writing it to reading Kafka's answer.
+	ProduceLatency func(time.Duration)
+}
+
+// timedSink is the buffer as the ingest's sink, timing each append until
+// the record is durable.
+type timedSink struct {
+	buf     *buffer.Buffer
+	observe func(time.Duration)
+}
+
+func (s timedSink) Append(rec *buffer.Record, done func(seq uint64, err error)) error {
+	start := time.Now()
+	return s.buf.Append(rec, func(seq uint64, err error) {
+		if err == nil {
+			s.observe(time.Since(start))
+		}
+		done(seq, err)
+	})
+}
+
+// kafkaHooks are franz-go client hooks: open broker connections and
+// produce request latency.
+type kafkaHooks struct {
+	a       *Agent
+	produce func(time.Duration)
+}
+
+var (
+	_ kgo.HookBrokerConnect    = kafkaHooks{}
+	_ kgo.HookBrokerDisconnect = kafkaHooks{}
+	_ kgo.HookBrokerE2E        = kafkaHooks{}
+)
+
+func (h kafkaHooks) OnBrokerConnect(_ kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
+	if err == nil {
+		h.a.kafkaConns.Add(1)
+	}
+}
+
+func (h kafkaHooks) OnBrokerDisconnect(kgo.BrokerMetadata, net.Conn) { h.a.kafkaConns.Add(-1) }
+
+// produceKey is the Kafka protocol's request key of Produce.
+const produceKey = 0
+
+func (h kafkaHooks) OnBrokerE2E(_ kgo.BrokerMetadata, key int16, e2e kgo.BrokerE2E) {
+	if key == produceKey && h.produce != nil && e2e.Err() == nil {
+		h.produce(e2e.DurationE2E())
+	}
+}

@@ -1,0 +1,108 @@
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metric is one metric the collector reads from a Source at scrape time.
+type metric struct {
+	desc  *prometheus.Desc
+	typ   prometheus.ValueType
+	label string // the one variable label, if any
+}
+
+func newMetric(name, help string, typ prometheus.ValueType, label ...string) metric {
+	m := metric{desc: prometheus.NewDesc(name, help, label, nil), typ: typ}
+	if len(label) > 0 {
+		m.label = label[0]
+	}
+	return m
+}
+
+const (
+	counter = prometheus.CounterValue
+	gauge   = prometheus.GaugeValue
+)
+
+var (
+	mReceived     = newMetric("ferry_mqtt_messages_received_total", "Messages received from the MQTT broker.", counter)
+	mCommitted    = newMetric("ferry_buffer_messages_committed_total", "Received messages made durable in the buffer, and so acknowledged to the broker.", counter)
+	mForwarded    = newMetric("ferry_kafka_records_forwarded_total", "Records Kafka acknowledged.", counter)
+	mDropped      = newMetric("ferry_records_dropped_total", "Records given up on purpose, by reason: max_bytes, max_age and purged (since the buffer file was created), unrouted (since start).", counter, "reason")
+	mDeadLettered = newMetric("ferry_records_dead_lettered_total", "Records set aside in the buffer's dead-letter bucket since the file was created, by reason (undecodable, broken_batch, message_too_large, invalid_record, invalid_topic, topic_authorization_failed, policy_violation, unknown_topic).", counter, "reason")
+	mRecords      = newMetric("ferry_buffer_records", "Records waiting in the buffer, in flight to Kafka included.", gauge)
+	mBytes        = newMetric("ferry_buffer_bytes", "Encoded size of the records waiting in the buffer.", gauge)
+	mOldest       = newMetric("ferry_buffer_oldest_record_age_seconds", "Age of the oldest record waiting in the buffer (since ferry received it); 0 when the buffer is empty.", gauge)
+	mFileBytes    = newMetric("ferry_buffer_file_bytes", "Size of the buffer file on disk.", gauge)
+	mUsedBytes    = newMetric("ferry_buffer_used_bytes", "Part of the buffer file in pages holding data: what buffer.max_bytes bounds.", gauge)
+	mCommits      = newMetric("ferry_buffer_commits_total", "Write transactions (each one fsync) of the buffer since it opened.", counter)
+	mCorrupt      = newMetric("ferry_buffer_corrupt_files", "Damaged buffer files moved aside next to the buffer; their records were not forwarded.", gauge)
+	mMQTTConn     = newMetric("ferry_mqtt_connected", "1 while connected to the MQTT broker.", gauge)
+	mMQTTSub      = newMetric("ferry_mqtt_subscribed", "1 while the broker has granted the subscriptions on the current connection.", gauge)
+	mKafkaConns   = newMetric("ferry_kafka_connections", "Open connections to Kafka brokers.", gauge)
+	mKafkaError   = newMetric("ferry_kafka_error", "1 while forwarding retries an error (Kafka unreachable, refusing or not acknowledging); records wait in the buffer.", gauge)
+	mInFlight     = newMetric("ferry_kafka_in_flight_records", "Records produced to Kafka and not yet acknowledged.", gauge)
+	mRetries      = newMetric("ferry_kafka_retries_total", "Times forwarding restarted after an error.", counter)
+	mReady        = newMetric("ferry_ready", "1 when the buffer is open and the MQTT subscriptions are granted (as /readyz).", gauge)
+	mHealthy      = newMetric("ferry_healthy", "1 unless the buffer's committer or the forwarder is stuck (as /healthz).", gauge)
+)
+
+var all = []metric{mReceived, mCommitted, mForwarded, mDropped, mDeadLettered, mRecords, mBytes, mOldest, mFileBytes,
+	mUsedBytes, mCommits, mCorrupt, mMQTTConn, mMQTTSub, mKafkaConns, mKafkaError, mInFlight, mRetries, mReady, mHealthy}
+
+// collector reads a Source at every scrape.
+type collector struct{ src Source }
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, m := range all {
+		ch <- m.desc
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.Snapshot()
+	put := func(m metric, v float64, label ...string) {
+		ch <- prometheus.MustNewConstMetric(m.desc, m.typ, v, label...)
+	}
+	put(mReceived, float64(s.Received))
+	put(mCommitted, float64(s.Committed))
+	put(mForwarded, float64(s.Delivered))
+	for r, n := range s.Dropped {
+		put(mDropped, float64(n), r)
+	}
+	for r, n := range s.DeadLettered {
+		put(mDeadLettered, float64(n), r)
+	}
+	put(mRecords, float64(s.BufferRecords))
+	put(mBytes, float64(s.BufferBytes))
+	put(mCommits, float64(s.BufferCommits))
+	put(mCorrupt, float64(s.CorruptFiles))
+	put(mMQTTConn, b2f(s.MQTTConnected))
+	put(mMQTTSub, b2f(s.MQTTSubscribed))
+	put(mKafkaConns, float64(s.KafkaConns))
+	put(mKafkaError, b2f(s.KafkaError != ""))
+	put(mInFlight, float64(s.InFlight))
+	put(mRetries, float64(s.KafkaRetries))
+	ready, _ := c.src.Ready()
+	put(mReady, b2f(ready))
+	healthy, _ := c.src.Healthy()
+	put(mHealthy, b2f(healthy))
+	if info, err := c.src.BufferInfo(); err == nil {
+		age := 0.0
+		if !info.Oldest.IsZero() {
+			age = max(0, time.Since(info.Oldest).Seconds())
+		}
+		put(mOldest, age)
+		put(mFileBytes, float64(info.FileSize))
+		put(mUsedBytes, float64(info.UsedBytes))
+	}
+}
