@@ -6,12 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ferry-edge/ferry/buffer"
 )
@@ -45,10 +42,10 @@ type pass struct {
 	slab  []slot          // slots not used yet
 	kept  []*slot         // scratch for fill
 
-	// probe, when cands is not empty, is a bisection in progress: Kafka
+	// probe, when cands is not empty, is a search in progress: Kafka
 	// refused a batch for good, and the record to blame is one of cands
 	// (ascending sequence numbers, one partition). Each chunk goes only up
-	// to the middle candidate.
+	// to the candidate the search is at (see pick and bisect).
 	probe struct {
 		cands []uint64
 		// step > 0: galloping, the next probe takes the first step
@@ -84,13 +81,6 @@ func newPass(f *Forwarder, cl *kgo.Client) *pass {
 	}
 }
 
-// topicRefusalRun is how many records of a topic in a row Kafka must
-// refuse for a topic-level reason before the forwarder takes the refusal
-// as the topic's, not the records' (an ACL that allows describing a topic
-// but not writing to it), and dead-letters all its waiting records at once
-// instead of finding them one by one.
-const topicRefusalRun = 8
-
 // maxRead is the most records one Read returns.
 const maxRead = 1000
 
@@ -105,7 +95,7 @@ func (p *pass) run(ctx context.Context) error {
 		// With records ready to go (and no Linger to wait out), the next
 		// chunk goes out at once and the window is topped up while it is
 		// in flight (see produce); otherwise wait here for records.
-		if p.f.cfg.Linger > 0 || !p.hasWork(time.Now()) {
+		if p.f.cfg.Linger > 0 || !p.hasWork() {
 			if err := p.fill(ctx, false); err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -123,15 +113,15 @@ func (p *pass) run(ctx context.Context) error {
 		}
 		p.tendParked(ctx, time.Now())
 		p.release()
-		p.pick(time.Now())
+		p.pick()
 		if p.checkTopics(ctx) {
-			p.pick(time.Now())
+			p.pick()
 		}
 		if len(p.chunk) == 0 {
 			// Everything waiting is held back (a parked topic): fill
 			// waits for records or the next retry, unless the window is
 			// full or records wait, then this does.
-			if (p.w.full() || p.hasWork(time.Now())) && !sleep(ctx, p.untilRetry()) {
+			if (p.w.full() || p.hasWork()) && !sleep(ctx, p.untilRetry()) {
 				return nil
 			}
 			continue
@@ -160,7 +150,7 @@ func (p *pass) run(ctx context.Context) error {
 // wakes up for the next parked topic's retry. With prefetch it only takes
 // what the buffer holds now, and never waits.
 func (p *pass) fill(ctx context.Context, prefetch bool) error {
-	work := prefetch || p.hasWork(time.Now())
+	work := prefetch || p.hasWork()
 	for {
 		records, room := p.w.room()
 		if records == 0 || room == 0 {
@@ -285,7 +275,7 @@ func (p *pass) admit(rec *buffer.Record) *slot {
 }
 
 // hasWork reports whether the window holds a record to produce.
-func (p *pass) hasWork(time.Time) bool {
+func (p *pass) hasWork() bool {
 	for _, s := range p.w.slots {
 		if s.state == pending {
 			return true
@@ -294,11 +284,11 @@ func (p *pass) hasWork(time.Time) bool {
 	return false
 }
 
-// pick chooses the chunk: the pending records in window order, except
-// those of parked topics and, during a bisection, those after the middle
-// candidate; at most half the window, so that the next chunk is read
-// while this one is in flight.
-func (p *pass) pick(now time.Time) {
+// pick chooses the chunk: the pending records in window order (a parked
+// topic's are not in the window), during a search only up to the
+// candidate it is at; at most half the window, so that the next chunk is
+// read while this one is in flight.
+func (p *pass) pick() {
 	p.chunk = p.chunk[:0]
 	cut := ^uint64(0)
 	p.probe.cands = p.stillPending(p.probe.cands) // candidates settled meanwhile are out
@@ -369,238 +359,6 @@ func (p *pass) produce(ctx context.Context) bool {
 	}
 	p.release()
 	return false
-}
-
-// settle reads the chunk's outcomes and acts on the failures: dead-letter
-// what Kafka refused for good (bisecting to find it), park topics that do
-// not exist, and return the first error worth a backoff (nil if none).
-func (p *pass) settle(now time.Time) (retriable error) {
-	var first *slot // the earliest record refused for good, to bisect on
-	var firstReason buffer.Reason
-	var failed []*slot
-	for _, s := range p.chunk {
-		done, part, err := p.w.outcome(s)
-		if done && err == nil {
-			s.state = acked
-			if len(p.refusals) > 0 {
-				delete(p.refusals, s.kr.Topic)
-			}
-			continue
-		}
-		if !done { // Flush returned without its answer: never count it as delivered
-			err = errNoOutcome
-			s.err = err
-		}
-		s.state, s.partition = pending, part
-		failed = append(failed, s)
-	}
-	parked := map[string]bool{}
-	for _, s := range failed { // first: parking takes the topic's records out of the window
-		if class, _ := classify(s.err); class == missingTopic && s.state == pending && !parked[s.kr.Topic] {
-			parked[s.kr.Topic] = true // once per chunk: the backoff counts retries, not records
-			p.park(s.kr.Topic, fmt.Errorf("produce to Kafka topic %q: %w", s.kr.Topic, s.err), now)
-		}
-	}
-	for _, s := range failed {
-		if s.state != pending {
-			continue // parked, or dead-lettered with its topic below
-		}
-		err := fmt.Errorf("produce to Kafka topic %q: %w", s.kr.Topic, s.err)
-		class, reason := classify(s.err)
-		switch {
-		case class == missingTopic:
-		case class == rejectTopic && s.partition < 0:
-			// Refused with the topic's metadata: every record of the
-			// topic failed alike, and there is no batch to bisect.
-			topic := s.kr.Topic
-			for _, o := range failed {
-				if o.state == pending && o.partition < 0 && o.kr.Topic == topic {
-					if c, r := classify(o.err); c == class && r == reason {
-						p.deadLetter(o, reason, err)
-					}
-				}
-			}
-			delete(p.known, topic)
-		case class == rejectRecord || class == rejectTopic:
-			if first == nil {
-				first, firstReason = s, reason
-			}
-		default:
-			if retriable == nil {
-				retriable = err
-			}
-		}
-	}
-	p.bisect(first, firstReason, failed)
-	return retriable
-}
-
-// bisect narrows down the record to blame for a refused batch. first is
-// the earliest record of the chunk that Kafka refused for good (nil if
-// none). Its partition failed from first's batch on, so every failed
-// record of that partition is a candidate; a candidate that fails alone is
-// the one, and is dead-lettered. If the chunk was a probe and nothing was
-// refused, the candidates it delivered are cleared, and the culprit is
-// among the rest (those not produced, or failed for another reason).
-func (p *pass) bisect(first *slot, reason buffer.Reason, failed []*slot) {
-	if first == nil {
-		before := len(p.probe.cands)
-		p.probe.cands = p.stillPending(p.probe.cands)
-		if p.probe.step > 0 && len(p.probe.cands) < before {
-			p.probe.step *= 2 // the probe delivered: try twice as many
-		}
-		return
-	}
-	var cands []uint64
-	for _, s := range failed {
-		if s.state == pending && s.kr.Topic == first.kr.Topic && s.partition == first.partition {
-			cands = append(cands, s.seq)
-		}
-	}
-	if len(cands) == 1 {
-		topic := first.kr.Topic
-		p.deadLetter(first, reason, fmt.Errorf("refused by Kafka when produced alone: %w", first.err))
-		p.probe.cands, p.probe.step = nil, 0
-		if class, _ := classify(first.err); class == rejectTopic {
-			if p.refusals[topic]++; p.refusals[topic] >= topicRefusalRun {
-				p.deadLetterTopic(p.w.slots, topic, reason, fmt.Errorf(
-					"the last %d records of the topic were refused one by one, so the topic is: %w", topicRefusalRun, first.err))
-			}
-		}
-		return
-	}
-	if len(p.probe.cands) > 0 && p.probe.step > 0 {
-		p.probe.step = 0 // the culprit is within the last gallop: halve from here
-	} else {
-		p.probe.step = 1
-	}
-	p.probe.cands = cands
-	p.f.log.Info("Kafka refused a batch for good; producing it in parts to find the record to blame",
-		"topic", first.kr.Topic, "partition", first.partition, "candidates", len(cands), "err", first.err)
-}
-
-// stillPending returns the sequence numbers of seqs (ascending) whose
-// records wait in the window to be produced, in place (a parked topic's
-// records leave the window).
-func (p *pass) stillPending(seqs []uint64) []uint64 {
-	out := seqs[:0]
-	i := 0
-	for _, s := range p.w.slots {
-		for i < len(seqs) && seqs[i] < s.seq {
-			i++ // released meanwhile
-		}
-		if i == len(seqs) {
-			break
-		}
-		if seqs[i] == s.seq {
-			if s.state == pending {
-				out = append(out, s.seq)
-			}
-			i++
-		}
-	}
-	return out
-}
-
-// metadataTimeout bounds checkTopics' wait for Kafka; past it the chunk
-// goes out anyway and the client sorts the topics out.
-const metadataTimeout = 5 * time.Second
-
-// checkTopics asks Kafka about the topics of the chunk it has not seen
-// yet, in one metadata request. A topic that does not exist is parked, one
-// Kafka refuses has its records dead-lettered; either way they leave the
-// chunk before it goes out. It reports whether it changed anything.
-func (p *pass) checkTopics(ctx context.Context) bool {
-	var topics []string
-	seen := map[string]bool{}
-	for _, s := range p.chunk {
-		if t := s.kr.Topic; !p.known[t] && !seen[t] {
-			seen[t] = true
-			topics = append(topics, t)
-		}
-	}
-	if len(topics) == 0 {
-		return false
-	}
-	found, ok := p.lookup(ctx, topics)
-	if !ok {
-		return false // Kafka unreachable: produce, and let the client wait
-	}
-	now := time.Now()
-	changed := false
-	for t, kerrv := range found {
-		if kerrv == nil {
-			p.known[t] = true
-			continue
-		}
-		err := fmt.Errorf("topic %q: %w", t, kerrv)
-		switch class, reason := classify(kerrv); class {
-		case missingTopic:
-			p.park(t, err, now)
-			changed = true
-		case rejectTopic:
-			p.deadLetterTopic(p.w.slots, t, reason, err)
-			changed = true
-		}
-	}
-	return changed
-}
-
-// lookup asks Kafka about topics in one metadata request and returns each
-// topic's error (nil: it exists); ok is false if Kafka did not answer.
-func (p *pass) lookup(ctx context.Context, topics []string) (found map[string]error, ok bool) {
-	req := kmsg.NewPtrMetadataRequest()
-	req.AllowAutoTopicCreation = p.f.cfg.AllowAutoTopicCreation
-	for _, t := range topics {
-		rt := kmsg.NewMetadataRequestTopic()
-		rt.Topic = kmsg.StringPtr(t)
-		req.Topics = append(req.Topics, rt)
-	}
-	mctx, cancel := context.WithTimeout(ctx, metadataTimeout)
-	defer cancel()
-	resp, err := req.RequestWith(mctx, p.cl)
-	if err != nil {
-		return nil, false
-	}
-	found = map[string]error{}
-	for _, rt := range resp.Topics {
-		if rt.Topic != nil && slices.Contains(topics, *rt.Topic) {
-			found[*rt.Topic] = kerr.ErrorForCode(rt.ErrorCode)
-		}
-	}
-	return found, true
-}
-
-// deadLetterTopic dead-letters every pending record of topic in slots.
-func (p *pass) deadLetterTopic(slots []*slot, topic string, reason buffer.Reason, err error) {
-	for _, s := range slots {
-		if s.state == pending && s.kr != nil && s.kr.Topic == topic {
-			p.deadLetter(s, reason, err)
-		}
-	}
-}
-
-// deadLetter moves a record to the buffer's dead-letter bucket and settles
-// its slot.
-func (p *pass) deadLetter(s *slot, reason buffer.Reason, err error) {
-	p.deadLetterSeq(s.seq, reason, err)
-	s.state = settled
-	s.kr, s.rec = nil, kgo.Record{} // let the payload go
-}
-
-// deadLetterSeq moves record seq to the buffer's dead-letter bucket,
-// counted and logged.
-func (p *pass) deadLetterSeq(seq uint64, reason buffer.Reason, err error) {
-	f := p.f
-	f.src.DeadLetter(seq, reason, err)
-	f.deadMu.Lock()
-	f.dead[reason]++
-	n := f.dead[reason]
-	f.deadMu.Unlock()
-	if n&(n-1) == 0 { // 1, 2, 4, 8, ... per reason: rate-limited
-		f.log.Error("record dead-lettered: Kafka will not take it; kept in the buffer (ferry buffer dlq list)",
-			"seq", seq, "reason", reason, "err", err, "dead_lettered_total", n)
-	}
 }
 
 // release hands the window's settled prefix back to the source, and the
