@@ -174,6 +174,8 @@ type Forwarder struct {
 
 	deadMu sync.Mutex
 	dead   map[buffer.Reason]uint64
+
+	routes atomic.Pointer[[]Route] // cfg.Routes, or what SetRoutes set since
 }
 
 // New checks cfg and returns a Forwarder ready to Run.
@@ -222,6 +224,9 @@ func New(cfg Config, src Source) (*Forwarder, error) {
 	f.lastErr.Store("")
 	f.lastKey.Store("")
 	f.statusErr.Store("")
+	if err := f.SetRoutes(cfg.Routes); err != nil {
+		return nil, err
+	}
 	return f, nil
 }
 

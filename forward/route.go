@@ -1,7 +1,9 @@
 package forward
 
 import (
+	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -31,6 +33,19 @@ const (
 	HeaderSeq      = "ferry.seq"
 )
 
+// SetRoutes replaces the routes while the forwarder runs (a configuration
+// reload). Records read from the buffer from then on are routed by the new
+// ones; those already read keep their routing, so nothing is dropped or
+// reordered on the way. It fails, changing nothing, on an empty list.
+func (f *Forwarder) SetRoutes(routes []Route) error {
+	if len(routes) == 0 {
+		return errors.New("forward: no routes")
+	}
+	routes = slices.Clone(routes)
+	f.routes.Store(&routes)
+	return nil
+}
+
 // Route sends records whose MQTT topic matches Match to Topic, keyed by Key.
 type Route struct {
 	Match *topic.Pattern
@@ -43,8 +58,9 @@ type Route struct {
 // the short header values and key into buf when they fit (a slot's own
 // arrays: no allocation for the common record), else into new memory.
 func (f *Forwarder) route(rec *buffer.Record, kr *kgo.Record, hdrs []kgo.RecordHeader, buf []byte, vals []string) (bool, []string) {
-	for i := range f.cfg.Routes {
-		r := &f.cfg.Routes[i]
+	routes := *f.routes.Load()
+	for i := range routes {
+		r := &routes[i]
 		var ok bool
 		vals, ok = r.Match.Match(rec.Topic, vals)
 		if !ok {

@@ -20,11 +20,14 @@ import (
 
 // reloadOnHUP re-reads the configuration file at path on every SIGHUP
 // (systemctl reload ferry) until ctx is done or stop is called. What can
-// change live changes: log.level. Any other change needs a restart: it is
-// refused with a log line naming each key, and the running configuration
-// stays, as it does when the file is invalid (the log says why, with
-// file:line:column). stop returns once SIGHUP is no longer handled.
-func reloadOnHUP(ctx context.Context, path string, running *config.Config, level *slog.LevelVar, log *slog.Logger) (stop func()) {
+// change live changes: log.level, and forward.routes through setRoutes
+// (records read from the buffer from then on follow the new routes;
+// nothing is dropped or reordered). Any other change needs a restart: it
+// is refused with a log line naming each key, and the running
+// configuration stays, as it does when the file is invalid (the log says
+// why, with file:line:column). stop returns once SIGHUP is no longer
+// handled.
+func reloadOnHUP(ctx context.Context, path string, running *config.Config, level *slog.LevelVar, setRoutes func(*config.Config) error, log *slog.Logger) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	ctx, cancel := context.WithCancel(ctx)
@@ -39,7 +42,7 @@ func reloadOnHUP(ctx context.Context, path string, running *config.Config, level
 				return
 			case <-hup:
 				daemon.SdNotify(false, "RELOADING=1")
-				cur = reload(path, cur, level, log)
+				cur = reload(path, cur, level, setRoutes, log)
 				daemon.SdNotify(false, "READY=1")
 			}
 		}
@@ -49,7 +52,7 @@ func reloadOnHUP(ctx context.Context, path string, running *config.Config, level
 
 // reload applies what it can of the file at path to cur and returns the
 // configuration now in force.
-func reload(path string, cur config.Config, level *slog.LevelVar, log *slog.Logger) config.Config {
+func reload(path string, cur config.Config, level *slog.LevelVar, setRoutes func(*config.Config) error, log *slog.Logger) config.Config {
 	next, err := config.Load(path)
 	if err != nil {
 		log.Error("reload: invalid configuration; the running one stays", "err", strings.ReplaceAll(err.Error(), "\n", "; "))
@@ -60,24 +63,40 @@ func reload(path string, cur config.Config, level *slog.LevelVar, log *slog.Logg
 			"keys", strings.Join(changed, ","))
 		return cur
 	}
+	changed := false
+	if !reflect.DeepEqual(next.Forward.Routes, cur.Forward.Routes) {
+		if err := setRoutes(next); err != nil {
+			log.Error("reload: the new routes were refused; the running configuration stays", "err", err)
+			return cur
+		}
+		for _, w := range next.Warnings {
+			log.Warn("reload: configuration warning", "warning", w)
+		}
+		log.Info("reload: routes changed; records read from now on follow them", "routes", len(next.Forward.Routes))
+		cur.Forward.Routes = next.Forward.Routes
+		changed = true
+	}
 	if next.Log.Level != cur.Log.Level {
 		var l slog.Level
 		if err := l.UnmarshalText([]byte(next.Log.Level)); err == nil {
 			level.Set(l)
 		}
 		log.Info("reload: log level changed", "from", cur.Log.Level, "to", next.Log.Level)
-	} else {
+		cur.Log.Level = next.Log.Level
+		changed = true
+	}
+	if !changed {
 		log.Info("reload: configuration unchanged")
 	}
-	cur.Log.Level = next.Log.Level
 	return cur
 }
 
 // restartKeys lists the keys, as dotted paths, in which next differs from
-// cur other than log.level.
+// cur other than those that change live (log.level, forward.routes).
 func restartKeys(cur, next *config.Config) []string {
 	a, b := *cur, *next
 	a.Log.Level, b.Log.Level = "", ""
+	a.Forward.Routes, b.Forward.Routes = nil, nil
 	a.Warnings, b.Warnings = nil, nil
 	if reflect.DeepEqual(a, b) {
 		return nil

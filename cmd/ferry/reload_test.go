@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,12 +9,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/ferry-edge/ferry/internal/testenv"
 )
 
 // TestReloadOnSIGHUP changes the file under a running ferry and sends
-// SIGHUP: the log level changes live; a buffer path change is refused by
-// name; an invalid file is refused with its position; ferry runs on.
+// SIGHUP: the log level changes live, and so do the routes (a message
+// published after the reload goes to the new route's topic); a buffer path
+// change is refused by name; an invalid file is refused with its position;
+// ferry runs on.
 func TestReloadOnSIGHUP(t *testing.T) {
 	broker := testenv.NewBroker(t)
 	kafka := testenv.NewKafka(t)
@@ -43,6 +48,25 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		}
 	}
 	hup(strings.Replace(string(orig), "level: info", "level: debug", 1), `msg="reload: log level changed" from=info to=debug`)
+	other := testenv.NewTopic(t, kafka)
+	hup(strings.Replace(string(orig), "topic: "+topic, "topic: "+other, 1), `msg="reload: routes changed`)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := testenv.Publish(ctx, broker.URL(), "sensors/dev-77/telemetry", 1, []byte("after the reload")); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(append(kafka.ClientOpts(), kgo.ConsumeTopics(other), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for got := false; !got; {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("the message published after the reload is not in the new route's topic %s", other)
+		}
+		fs.EachRecord(func(r *kgo.Record) { got = got || string(r.Value) == "after the reload" })
+	}
 	hup(strings.Replace(string(orig), "buffer.db", "other.db", 1), `keys=buffer.path`)
 	hup("mqtt:\n  url: 42\n", "reload: invalid configuration; the running one stays")
 	if !strings.Contains(ferry.logText(), "ferry.yaml:") {

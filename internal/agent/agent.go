@@ -204,24 +204,41 @@ func forwardConfig(cfg *config.Config, log *slog.Logger) (forward.Config, error)
 	if fc.SASL, err = kafkaSASL(k.SASL); err != nil {
 		return fc, err
 	}
-	for i, r := range cfg.Forward.Routes {
+	fc.Routes, err = routes(cfg.Forward.Routes)
+	return fc, err
+}
+
+// routes maps the configuration's routes to the forwarder's.
+func routes(rs []config.Route) ([]forward.Route, error) {
+	var out []forward.Route
+	for i, r := range rs {
 		m, err := topic.ParsePattern(r.Match)
 		if err != nil {
-			return fc, fmt.Errorf("forward.routes[%d].match: %w", i, err)
+			return nil, fmt.Errorf("forward.routes[%d].match: %w", i, err)
 		}
 		t, err := topic.ParseTemplate(r.Topic, m.Names())
 		if err != nil {
-			return fc, fmt.Errorf("forward.routes[%d].topic: %w", i, err)
+			return nil, fmt.Errorf("forward.routes[%d].topic: %w", i, err)
 		}
 		route := forward.Route{Match: m, Topic: t}
 		if r.Key != "" {
 			if route.Key, err = topic.ParseTemplate(r.Key, m.Names()); err != nil {
-				return fc, fmt.Errorf("forward.routes[%d].key: %w", i, err)
+				return nil, fmt.Errorf("forward.routes[%d].key: %w", i, err)
 			}
 		}
-		fc.Routes = append(fc.Routes, route)
+		out = append(out, route)
 	}
-	return fc, nil
+	return out, nil
+}
+
+// SetRoutes puts the routes of cfg in force in the running forwarder (a
+// reload): records read from the buffer from then on follow them.
+func (a *Agent) SetRoutes(cfg *config.Config) error {
+	rs, err := routes(cfg.Forward.Routes)
+	if err != nil {
+		return err
+	}
+	return a.fwd.SetRoutes(rs)
 }
 
 // readSecret reads a password file; a trailing newline is not part of it.
