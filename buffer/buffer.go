@@ -45,6 +45,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -54,6 +55,9 @@ import (
 // maxBatchBytes is the size of record data at which a commit starts a new
 // batch value.
 var maxBatchBytes = 1024
+
+// defaultMaxDeadLetterBytes is Options.MaxDeadLetterBytes' default.
+const defaultMaxDeadLetterBytes = 64 << 20
 
 // ErrClosed is returned by operations on a closed buffer.
 var ErrClosed = errors.New("buffer closed")
@@ -162,7 +166,7 @@ func (o *Options) setDefaults() {
 		o.QueueBytes = 16 << 20
 	}
 	if o.MaxDeadLetterBytes == 0 {
-		o.MaxDeadLetterBytes = 64 << 20
+		o.MaxDeadLetterBytes = defaultMaxDeadLetterBytes
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -335,13 +339,14 @@ type Buffer struct {
 	st        state
 	ratio     float64 // disk bytes in use per record byte, as last measured
 	commits   uint64
-	corrupt   int                // files moved aside next to path, at Open
-	releaseTo uint64             // Release target not yet applied
-	toRemove  []uint64           // Remove requests not yet applied
-	toDead    map[uint64]deadReq // DeadLetter requests not yet applied
-	deadOps   []deadOp           // replays and purges of dead letters not yet applied
-	changed   chan struct{}      // closed and replaced after every commit
-	lastDrop  time.Time          // last time a drop was logged
+	corrupt   int                    // files moved aside next to path, at Open
+	lim       atomic.Pointer[Limits] // opts' limits, or what SetLimits set since
+	releaseTo uint64                 // Release target not yet applied
+	toRemove  []uint64               // Remove requests not yet applied
+	toDead    map[uint64]deadReq     // DeadLetter requests not yet applied
+	deadOps   []deadOp               // replays and purges of dead letters not yet applied
+	changed   chan struct{}          // closed and replaced after every commit
+	lastDrop  time.Time              // last time a drop was logged
 }
 
 // Open opens or creates the buffer file at path (mode 0600, parent
@@ -406,6 +411,8 @@ func Open(path string, opts Options) (*Buffer, error) {
 		db.Close()
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
 	}
+	lim := opts.limits()
+	b.lim.Store(&lim)
 	go b.commitLoop()
 	return b, nil
 }

@@ -568,3 +568,49 @@ func TestRemoveOutOfOrder(t *testing.T) {
 		t.Fatalf("after releasing the rest: %+v", st)
 	}
 }
+
+// SetLimits on a running buffer: a lowered MaxBytes drops the oldest
+// records at the next commit (counted); a MaxAge set where there was none
+// starts expiring records.
+func TestSetLimitsWhileRunning(t *testing.T) {
+	now := time.Unix(1700000000, 0)
+	var mu sync.Mutex
+	b, err := Open(filepath.Join(t.TempDir(), "buffer.db"), Options{Now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	for i := range 20 {
+		if _, err := b.AppendWait(ctx, &Record{Topic: "t", Payload: make([]byte, 100), ReceivedAt: now.Add(time.Duration(i) * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	one := b.Stats().Bytes / 20
+	b.SetLimits(Limits{MaxBytes: int64(10 * one)})
+	if err := b.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := b.Stats(); st.Records != 10 || st.Dropped[DropMaxBytes] != 10 || st.FirstSeq != 11 {
+		t.Fatalf("after lowering max_bytes to 10 records: %+v", st)
+	}
+	mu.Lock()
+	now = now.Add(15*time.Second + time.Minute)
+	mu.Unlock()
+	b.SetLimits(Limits{MaxAge: time.Minute + 500*time.Millisecond}) // records 1..15 are older
+	waitUntil(t, "expired records to go", func() bool { return b.Stats().Dropped[DropMaxAge] == 5 })
+	if st := b.Stats(); st.Records != 5 || st.FirstSeq != 16 {
+		t.Fatalf("after setting max_age: %+v", st)
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

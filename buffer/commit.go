@@ -23,13 +23,26 @@ func (b *Buffer) commitLoop() {
 	defer close(b.done)
 	batch := make([]appendReq, 0, b.opts.MaxBatch)
 	var ageTick <-chan time.Time
-	if b.opts.MaxAge > 0 {
-		t := time.NewTicker(min(b.opts.MaxAge/10, time.Second) + time.Millisecond)
-		defer t.Stop()
-		ageTick = t.C
-	}
+	var ageTicker *time.Ticker
+	var tickAge time.Duration // the MaxAge ageTicker was made for
+	defer func() {
+		if ageTicker != nil {
+			ageTicker.Stop()
+		}
+	}()
 	lastCommit := time.Time{}
 	for {
+		if maxAge := b.lim.Load().MaxAge; maxAge != tickAge { // at start, and after SetLimits
+			if ageTicker != nil {
+				ageTicker.Stop()
+				ageTicker, ageTick = nil, nil
+			}
+			if maxAge > 0 {
+				ageTicker = time.NewTicker(min(maxAge/10, time.Second) + time.Millisecond)
+				ageTick = ageTicker.C
+			}
+			tickAge = maxAge
+		}
 		batch = batch[:0]
 		reqs := b.reqs
 		if b.full() {
@@ -126,10 +139,11 @@ func (b *Buffer) commit(batch []appendReq) {
 		queued += len(r.val)
 	}
 	b.unreserve(queued) // in the committer's hands now
-	dlLimit, dlBounded := uint64(b.opts.MaxDeadLetterBytes), b.opts.MaxDeadLetterBytes > 0
+	lim := b.lim.Load()
+	dlLimit, dlBounded := uint64(lim.MaxDeadLetterBytes), lim.MaxDeadLetterBytes > 0
 
 	budget, bounded := b.recordBudget(ratio)
-	limits := bounded && b.opts.WhenFull == DropOldest && st.bytes > budget || b.expired(st)
+	limits := bounded && lim.WhenFull == DropOldest && st.bytes > budget || b.expired(st)
 	limits = limits || dlBounded && st.dlBytes > dlLimit
 	if len(batch) == 0 && len(dead) == 0 && len(ops) == 0 && len(remove) == 0 && releaseTo < st.head && !limits {
 		return
@@ -187,15 +201,15 @@ func (b *Buffer) commit(batch []appendReq) {
 				return err
 			}
 		}
-		if b.opts.MaxAge > 0 && st.count > 0 {
-			cutoff := b.opts.Now().Add(-b.opts.MaxAge)
+		if lim.MaxAge > 0 && st.count > 0 {
+			cutoff := b.opts.Now().Add(-lim.MaxAge)
 			n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool { return recordTime(raw).Before(cutoff) })
 			if err != nil {
 				return err
 			}
 			dropped[1] = n
 		}
-		if bounded && st.bytes > budget && b.opts.WhenFull == DropOldest {
+		if bounded && st.bytes > budget && lim.WhenFull == DropOldest {
 			excess := st.bytes - budget
 			var freed uint64
 			n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
@@ -276,7 +290,7 @@ func (b *Buffer) commit(batch []appendReq) {
 		b.log.Warn("buffer: limit reached; oldest records dropped",
 			"dropped_max_bytes", dropped[0], "dropped_max_age", dropped[1], "dropped_dead_letter_limit", dropped[2],
 			"total_max_bytes", st.dropBytes, "total_max_age", st.dropAge, "total_dead_letter_limit", st.dropDLLimit,
-			"max_bytes", b.opts.MaxBytes, "max_age", b.opts.MaxAge, "max_dead_letter_bytes", b.opts.MaxDeadLetterBytes)
+			"max_bytes", lim.MaxBytes, "max_age", lim.MaxAge, "max_dead_letter_bytes", lim.MaxDeadLetterBytes)
 	}
 	for _, op := range ops {
 		op.done <- nil

@@ -38,16 +38,17 @@ func usedBytes(tx *bolt.Tx) int64 {
 // recordBudget is how many bytes of record data fit in MaxBytes on disk at
 // the given ratio; ok is false when there is no bound.
 func (b *Buffer) recordBudget(ratio float64) (budget uint64, ok bool) {
-	if b.opts.MaxBytes <= 0 {
+	maxBytes := b.lim.Load().MaxBytes
+	if maxBytes <= 0 {
 		return 0, false
 	}
-	return uint64(float64(b.opts.MaxBytes) / ratio), true
+	return uint64(float64(maxBytes) / ratio), true
 }
 
 // room is how many bytes of appends one commit may take: with Block, what
 // is left below MaxBytes; otherwise unbounded (-1).
 func (b *Buffer) room() int64 {
-	if b.opts.WhenFull != Block {
+	if b.lim.Load().WhenFull != Block {
 		return -1
 	}
 	b.mu.Lock()
@@ -66,7 +67,8 @@ func (b *Buffer) full() bool {
 
 // expired reports whether the head record is older than MaxAge.
 func (b *Buffer) expired(st state) bool {
-	if b.opts.MaxAge <= 0 || st.count == 0 {
+	maxAge := b.lim.Load().MaxAge
+	if maxAge <= 0 || st.count == 0 {
 		return false
 	}
 	var t time.Time
@@ -86,7 +88,7 @@ func (b *Buffer) expired(st state) bool {
 		}
 		return nil
 	})
-	return !t.IsZero() && t.Before(b.opts.Now().Add(-b.opts.MaxAge))
+	return !t.IsZero() && t.Before(b.opts.Now().Add(-maxAge))
 }
 
 // dropWhile removes live records from the head for as long as drop says so,
@@ -152,4 +154,29 @@ func recordTime(raw []byte) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, ns)
+}
+
+// Limits are the bounds a running buffer applies; see the Options fields
+// of the same names for what each means and its default.
+type Limits struct {
+	MaxBytes           int64
+	WhenFull           WhenFull
+	MaxAge             time.Duration
+	MaxDeadLetterBytes int64
+}
+
+func (o *Options) limits() Limits {
+	return Limits{MaxBytes: o.MaxBytes, WhenFull: o.WhenFull, MaxAge: o.MaxAge, MaxDeadLetterBytes: o.MaxDeadLetterBytes}
+}
+
+// SetLimits changes the limits of a running buffer (a configuration
+// reload). The next commit applies them: records over a lowered MaxBytes
+// or MaxAge are dropped then, oldest first, and counted as always; appends
+// held by Block go on as the room grows.
+func (b *Buffer) SetLimits(l Limits) {
+	if l.MaxDeadLetterBytes == 0 {
+		l.MaxDeadLetterBytes = defaultMaxDeadLetterBytes
+	}
+	b.lim.Store(&l)
+	b.signal()
 }

@@ -165,7 +165,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	defer serveAdmin(ctx, a.Buffer(), statusFunc(cfg, a), log)()
 	defer serveMetrics(ctx, cfg.Admin.Listen, m, log)()
 	defer notifySystemd(ctx, a, watchdog, log)()
-	defer reloadOnHUP(ctx, path, cfg, level, a.SetRoutes, log)()
+	defer reloadOnHUP(ctx, path, cfg, level, a, log)()
 	if err := a.Run(ctx); err != nil {
 		log.Error("ferry failed", "err", err)
 		return exitFailure

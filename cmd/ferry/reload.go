@@ -18,16 +18,23 @@ import (
 	"github.com/ferry-edge/ferry/config"
 )
 
+// live is what a reload changes in the running agent (*agent.Agent).
+type live interface {
+	SetRoutes(*config.Config) error
+	SetLimits(*config.Config)
+}
+
 // reloadOnHUP re-reads the configuration file at path on every SIGHUP
 // (systemctl reload ferry) until ctx is done or stop is called. What can
-// change live changes: log.level, and forward.routes through setRoutes
-// (records read from the buffer from then on follow the new routes;
-// nothing is dropped or reordered). Any other change needs a restart: it
-// is refused with a log line naming each key, and the running
-// configuration stays, as it does when the file is invalid (the log says
-// why, with file:line:column). stop returns once SIGHUP is no longer
-// handled.
-func reloadOnHUP(ctx context.Context, path string, running *config.Config, level *slog.LevelVar, setRoutes func(*config.Config) error, log *slog.Logger) (stop func()) {
+// change live changes: log.level; forward.routes (records read from the
+// buffer from then on follow the new routes; nothing is dropped or
+// reordered); and the buffer's max_bytes, max_age and
+// max_dead_letter_bytes (applied at the next commit). Any other change
+// needs a restart: it is refused with a log line naming each key, and the
+// running configuration stays, as it does when the file is invalid (the
+// log says why, with file:line:column). stop returns once SIGHUP is no
+// longer handled.
+func reloadOnHUP(ctx context.Context, path string, running *config.Config, level *slog.LevelVar, agent live, log *slog.Logger) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	ctx, cancel := context.WithCancel(ctx)
@@ -42,7 +49,7 @@ func reloadOnHUP(ctx context.Context, path string, running *config.Config, level
 				return
 			case <-hup:
 				daemon.SdNotify(false, "RELOADING=1")
-				cur = reload(path, cur, level, setRoutes, log)
+				cur = reload(path, cur, level, agent, log)
 				daemon.SdNotify(false, "READY=1")
 			}
 		}
@@ -52,7 +59,7 @@ func reloadOnHUP(ctx context.Context, path string, running *config.Config, level
 
 // reload applies what it can of the file at path to cur and returns the
 // configuration now in force.
-func reload(path string, cur config.Config, level *slog.LevelVar, setRoutes func(*config.Config) error, log *slog.Logger) config.Config {
+func reload(path string, cur config.Config, level *slog.LevelVar, agent live, log *slog.Logger) config.Config {
 	next, err := config.Load(path)
 	if err != nil {
 		log.Error("reload: invalid configuration; the running one stays", "err", strings.ReplaceAll(err.Error(), "\n", "; "))
@@ -65,7 +72,7 @@ func reload(path string, cur config.Config, level *slog.LevelVar, setRoutes func
 	}
 	changed := false
 	if !reflect.DeepEqual(next.Forward.Routes, cur.Forward.Routes) {
-		if err := setRoutes(next); err != nil {
+		if err := agent.SetRoutes(next); err != nil {
 			log.Error("reload: the new routes were refused; the running configuration stays", "err", err)
 			return cur
 		}
@@ -74,6 +81,13 @@ func reload(path string, cur config.Config, level *slog.LevelVar, setRoutes func
 		}
 		log.Info("reload: routes changed; records read from now on follow them", "routes", len(next.Forward.Routes))
 		cur.Forward.Routes = next.Forward.Routes
+		changed = true
+	}
+	if b, n := cur.Buffer, next.Buffer; b.MaxBytes != n.MaxBytes || b.MaxAge != n.MaxAge || b.MaxDeadLetterBytes != n.MaxDeadLetterBytes {
+		agent.SetLimits(next)
+		log.Info("reload: buffer limits changed; the next commit applies them",
+			"max_bytes", n.MaxBytes, "max_age", n.MaxAge, "max_dead_letter_bytes", n.MaxDeadLetterBytes)
+		cur.Buffer.MaxBytes, cur.Buffer.MaxAge, cur.Buffer.MaxDeadLetterBytes = n.MaxBytes, n.MaxAge, n.MaxDeadLetterBytes
 		changed = true
 	}
 	if next.Log.Level != cur.Log.Level {
@@ -92,11 +106,15 @@ func reload(path string, cur config.Config, level *slog.LevelVar, setRoutes func
 }
 
 // restartKeys lists the keys, as dotted paths, in which next differs from
-// cur other than those that change live (log.level, forward.routes).
+// cur other than those that change live (log.level, forward.routes, the
+// buffer's max_bytes, max_age and max_dead_letter_bytes).
 func restartKeys(cur, next *config.Config) []string {
 	a, b := *cur, *next
 	a.Log.Level, b.Log.Level = "", ""
 	a.Forward.Routes, b.Forward.Routes = nil, nil
+	a.Buffer.MaxBytes, b.Buffer.MaxBytes = 0, 0
+	a.Buffer.MaxAge, b.Buffer.MaxAge = 0, 0
+	a.Buffer.MaxDeadLetterBytes, b.Buffer.MaxDeadLetterBytes = 0, 0
 	a.Warnings, b.Warnings = nil, nil
 	if reflect.DeepEqual(a, b) {
 		return nil

@@ -16,9 +16,9 @@ import (
 
 // TestReloadOnSIGHUP changes the file under a running ferry and sends
 // SIGHUP: the log level changes live, and so do the routes (a message
-// published after the reload goes to the new route's topic); a buffer path
-// change is refused by name; an invalid file is refused with its position;
-// ferry runs on.
+// published after the reload goes to the new route's topic) and the
+// buffer's limits; a buffer path change is refused by name; an invalid file
+// is refused with its position; ferry runs on.
 func TestReloadOnSIGHUP(t *testing.T) {
 	broker := testenv.NewBroker(t)
 	kafka := testenv.NewKafka(t)
@@ -67,6 +67,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		}
 		fs.EachRecord(func(r *kgo.Record) { got = got || string(r.Value) == "after the reload" })
 	}
+	hup(strings.Replace(string(orig), "buffer:\n", "buffer:\n  max_bytes: 512MiB\n  max_age: 36h\n", 1), `msg="reload: buffer limits changed; the next commit applies them" max_bytes=512MiB max_age=36h0m0s`)
 	hup(strings.Replace(string(orig), "buffer.db", "other.db", 1), `keys=buffer.path`)
 	hup("mqtt:\n  url: 42\n", "reload: invalid configuration; the running one stays")
 	if !strings.Contains(ferry.logText(), "ferry.yaml:") {

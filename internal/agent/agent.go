@@ -110,17 +110,16 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 // openBuffer opens the buffer with the configured limits. A corrupt file is
 // moved aside and a new buffer started, loudly, unless on_corrupt is fail.
 func openBuffer(c config.Buffer, log *slog.Logger) (*buffer.Buffer, error) {
+	lim := bufferLimits(c)
 	opts := buffer.Options{
-		MaxBytes: int64(c.MaxBytes),
-		MaxAge:   c.MaxAge,
-		Logger:   log.With("component", "buffer"),
+		MaxBytes:           lim.MaxBytes,
+		MaxAge:             lim.MaxAge,
+		MaxDeadLetterBytes: lim.MaxDeadLetterBytes,
+		WhenFull:           lim.WhenFull,
+		Logger:             log.With("component", "buffer"),
 	}
-	opts.MaxDeadLetterBytes = c.DeadLetterLimit()
 	if c.Sync == "interval" {
 		opts.SyncInterval = c.SyncInterval
-	}
-	if c.WhenFull == "block" {
-		opts.WhenFull = buffer.Block
 	}
 	// bbolt never shrinks its file: after a long outage drained, give the
 	// space back before opening.
@@ -230,6 +229,20 @@ func routes(rs []config.Route) ([]forward.Route, error) {
 	}
 	return out, nil
 }
+
+// bufferLimits maps the configuration's buffer limits.
+func bufferLimits(c config.Buffer) buffer.Limits {
+	l := buffer.Limits{MaxBytes: int64(c.MaxBytes), MaxAge: c.MaxAge, MaxDeadLetterBytes: c.DeadLetterLimit()}
+	if c.WhenFull == "block" {
+		l.WhenFull = buffer.Block
+	}
+	return l
+}
+
+// SetLimits puts the buffer limits of cfg (max_bytes, max_age,
+// max_dead_letter_bytes) in force in the running buffer (a reload); the
+// next commit applies them.
+func (a *Agent) SetLimits(cfg *config.Config) { a.buf.SetLimits(bufferLimits(cfg.Buffer)) }
 
 // SetRoutes puts the routes of cfg in force in the running forwarder (a
 // reload): records read from the buffer from then on follow them.
