@@ -201,6 +201,9 @@ type Stats struct {
 	// ID identifies the buffer's log (see Buffer.ID).
 	ID      string
 	Commits uint64 // write transactions since Open
+	// Full reports that appends wait for room: WhenFull is Block and the
+	// buffer is at MaxBytes.
+	Full bool
 	// CorruptFiles is how many damaged buffer files lie moved aside next to
 	// this one (path.corrupt-*, see OpenOrMoveAside), as found at Open:
 	// records in them were not delivered by this buffer.
@@ -429,9 +432,11 @@ func (b *Buffer) signal() {
 
 // Stats returns the buffer's counters.
 func (b *Buffer) Stats() Stats {
+	full := b.full() // takes b.mu itself
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := Stats{
+		Full:              full,
 		Records:           b.st.count,
 		Bytes:             b.st.bytes,
 		LastSeq:           b.st.next - 1,

@@ -66,6 +66,8 @@ type pass struct {
 	// their records wait outside the window, as sequence numbers.
 	parked map[string]*parkedTopic
 
+	routesGen uint64 // the forwarder's routesGen as last seen
+
 	attempt int       // consecutive chunks that failed with a retriable error
 	waitTil time.Time // no chunk before this (backoff)
 }
@@ -260,10 +262,7 @@ func (p *pass) admit(rec *buffer.Record) *slot {
 	switch {
 	case kr == nil:
 		s.state = settled
-		n := f.unrouted.Add(1)
-		if n&(n-1) == 0 { // 1, 2, 4, 8, ...: rate-limited
-			f.log.Warn("record matches no route; dropped", "mqtt_topic", rec.Topic, "seq", rec.Seq, "dropped_total", n)
-		}
+		p.countUnrouted(rec)
 	case s.size > f.cfg.MaxRecordBytes:
 		p.deadLetter(s, ReasonTooLarge, fmt.Errorf("record of %d bytes exceeds the %d-byte limit", s.size, f.cfg.MaxRecordBytes))
 	default:
@@ -272,6 +271,14 @@ func (p *pass) admit(rec *buffer.Record) *slot {
 		}
 	}
 	return s
+}
+
+// countUnrouted counts and logs (rate-limited) a record no route matches.
+func (p *pass) countUnrouted(rec *buffer.Record) {
+	n := p.f.unrouted.Add(1)
+	if n&(n-1) == 0 { // 1, 2, 4, 8, ...: rate-limited
+		p.f.log.Warn("record matches no route; dropped", "mqtt_topic", rec.Topic, "seq", rec.Seq, "dropped_total", n)
+	}
 }
 
 // hasWork reports whether the window holds a record to produce.

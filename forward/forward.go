@@ -175,7 +175,8 @@ type Forwarder struct {
 	deadMu sync.Mutex
 	dead   map[buffer.Reason]uint64
 
-	routes atomic.Pointer[[]Route] // cfg.Routes, or what SetRoutes set since
+	routes    atomic.Pointer[[]Route] // cfg.Routes, or what SetRoutes set since
+	routesGen atomic.Uint64           // SetRoutes calls
 }
 
 // New checks cfg and returns a Forwarder ready to Run.

@@ -77,6 +77,12 @@ func (p *pass) countParked() {
 // the records of those missing for too long, and feeds the draining ones
 // back into the window.
 func (p *pass) tendParked(ctx context.Context, now time.Time) {
+	if gen := p.f.routesGen.Load(); gen != p.routesGen {
+		p.routesGen = gen
+		for _, pt := range p.parked { // new routes: read them again and route them anew
+			pt.draining = true
+		}
+	}
 	var due []string
 	for t, pt := range p.parked {
 		switch {
@@ -181,8 +187,8 @@ func (p *pass) feed(ctx context.Context) {
 
 // slotFor routes a record read back for a draining topic into a new slot,
 // with its own copy of the payload (the rest of the Read is not kept). A
-// record too large for Kafka is dead-lettered instead (nil), as admit
-// would have done had the topic not been parked.
+// record the routes no longer match is counted as unrouted, one with an
+// invalid topic or too large for Kafka dead-lettered, as admit does (nil).
 func (p *pass) slotFor(rec *buffer.Record) *slot {
 	if len(p.slab) == 0 {
 		p.slab = make([]slot, slabSize)
@@ -190,8 +196,14 @@ func (p *pass) slotFor(rec *buffer.Record) *slot {
 	s := &p.slab[0]
 	routed, vals := p.f.route(rec, &s.rec, s.hdrs[:0], s.buf[:0], p.vals)
 	p.vals = vals
-	if !routed { // only routed records are parked, and routes do not change while ferry runs
+	if !routed { // the routes changed (a reload) and match it no more
 		s.rec = kgo.Record{}
+		p.countUnrouted(rec)
+		return nil
+	}
+	if err := validTopic(s.rec.Topic); err != nil {
+		s.rec = kgo.Record{}
+		p.deadLetterSeq(rec.Seq, ReasonInvalidTopic, fmt.Errorf("MQTT topic %q: %w", rec.Topic, err))
 		return nil
 	}
 	if n := recordSize(&s.rec); n > p.f.cfg.MaxRecordBytes {

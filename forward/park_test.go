@@ -3,6 +3,7 @@ package forward
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -110,4 +111,38 @@ func TestParkedTopicDrainsWithoutNewRecords(t *testing.T) {
 		}
 	}
 	waitFor(t, "the buffer to drain", func() bool { return b.Stats().Records == 0 })
+}
+
+// Records waiting for a missing topic follow new routes set while they
+// wait (a reload that fixes the topic name): they go to the new topic, in
+// order, and nothing is left behind or dropped uncounted.
+func TestParkedRecordsFollowNewRoutes(t *testing.T) {
+	c := newPartitionedCluster(t, 1, "telemetry.fixed")
+	b := newBuffer(t)
+	for i := range 30 {
+		if _, err := b.AppendWait(context.Background(), &buffer.Record{Topic: "s/dev", Payload: fmt.Appendf(nil, "%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/{device}", "telemetry.typo", "{device}")},
+		MaxBufferedRecords: 20, UnknownTopicTimeout: -1}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, f)
+	defer stop()
+	waitFor(t, "the missing topic to be reported", func() bool { return strings.Contains(f.Stats().LastError, "UNKNOWN_TOPIC") })
+	if err := f.SetRoutes([]Route{route(t, "s/{device}", "telemetry.fixed", "{device}")}); err != nil {
+		t.Fatal(err)
+	}
+	recs := consume(t, c, "telemetry.fixed", 30)
+	for i, r := range recs {
+		if string(r.Value) != fmt.Sprint(i) {
+			t.Fatalf("record %d is %q: out of order", i, r.Value)
+		}
+	}
+	waitFor(t, "the buffer to drain", func() bool { return b.Stats().Records == 0 })
+	if st := f.Stats(); st.Unrouted != 0 || len(st.DeadLettered) != 0 {
+		t.Fatalf("stats %+v", st)
+	}
 }

@@ -35,14 +35,17 @@ const (
 
 // SetRoutes replaces the routes while the forwarder runs (a configuration
 // reload). Records read from the buffer from then on are routed by the new
-// ones; those already read keep their routing, so nothing is dropped or
-// reordered on the way. It fails, changing nothing, on an empty list.
+// ones; those in flight keep their routing. Records waiting for a topic
+// that does not exist are read again and follow the new routes (which may
+// send them elsewhere, or nowhere: then they are counted as unrouted). It
+// fails, changing nothing, on an empty list.
 func (f *Forwarder) SetRoutes(routes []Route) error {
 	if len(routes) == 0 {
 		return errors.New("forward: no routes")
 	}
 	routes = slices.Clone(routes)
 	f.routes.Store(&routes)
+	f.routesGen.Add(1)
 	return nil
 }
 

@@ -140,6 +140,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if !ok {
 		return exitUsage
 	}
+	// SIGHUP's default action ends the process: until the reload handler
+	// is in place (and after it is gone, during the clean stop) ignore it.
+	signal.Ignore(syscall.SIGHUP)
 	level := new(slog.LevelVar)
 	log := newLogger(cfg.Log, level, stderr)
 	for _, w := range cfg.Warnings {

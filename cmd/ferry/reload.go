@@ -22,6 +22,7 @@ import (
 type live interface {
 	SetRoutes(*config.Config) error
 	SetLimits(*config.Config)
+	Ready() (bool, string)
 }
 
 // reloadOnHUP re-reads the configuration file at path on every SIGHUP
@@ -41,16 +42,27 @@ func reloadOnHUP(ctx context.Context, path string, running *config.Config, level
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		defer signal.Stop(hup)
+		defer func() {
+			signal.Stop(hup)
+			signal.Ignore(syscall.SIGHUP) // not the default action (exit) during the clean stop
+		}()
 		cur := *running
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				daemon.SdNotify(false, "RELOADING=1")
+				// RELOADING=1 ... READY=1 frames the reload for systemd,
+				// but only once ferry was ready: READY=1 must not come
+				// before the buffer is open and the subscriptions granted.
+				ready, _ := agent.Ready()
+				if ready {
+					daemon.SdNotify(false, "RELOADING=1")
+				}
 				cur = reload(path, cur, level, agent, log)
-				daemon.SdNotify(false, "READY=1")
+				if ready {
+					daemon.SdNotify(false, "READY=1")
+				}
 			}
 		}
 	}()

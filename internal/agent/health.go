@@ -26,8 +26,8 @@ func (a *Agent) Ready() (ok bool, why string) {
 // buffer's committer has had appends waiting and committed nothing, or the
 // forwarder has had records waiting, delivered nothing and reported no
 // Kafka error, for longer than Options.StallLimit. Kafka being down is
-// healthy (the records wait in the buffer), and so is a full buffer with
-// when_full: block while Kafka is down. Each call is an observation:
+// healthy (the records wait in the buffer), and so is a buffer full with
+// when_full: block (appends wait for room) while Kafka is down. Each call is an observation:
 // call it at least a few times per StallLimit.
 func (a *Agent) Healthy() (ok bool, why string) {
 	return a.health.observe(a.Snapshot(), time.Now())
@@ -56,7 +56,7 @@ func (h *health) observe(s Snapshot, now time.Time) (bool, string) {
 	if s.Received > s.Committed {
 		waiting = s.Received - s.Committed
 	}
-	if waiting == 0 || s.BufferCommits != h.last.BufferCommits || (h.block && kafkaDown) {
+	if waiting == 0 || s.BufferCommits != h.last.BufferCommits || (h.block && s.bufferFull && kafkaDown) {
 		h.commitAt = now
 	}
 	if s.BufferRecords == 0 || s.forwardedDone != h.last.forwardedDone || kafkaDown {

@@ -19,7 +19,9 @@ func TestHealthJudgement(t *testing.T) {
 	}
 	stuckForward := Snapshot{BufferRecords: 10, forwardedDone: 3}
 	kafkaDown := Snapshot{BufferRecords: 10, forwardedDone: 3, KafkaError: "dial tcp: connection refused"}
-	fullBlocked := Snapshot{Received: 500, Committed: 400, BufferCommits: 7, BufferRecords: 400, KafkaError: "dial tcp: connection refused"}
+	fullBlocked := Snapshot{Received: 500, Committed: 400, BufferCommits: 7, BufferRecords: 400, KafkaError: "dial tcp: connection refused", bufferFull: true}
+	notFull := fullBlocked // block, Kafka down, but room in the buffer: a hung disk
+	notFull.bufferFull = false
 
 	for _, tc := range []struct {
 		name  string
@@ -35,6 +37,7 @@ func TestHealthJudgement(t *testing.T) {
 		{"Kafka down is buffering, not stuck", false, func(int) Snapshot { return kafkaDown }, ""},
 		{"block at max_bytes while Kafka is down", true, func(int) Snapshot { return fullBlocked }, ""},
 		{"no block: the same is a stuck committer", false, func(int) Snapshot { return fullBlocked }, "buffer committer stuck"},
+		{"block, Kafka down, room left: a stuck committer", true, func(int) Snapshot { return notFull }, "buffer committer stuck"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := health{limit: 3 * time.Second, block: tc.block}

@@ -43,6 +43,7 @@ type Snapshot struct {
 	KafkaError    string `json:"kafka_error"`   // what forwarding is retrying; "" when healthy
 	KafkaConns    int64  `json:"kafka_conns"`   // open connections to brokers (needs Hooks.Kafka: set by New)
 	forwardedDone uint64 // delivered + unrouted + dead-lettered: records the forwarder finished
+	bufferFull    bool   // when_full: block and at max_bytes: appends wait for room
 }
 
 // Snapshot reads every stage's counters.
@@ -83,6 +84,7 @@ func (a *Agent) Snapshot() Snapshot {
 		dead += n
 	}
 	s.forwardedDone = f.Delivered + f.Unrouted + dead
+	s.bufferFull = b.Full
 	return s
 }
 
