@@ -67,7 +67,10 @@ func benchRoutes(b *testing.B) []Route {
 
 func benchPlain(b *testing.B, rtt time.Duration) {
 	k := benchKafka(b, rtt)
-	f := &Forwarder{cfg: Config{Routes: benchRoutes(b), GatewayID: "gw"}, gateway: []byte("gw"), bufferID: []byte("0123456789abcdef")}
+	f := &Forwarder{cfg: Config{GatewayID: "gw"}, gateway: []byte("gw"), bufferID: []byte("0123456789abcdef")}
+	if err := f.SetRoutes(benchRoutes(b)); err != nil {
+		b.Fatal(err)
+	}
 	recs := make([]*kgo.Record, b.N)
 	var vals []string
 	for i := range recs {
