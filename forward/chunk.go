@@ -158,31 +158,23 @@ func (p *pass) fill(ctx context.Context, prefetch bool) error {
 		if records == 0 || room == 0 {
 			return nil
 		}
-		readCtx := ctx
+		readCtx, cancel := ctx, func() {}
 		if work {
-			// Only what is there now; never wait while records wait to go.
-			if p.f.src.Stats().LastSeq <= p.after {
-				if prefetch {
-					return nil
-				}
-				return p.linger(ctx)
-			}
-		}
-		cancel := func() {}
-		switch next, ok := p.nextRetry(); {
-		case work:
-			readCtx = noWait // what is there; records that turn out unreadable must not make it wait
-		case ok:
+			readCtx = noWait // only what is there now: never wait while records wait to go
+		} else if next, ok := p.nextRetry(); ok {
 			readCtx, cancel = context.WithDeadline(ctx, next)
 		}
 		var err error
 		p.recs, err = p.f.src.Read(readCtx, p.after, min(records, maxRead), room, p.recs)
 		cancel()
 		if err != nil {
-			if readCtx != ctx && readCtx.Err() != nil && ctx.Err() == nil {
-				return nil // nothing now, or a parked topic's retry is due
+			if readCtx == ctx || ctx.Err() != nil {
+				return fmt.Errorf("forward: %w: %w", errSource, err)
 			}
-			return fmt.Errorf("forward: %w: %w", errSource, err)
+			if work && !prefetch {
+				return p.linger(ctx) // nothing more now
+			}
+			return nil // nothing more now, or a parked topic's retry is due
 		}
 		kept, setAside := p.kept[:0], false
 		for i := range p.recs {
@@ -243,7 +235,7 @@ func (p *pass) admit(rec *buffer.Record) *slot {
 	s := &p.slab[0] // taken only if the record enters the window
 	routed, vals := f.route(rec, &s.rec, s.hdrs[:0], s.buf[:0], p.vals)
 	p.vals = vals
-	if routed {
+	if routed && len(p.parked) > 0 {
 		if pt := p.parked[s.rec.Topic]; pt != nil && validTopic(s.rec.Topic) == nil {
 			pt.seqs = append(pt.seqs, rec.Seq) // waits with the topic's other records
 			s.rec = kgo.Record{}

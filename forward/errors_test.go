@@ -57,20 +57,26 @@ func answerPoison(c *kfake.Cluster, code int16, times int64) *atomic.Int64 {
 			return nil, nil, false
 		}
 		n.Add(1)
-		resp := req.ResponseKind().(*kmsg.ProduceResponse)
-		for _, rt := range req.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic, st.TopicID = rt.Topic, rt.TopicID
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition, sp.ErrorCode, sp.BaseOffset = rp.Partition, code, -1
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
+		return refuse(req, func(kmsg.ProduceRequestTopicPartition) int16 { return code }), nil, true
 	})
 	return &n
+}
+
+// refuse answers req with the error code code gives each partition,
+// writing nothing.
+func refuse(req *kmsg.ProduceRequest, code func(kmsg.ProduceRequestTopicPartition) int16) *kmsg.ProduceResponse {
+	resp := req.ResponseKind().(*kmsg.ProduceResponse)
+	for _, rt := range req.Topics {
+		st := kmsg.NewProduceResponseTopic()
+		st.Topic, st.TopicID = rt.Topic, rt.TopicID
+		for _, rp := range rt.Partitions {
+			sp := kmsg.NewProduceResponseTopicPartition()
+			sp.Partition, sp.ErrorCode, sp.BaseOffset = rp.Partition, code(rp), -1
+			st.Partitions = append(st.Partitions, sp)
+		}
+		resp.Topics = append(resp.Topics, st)
+	}
+	return resp
 }
 
 // checkDelivery reads topic t (one partition) and checks that the records
@@ -266,7 +272,7 @@ func TestNetworkResetAndSilentBrokerMakeNoDuplicates(t *testing.T) {
 			t.Fatal(err)
 		}
 		stop := run(t, f)
-		waitFor(t, "the stall to be reported", func() bool { return errors.Is(errStalledText(f.Stats().LastError), errStalled) })
+		waitFor(t, "the stall to be reported", func() bool { return strings.HasPrefix(f.Stats().LastError, errStalled.Error()) })
 		if n := f.Stats().InFlight; n == 0 {
 			t.Fatal("no records in flight while Kafka is silent: were they abandoned?")
 		}
@@ -276,13 +282,6 @@ func TestNetworkResetAndSilentBrokerMakeNoDuplicates(t *testing.T) {
 		waitFor(t, "the error to clear", func() bool { return f.Stats().LastError == "" })
 		stop()
 	})
-}
-
-func errStalledText(s string) error {
-	if len(s) >= len(errStalled.Error()) && s[:len(errStalled.Error())] == errStalled.Error() {
-		return errStalled
-	}
-	return errors.New(s)
 }
 
 // A route whose capture makes an invalid topic name (a space, or an empty
@@ -616,21 +615,12 @@ func TestTopicRefusedInProduceResponsesIsDeadLetteredWhole(t *testing.T) {
 		if !denied {
 			return nil, nil, false
 		}
-		resp := req.ResponseKind().(*kmsg.ProduceResponse)
-		for _, rt := range req.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic, st.TopicID = rt.Topic, rt.TopicID
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition, sp.BaseOffset = rp.Partition, -1
-				sp.ErrorCode = kerr.TopicAuthorizationFailed.Code
-				if !bytes.Contains(rp.Records, []byte("DENIED")) {
-					sp.ErrorCode = kerr.NotLeaderForPartition.Code // retried: this partition was not refused
-				}
-				st.Partitions = append(st.Partitions, sp)
+		resp := refuse(req, func(rp kmsg.ProduceRequestTopicPartition) int16 {
+			if !bytes.Contains(rp.Records, []byte("DENIED")) {
+				return kerr.NotLeaderForPartition.Code // retried: this partition was not refused
 			}
-			resp.Topics = append(resp.Topics, st)
-		}
+			return kerr.TopicAuthorizationFailed.Code
+		})
 		return resp, nil, true
 	})
 	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/ok", "t", "ok"), route(t, "s/{device}", "{device}", "{device}")}}, b)
