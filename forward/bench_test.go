@@ -75,7 +75,7 @@ func benchPlain(b *testing.B, rtt time.Duration) {
 	var vals []string
 	for i := range recs {
 		recs[i] = new(kgo.Record)
-		_, vals = f.route(benchRecord(i), recs[i], nil, nil, vals)
+		_, vals = f.route(*f.routes.Load(), benchRecord(i), recs[i], nil, nil, vals)
 	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(k.Brokers()...), kgo.MaxBufferedRecords(10000))
 	if err != nil {

@@ -64,9 +64,11 @@ type pass struct {
 	known map[string]bool
 	// parked holds the topics Kafka said do not exist (see park.go):
 	// their records wait outside the window, as sequence numbers.
-	parked map[string]*parkedTopic
+	parked      map[string]*parkedTopic
+	parkedSince map[string]time.Time // when topics rerouted (see reroute) went missing
 
-	routesGen uint64 // the forwarder's routesGen as last seen
+	routes    []Route // the routes in force for this pass (see followRoutes)
+	routesGen uint64  // the forwarder's routesGen they came with
 
 	attempt int       // consecutive chunks that failed with a retriable error
 	waitTil time.Time // no chunk before this (backoff)
@@ -75,9 +77,10 @@ type pass struct {
 func newPass(f *Forwarder, cl *kgo.Client) *pass {
 	return &pass{
 		f: f, cl: cl,
-		w:      newWindow(f.cfg.MaxBufferedRecords, f.cfg.MaxBufferedBytes),
-		parked: map[string]*parkedTopic{},
-		known:  map[string]bool{},
+		w:           newWindow(f.cfg.MaxBufferedRecords, f.cfg.MaxBufferedBytes),
+		parked:      map[string]*parkedTopic{},
+		parkedSince: map[string]time.Time{},
+		known:       map[string]bool{},
 
 		refusals: map[string]int{},
 	}
@@ -94,6 +97,7 @@ const slabSize = 256
 func (p *pass) run(ctx context.Context) error {
 	wait := backoff(250*time.Millisecond, 30*time.Second)
 	for {
+		p.followRoutes()
 		// With records ready to go (and no Linger to wait out), the next
 		// chunk goes out at once and the window is topped up while it is
 		// in flight (see produce); otherwise wait here for records.
@@ -154,6 +158,8 @@ func (p *pass) run(ctx context.Context) error {
 func (p *pass) fill(ctx context.Context, prefetch bool) error {
 	work := prefetch || p.hasWork()
 	for {
+		p.followRoutes()
+		work = work || p.draining() // a draining topic is fed after fill: do not wait here
 		records, room := p.w.room()
 		if records == 0 || room == 0 {
 			return nil
@@ -176,6 +182,7 @@ func (p *pass) fill(ctx context.Context, prefetch bool) error {
 			}
 			return nil // nothing more now, or a parked topic's retry is due
 		}
+		p.followRoutes() // records read now follow the routes in force now
 		kept, setAside := p.kept[:0], false
 		for i := range p.recs {
 			switch s := p.admit(&p.recs[i]); {
@@ -233,10 +240,14 @@ func (p *pass) admit(rec *buffer.Record) *slot {
 		p.slab = make([]slot, slabSize) // one allocation for many records
 	}
 	s := &p.slab[0] // taken only if the record enters the window
-	routed, vals := f.route(rec, &s.rec, s.hdrs[:0], s.buf[:0], p.vals)
+	routed, vals := f.route(p.routes, rec, &s.rec, s.hdrs[:0], s.buf[:0], p.vals)
 	p.vals = vals
 	if routed && len(p.parked) > 0 {
-		if pt := p.parked[s.rec.Topic]; pt != nil && validTopic(s.rec.Topic) == nil {
+		pt := p.parked[rerouteKey] // while a reroute drains, everything waits behind it
+		if pt == nil && validTopic(s.rec.Topic) == nil {
+			pt = p.parked[s.rec.Topic]
+		}
+		if pt != nil {
 			pt.seqs = append(pt.seqs, rec.Seq) // waits with the topic's other records
 			s.rec = kgo.Record{}
 			return nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -41,6 +42,10 @@ func (p *pass) park(topic string, err error, now time.Time) {
 			p.parked[topic] = pt
 		}
 		pt.since, pt.draining, pt.attempt = now, false, 0
+		if since, ok := p.parkedSince[topic]; ok { // parked before a reroute: still missing since then
+			pt.since = since
+			delete(p.parkedSince, topic)
+		}
 		p.f.log.Error("Kafka topic does not exist; its records wait in the buffer, other topics go on",
 			"topic", topic, "dead_letter_after", p.f.cfg.UnknownTopicTimeout, "err", err)
 	}
@@ -77,12 +82,6 @@ func (p *pass) countParked() {
 // the records of those missing for too long, and feeds the draining ones
 // back into the window.
 func (p *pass) tendParked(ctx context.Context, now time.Time) {
-	if gen := p.f.routesGen.Load(); gen != p.routesGen {
-		p.routesGen = gen
-		for _, pt := range p.parked { // new routes: read them again and route them anew
-			pt.draining = true
-		}
-	}
 	var due []string
 	for t, pt := range p.parked {
 		switch {
@@ -131,6 +130,45 @@ func (p *pass) tendParked(ctx context.Context, now time.Time) {
 	p.countParked()
 }
 
+// followRoutes takes up routes SetRoutes set since the last call: the pass
+// routes by its own copy, changed only here, together with the reroute of
+// what waits, so no record routed by new routes overtakes one that waits.
+func (p *pass) followRoutes() {
+	gen := p.f.routesGen.Load()
+	if gen == p.routesGen {
+		return
+	}
+	first := p.routes == nil
+	p.routesGen, p.routes = gen, *p.f.routes.Load() // at least as new as gen
+	if !first {
+		p.reroute()
+	}
+}
+
+// rerouteKey names the backlog of records to route anew after SetRoutes:
+// no topic is called "".
+const rerouteKey = ""
+
+// reroute puts every parked record into one backlog, to be read back and
+// routed by the new routes, in sequence order; until it has drained,
+// records read from the buffer join it too (see admit), so nothing routed
+// by the new routes overtakes an older record. Each topic's missing-since
+// time is kept for when it is parked again.
+func (p *pass) reroute() {
+	var all []uint64
+	for t, pt := range p.parked {
+		all = append(all, pt.seqs...)
+		if t != rerouteKey && !pt.draining {
+			p.parkedSince[t] = pt.since
+		}
+		delete(p.parked, t)
+	}
+	if len(all) > 0 {
+		slices.Sort(all)
+		p.parked[rerouteKey] = &parkedTopic{seqs: all, draining: true}
+	}
+}
+
 // feed reads the draining topics' records back into the window, oldest
 // first, as far as it has room; a topic whose list is empty is no longer
 // parked.
@@ -172,9 +210,16 @@ func (p *pass) feed(ctx context.Context) {
 					continue // another record
 				}
 				pt.seqs = pt.seqs[1:]
-				if s := p.slotFor(rec); s != nil {
-					in = append(in, s)
+				s := p.slotFor(rec)
+				if s == nil {
+					continue
 				}
+				if to := p.parked[s.rec.Topic]; t == rerouteKey && to != nil && to != pt {
+					to.seqs = append(to.seqs, s.seq) // rerouted to a topic that waits: wait with it
+					s.state, s.kr, s.rec = settled, nil, kgo.Record{}
+					continue
+				}
+				in = append(in, s)
 			}
 			clear(p.recs)
 		}
@@ -194,7 +239,7 @@ func (p *pass) slotFor(rec *buffer.Record) *slot {
 		p.slab = make([]slot, slabSize)
 	}
 	s := &p.slab[0]
-	routed, vals := p.f.route(rec, &s.rec, s.hdrs[:0], s.buf[:0], p.vals)
+	routed, vals := p.f.route(p.routes, rec, &s.rec, s.hdrs[:0], s.buf[:0], p.vals)
 	p.vals = vals
 	if !routed { // the routes changed (a reload) and match it no more
 		s.rec = kgo.Record{}
@@ -215,6 +260,16 @@ func (p *pass) slotFor(rec *buffer.Record) *slot {
 	p.slab = p.slab[1:]
 	s.seq, s.kr, s.size, s.state = rec.Seq, &s.rec, recordSize(&s.rec), pending
 	return s
+}
+
+// draining reports whether records of a draining topic wait to be fed.
+func (p *pass) draining() bool {
+	for _, pt := range p.parked {
+		if pt.draining && len(pt.seqs) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // parkedFloor is the oldest record of a parked topic (the window must not

@@ -37,8 +37,9 @@ const (
 // reload). Records read from the buffer from then on are routed by the new
 // ones; those in flight keep their routing. Records waiting for a topic
 // that does not exist are read again and follow the new routes (which may
-// send them elsewhere, or nowhere: then they are counted as unrouted). It
-// fails, changing nothing, on an empty list.
+// send them elsewhere, or nowhere: then they are counted as unrouted),
+// ahead of any record read after them. It fails, changing nothing, on an
+// empty list.
 func (f *Forwarder) SetRoutes(routes []Route) error {
 	if len(routes) == 0 {
 		return errors.New("forward: no routes")
@@ -56,12 +57,11 @@ type Route struct {
 	Key   *topic.Template // nil: no key (records are partitioned by MQTT topic)
 }
 
-// route fills kr with the Kafka record for rec and reports whether a route
-// matched. vals is scratch space for captures. The headers go into hdrs and
+// route fills kr with the Kafka record for rec by the first of routes that
+// matches, and reports whether one did. vals is scratch space for captures. The headers go into hdrs and
 // the short header values and key into buf when they fit (a slot's own
 // arrays: no allocation for the common record), else into new memory.
-func (f *Forwarder) route(rec *buffer.Record, kr *kgo.Record, hdrs []kgo.RecordHeader, buf []byte, vals []string) (bool, []string) {
-	routes := *f.routes.Load()
+func (f *Forwarder) route(routes []Route, rec *buffer.Record, kr *kgo.Record, hdrs []kgo.RecordHeader, buf []byte, vals []string) (bool, []string) {
 	for i := range routes {
 		r := &routes[i]
 		var ok bool

@@ -42,10 +42,9 @@ func reloadOnHUP(ctx context.Context, path string, running *config.Config, level
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		defer func() {
-			signal.Stop(hup)
-			signal.Ignore(syscall.SIGHUP) // not the default action (exit) during the clean stop
-		}()
+		// Ignore also undoes Notify, with no moment in between when
+		// SIGHUP's default action (exit) applies: the clean stop goes on.
+		defer signal.Ignore(syscall.SIGHUP)
 		cur := *running
 		for {
 			select {
