@@ -107,6 +107,9 @@ func compactOpen(src *bolt.DB, path string) (before, after int64, err error) {
 		err = cerr
 	}
 	if err == nil {
+		err = keepOwner(tmp, fi)
+	}
+	if err == nil {
 		err = os.Rename(tmp, path)
 	}
 	if err == nil {

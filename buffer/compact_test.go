@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -445,5 +446,35 @@ func TestEachAcrossCompaction(t *testing.T) {
 	})
 	if err != nil || last != 3000 {
 		t.Fatalf("each: %v, last seq %d", err, last)
+	}
+}
+
+// A compaction run as root (sudo ferry buffer compact) keeps the file's
+// owner: the service's user must still open it afterwards.
+func TestCompactKeepsOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to own a file as someone else")
+	}
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, b, 1, 10)
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, 4242, 4343); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Compact(path); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 4242 || st.Gid != 4343 {
+		t.Fatalf("after compaction the file belongs to %d:%d, want 4242:4343", st.Uid, st.Gid)
 	}
 }
