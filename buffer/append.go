@@ -1,21 +1,20 @@
 package buffer
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
-// appendReq is one queued append: an encoded record and its callback. A
-// nil val is a flush barrier (see flush).
-type appendReq struct {
-	val  []byte
-	done func(seq uint64, err error)
-}
-
-// Append queues rec for the next commit and returns without waiting for it.
-// done is called exactly once, from the committer, after the commit: with the
-// record's sequence number and a nil error once it is durable, or with the
-// commit's error. Callbacks run in append order and must not block. Append
-// blocks while the queue is full (and, with Block, while the buffer is
-// full), and fails with ErrClosed after Close. rec is encoded before Append
-// returns; the caller may reuse it.
+// Append gives rec the next sequence number, adds it to the tail and
+// returns without waiting for it to be durable. done is called exactly
+// once: with the record's sequence number and a nil error once it is
+// durable (written, or with WriteDelay delivered first; see the package
+// comment), or with the error of the commit that failed to write it.
+// Callbacks run in append order, from the committer or from a caller of
+// Release or Remove, and must not block. Append blocks while the tail is
+// full (QueueSize, QueueBytes; with Block, while the buffer is full and
+// nothing is delivered), and fails with ErrClosed after Close. rec is
+// encoded before Append returns; the caller may reuse it.
 func (b *Buffer) Append(rec *Record, done func(seq uint64, err error)) error {
 	val := appendEncoded(make([]byte, 0, 64+len(rec.Topic)+len(rec.Payload)), rec)
 	b.closeMu.RLock()
@@ -26,49 +25,117 @@ func (b *Buffer) Append(rec *Record, done func(seq uint64, err error)) error {
 	if err := b.reserve(len(val)); err != nil {
 		return err
 	}
-	select {
-	case b.reqs <- appendReq{val: val, done: done}:
-		return nil
-	case <-b.quit: // Close was called while the queue was full
-		b.unreserve(len(val))
-		return ErrClosed
+	b.mu.Lock()
+	for b.hold != nil { // a replay is taking sequence numbers
+		hold := b.hold
+		b.mu.Unlock()
+		select {
+		case <-hold:
+		case <-b.quit:
+			b.unreserve(len(val), 1)
+			return ErrClosed
+		}
+		b.mu.Lock()
 	}
+	at := time.Since(b.born)
+	// Wake the committer for a commit to make, or for a deadline to set
+	// unless it wakes by then anyway: at a steady rate it wakes about once
+	// per write delay, not once per record.
+	wake := b.opts.WriteDelay <= 0 || b.tl.pending == 0 && (b.wakeAt < 0 || b.wakeAt > at+b.opts.WriteDelay)
+	b.tl.push(entry{seq: b.next, val: val, done: done, at: at})
+	b.next++
+	b.notifyLocked()
+	b.mu.Unlock()
+	if wake {
+		b.signal()
+	}
+	return nil
 }
 
-// reserve waits until n more bytes fit in QueueBytes (or none are queued)
-// and counts them as queued.
+// reserve waits until a record of n bytes fits in the tail (QueueSize,
+// QueueBytes, or the tail is empty) and counts it.
 func (b *Buffer) reserve(n int) error {
 	b.qmu.Lock()
-	for b.queued > 0 && b.queued+n > b.opts.QueueBytes {
+	for b.queuedN > 0 && (b.queued+n > b.opts.QueueBytes || b.queuedN >= b.opts.QueueSize) {
 		if b.dequeued == nil {
 			b.dequeued = make(chan struct{})
 		}
 		ch := b.dequeued
 		b.qmu.Unlock()
+		if !b.blocked.Swap(true) {
+			b.signal() // write the tail now rather than at its deadline
+		}
 		select {
 		case <-ch:
-		case <-b.quit: // Close was called while the queue was full
+		case <-b.quit: // Close was called while the tail was full
 			return ErrClosed
 		}
 		b.qmu.Lock()
 	}
 	b.queued += n
+	b.queuedN++
 	b.qmu.Unlock()
 	return nil
 }
 
-// unreserve takes n bytes off the queue and wakes the appends waiting.
-func (b *Buffer) unreserve(n int) {
-	if n == 0 {
+// unreserve takes k records of n bytes off the tail and wakes the appends
+// waiting.
+func (b *Buffer) unreserve(n, k int) {
+	if k == 0 {
 		return
 	}
 	b.qmu.Lock()
 	b.queued -= n
+	b.queuedN -= k
 	if b.dequeued != nil {
 		close(b.dequeued)
 		b.dequeued = nil
+		b.blocked.Store(false)
 	}
 	b.qmu.Unlock()
+}
+
+// settle runs the callbacks of the tail's durable prefix, in order, and
+// takes those records off it. One caller at a time runs callbacks: a
+// caller that finds another at it (a callback that releases, say) leaves
+// its records to that one, which looks again before it returns.
+func (b *Buffer) settle() {
+	for b.fireMu.TryLock() {
+		b.mu.Lock()
+		fire, size := b.tl.popDurable(b.fireBuf[:0])
+		b.mu.Unlock()
+		b.unreserve(size, len(fire))
+		for i := range fire {
+			e := &fire[i]
+			if e.done != nil {
+				if e.state == failed {
+					e.done(0, e.err)
+				} else {
+					e.done(e.seq, nil)
+				}
+			}
+		}
+		clear(fire)
+		b.fireBuf = fire[:0]
+		b.fireMu.Unlock()
+		b.mu.Lock()
+		l := b.tl.live()
+		more := len(l) > 0 && l[0].state != pending
+		b.mu.Unlock()
+		if !more {
+			return
+		}
+	}
+}
+
+// notifyLocked wakes the readers waiting for records to come or go. b.mu
+// is held.
+func (b *Buffer) notifyLocked() {
+	if b.waiting {
+		close(b.changed)
+		b.changed = make(chan struct{})
+		b.waiting = false
+	}
 }
 
 // AppendWait appends rec and waits until it is durable.
@@ -90,7 +157,8 @@ func (b *Buffer) AppendWait(ctx context.Context, rec *Record) (uint64, error) {
 }
 
 // flush waits until everything requested before it (appends, releases,
-// dead letters) is committed.
+// dead letters) is committed: the tail is written, whatever the write
+// delay.
 func (b *Buffer) flush(ctx context.Context) error {
 	ch := make(chan error, 1)
 	b.closeMu.RLock()
@@ -98,8 +166,11 @@ func (b *Buffer) flush(ctx context.Context) error {
 		b.closeMu.RUnlock()
 		return ErrClosed
 	}
-	b.reqs <- appendReq{done: func(_ uint64, err error) { ch <- err }}
+	b.mu.Lock()
+	b.flushes = append(b.flushes, ch)
+	b.mu.Unlock()
 	b.closeMu.RUnlock()
+	b.signal()
 	select {
 	case err := <-ch:
 		return err

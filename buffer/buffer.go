@@ -1,19 +1,34 @@
 // Package buffer is ferry's durable FIFO: an ordered log of records in one
 // bbolt file.
 //
-// Durability: Append queues a record and returns; one goroutine, the
-// committer, writes everything queued so far as one batch in one bbolt
-// transaction with one fsync (group commit), then calls each appender's
-// callback, in append order. A callback with a nil error means the record is
-// on disk and survives a crash or power cut; only then may its source be
-// acknowledged. With SyncInterval the committer commits at most once per
-// interval: fewer, larger writes (kinder to flash), the same guarantee,
-// more latency.
+// Durability: Append gives a record its sequence number, keeps it in memory
+// (the tail, see tail.go) and returns; Read serves it from there at once.
+// One goroutine, the committer, writes records of the tail as one batch in
+// one bbolt transaction with one fsync (group commit). Each record's
+// callback runs once the record is durable, in append order; only then may
+// its source be acknowledged. Durable means:
+//
+//   - With WriteDelay 0 (strict): written and fsynced. The committer commits
+//     as soon as records wait (at most once per SyncInterval if set: fewer,
+//     larger writes, more latency). Whatever Kafka says, every record is on
+//     disk before its callback.
+//   - With WriteDelay above 0: written and fsynced, or delivered (Release or
+//     Remove) first, whichever comes first. A record waits in memory up to
+//     WriteDelay; at the deadline every record of the tail not delivered yet
+//     is written in one commit. A record delivered before its deadline is
+//     never written at all: with a healthy uplink the disk sees nothing but
+//     a few meta pages now and then. A crash loses the tail, which was not
+//     acknowledged: its source sends it again.
 //
 // Order: records get sequence numbers that only grow, across restarts too,
 // and the file's ID (random, kept by compaction and salvage, new for a new
-// file) names the log they belong to: (ID, Seq) is unique forever.
-// Read returns records in sequence order. Records leave the buffer through
+// file) names the log they belong to: (ID, Seq) is unique forever. With
+// WriteDelay, sequence numbers are reserved on disk a range ahead
+// (reserveStep), so a record delivered from memory and never written keeps
+// its number unique after a restart: a new process starts above the
+// reserved range, which leaves a gap in the numbers. With WriteDelay 0,
+// Read serves only records on disk and the numbers have no gaps. Read
+// returns records in sequence order. Records leave the buffer through
 // Release, which removes a prefix ("everything up to seq is delivered"), and
 // through the configured limits (MaxBytes with DropOldest, MaxAge), which
 // remove the oldest records and count them by reason. A record that cannot be
@@ -25,8 +40,9 @@
 // at most MaxBytes of FIFO plus MaxDeadLetterBytes of dead letters, so
 // records that fail can never push live records out.
 //
-// Memory: appends wait for the committer in a queue bounded by count
-// (QueueSize) and by bytes (QueueBytes); Append blocks beyond either.
+// Memory: the tail is bounded by count (QueueSize) and by bytes
+// (QueueBytes); Append blocks beyond either, and the committer then writes
+// the tail without waiting for the deadline.
 //
 // Cost does not depend on depth: counters live in a meta bucket updated in
 // the same transaction as the records, the head is found with one cursor
@@ -83,7 +99,13 @@ var (
 	keyDLRecords   = []byte("dead_letter_records")
 	keyDLBytes     = []byte("dead_letter_bytes")
 	keyRetired     = []byte("retired_bytes")
+	keyReserved    = []byte("reserved_seq")
 )
+
+// reserveStep is how many sequence numbers are reserved on disk at a
+// time: the gap a restart leaves in the numbers at most, and at 15,000
+// records a second one small commit every few minutes.
+const reserveStep = 1 << 22
 
 // WhenFull says what happens when MaxBytes is reached.
 type WhenFull int
@@ -105,17 +127,23 @@ type Options struct {
 	LockTimeout time.Duration
 	// MaxBatch is the most records written in one transaction. Default 8192.
 	MaxBatch int
-	// QueueSize is how many appends may wait for the committer; Append blocks
-	// beyond it (backpressure). Default 16384.
+	// QueueSize is how many records the tail holds at most (appended, not
+	// durable yet); Append blocks beyond it (backpressure). Default 16384.
 	QueueSize int
-	// QueueBytes bounds the encoded bytes of the appends waiting for the
-	// committer: Append blocks while its record would take them above
-	// QueueBytes, unless none wait, so a record larger than QueueBytes
-	// still goes through, alone. Default 16 MiB.
+	// QueueBytes bounds the encoded bytes of the tail: Append blocks while
+	// its record would take them above QueueBytes, unless the tail is
+	// empty, so a record larger than QueueBytes still goes through, alone.
+	// Default 16 MiB.
 	QueueBytes int
 	// SyncInterval, if above zero, makes the committer commit (and fsync) at
-	// most once per interval. Callbacks still wait for the fsync.
+	// most once per interval. Callbacks still wait for the fsync. It
+	// applies with WriteDelay 0.
 	SyncInterval time.Duration
+	// WriteDelay, if above zero, is how long a record may wait in memory
+	// for its delivery before a commit writes it; its callback runs on
+	// delivery or on the commit, whichever comes first (see the package
+	// comment). 0: every record is written before its callback (strict).
+	WriteDelay time.Duration
 	// MaxBytes bounds the disk space the buffer occupies: the pages of the
 	// file that hold data (records, retired batches and bbolt's tree), not
 	// counting free pages, which bbolt reuses, nor the dead-letter bucket,
@@ -185,8 +213,11 @@ func (o *Options) setDefaults() {
 // Stats is a snapshot of the buffer's counters. It costs nothing to take:
 // the counters are kept, not recomputed.
 type Stats struct {
-	Records  uint64 // records held
+	Records  uint64 // records held, on disk and in memory
 	Bytes    uint64 // encoded size of the records held
+	// TailRecords and TailBytes are the part of Records and Bytes held in
+	// memory only: appended, not written (nor delivered) yet.
+	TailRecords, TailBytes uint64
 	FirstSeq uint64 // sequence number of the head; 0 when empty
 	LastSeq  uint64 // highest sequence number ever assigned; 0 if none
 	// DeadLettered counts records dead-lettered since the file was
@@ -235,6 +266,9 @@ type state struct {
 	retired uint64
 	// dlRecords and dlBytes are what the dead-letter bucket holds.
 	dlRecords, dlBytes uint64
+	// reserved: sequence numbers below it may have been given out (see
+	// reserveStep); the next process starts at it.
+	reserved uint64
 	// deadLettered counts records dead-lettered, ever, by reason.
 	deadLettered map[Reason]uint64
 	id           string
@@ -256,7 +290,7 @@ func (s *state) fields() []struct {
 		{keyNextSeq, &s.next}, {keyHeadSeq, &s.head}, {keyCount, &s.count}, {keyBytes, &s.bytes},
 		{keyDropBytes, &s.dropBytes}, {keyDropAge, &s.dropAge}, {keyDropPurged, &s.dropPurged},
 		{keyDropDLLimit, &s.dropDLLimit}, {keyDropDLPurge, &s.dropDLPurged}, {keyRetired, &s.retired},
-		{keyDLRecords, &s.dlRecords}, {keyDLBytes, &s.dlBytes},
+		{keyDLRecords, &s.dlRecords}, {keyDLBytes, &s.dlBytes}, {keyReserved, &s.reserved},
 	}
 }
 
@@ -318,8 +352,7 @@ type Buffer struct {
 	opts Options
 	log  *slog.Logger
 
-	reqs     chan appendReq
-	wake     chan struct{} // one slot: Release or DeadLetter has work for the committer
+	wake     chan struct{} // one slot: there may be work for the committer
 	stop     chan struct{} // closed by Close
 	quit     chan struct{} // closed first thing in Close: blocked appends give up
 	quitOnce sync.Once
@@ -329,8 +362,14 @@ type Buffer struct {
 	closed  bool
 
 	qmu      sync.Mutex
-	queued   int           // encoded bytes of the appends not yet committed (QueueBytes)
-	dequeued chan struct{} // if not nil, an append waits: closed when queued falls
+	queued   int           // encoded bytes of the tail's records (QueueBytes)
+	queuedN  int           // the tail's records (QueueSize)
+	dequeued chan struct{} // if not nil, an append waits: closed when the tail shrinks
+	blocked  atomic.Bool   // an append waits for room in the tail: commit it now
+
+	fireMu  sync.Mutex // held while callbacks run: one caller at a time keeps them in order
+	fireBuf []entry    // guarded by fireMu
+	born    time.Time  // the monotonic clock of entry.at
 
 	// credit is the committer's own: bytes of retired batches deleted
 	// beyond what appends have taken since, so free pages bbolt still has.
@@ -338,9 +377,16 @@ type Buffer struct {
 	// dl is the committer's own: the pages the dead-letter bucket takes.
 	dl dlPages
 
-	mu        sync.Mutex // guards the fields below
-	st        state
-	ratio     float64 // disk bytes in use per record byte, as last measured
+	mu        sync.Mutex    // guards the fields below
+	st        state         // as on disk
+	next      uint64        // the next sequence number to give out; st.next <= next <= st.reserved, mostly
+	tl        tail          // records not durable yet
+	writing   [2]uint64     // first and last sequence number of the commit under way; 0 0: none
+	hold      chan struct{} // if not nil, appends wait until it is closed (a replay takes sequence numbers)
+	flushes   []chan error  // flush barriers waiting for the next commit
+	waiting   bool          // a reader waits on changed
+	wakeAt    time.Duration // when the committer wakes by itself (born's clock); -1: only when signalled
+	ratio     float64       // disk bytes in use per record byte, as last measured
 	commits   uint64
 	corrupt   int                    // files moved aside next to path, at Open
 	lim       atomic.Pointer[Limits] // opts' limits, or what SetLimits set since
@@ -348,7 +394,7 @@ type Buffer struct {
 	toRemove  []uint64               // Remove requests not yet applied
 	toDead    map[uint64]deadReq     // DeadLetter requests not yet applied
 	deadOps   []deadOp               // replays and purges of dead letters not yet applied
-	changed   chan struct{}          // closed and replaced after every commit
+	changed   chan struct{}          // closed and replaced when records come or go and a reader waits
 	lastDrop  time.Time              // last time a drop was logged
 }
 
@@ -372,7 +418,6 @@ func Open(path string, opts Options) (*Buffer, error) {
 		path:    path,
 		opts:    opts,
 		log:     opts.Logger,
-		reqs:    make(chan appendReq, opts.QueueSize),
 		wake:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		quit:    make(chan struct{}),
@@ -382,6 +427,8 @@ func Open(path string, opts Options) (*Buffer, error) {
 		st:      state{next: 1, head: 1},
 		ratio:   1,
 		corrupt: len(CorruptFiles(path)),
+		born:    time.Now(),
+		wakeAt:  -1,
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		batches, err := tx.CreateBucketIfNotExists(bucketBatches)
@@ -407,6 +454,10 @@ func Open(path string, opts Options) (*Buffer, error) {
 			if last := binary.BigEndian.Uint64(k) + uint64(n) - 1; last >= b.st.next {
 				return fmt.Errorf("%w: meta next_seq %d is not above the last record %d", ErrCorruptFile, b.st.next, last)
 			}
+		}
+		b.next = max(b.st.next, b.st.reserved)
+		if opts.WriteDelay > 0 {
+			b.st.reserved = b.next + reserveStep
 		}
 		return b.st.store(meta)
 	})
@@ -437,9 +488,11 @@ func (b *Buffer) Stats() Stats {
 	defer b.mu.Unlock()
 	s := Stats{
 		Full:              full,
-		Records:           b.st.count,
-		Bytes:             b.st.bytes,
-		LastSeq:           b.st.next - 1,
+		Records:           b.st.count + uint64(b.tl.pending),
+		Bytes:             b.st.bytes + b.tl.pendingBytes,
+		TailRecords:       uint64(b.tl.pending),
+		TailBytes:         b.tl.pendingBytes,
+		LastSeq:           b.next - 1,
 		DeadLettered:      maps.Clone(b.st.deadLettered),
 		DeadLetterRecords: b.st.dlRecords,
 		DeadLetterBytes:   b.st.dlBytes,
@@ -450,12 +503,14 @@ func (b *Buffer) Stats() Stats {
 	}
 	if b.st.count > 0 {
 		s.FirstSeq = b.st.head
+	} else if e := b.tl.firstPending(); e != nil {
+		s.FirstSeq = e.seq
 	}
 	return s
 }
 
-// Close stops accepting appends, commits what is queued (calling its
-// callbacks), and closes the file. Blocked readers return ErrClosed.
+// Close stops accepting appends, writes the tail (calling its callbacks),
+// and closes the file. Blocked readers return ErrClosed.
 func (b *Buffer) Close() error {
 	b.quitOnce.Do(func() { close(b.quit) }) // release appends blocked on a full queue
 	b.closeMu.Lock()

@@ -21,7 +21,6 @@ const drainedBytes = 1 << 20
 // commitLoop is the only writer. It owns every write transaction.
 func (b *Buffer) commitLoop() {
 	defer close(b.done)
-	batch := make([]appendReq, 0, b.opts.MaxBatch)
 	var ageTick <-chan time.Time
 	var ageTicker *time.Ticker
 	var tickAge time.Duration // the MaxAge ageTicker was made for
@@ -30,6 +29,9 @@ func (b *Buffer) commitLoop() {
 			ageTicker.Stop()
 		}
 	}()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
 	lastCommit := time.Time{}
 	for {
 		if maxAge := b.lim.Load().MaxAge; maxAge != tickAge { // at start, and after SetLimits
@@ -43,82 +45,133 @@ func (b *Buffer) commitLoop() {
 			}
 			tickAge = maxAge
 		}
-		batch = batch[:0]
-		reqs := b.reqs
-		if b.full() {
-			reqs = nil // Block: leave appends queued until a release makes room
-		}
-		stopping, woken := false, false
-		select {
-		case r := <-reqs:
-			batch = append(batch, r)
-		case <-b.wake:
-			woken = true
-		case <-ageTick:
-		case <-b.stop:
-			stopping = true
-		}
-		if d := releaseInterval - time.Since(lastCommit); woken && reqs != nil && d > 0 {
-			// A release or dead letter alone is not urgent (lost in a
-			// crash, records are only delivered twice): gather them for
-			// one write, unless an append comes to carry them. (With
-			// Block at max_bytes, reqs is nil: the release is what lets
-			// ingest go on, and is written at once.)
-			t := time.NewTimer(d)
+		wait, writeTail := b.due(lastCommit)
+		if wait != 0 {
+			var fire <-chan time.Time
+			if wait > 0 {
+				timer.Reset(wait)
+				fire = timer.C
+			}
+			stopping := false
 			select {
-			case r := <-reqs:
-				batch = append(batch, r)
-			case <-t.C:
+			case <-b.wake:
+			case <-fire:
+			case <-ageTick:
+				// The limits may drop records now: commit.
+				b.commit(false, false)
+				lastCommit = time.Now()
 			case <-b.stop:
 				stopping = true
 			}
-			t.Stop()
-		}
-		if d := b.opts.SyncInterval - time.Since(lastCommit); d > 0 && !stopping && len(batch) > 0 {
-			select { // gather more for one write, at most once per interval
-			case <-time.After(d):
-			case <-b.stop:
-				stopping = true
+			timer.Stop()
+			if !stopping {
+				continue // see what is due now
+			}
+			// Close has made Append refuse new records; write the tail.
+			for {
+				b.commit(true, true)
+				b.mu.Lock()
+				left := b.tl.pending > 0 || len(b.flushes) > 0 || len(b.deadOps) > 0
+				b.mu.Unlock()
+				if !left {
+					return
+				}
 			}
 		}
-		if reqs != nil {
-			batch = drain(b.reqs, batch, b.opts.MaxBatch, b.room())
-		}
-		b.commit(batch)
+		b.commit(writeTail, false)
 		lastCommit = time.Now()
-		if stopping {
-			// Close has made Append refuse new records; commit those that
-			// were queued before it.
-			for len(b.reqs) > 0 {
-				b.commit(drain(b.reqs, batch[:0], b.opts.MaxBatch, -1))
-			}
-			return
-		}
 	}
 }
 
-// drain takes queued appends into batch, up to max of them and, if budget
-// is not negative, until their bytes reach budget.
-func drain(reqs chan appendReq, batch []appendReq, max int, budget int64) []appendReq {
-	var size int64
-	for _, r := range batch {
-		size += int64(len(r.val))
+// due says when the next commit is due: 0 now, -1 when nothing waits
+// (the committer sleeps until woken), and whether it is to write the
+// tail.
+func (b *Buffer) due(lastCommit time.Time) (wait time.Duration, writeTail bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	wait = -1
+	at := func(t time.Time) {
+		if d := max(t.Sub(now), 0); wait < 0 || d < wait {
+			wait = d
+		}
 	}
-	for len(batch) < max && (budget < 0 || size < budget) {
-		select {
-		case r := <-reqs:
-			batch = append(batch, r)
-			size += int64(len(r.val))
+	room := b.roomLocked()
+	if e := b.tl.firstPending(); e != nil {
+		deadInTail := b.deadInTail()
+		var deadline time.Time
+		set := true
+		switch {
+		case room == 0 && !deadInTail:
+			// Block at max_bytes: the tail waits for deliveries or
+			// releases (which are due below).
+			set = false
+		case deadInTail || b.blocked.Load() || len(b.flushes) > 0 || len(b.deadOps) > 0:
+			deadline = now
+		case b.opts.WriteDelay <= 0:
+			deadline = lastCommit.Add(b.opts.SyncInterval)
 		default:
-			return batch
+			deadline = b.born.Add(e.at + b.opts.WriteDelay)
+		}
+		if set {
+			at(deadline)
+			writeTail = !deadline.After(now)
 		}
 	}
-	return batch
+	if len(b.flushes) > 0 || len(b.deadOps) > 0 || b.reserveLow(b.next, b.st) {
+		at(now)
+	}
+	defer func() {
+		b.wakeAt = -1
+		if wait >= 0 {
+			b.wakeAt = now.Add(wait).Sub(b.born)
+		}
+	}()
+	if len(b.toDead) > 0 || len(b.toRemove) > 0 || b.releaseTo >= b.st.head && b.st.count > 0 {
+		if room == 0 {
+			// With Block at max_bytes, a release is what lets ingest
+			// go on: write it at once.
+			at(now)
+		} else {
+			// A release or dead letter alone is not urgent (lost in
+			// a crash, records are only delivered twice): gather
+			// them for one write.
+			at(lastCommit.Add(releaseInterval))
+		}
+	}
+	return wait, writeTail
 }
 
-// commit writes one transaction: dead letters, the appended batch, the
-// release, the limits, then reclaim of retired batches.
-func (b *Buffer) commit(batch []appendReq) {
+// reserveLow reports whether the sequence numbers reserved on disk run low
+// for next: with WriteDelay, a record leaves from memory only with its
+// number reserved (see reserveStep).
+func (b *Buffer) reserveLow(next uint64, st state) bool {
+	return b.opts.WriteDelay > 0 && next+reserveStep/2 > st.reserved
+}
+
+// deadInTail reports whether a dead letter waits for a record that is not
+// on disk yet. b.mu is held.
+func (b *Buffer) deadInTail() bool {
+	for seq := range b.toDead {
+		if seq >= b.st.next {
+			return true
+		}
+	}
+	return false
+}
+
+// toWrite is a record of the tail that a commit writes.
+type toWrite struct {
+	seq uint64
+	val []byte
+}
+
+// commit writes one transaction: the tail's pending records (if writeTail;
+// up to the room Block leaves, unless final or a dead letter waits for one
+// of them), dead letters, removals, dead-letter operations, the release,
+// the limits, reclaim of retired batches and the sequence reservation.
+// Then it runs the callbacks of the records that became durable.
+func (b *Buffer) commit(writeTail, final bool) {
 	b.mu.Lock()
 	st := b.st.clone()
 	ratio := b.ratio
@@ -133,22 +186,51 @@ func (b *Buffer) commit(batch []appendReq) {
 	b.deadOps = nil
 	remove := b.toRemove
 	b.toRemove = nil
-	b.mu.Unlock()
-	queued := 0
-	for _, r := range batch {
-		queued += len(r.val)
+	flushes := b.flushes
+	b.flushes = nil
+	if len(ops) > 0 || len(flushes) > 0 {
+		writeTail = true
 	}
-	b.unreserve(queued) // in the committer's hands now
+	if len(ops) > 0 {
+		// A replay takes the sequence numbers after the tail's: hold
+		// appends until it is written.
+		b.hold = make(chan struct{})
+	}
+	var recs []toWrite
+	if writeTail {
+		budget := int64(-1)
+		if !final && len(ops) == 0 && !b.deadInTailOf(dead) {
+			budget = b.roomLocked()
+		}
+		var size int64
+		for _, e := range b.tl.live() {
+			if budget >= 0 && size >= budget {
+				break
+			}
+			if e.state == pending {
+				recs = append(recs, toWrite{e.seq, e.val})
+				size += int64(len(e.val))
+			}
+		}
+		if len(recs) > 0 {
+			b.writing = [2]uint64{recs[0].seq, recs[len(recs)-1].seq}
+		}
+	}
+	next := b.next // with a replay, the sequence numbers it takes start here
+	b.mu.Unlock()
 	lim := b.lim.Load()
 	dlLimit, dlBounded := uint64(lim.MaxDeadLetterBytes), lim.MaxDeadLetterBytes > 0
 
 	budget, bounded := b.recordBudget(ratio)
 	limits := bounded && lim.WhenFull == DropOldest && st.bytes > budget || b.expired(st)
 	limits = limits || dlBounded && st.dlBytes > dlLimit
-	if len(batch) == 0 && len(dead) == 0 && len(ops) == 0 && len(remove) == 0 && releaseTo < st.head && !limits {
+	reserve := b.reserveLow(next, st)
+	if len(recs) == 0 && len(dead) == 0 && len(ops) == 0 && len(remove) == 0 && (releaseTo < st.head || st.count == 0) && !limits && !reserve {
+		b.finish(flushes, nil)
 		return
 	}
 	var dropped [3]uint64 // max_bytes, max_age, dead_letter_limit
+	var requeue map[uint64]deadReq
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		batches := tx.Bucket(bucketBatches)
 		batches.FillPercent = 0.95 // keys only ever grow: pack pages
@@ -157,7 +239,25 @@ func (b *Buffer) commit(batch []appendReq) {
 			ratio = diskRatio(tx, st, dl.estimate(st))
 			budget, _ = b.recordBudget(ratio)
 		}
+		// The tail's records go in batches of about maxBatchBytes: big
+		// enough to spread bbolt's per-key cost over many records, small
+		// enough that a leaf page holds several, so each commit rewrites
+		// little besides the new data.
+		appended, err := writeBatches(batches, &st, recs)
+		if err != nil {
+			return err
+		}
+		if len(ops) > 0 {
+			st.next = max(st.next, next)
+		}
 		for _, seq := range slices.Sorted(maps.Keys(dead)) { // in key order: packed pages
+			if seq >= st.next { // not written yet (Block at max_bytes): later
+				if requeue == nil {
+					requeue = map[uint64]deadReq{}
+				}
+				requeue[seq] = dead[seq]
+				continue
+			}
 			if err := deadLetterTx(tx, &st, seq, dead[seq]); err != nil {
 				return err
 			}
@@ -166,37 +266,12 @@ func (b *Buffer) commit(batch []appendReq) {
 		if err := removeTx(tx, &st, remove); err != nil {
 			return err
 		}
-		// The appended records go in batches of about maxBatchBytes: big
-		// enough to spread bbolt's per-key cost over many records, small
-		// enough that a leaf page holds several, so each commit rewrites
-		// little besides the new data.
-		recs := make([][]byte, 0, len(batch))
-		size := 0
-		var appended uint64 // batch value bytes written
-		for i, r := range batch {
-			if r.val != nil {
-				recs = append(recs, r.val)
-				size += len(r.val)
-			}
-			if len(recs) == 0 || size < maxBatchBytes && i < len(batch)-1 {
-				continue
-			}
-			val := appendBatch(make([]byte, 0, batchSize(recs)), recs)
-			if err := batches.Put(seqKey(st.next), val); err != nil {
-				return err
-			}
-			appended += uint64(len(val))
-			st.next += uint64(len(recs))
-			st.count += uint64(len(recs))
-			st.bytes += uint64(size)
-			recs, size = recs[:0], 0
-		}
 		for _, op := range ops { // after the appends: their callbacks count on the sequence numbers
 			if err := op.fn(tx, &st); err != nil {
 				return err
 			}
 		}
-		if releaseTo >= st.head {
+		if releaseTo >= st.head && st.count > 0 {
 			if _, err := dropPrefix(tx, &st, releaseTo); err != nil {
 				return err
 			}
@@ -246,11 +321,14 @@ func (b *Buffer) commit(batch []appendReq) {
 		credit = credit + freed - min(credit+freed, appended)
 		st.dropBytes += dropped[0]
 		st.dropAge += dropped[1]
+		if top := max(next, st.next); b.reserveLow(top, st) {
+			st.reserved = top + reserveStep
+		}
 		return st.store(tx.Bucket(bucketMeta))
 	})
 	if err != nil {
 		err = fmt.Errorf("commit to buffer %s: %w", b.path, err)
-		b.log.Error("buffer: commit failed", "err", err, "records", len(batch))
+		b.log.Error("buffer: commit failed", "err", err, "records", len(recs))
 		b.mu.Lock()
 		for seq, r := range dead { // try again with the next commit
 			if _, ok := b.toDead[seq]; !ok {
@@ -258,29 +336,45 @@ func (b *Buffer) commit(batch []appendReq) {
 			}
 		}
 		b.toRemove = append(b.toRemove, remove...)
-		b.mu.Unlock()
-		for _, r := range batch {
-			r.done(0, err)
+		for _, r := range recs {
+			if i := b.tl.index(r.seq); i >= 0 {
+				b.tl.set(i, failed, err)
+			}
 		}
+		b.writing = [2]uint64{}
+		b.releaseHoldLocked()
+		b.mu.Unlock()
 		for _, op := range ops {
 			op.done <- err
 		}
+		b.finish(flushes, err)
 		return
 	}
 	b.mu.Lock()
 	// A backlog has drained when what is left is small enough to copy in
 	// a moment: then a compaction may give the file's space back.
-	seq0 := b.st.next
 	drained := b.st.count > 0 && st.count == 0 || b.st.bytes > drainedBytes && st.bytes <= drainedBytes
 	b.st = st
 	b.ratio = ratio
 	b.credit = credit
 	b.dl = dl
 	b.commits++
-	// Wake readers: new records, or records gone (released, dropped,
-	// dead-lettered) that a reader may be waiting behind.
-	close(b.changed)
-	b.changed = make(chan struct{})
+	for _, r := range recs {
+		if i := b.tl.index(r.seq); i >= 0 {
+			b.tl.set(i, written, nil)
+		}
+	}
+	for seq, r := range requeue {
+		if _, ok := b.toDead[seq]; !ok {
+			b.toDead[seq] = r
+		}
+	}
+	b.writing = [2]uint64{}
+	b.next = max(b.next, st.next)
+	b.releaseHoldLocked()
+	// Wake readers: records now on disk, or records gone (released,
+	// dropped, dead-lettered) that a reader may be waiting behind.
+	b.notifyLocked()
 	logDrop := dropped != [3]uint64{} && time.Since(b.lastDrop) > 10*time.Second
 	if logDrop {
 		b.lastDrop = time.Now()
@@ -295,16 +389,84 @@ func (b *Buffer) commit(batch []appendReq) {
 	for _, op := range ops {
 		op.done <- nil
 	}
-	seq := seq0
-	for _, r := range batch {
-		if r.val == nil { // a flush barrier
-			r.done(0, nil)
-			continue
-		}
-		r.done(seq, nil)
-		seq++
-	}
+	b.finish(flushes, nil)
 	if drained {
 		b.compactIfSparse()
 	}
+}
+
+// finish runs the callbacks of what became durable and answers the flush
+// barriers.
+func (b *Buffer) finish(flushes []chan error, err error) {
+	b.settle()
+	for _, ch := range flushes {
+		ch <- err
+	}
+}
+
+// releaseHoldLocked lets appends held by a replay go on. b.mu is held.
+func (b *Buffer) releaseHoldLocked() {
+	if b.hold != nil {
+		close(b.hold)
+		b.hold = nil
+	}
+}
+
+// deadInTailOf reports whether one of dead is for a record not on disk yet.
+// b.mu is held.
+func (b *Buffer) deadInTailOf(dead map[uint64]deadReq) bool {
+	for seq := range dead {
+		if seq >= b.st.next {
+			return true
+		}
+	}
+	return false
+}
+
+// writeBatches puts recs (ascending sequence numbers, with gaps where
+// records were delivered from memory) into batches of about maxBatchBytes
+// and returns the bytes of batch values written. A short gap is kept in
+// its batch as removed entries; a longer one starts a new batch.
+func writeBatches(batches *bolt.Bucket, st *state, recs []toWrite) (uint64, error) {
+	const maxGap = 16
+	var appended uint64
+	var group [][]byte
+	var base uint64
+	size, live := 0, 0
+	put := func() error {
+		if live == 0 {
+			return nil
+		}
+		val := appendBatch(make([]byte, 0, batchSize(group)), group)
+		if err := batches.Put(seqKey(base), val); err != nil {
+			return err
+		}
+		appended += uint64(len(val))
+		st.next = base + uint64(len(group))
+		st.count += uint64(live)
+		st.bytes += uint64(size)
+		group, size, live = group[:0], 0, 0
+		return nil
+	}
+	for _, r := range recs {
+		if live > 0 {
+			gap := r.seq - (base + uint64(len(group)))
+			if gap > maxGap || size >= maxBatchBytes {
+				if err := put(); err != nil {
+					return appended, err
+				}
+			} else {
+				for range gap {
+					group = append(group, nil)
+				}
+			}
+		}
+		if live == 0 {
+			base = r.seq
+		}
+		group = append(group, r.val)
+		size += len(r.val)
+		live++
+	}
+	return appended, put()
 }

@@ -748,7 +748,8 @@ func (s *salvager) finish() error {
 	if err := s.w.flush(); err != nil {
 		return err
 	}
-	s.st.next = max(s.old.next, s.lastSeq+1, s.st.head+s.st.count)
+	// Above every number the old file gave out, written or not (reserved).
+	s.st.next = max(s.old.next, s.old.reserved, s.lastSeq+1, s.st.head+s.st.count)
 	if s.st.count == 0 {
 		s.st.head = s.st.next
 	}

@@ -45,14 +45,19 @@ func (b *Buffer) recordBudget(ratio float64) (budget uint64, ok bool) {
 	return uint64(float64(maxBytes) / ratio), true
 }
 
-// room is how many bytes of appends one commit may take: with Block, what
-// is left below MaxBytes; otherwise unbounded (-1).
+// room is how many bytes of the tail one commit may write: with Block,
+// what is left below MaxBytes; otherwise unbounded (-1).
 func (b *Buffer) room() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.roomLocked()
+}
+
+// roomLocked is room with b.mu held.
+func (b *Buffer) roomLocked() int64 {
 	if b.lim.Load().WhenFull != Block {
 		return -1
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	budget, ok := b.recordBudget(b.ratio)
 	if !ok {
 		return -1

@@ -23,21 +23,32 @@ import (
 func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes int, dst []Record) ([]Record, error) {
 	limit := max(maxRecords, 1)
 	dst = dst[:0]
+	var take []storedRecord
 	for {
 		b.mu.Lock()
-		changed, last := b.changed, b.st.next-1
 		after = max(after, b.st.head-1) // released or dropped meanwhile: start at the head
-		b.mu.Unlock()
-		if after >= last {
-			select {
-			case <-changed:
-				continue
-			case <-ctx.Done():
-				return dst, ctx.Err()
-			case <-b.done:
-				return dst, ErrClosed
+		if after >= b.st.next-1 || b.st.count == 0 {
+			// Nothing after it on disk: the tail's records not written
+			// yet, straight from memory.
+			take = b.tl.read(after, limit, maxBytes, b.readable(), take[:0])
+			if len(take) == 0 {
+				b.waiting = true
+				changed := b.changed
+				b.mu.Unlock()
+				select {
+				case <-changed:
+					continue
+				case <-ctx.Done():
+					return dst, ctx.Err()
+				case <-b.done:
+					return dst, ErrClosed
+				}
 			}
+			b.mu.Unlock()
+			return b.decodeTaken(take, dst), nil
 		}
+		changed := b.changed
+		b.mu.Unlock()
 		var scanned uint64
 		b.dbMu.RLock()
 		err := b.db.View(func(tx *bolt.Tx) error {
@@ -49,7 +60,7 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 			}
 			// First the records to return, as stored (valid until the
 			// transaction ends), then one block for all their payloads.
-			var take []storedRecord
+			take = take[:0]
 			size := 0
 			c := tx.Bucket(bucketBatches).Cursor()
 			k, v := seekBatch(c, after+1)
@@ -78,16 +89,7 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 				}
 				scanned = max(scanned, base+uint64(count)-1)
 			}
-			payloads := arena{block: make([]byte, 0, size)}
-			for _, t := range take {
-				rec, err := decodeWith(t.raw, &payloads)
-				if err != nil {
-					b.DeadLetter(t.seq, ReasonUndecodable, err)
-					continue
-				}
-				rec.Seq = t.seq
-				dst = append(dst, rec)
-			}
+			dst = b.decodeTaken(take, dst)
 			return nil
 		})
 		b.dbMu.RUnlock()
@@ -106,6 +108,9 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 			// Nothing readable up to the last record: wait for more.
 			b.mu.Lock()
 			stale := b.changed == changed
+			if stale {
+				b.waiting = true
+			}
 			b.mu.Unlock()
 			if stale {
 				select {
@@ -120,7 +125,40 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 	}
 }
 
-// storedRecord is a record as stored, inside a read transaction.
+// readable is the first sequence number Read may not serve from the tail:
+// with WriteDelay, the first not reserved on disk; without, every record
+// is written before it is read, so the sequence numbers of a crashed
+// process's unwritten records are given out again without harm. b.mu is
+// held.
+func (b *Buffer) readable() uint64 {
+	if b.opts.WriteDelay > 0 {
+		return b.st.reserved
+	}
+	return 0
+}
+
+// decodeTaken decodes take into dst, the payloads in one block of their
+// size. A record that cannot be decoded is dead-lettered.
+func (b *Buffer) decodeTaken(take []storedRecord, dst []Record) []Record {
+	size := 0
+	for _, t := range take {
+		size += len(t.raw)
+	}
+	payloads := arena{block: make([]byte, 0, size)}
+	for _, t := range take {
+		rec, err := decodeWith(t.raw, &payloads)
+		if err != nil {
+			b.DeadLetter(t.seq, ReasonUndecodable, err)
+			continue
+		}
+		rec.Seq = t.seq
+		dst = append(dst, rec)
+	}
+	return dst
+}
+
+// storedRecord is a record as stored, inside a read transaction, or in the
+// tail.
 type storedRecord struct {
 	seq uint64
 	raw []byte

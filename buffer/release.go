@@ -7,20 +7,40 @@ import (
 )
 
 // Release removes every record with a sequence number up to and including
-// seq: they were delivered. It returns at once; the removal is written with
-// the next commit. If it is lost in a crash, the records are read again
-// (delivered twice, never lost).
+// seq: they were delivered. It returns at once. With WriteDelay, records of
+// the tail it covers are durable now (their callbacks run before Release
+// returns) and are never written; the removal of records on disk is
+// written with a later commit (gathered, see releaseInterval). If that is
+// lost in a crash, the records are read again (delivered twice, never
+// lost).
 func (b *Buffer) Release(seq uint64) {
 	b.mu.Lock()
 	b.releaseTo = max(b.releaseTo, seq)
+	settled := false
+	if b.opts.WriteDelay > 0 {
+		l := b.tl.live()
+		for i := 0; i < len(l) && l[i].seq <= seq; i++ {
+			if l[i].state == pending && !b.deadWaits(l[i].seq) {
+				b.tl.set(i, delivered, nil)
+				settled = true
+			}
+		}
+	}
+	disk := b.st.count > 0 && seq >= b.st.head || b.writing[0] != 0 && seq >= b.writing[0]
 	b.mu.Unlock()
-	b.signal()
+	if settled {
+		b.settle()
+	}
+	if disk {
+		b.signal()
+	}
 }
 
 // Remove removes the records with these sequence numbers, wherever they
 // are: delivered while an earlier record still waits, so Release cannot
-// take them yet. It returns at once; the removal is written with a later
-// commit (gathered like releases). If it is lost in a crash, the records
+// take them yet. It returns at once; as with Release, records of the tail
+// are durable at once with WriteDelay, and the removal of records on disk
+// is written with a later commit. If that is lost in a crash, the records
 // are read again (delivered twice, never lost). A sequence number already
 // gone is ignored.
 func (b *Buffer) Remove(seqs ...uint64) {
@@ -28,9 +48,37 @@ func (b *Buffer) Remove(seqs ...uint64) {
 		return
 	}
 	b.mu.Lock()
-	b.toRemove = append(b.toRemove, seqs...)
+	settled, disk := false, false
+	for _, seq := range seqs {
+		if b.opts.WriteDelay > 0 && seq >= b.st.next {
+			if i := b.tl.index(seq); i >= 0 && !b.deadWaits(seq) {
+				b.tl.set(i, delivered, nil)
+				settled = true
+			}
+			if b.writing[0] == 0 || seq < b.writing[0] || seq > b.writing[1] {
+				continue // not on disk, and not being written
+			}
+		}
+		b.toRemove = append(b.toRemove, seq)
+		disk = true
+	}
 	b.mu.Unlock()
-	b.signal()
+	if settled {
+		b.settle()
+	}
+	if disk {
+		b.signal()
+	}
+}
+
+// deadWaits reports whether a dead letter waits for record seq. b.mu is
+// held.
+func (b *Buffer) deadWaits(seq uint64) bool {
+	if len(b.toDead) == 0 {
+		return false
+	}
+	_, ok := b.toDead[seq]
+	return ok
 }
 
 // removeTx removes the records seqs (ascending) from their batches,

@@ -103,12 +103,21 @@ type Buffer struct {
 	// $STATE_DIRECTORY (its first entry, if it holds several separated
 	// by ':'), else ./ferry-buffer.db.
 	Path string `yaml:"path"`
-	// Sync is when the buffer fsyncs: "always" (default) commits and
-	// fsyncs as soon as records wait, many at once; "interval" commits at
-	// most once per SyncInterval, fewer and larger writes (kinder to
-	// flash) at the cost of latency. Either way a message is acknowledged
-	// only after the fsync that made it durable.
+	// Sync is when a message counts as durable, so that it is
+	// acknowledged to the broker:
+	//   - "delayed" (default): once Kafka acknowledged it (acks=all) or
+	//     it was written and fsynced locally, whichever comes first. A
+	//     record waits in memory up to WriteDelay; records Kafka has not
+	//     acknowledged by then are written in one commit. With a healthy
+	//     uplink nothing is written to flash.
+	//   - "always": once it was written and fsynced locally, whatever
+	//     Kafka says; commits as soon as records wait, many at once.
+	//   - "interval": as always, committing at most once per
+	//     SyncInterval: fewer, larger writes, more latency.
 	Sync string `yaml:"sync"`
+	// WriteDelay is how long a record waits in memory with sync: delayed
+	// before it is written; > 0. Default 100ms.
+	WriteDelay time.Duration `yaml:"write_delay"`
 	// SyncInterval is the commit interval with sync: interval; > 0.
 	// Default 100ms.
 	SyncInterval time.Duration `yaml:"sync_interval"`

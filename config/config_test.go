@@ -77,7 +77,7 @@ func TestDefaults(t *testing.T) {
 			ReceiveMaximum: 1000,
 			Subscriptions:  []Subscription{{Filter: "sensors/#", QoS: 1}},
 		},
-		Buffer: Buffer{Path: "./ferry-buffer.db", Sync: "always", SyncInterval: 100 * time.Millisecond, MaxBytes: 1 << 30, MaxDeadLetterBytes: 64 << 20, MaxAge: 7 * 24 * time.Hour, WhenFull: "drop_oldest", OnCorrupt: "move_aside"},
+		Buffer: Buffer{Path: "./ferry-buffer.db", Sync: "delayed", WriteDelay: 100 * time.Millisecond, SyncInterval: 100 * time.Millisecond, MaxBytes: 1 << 30, MaxDeadLetterBytes: 64 << 20, MaxAge: 7 * 24 * time.Hour, WhenFull: "drop_oldest", OnCorrupt: "move_aside"},
 		Forward: Forward{
 			Kafka: Kafka{
 				Brokers:            []string{"127.0.0.1:9092"},
@@ -353,7 +353,9 @@ func TestBufferLimits(t *testing.T) {
 	}{
 		{yaml: "buffer: {max_bytes: 512MiB, max_age: 3d, when_full: block, sync: interval, sync_interval: 1s}",
 			want: Buffer{MaxBytes: 512 << 20, MaxAge: 72 * time.Hour, WhenFull: "block", Sync: "interval", SyncInterval: time.Second}},
-		{yaml: "buffer: {max_bytes: 2GB, max_age: 0}", want: Buffer{MaxBytes: 2e9, MaxAge: 0, WhenFull: "drop_oldest", Sync: "always"}},
+		{yaml: "buffer: {max_bytes: 2GB, max_age: 0}", want: Buffer{MaxBytes: 2e9, MaxAge: 0, WhenFull: "drop_oldest", Sync: "delayed"}},
+		{yaml: "buffer: {sync: always, max_bytes: 1GB}", want: Buffer{MaxBytes: 1e9, Sync: "always"}},
+		{yaml: "buffer: {write_delay: 250ms, max_bytes: 1GB}", want: Buffer{MaxBytes: 1e9, Sync: "delayed", WriteDelay: 250 * time.Millisecond}},
 		{yaml: "buffer: {max_bytes: 1073741824}", want: Buffer{MaxBytes: 1 << 30, MaxAge: 7 * 24 * time.Hour}},
 		{yaml: "", intSize: 32, want: Buffer{MaxBytes: 768 << 20, MaxDeadLetterBytes: 64 << 20}},
 		{yaml: "buffer: {max_bytes: 512MiB, max_dead_letter_bytes: 320MiB}", intSize: 32, want: Buffer{MaxBytes: 512 << 20, MaxDeadLetterBytes: 320 << 20}},
@@ -388,7 +390,7 @@ func TestBufferLimits(t *testing.T) {
 		checkDL := tc.want.MaxDeadLetterBytes != 0 || strings.Contains(tc.yaml, "max_dead_letter_bytes")
 		if b.MaxBytes != tc.want.MaxBytes || checkDL && b.MaxDeadLetterBytes != tc.want.MaxDeadLetterBytes || tc.want.MaxAge != 0 && b.MaxAge != tc.want.MaxAge ||
 			tc.want.WhenFull != "" && b.WhenFull != tc.want.WhenFull || tc.want.Sync != "" && b.Sync != tc.want.Sync ||
-			tc.want.SyncInterval != 0 && b.SyncInterval != tc.want.SyncInterval {
+			tc.want.SyncInterval != 0 && b.SyncInterval != tc.want.SyncInterval || tc.want.WriteDelay != 0 && b.WriteDelay != tc.want.WriteDelay {
 			t.Errorf("%q: buffer %+v, want %+v", tc.yaml, b, tc.want)
 		}
 		if want := int64(tc.want.MaxDeadLetterBytes); checkDL && (want == 0 && b.DeadLetterLimit() != -1 || want != 0 && b.DeadLetterLimit() != want) {

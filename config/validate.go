@@ -32,6 +32,7 @@ const (
 	defaultBufferFile         = "buffer.db"         // in $STATE_DIRECTORY
 	fallbackBufferPath        = "./ferry-buffer.db" // without $STATE_DIRECTORY
 	defaultSyncInterval       = 100 * time.Millisecond
+	defaultWriteDelay         = 100 * time.Millisecond
 	defaultMaxBytes           = 1 << 30
 	defaultMaxAge             = 7 * 24 * time.Hour
 	defaultMaxDeadLetterBytes = 64 << 20
@@ -72,8 +73,9 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 	}
 
 	bu := &c.Buffer
-	setString(&bu.Sync, "always")
+	setString(&bu.Sync, "delayed")
 	setIfAbsent(src, "buffer.sync_interval", &bu.SyncInterval, defaultSyncInterval)
+	setIfAbsent(src, "buffer.write_delay", &bu.WriteDelay, defaultWriteDelay)
 	defaultMax := ByteSize(defaultMaxBytes)
 	if env.intSize() == 32 {
 		defaultMax = maxBytes32
@@ -137,9 +139,12 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 
 	bu := &c.Buffer
-	oneOf("buffer.sync", bu.Sync, "always", "interval")
+	oneOf("buffer.sync", bu.Sync, "delayed", "always", "interval")
 	if bu.Sync == "interval" && bu.SyncInterval <= 0 {
 		bad("buffer.sync_interval", "must be more than 0s with sync: interval, got %v", bu.SyncInterval)
+	}
+	if bu.Sync == "delayed" && bu.WriteDelay <= 0 {
+		bad("buffer.write_delay", "must be more than 0s with sync: delayed (sync: always writes every record before its acknowledgement), got %v", bu.WriteDelay)
 	}
 	if bu.MaxBytes < 0 {
 		bad("buffer.max_bytes", "must be 0 (no bound) or more, got %v", bu.MaxBytes)

@@ -27,16 +27,17 @@ var poison = []byte("POISON")
 // partition); record bad (0-based) carries the poison mark.
 func appendBacklog(t *testing.T, b *buffer.Buffer, n, bad int) {
 	t.Helper()
+	var durable atomic.Int64
 	for i := range n {
 		p := fmt.Appendf(nil, "%d", i)
 		if i == bad {
 			p = append(p, poison...)
 		}
-		if err := b.Append(&buffer.Record{Topic: "s/dev", Payload: p, QoS: 1, ReceivedAt: time.Now()}, func(uint64, error) {}); err != nil {
+		if err := b.Append(&buffer.Record{Topic: "s/dev", Payload: p, QoS: 1, ReceivedAt: time.Now()}, func(uint64, error) { durable.Add(1) }); err != nil {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the backlog to be durable", func() bool { return b.Stats().Records == uint64(n) })
+	waitFor(t, "the backlog to be durable", func() bool { return durable.Load() == int64(n) })
 }
 
 // answerPoison makes the cluster answer code to every produce request
@@ -454,7 +455,7 @@ func TestSeveralRefusedRecordsInSeveralPartitions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the backlog to be durable", func() bool { return b.Stats().Records == n })
+	waitFor(t, "the backlog to be durable", func() bool { st := b.Stats(); return st.Records == n && st.TailRecords == 0 })
 	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/{device}", "t", "{device}")}}, b)
 	if err != nil {
 		t.Fatal(err)
@@ -518,7 +519,7 @@ func TestParkedTopicWithFullWindowHoldsNothingBack(t *testing.T) {
 	}
 	add("b", 30) // telemetry.b does not exist: more than the window
 	add("a", 200)
-	waitFor(t, "the records to be durable", func() bool { return b.Stats().Records == 230 })
+	waitFor(t, "the records to be durable", func() bool { st := b.Stats(); return st.Records == 230 && st.TailRecords == 0 })
 	cfg := Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/{device}", "telemetry.{device}", "{device}")},
 		MaxBufferedRecords: 20, UnknownTopicTimeout: -1}
 	f, err := New(cfg, b)

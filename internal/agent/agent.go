@@ -118,8 +118,11 @@ func openBuffer(c config.Buffer, log *slog.Logger) (*buffer.Buffer, error) {
 		WhenFull:           lim.WhenFull,
 		Logger:             log.With("component", "buffer"),
 	}
-	if c.Sync == "interval" {
+	switch c.Sync {
+	case "interval":
 		opts.SyncInterval = c.SyncInterval
+	case "delayed":
+		opts.WriteDelay = c.WriteDelay
 	}
 	// bbolt never shrinks its file: after a long outage drained, give the
 	// space back before opening.

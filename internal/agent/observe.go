@@ -19,12 +19,13 @@ type Snapshot struct {
 	MQTTConnected  bool   `json:"mqtt_connected"`
 	MQTTSubscribed bool   `json:"mqtt_subscribed"`
 	Received       uint64 `json:"received"`  // messages taken from the broker
-	Committed      uint64 `json:"committed"` // of those, durable in the buffer (and so acknowledged)
+	Committed      uint64 `json:"committed"` // of those, durable (fsynced, or acknowledged by Kafka) and so acknowledged
 
-	BufferRecords uint64 `json:"buffer_records"` // records waiting in the buffer, in flight included
-	BufferBytes   uint64 `json:"buffer_bytes"`   // their encoded size
-	BufferCommits uint64 `json:"buffer_commits"` // write transactions since the buffer opened
-	CorruptFiles  int    `json:"corrupt_files"`  // damaged buffer files moved aside
+	BufferRecords  uint64 `json:"buffer_records"`   // records waiting in the buffer, in flight included
+	BufferBytes    uint64 `json:"buffer_bytes"`     // their encoded size
+	BufferInMemory uint64 `json:"buffer_in_memory"` // of BufferRecords, those not written yet (sync: delayed)
+	BufferCommits  uint64 `json:"buffer_commits"`   // write transactions since the buffer opened
+	CorruptFiles   int    `json:"corrupt_files"`    // damaged buffer files moved aside
 
 	// Dropped counts records given up on purpose, by reason: the buffer's
 	// limits ("max_bytes", "max_age"), "purged" by ferry buffer purge (all
@@ -56,6 +57,7 @@ func (a *Agent) Snapshot() Snapshot {
 		Committed:      m.Stored,
 		BufferRecords:  b.Records,
 		BufferBytes:    b.Bytes,
+		BufferInMemory: b.TailRecords,
 		BufferCommits:  b.Commits,
 		CorruptFiles:   b.CorruptFiles,
 		Dropped:        map[string]uint64{"unrouted": f.Unrouted},

@@ -28,12 +28,13 @@ const (
 
 var (
 	mReceived     = newMetric("ferry_mqtt_messages_received_total", "Messages received from the MQTT broker.", counter)
-	mCommitted    = newMetric("ferry_buffer_messages_committed_total", "Received messages made durable in the buffer, and so acknowledged to the broker.", counter)
+	mCommitted    = newMetric("ferry_buffer_messages_committed_total", "Received messages made durable (fsynced in the buffer, or acknowledged by Kafka first with sync: delayed), and so acknowledged to the broker.", counter)
 	mForwarded    = newMetric("ferry_kafka_records_forwarded_total", "Records Kafka acknowledged.", counter)
 	mDropped      = newMetric("ferry_records_dropped_total", "Records given up on purpose, by reason: max_bytes, max_age and purged (since the buffer file was created), unrouted (since start).", counter, "reason")
 	mDeadLettered = newMetric("ferry_records_dead_lettered_total", "Records set aside in the buffer's dead-letter bucket since the file was created, by reason (undecodable, broken_batch, message_too_large, invalid_record, invalid_topic, topic_authorization_failed, policy_violation, unknown_topic).", counter, "reason")
 	mRecords      = newMetric("ferry_buffer_records", "Records waiting in the buffer, in flight to Kafka included.", gauge)
 	mBytes        = newMetric("ferry_buffer_bytes", "Encoded size of the records waiting in the buffer.", gauge)
+	mInMemory     = newMetric("ferry_buffer_memory_records", "Of ferry_buffer_records, those held in memory only: with sync: delayed, not written yet (waiting for Kafka's acknowledgement, at most buffer.write_delay).", gauge)
 	mOldest       = newMetric("ferry_buffer_oldest_record_age_seconds", "Age of the oldest record waiting in the buffer (since ferry received it); 0 when the buffer is empty.", gauge)
 	mFileBytes    = newMetric("ferry_buffer_file_bytes", "Size of the buffer file on disk.", gauge)
 	mUsedBytes    = newMetric("ferry_buffer_used_bytes", "Part of the buffer file in pages holding data: what buffer.max_bytes bounds.", gauge)
@@ -84,6 +85,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	put(mRecords, float64(s.BufferRecords))
 	put(mBytes, float64(s.BufferBytes))
+	put(mInMemory, float64(s.BufferInMemory))
 	put(mCommits, float64(s.BufferCommits))
 	put(mCorrupt, float64(s.CorruptFiles))
 	put(mMQTTConn, b2f(s.MQTTConnected))
