@@ -213,13 +213,13 @@ func (o *Options) setDefaults() {
 // Stats is a snapshot of the buffer's counters. It costs nothing to take:
 // the counters are kept, not recomputed.
 type Stats struct {
-	Records  uint64 // records held, on disk and in memory
-	Bytes    uint64 // encoded size of the records held
+	Records uint64 // records held, on disk and in memory
+	Bytes   uint64 // encoded size of the records held
 	// TailRecords and TailBytes are the part of Records and Bytes held in
 	// memory only: appended, not written (nor delivered) yet.
 	TailRecords, TailBytes uint64
-	FirstSeq uint64 // sequence number of the head; 0 when empty
-	LastSeq  uint64 // highest sequence number ever assigned; 0 if none
+	FirstSeq               uint64 // sequence number of the head; 0 when empty
+	LastSeq                uint64 // highest sequence number ever assigned; 0 if none
 	// DeadLettered counts records dead-lettered since the file was
 	// created, by reason.
 	DeadLettered map[Reason]uint64
