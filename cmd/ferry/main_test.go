@@ -185,13 +185,21 @@ func (c *child) stop(t *testing.T, sig syscall.Signal) int {
 	return 0
 }
 
-func TestRestartAfterSIGTERM(t *testing.T) { runRestart(t, syscall.SIGTERM) }
-func TestRestartAfterSIGKILL(t *testing.T) { runRestart(t, syscall.SIGKILL) }
+func TestRestartAfterSIGTERM(t *testing.T) { runRestartModes(t, syscall.SIGTERM) }
+func TestRestartAfterSIGKILL(t *testing.T) { runRestartModes(t, syscall.SIGKILL) }
+
+// runRestartModes runs runRestart in both buffer.sync modes.
+func runRestartModes(t *testing.T, sig syscall.Signal) {
+	for _, mode := range []string{"delayed", "always"} {
+		t.Run("sync="+mode, func(t *testing.T) { runRestart(t, sig, mode) })
+	}
+}
 
 // runRestart streams 20 devices x 500 QoS 1 messages while ferry is stopped
 // with sig mid-stream and started again: nothing the broker acknowledged to
 // a sensor may be lost, and per device the first deliveries stay in order.
-func runRestart(t *testing.T, sig syscall.Signal) {
+// sync is buffer.sync.
+func runRestart(t *testing.T, sig syscall.Signal, sync string) {
 	const devices, perDevice = 20, 500
 	broker := testenv.NewBroker(t)
 	testenv.RequireMosquitto(t, broker, "mochi-mqtt v2.7.9 can lose a persistent session's acknowledged messages when its subscriber crashes")
@@ -199,7 +207,9 @@ func runRestart(t *testing.T, sig syscall.Signal) {
 	topic := testenv.NewTopic(t, kafka)
 	dir := t.TempDir()
 	configPath := filepath.Join(dir, "ferry.yaml")
-	if err := os.WriteFile(configPath, []byte(testenv.FerryConfig(broker, kafka, topic, filepath.Join(dir, "buffer.db"))), 0o600); err != nil {
+	text := testenv.FerryConfig(broker, kafka, topic, filepath.Join(dir, "buffer.db"))
+	text = strings.Replace(text, "buffer:\n", "buffer:\n  sync: "+sync+"\n", 1)
+	if err := os.WriteFile(configPath, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
 

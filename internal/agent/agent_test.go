@@ -76,19 +76,26 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 
 const mochiStalls = "mochi-mqtt v2.7.9 stalls under sustained QoS 1 load (a deadlock on its inflight lock)"
 
-func TestEndToEnd(t *testing.T)            { runEndToEnd(t, false) }
-func TestEndToEndKafkaOutage(t *testing.T) { runEndToEnd(t, true) }
+func TestEndToEnd(t *testing.T) { runEndToEnd(t, false, "delayed") }
+
+// The outage test runs in both buffer.sync modes: acknowledged on Kafka's
+// acknowledgement or the fsync (delayed), and on the fsync only (always).
+func TestEndToEndKafkaOutage(t *testing.T) {
+	for _, mode := range []string{"delayed", "always"} {
+		t.Run("sync="+mode, func(t *testing.T) { runEndToEnd(t, true, mode) })
+	}
+}
 
 // runEndToEnd publishes 20 devices x 500 QoS 1 messages through a real
 // broker and ferry into Kafka and checks every acknowledged message arrived,
 // in per-device order; with outage, Kafka is unreachable for seconds in the
-// middle of the stream.
-func runEndToEnd(t *testing.T, outage bool) {
+// middle of the stream. sync is buffer.sync.
+func runEndToEnd(t *testing.T, outage bool, sync string) {
 	broker := testenv.NewBroker(t)
 	testenv.RequireMosquitto(t, broker, mochiStalls)
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
-	cfg := loadConfig(t, broker, kafka, topic)
+	cfg := loadConfig(t, broker, kafka, topic, "sync: "+sync)
 
 	a, stopAgent := startAgent(t, cfg, Options{Forward: func(fc *forward.Config) { fc.ShutdownTimeout = 2 * time.Second }})
 	ctx, cancel := context.WithCancel(context.Background())
