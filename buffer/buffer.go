@@ -387,6 +387,7 @@ type Buffer struct {
 	waiting   bool          // a reader waits on changed
 	wakeAt    time.Duration // when the committer wakes by itself (born's clock); -1: only when signalled
 	ratio     float64       // disk bytes in use per record byte, as last measured
+	headAt    time.Time     // the head record's receive time (see headTime)
 	commits   uint64
 	corrupt   int                    // files moved aside next to path, at Open
 	lim       atomic.Pointer[Limits] // opts' limits, or what SetLimits set since
@@ -455,6 +456,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 				return fmt.Errorf("%w: meta next_seq %d is not above the last record %d", ErrCorruptFile, b.st.next, last)
 			}
 		}
+		b.headAt = headTime(tx, b.st)
 		b.next = max(b.st.next, b.st.reserved)
 		if opts.WriteDelay > 0 {
 			b.st.reserved = b.next + reserveStep

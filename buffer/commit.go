@@ -175,6 +175,7 @@ func (b *Buffer) commit(writeTail, final bool) {
 	b.mu.Lock()
 	st := b.st.clone()
 	ratio := b.ratio
+	headAt := b.headAt
 	credit := b.credit
 	dl := b.dl
 	releaseTo := b.releaseTo
@@ -222,7 +223,7 @@ func (b *Buffer) commit(writeTail, final bool) {
 	dlLimit, dlBounded := uint64(lim.MaxDeadLetterBytes), lim.MaxDeadLetterBytes > 0
 
 	budget, bounded := b.recordBudget(ratio)
-	limits := bounded && lim.WhenFull == DropOldest && st.bytes > budget || b.expired(st)
+	limits := bounded && lim.WhenFull == DropOldest && st.bytes > budget || b.expired(st, headAt)
 	limits = limits || dlBounded && st.dlBytes > dlLimit
 	reserve := b.reserveLow(next, st)
 	if len(recs) == 0 && len(dead) == 0 && len(ops) == 0 && len(remove) == 0 && (releaseTo < st.head || st.count == 0) && !limits && !reserve {
@@ -324,6 +325,7 @@ func (b *Buffer) commit(writeTail, final bool) {
 		if top := max(next, st.next); b.reserveLow(top, st) {
 			st.reserved = top + reserveStep
 		}
+		headAt = headTime(tx, st)
 		return st.store(tx.Bucket(bucketMeta))
 	})
 	if err != nil {
@@ -356,6 +358,7 @@ func (b *Buffer) commit(writeTail, final bool) {
 	drained := b.st.count > 0 && st.count == 0 || b.st.bytes > drainedBytes && st.bytes <= drainedBytes
 	b.st = st
 	b.ratio = ratio
+	b.headAt = headAt
 	b.credit = credit
 	b.dl = dl
 	b.commits++

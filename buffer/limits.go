@@ -70,30 +70,31 @@ func (b *Buffer) full() bool {
 	return b.room() == 0
 }
 
-// expired reports whether the head record is older than MaxAge.
-func (b *Buffer) expired(st state) bool {
+// expired reports whether the head record, received at headAt, is older
+// than MaxAge.
+func (b *Buffer) expired(st state, headAt time.Time) bool {
 	maxAge := b.lim.Load().MaxAge
-	if maxAge <= 0 || st.count == 0 {
-		return false
+	return maxAge > 0 && st.count > 0 && !headAt.IsZero() && headAt.Before(b.opts.Now().Add(-maxAge))
+}
+
+// headTime is the receive time of the head record: kept in memory after
+// every commit, so that MaxAge costs no read transaction. The zero time
+// if there is none or it cannot be read.
+func headTime(tx *bolt.Tx, st state) time.Time {
+	if st.count == 0 {
+		return time.Time{}
 	}
-	var t time.Time
-	b.dbMu.RLock()
-	defer b.dbMu.RUnlock()
-	b.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketBatches).Cursor()
-		for k, v := seekBatch(c, st.head); k != nil; k, v = c.Next() {
-			recs, _, _ := parseBatch(v)
-			base := binary.BigEndian.Uint64(k)
-			for i, raw := range recs {
-				if base+uint64(i) >= st.head && len(raw) > 0 {
-					t = recordTime(raw)
-					return nil
-				}
+	c := tx.Bucket(bucketBatches).Cursor()
+	for k, v := seekBatch(c, st.head); k != nil; k, v = c.Next() {
+		recs, _, _ := parseBatch(v)
+		base := binary.BigEndian.Uint64(k)
+		for i, raw := range recs {
+			if base+uint64(i) >= st.head && len(raw) > 0 {
+				return recordTime(raw)
 			}
 		}
-		return nil
-	})
-	return !t.IsZero() && t.Before(b.opts.Now().Add(-maxAge))
+	}
+	return time.Time{}
 }
 
 // dropWhile removes live records from the head for as long as drop says so,
