@@ -204,29 +204,13 @@ func (p *pass) fill(ctx context.Context, prefetch bool) error {
 	}
 }
 
-// linger waits up to Linger for more records when the window is not full.
+// linger waits Linger, when the window is not full, and then takes what
+// came meanwhile: one wakeup per Linger, not one per record.
 func (p *pass) linger(ctx context.Context) error {
-	if p.f.cfg.Linger <= 0 || p.w.full() {
+	if p.f.cfg.Linger <= 0 || p.w.full() || !sleep(ctx, p.f.cfg.Linger) {
 		return nil
 	}
-	lctx, cancel := context.WithTimeout(ctx, p.f.cfg.Linger)
-	defer cancel()
-	for !p.w.full() {
-		records, bytes := p.w.room()
-		var err error
-		p.recs, err = p.f.src.Read(lctx, p.after, min(records, maxRead), bytes, p.recs)
-		for i := range p.recs {
-			p.admit(&p.recs[i])
-		}
-		clear(p.recs)
-		if err != nil {
-			if lctx.Err() != nil && ctx.Err() == nil {
-				return nil
-			}
-			return fmt.Errorf("forward: %w: %w", errSource, err)
-		}
-	}
-	return nil
+	return p.fill(ctx, true)
 }
 
 // admit routes rec into the window and returns its slot. A record that
