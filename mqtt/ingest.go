@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -79,6 +80,9 @@ type Ingest struct {
 	cfg  Config
 	sink Sink
 	log  *slog.Logger
+	// dial opens the network connection under MQTT (and TLS) for the
+	// schemes ingest dials itself; tests replace it.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	received, stored atomic.Uint64
 	connected        atomic.Bool
@@ -122,6 +126,7 @@ func New(cfg Config, sink Sink) (*Ingest, error) {
 		cfg:   cfg,
 		sink:  sink,
 		log:   cfg.Logger.With("component", "mqtt"),
+		dial:  dialProxied,
 		fatal: make(chan error, 1),
 	}, nil
 }
@@ -193,6 +198,9 @@ func (in *Ingest) Run(ctx context.Context) error {
 				in.log.Warn("broker closed the connection", "reason_code", d.ReasonCode, "reason", reasonString(d))
 			},
 		},
+	}
+	if dialsItself(in.cfg.URL.Scheme) {
+		cc.AttemptConnection = in.attemptConnection
 	}
 	cm, err := autopaho.NewConnection(connCtx, cc)
 	if err != nil {
