@@ -116,8 +116,8 @@ func TestFramerFindsPacketEnds(t *testing.T) {
 }
 
 // Each packet paho writes (in pieces, under the connection's lock) reaches
-// the connection in one write, at once; several packets written together
-// are one write too.
+// the connection in one write, at once; a batch of PUBACKs written together
+// is one write too, in order with what paho writes.
 func TestBufConnWritesWholePackets(t *testing.T) {
 	rc := &recordConn{}
 	c := newBufConn(rc)
@@ -140,14 +140,16 @@ func TestBufConnWritesWholePackets(t *testing.T) {
 		}
 	}
 
+	var acks []byte
 	var want []byte
 	for id := uint16(1); id <= 50; id++ {
+		acks = appendPuback(acks, id)
 		want = append(want, wire(t, &packets.Puback{PacketID: id, Properties: &packets.Properties{}})...)
 	}
-	c.Lock()
-	_, err := c.Write(want)
-	c.Unlock()
-	if err != nil {
+	if !bytes.Equal(acks, want) {
+		t.Fatalf("appendPuback wrote %x, paho writes %x", acks, want)
+	}
+	if err := (&link{w: c}).write(acks); err != nil {
 		t.Fatal(err)
 	}
 	if w := rc.taken(); len(w) != 1 || !bytes.Equal(w[0], want) {
@@ -156,7 +158,7 @@ func TestBufConnWritesWholePackets(t *testing.T) {
 
 	// A write that ends in the middle of a packet sends what is whole and
 	// keeps the rest for the write that completes it.
-	both := append(wire(t, &packets.Puback{PacketID: 60, Properties: &packets.Properties{}}), wire(t, ping.Content)...)
+	both := append(appendPuback(nil, 60), wire(t, ping.Content)...)
 	if _, err := c.Write(both[:len(both)-1]); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/url"
@@ -17,6 +18,9 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/ferry-edge/ferry/internal/testenv"
 )
@@ -96,8 +100,8 @@ func tlsProxy(t *testing.T, addr string, cert tls.Certificate) string {
 	return ln.Addr().String()
 }
 
-// Over TLS (ingest dials and handshakes itself) messages are stored; the
-// server name comes from the URL.
+// Over TLS (ingest dials and handshakes itself) messages are stored and
+// acknowledged; the server name comes from the URL.
 func TestTLS(t *testing.T) {
 	broker := testenv.NewBroker(t)
 	cert, pool := selfSigned(t)
@@ -109,7 +113,7 @@ func TestTLS(t *testing.T) {
 			defer cancel()
 			const n = 20
 			publishN(t, publisher(t, broker.Addr), n, 1)
-			waitFor(t, 10*time.Second, "the records", func() bool { return in.Stats().Stored == n })
+			waitFor(t, 10*time.Second, "the acknowledgements", func() bool { return in.Stats().Acknowledged == n })
 			cancel()
 			if err := <-done; err != nil {
 				t.Fatal(err)
@@ -134,5 +138,49 @@ func TestTLSRefusesAnUntrustedBroker(t *testing.T) {
 	var unknown x509.UnknownAuthorityError
 	if !errors.As(err, &unknown) {
 		t.Fatalf("error %v, want an unknown authority", err)
+	}
+}
+
+// WebSockets are autopaho's own connection; the acknowledgements the ack
+// goroutine writes to it reach the broker, which then holds nothing in
+// flight for ferry.
+func TestWebSocket(t *testing.T) {
+	caps := mochi.NewDefaultServerCapabilities()
+	srv := mochi.New(&mochi.Options{Capabilities: caps, InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	if err := srv.AddListener(listeners.NewWebsocket(listeners.Config{ID: "ws", Address: addr})); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+
+	u, _ := url.Parse("ws://" + addr + "/")
+	sink := newCommitterSink(t)
+	in, done, cancel := startIngestWith(t, Config{URL: u}, sink, nil)
+	defer cancel()
+	const n = 20
+	for range n {
+		if err := srv.Publish("sensors/a", []byte("x"), false, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the acknowledgements", func() bool { return in.Stats().Acknowledged == n })
+	waitFor(t, 5*time.Second, "the broker to hold nothing in flight", func() bool {
+		cl, ok := srv.Clients.Get("ferry-test")
+		return ok && cl.State.Inflight.Len() == 0
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
