@@ -2,14 +2,18 @@
 // buffer record.
 //
 // Guarantee: a QoS 1 or 2 message is acknowledged to the broker (PUBACK or
-// PUBREC) only after its record is durable in the sink. Acknowledgements go
-// out in the order the messages arrived, as MQTT requires; many messages are
-// in flight at once (up to Receive Maximum) and share one sink commit, so
-// ingest never waits for one fsync per message. The session is persistent
-// (clean start false, a session expiry interval): while ferry is stopped or
-// disconnected the broker keeps the messages, and after a crash it
-// redelivers the ones that were not acknowledged. Duplicates are possible;
-// loss of an acknowledged message is not.
+// PUBREC) only after the sink called done for its record with a nil error,
+// that is once the record is durable, and only on the connection the
+// message came on. Acknowledgements go out in the order the messages
+// arrived, as MQTT requires, from a goroutine of ingest's own: done only
+// queues, so a connection that takes nothing never holds up the sink. Many
+// messages are in flight at once (up to Receive Maximum) and share one sink
+// commit and one write of their acknowledgements, so ingest never waits for
+// one fsync per message. The session is persistent (clean start false, a
+// session expiry interval): while ferry is stopped or disconnected the
+// broker keeps the messages, and after a crash it redelivers the ones that
+// were not acknowledged. Duplicates are possible; loss of an acknowledged
+// message is not.
 //
 // The package knows the buffer's Record type, not what consumes it.
 package mqtt
@@ -20,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -31,9 +36,11 @@ import (
 	"github.com/ferry-edge/ferry/buffer"
 )
 
-// Sink is where records go: *buffer.Buffer. Append must call done exactly
-// once, after the record is durable (err == nil) or could not be stored,
-// and in append order.
+// Sink is where records go: *buffer.Buffer. Append must not keep rec (ingest
+// reuses it once Append returns). Unless Append returns an error, it must
+// call done exactly once, after the record is durable (err == nil) or could
+// not be stored, in append order; done may be called from any goroutine,
+// also before Append returns. done is cheap and never blocks.
 type Sink interface {
 	Append(rec *buffer.Record, done func(seq uint64, err error)) error
 }
@@ -60,15 +67,22 @@ type Config struct {
 	Logger         *slog.Logger
 }
 
-// stopWait bounds how long Run, when stopping, waits for records handed to
-// the sink to become durable so their acknowledgements can go out.
-const stopWait = 10 * time.Second
+const (
+	// stopWait bounds how long Run, when stopping, waits for records handed
+	// to the sink to become durable so their acknowledgements can go out.
+	stopWait = 10 * time.Second
+	// disconnectWait bounds how long writing DISCONNECT may take when Run
+	// stops, and how long Run waits for the ack goroutine once it gave up
+	// on the sink.
+	disconnectWait = 2 * time.Second
+)
 
 // Stats are ingest counters since Run started.
 type Stats struct {
-	Received  uint64 // messages handed to the sink
-	Stored    uint64 // records the sink reported durable
-	Connected bool   // a connection to the broker is up
+	Received     uint64 // messages handed to the sink
+	Stored       uint64 // records the sink reported durable
+	Acknowledged uint64 // QoS 1 and 2 messages acknowledged to the broker (PUBACK or PUBREC written)
+	Connected    bool   // a connection to the broker is up
 	// Subscribed is true once the broker granted the subscriptions on the
 	// current connection.
 	Subscribed bool
@@ -79,17 +93,49 @@ type Ingest struct {
 	cfg  Config
 	sink Sink
 	log  *slog.Logger
+	sess *session
+	// settleFunc is in.settle, made once: Append gets it for every record.
+	settleFunc func(uint64, error)
+	// dial opens the network connection under MQTT (and TLS) for the
+	// schemes ingest dials itself; tests replace it.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
-	received, stored atomic.Uint64
-	connected        atomic.Bool
-	subscribed       atomic.Bool
+	stopWait time.Duration // stopWait; shorter in tests
 
+	received, stored, acked atomic.Uint64
+	connected               atomic.Bool
+	subscribed              atomic.Bool
+
+	rec   buffer.Record     // reused by onPublish (paho's router goroutine)
+	props []buffer.Property // rec's user properties, reused
+
+	// The acknowledgement queue. onPublish appends an entry for each
+	// message it hands to the sink; done (settle) marks the oldest entry
+	// not yet marked; the ack goroutine (sendAcks) takes the marked ones
+	// and acknowledges them in order. It is bounded without a limit of its
+	// own, so done never waits for room: the broker sends at most Receive
+	// Maximum QoS 1 and 2 messages that ferry has not acknowledged, and
+	// the QoS 0 messages among them are no more than the sink holds
+	// unsettled (its Append blocks when its queue is full).
 	mu       sync.Mutex
-	stopping bool           // no new messages are taken; guarded by mu
-	pending  sync.WaitGroup // appends whose callback has not run; Add under mu
+	stopping bool          // no new messages are taken
+	queue    []pending     // oldest first
+	settled  int           // queue[:settled] have their done
+	woken    bool          // a wake is pending: done need not send another
+	wake     chan struct{} // 1 slot: settled entries wait for the ack goroutine
 
 	fatalOnce sync.Once
 	fatal     chan error
+}
+
+// pending is a message handed to the sink, waiting for its done and then
+// for its acknowledgement.
+type pending struct {
+	link  *link // the connection it came on; nil: none up (not acknowledged)
+	topic string
+	id    uint16 // packet identifier
+	qos   byte
+	ok    bool // durable: the sink's done came with a nil error
 }
 
 // New checks cfg and returns an Ingest ready to Run.
@@ -118,21 +164,28 @@ func New(cfg Config, sink Sink) (*Ingest, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Ingest{
-		cfg:   cfg,
-		sink:  sink,
-		log:   cfg.Logger.With("component", "mqtt"),
-		fatal: make(chan error, 1),
-	}, nil
+	in := &Ingest{
+		cfg:      cfg,
+		sink:     sink,
+		log:      cfg.Logger.With("component", "mqtt"),
+		sess:     newSession(),
+		dial:     dialProxied,
+		stopWait: stopWait,
+		wake:     make(chan struct{}, 1),
+		fatal:    make(chan error, 1),
+	}
+	in.settleFunc = in.settle
+	return in, nil
 }
 
 // Stats returns the ingest counters.
 func (in *Ingest) Stats() Stats {
 	return Stats{
-		Received:   in.received.Load(),
-		Stored:     in.stored.Load(),
-		Connected:  in.connected.Load(),
-		Subscribed: in.subscribed.Load(),
+		Received:     in.received.Load(),
+		Stored:       in.stored.Load(),
+		Acknowledged: in.acked.Load(),
+		Connected:    in.connected.Load(),
+		Subscribed:   in.subscribed.Load(),
 	}
 }
 
@@ -141,9 +194,13 @@ func (in *Ingest) Stats() Stats {
 // handed to the sink to become durable and their acknowledgements to go out,
 // then disconnects; it returns nil. A sink failure is returned as an error:
 // the messages concerned were not acknowledged, so the broker keeps them.
+// Run is called once.
 func (in *Ingest) Run(ctx context.Context) error {
 	connCtx, cancelConn := context.WithCancel(context.Background())
 	defer cancelConn()
+
+	ackStop, ackAbandon, ackExited := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go in.sendAcks(ackStop, ackAbandon, ackExited)
 
 	var lastErr atomic.Value // string: log connect errors on change only
 	cc := autopaho.ClientConfig{
@@ -182,10 +239,12 @@ func (in *Ingest) Run(ctx context.Context) error {
 			}
 		},
 		ClientConfig: paho.ClientConfig{
-			ClientID:                   in.cfg.ClientID,
-			EnableManualAcknowledgment: true,
-			SendAcksInterval:           10 * time.Millisecond,
-			OnPublishReceived:          []func(paho.PublishReceived) (bool, error){in.onPublish},
+			ClientID: in.cfg.ClientID,
+			// Not paho's manual acknowledgements: the session ignores the
+			// Ack paho makes when onPublish returns, and the ack goroutine
+			// acknowledges once the record is durable.
+			Session:           in.sess,
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){in.onPublish},
 			OnClientError: func(err error) {
 				in.log.Warn("broker connection error", "err", err)
 			},
@@ -194,8 +253,13 @@ func (in *Ingest) Run(ctx context.Context) error {
 			},
 		},
 	}
+	if dialsItself(in.cfg.URL.Scheme) {
+		cc.AttemptConnection = in.attemptConnection
+	}
 	cm, err := autopaho.NewConnection(connCtx, cc)
 	if err != nil {
+		close(ackAbandon)
+		<-ackExited
 		return fmt.Errorf("mqtt: connect to %s: %w", in.cfg.URL.Redacted(), err)
 	}
 
@@ -205,22 +269,29 @@ func (in *Ingest) Run(ctx context.Context) error {
 	case runErr = <-in.fatal:
 	}
 
-	// Stop taking messages; let the ones already handed over commit and
-	// their acknowledgements go out (the ack sender runs every 10ms).
+	// Stop taking messages; the ack goroutine acknowledges the ones already
+	// handed over as the sink reports them durable, and ends when all are.
 	in.stop()
-	stored := make(chan struct{})
-	go func() { in.pending.Wait(); close(stored) }()
+	close(ackStop)
 	select {
-	case <-stored:
-		if runErr == nil {
-			time.Sleep(50 * time.Millisecond)
-		}
-	case <-time.After(stopWait):
+	case <-ackExited:
+	case <-time.After(in.stopWait):
 		// The buffer is not taking records (full with when_full: block, or
-		// stuck): those messages stay unacknowledged and the broker
-		// redelivers them to the next session.
-		in.log.Warn("stopping without waiting longer for the buffer; unacknowledged messages will be redelivered", "waited", stopWait)
+		// stuck), or the connection takes no acknowledgements: those
+		// messages stay unacknowledged and the broker redelivers them to
+		// the next session.
+		in.log.Warn("stopping without waiting longer for the buffer and the broker; unacknowledged messages will be redelivered", "waited", in.stopWait)
+		close(ackAbandon)
+		in.sess.setWriteDeadline(time.Now()) // a write stuck on the connection fails now
+		select {
+		case <-ackExited:
+		case <-time.After(disconnectWait):
+			in.log.Error("acknowledgement goroutine did not stop", "waited", disconnectWait)
+		}
 	}
+	// DISCONNECT goes out after the last acknowledgement, and a connection
+	// that takes nothing does not hold it up for long.
+	in.sess.setWriteDeadline(time.Now().Add(disconnectWait))
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := cm.Disconnect(dctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -263,18 +334,22 @@ func (in *Ingest) subscribe(ctx context.Context, cm *autopaho.ConnectionManager)
 }
 
 // onPublish runs on paho's router goroutine, once per message in arrival
-// order. It must not block on the commit: it hands the record over and the
-// commit callback acknowledges.
+// order. It queues the message for its acknowledgement and hands the record
+// to the sink, whose done (settle) says when it is durable; it does not
+// wait for that.
 func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 	p := pr.Packet
+	l := in.sess.current()
 	in.mu.Lock()
 	if in.stopping {
 		in.mu.Unlock()
 		return true, nil // not acknowledged: the broker keeps it for the next session
 	}
-	in.pending.Add(1)
+	in.queue = append(in.queue, pending{link: l, topic: p.Topic, id: p.PacketID, qos: p.QoS})
 	in.mu.Unlock()
-	rec := buffer.Record{
+
+	rec := &in.rec
+	*rec = buffer.Record{
 		Topic:      p.Topic,
 		Payload:    p.Payload,
 		QoS:        p.QoS,
@@ -286,32 +361,151 @@ func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 		rec.ResponseTopic = pp.ResponseTopic
 		rec.CorrelationData = pp.CorrelationData
 		rec.PayloadUTF8 = pp.PayloadFormat != nil && *pp.PayloadFormat == 1
-		for _, u := range pp.User {
-			rec.UserProperties = append(rec.UserProperties, buffer.Property{Key: u.Key, Value: u.Value})
+		if len(pp.User) > 0 {
+			props := in.props[:0]
+			for _, u := range pp.User {
+				props = append(props, buffer.Property{Key: u.Key, Value: u.Value})
+			}
+			rec.UserProperties, in.props = props, props[:0]
 		}
 	}
 	in.received.Add(1)
-	client := pr.Client
-	err := in.sink.Append(&rec, func(_ uint64, err error) {
-		defer in.pending.Done()
-		if err != nil {
-			in.fail(fmt.Errorf("mqtt: store message from %s: %w", p.Topic, err))
-			return
-		}
-		in.stored.Add(1)
-		if p.QoS > 0 {
-			// Ack on the client that received it: after a reconnect the old
-			// client's acks go nowhere and the broker redelivers.
-			if err := client.Ack(p); err != nil {
-				in.log.Debug("ack not sent (connection gone); broker will redeliver", "topic", p.Topic, "err", err)
-			}
-		}
-	})
+	err := in.sink.Append(rec, in.settleFunc)
+	clear(rec.UserProperties) // keep no message alive
+	*rec = buffer.Record{}
 	if err != nil {
-		in.pending.Done()
+		// done will not be called: the entry is the newest, take it back.
+		in.mu.Lock()
+		in.queue[len(in.queue)-1] = pending{}
+		in.queue = in.queue[:len(in.queue)-1]
+		in.mu.Unlock()
 		in.fail(fmt.Errorf("mqtt: store message from %s: %w", p.Topic, err))
 	}
 	return true, nil
+}
+
+// settle is the sink's done for every record. The sink calls it once per
+// record, in append order, so it concerns the oldest entry without its
+// done. It only marks the entry and wakes the ack goroutine: it never waits
+// for the connection.
+func (in *Ingest) settle(_ uint64, err error) {
+	in.mu.Lock()
+	if in.settled == len(in.queue) {
+		in.mu.Unlock()
+		in.log.Error("the sink reported on more records than it was given; ignored")
+		return
+	}
+	e := &in.queue[in.settled]
+	in.settled++
+	e.ok = err == nil
+	topic := e.topic
+	wake := !in.woken
+	in.woken = true
+	in.mu.Unlock()
+	if wake {
+		select {
+		case in.wake <- struct{}{}:
+		default:
+		}
+	}
+	if err != nil {
+		in.fail(fmt.Errorf("mqtt: store message from %s: %w", topic, err))
+		return
+	}
+	in.stored.Add(1)
+}
+
+// sendAcks is the ack goroutine: it acknowledges the settled entries of the
+// queue, in order, as they come. Once stop is closed it ends when the queue
+// is empty (every message handed to the sink settled and acknowledged);
+// once abandon is closed it ends at once, or as soon as a write in
+// progress returns.
+func (in *Ingest) sendAcks(stop, abandon <-chan struct{}, exited chan<- struct{}) {
+	defer close(exited)
+	var (
+		batch    []pending
+		out      []byte
+		stopping bool
+		failed   bool // a record was not stored: acknowledge nothing after it
+	)
+	for {
+		select {
+		case <-in.wake:
+		case <-stop:
+			stop, stopping = nil, true
+		case <-abandon:
+			return
+		}
+		in.mu.Lock()
+		batch = append(batch[:0], in.queue[:in.settled]...)
+		n := copy(in.queue, in.queue[in.settled:])
+		clear(in.queue[n:])
+		in.queue = in.queue[:n]
+		in.settled, in.woken = 0, false
+		in.mu.Unlock()
+		out, failed = in.writeAcks(batch, out, failed)
+		clear(batch)
+		if stopping && n == 0 {
+			return
+		}
+	}
+}
+
+// writeAcks acknowledges the durable QoS 1 and 2 messages of batch, in
+// order, and returns out (emptied, for reuse) and failed. The PUBACKs for
+// one connection are written in one call; a PUBREC goes through paho's
+// session, after the PUBACKs before it.
+func (in *Ingest) writeAcks(batch []pending, out []byte, failed bool) ([]byte, bool) {
+	var (
+		to      *link // the connection of the PUBACKs in out
+		inOut   int   // how many
+		written int
+		lost    int
+	)
+	flush := func() {
+		if inOut == 0 {
+			return
+		}
+		if err := to.write(out); err != nil {
+			lost += inOut
+		} else {
+			written += inOut
+		}
+		out, inOut = out[:0], 0
+	}
+	for i := range batch {
+		e := &batch[i]
+		if !e.ok {
+			failed = true
+		}
+		if failed || e.qos == 0 {
+			continue
+		}
+		if e.link != to {
+			flush()
+			to = e.link
+		}
+		switch {
+		case to == nil:
+			lost++
+		case e.qos == 1:
+			out = appendPuback(out, e.id)
+			inOut++
+		default:
+			flush()
+			if err := in.sess.pubrec(to, e.id); err != nil {
+				lost++
+			} else {
+				written++
+			}
+		}
+	}
+	flush()
+	in.acked.Add(uint64(written))
+	if lost > 0 {
+		in.log.Debug("acknowledgements not sent (connection gone); the broker will deliver those messages again", "messages", lost)
+	}
+	return out, failed
 }
 
 // stop makes onPublish refuse new messages.

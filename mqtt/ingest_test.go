@@ -64,12 +64,29 @@ func (s *gatedSink) release() {
 func startIngest(t *testing.T, brokerURL string, sink Sink) (*Ingest, chan error, context.CancelFunc) {
 	t.Helper()
 	u, _ := url.Parse(brokerURL)
-	in, err := New(Config{
-		URL: u, ClientID: "ferry-test", SessionExpiry: time.Hour,
-		Subscriptions: []Subscription{{Filter: "sensors/#", QoS: 1}},
-	}, sink)
+	return startIngestWith(t, Config{URL: u}, sink, nil)
+}
+
+// startIngestWith runs an ingest of cfg, with the client id, session expiry
+// and subscription the tests use where cfg has none, after setup (if not
+// nil) had its way with it, and waits until it is subscribed.
+func startIngestWith(t *testing.T, cfg Config, sink Sink, setup func(*Ingest)) (*Ingest, chan error, context.CancelFunc) {
+	t.Helper()
+	if cfg.ClientID == "" {
+		cfg.ClientID = "ferry-test"
+	}
+	if cfg.SessionExpiry == 0 {
+		cfg.SessionExpiry = time.Hour
+	}
+	if cfg.Subscriptions == nil {
+		cfg.Subscriptions = []Subscription{{Filter: "sensors/#", QoS: 1}}
+	}
+	in, err := New(cfg, sink)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(in)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -78,6 +95,7 @@ func startIngest(t *testing.T, brokerURL string, sink Sink) (*Ingest, chan error
 	for !in.Stats().Subscribed {
 		if time.Now().After(deadline) {
 			cancel()
+			<-done
 			t.Fatal("ingest did not subscribe")
 		}
 		time.Sleep(10 * time.Millisecond)

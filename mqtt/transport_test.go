@@ -1,0 +1,186 @@
+package mqtt
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/ferry-edge/ferry/internal/testenv"
+)
+
+// selfSigned returns a certificate for 127.0.0.1 and a pool that trusts it.
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "ferry test broker"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
+}
+
+// tlsProxy terminates TLS on 127.0.0.1 and passes the bytes on to the
+// broker at addr; it stops when the test ends.
+func tlsProxy(t *testing.T, addr string, cert tls.Certificate) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, b)
+			mu.Unlock()
+			wg.Add(2)
+			go func() { defer wg.Done(); io.Copy(b, c); b.Close() }()
+			go func() { defer wg.Done(); io.Copy(c, b); c.Close() }()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// Over TLS (ingest dials and handshakes itself) messages are stored and
+// acknowledged; the server name comes from the URL.
+func TestTLS(t *testing.T) {
+	broker := testenv.NewBroker(t)
+	cert, pool := selfSigned(t)
+	for _, scheme := range []string{"ssl", "tls", "mqtts"} {
+		t.Run(scheme, func(t *testing.T) {
+			u, _ := url.Parse(scheme + "://" + tlsProxy(t, broker.Addr, cert))
+			sink := newCommitterSink(t)
+			in, done, cancel := startIngestWith(t, Config{URL: u, TLS: &tls.Config{RootCAs: pool}}, sink, nil)
+			defer cancel()
+			const n = 20
+			publishN(t, publisher(t, broker.Addr), n, 1)
+			waitFor(t, 10*time.Second, "the acknowledgements", func() bool { return in.Stats().Acknowledged == n })
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// A certificate the config does not trust fails the connection.
+func TestTLSRefusesAnUntrustedBroker(t *testing.T) {
+	broker := testenv.NewBroker(t)
+	cert, _ := selfSigned(t)
+	u, _ := url.Parse("ssl://" + tlsProxy(t, broker.Addr, cert))
+	in, err := New(Config{URL: u, ClientID: "ferry-test", Subscriptions: []Subscription{{Filter: "sensors/#", QoS: 1}}}, newCommitterSink(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = in.attemptConnection(t.Context(), autopaho.ClientConfig{}, u)
+	if err == nil {
+		t.Fatal("connected to a broker with an untrusted certificate")
+	}
+	var unknown x509.UnknownAuthorityError
+	if !errors.As(err, &unknown) {
+		t.Fatalf("error %v, want an unknown authority", err)
+	}
+}
+
+// WebSockets are autopaho's own connection; the acknowledgements the ack
+// goroutine writes to it reach the broker, which then holds nothing in
+// flight for ferry.
+func TestWebSocket(t *testing.T) {
+	caps := mochi.NewDefaultServerCapabilities()
+	srv := mochi.New(&mochi.Options{Capabilities: caps, InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	if err := srv.AddListener(listeners.NewWebsocket(listeners.Config{ID: "ws", Address: addr})); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+
+	u, _ := url.Parse("ws://" + addr + "/")
+	sink := newCommitterSink(t)
+	in, done, cancel := startIngestWith(t, Config{URL: u}, sink, nil)
+	defer cancel()
+	const n = 20
+	for range n {
+		if err := srv.Publish("sensors/a", []byte("x"), false, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the acknowledgements", func() bool { return in.Stats().Acknowledged == n })
+	waitFor(t, 5*time.Second, "the broker to hold nothing in flight", func() bool {
+		cl, ok := srv.Clients.Get("ferry-test")
+		return ok && cl.State.Inflight.Len() == 0
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
