@@ -326,6 +326,10 @@ func (b *Buffer) commit(writeTail, final bool) {
 			st.reserved = top + reserveStep
 		}
 		headAt = headTime(tx, st)
+		if b.writeMapped += appended; b.writeMapped > unmapEvery {
+			b.writeMapped = 0
+			unmapPages(tx)
+		}
 		return st.store(tx.Bucket(bucketMeta))
 	})
 	if err != nil {

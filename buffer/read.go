@@ -90,6 +90,10 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 				scanned = max(scanned, base+uint64(count)-1)
 			}
 			dst = b.decodeTaken(take, dst)
+			if b.readMapped.Add(int64(size)) > unmapEvery {
+				b.readMapped.Store(0)
+				unmapPages(tx)
+			}
 			return nil
 		})
 		b.dbMu.RUnlock()
@@ -198,6 +202,10 @@ func getUint(b *bolt.Bucket, k []byte) uint64 {
 	}
 	return 0
 }
+
+// unmapEvery is how many bytes of records Read or the committer go
+// through the file's memory map between two unmapPages.
+const unmapEvery = 4 << 20
 
 // readaheadBytes is how much of the file Read asks the kernel to read
 // ahead of the batch it starts at.

@@ -31,3 +31,17 @@ func readahead(tx *bolt.Tx, v []byte, n int) {
 	n = int(min(uintptr(n), end-uintptr(p)+skew))
 	unix.Madvise(unsafe.Slice((*byte)(unsafe.Add(p, -int(skew))), n), unix.MADV_WILLNEED) // advice only: an error changes nothing
 }
+
+// unmapPages drops the process's mappings of tx's file pages
+// (MADV_DONTNEED). The pages stay in the page cache: the next access maps
+// them again from there, at the cost of a minor fault. bbolt reads through
+// its memory map, so without this every page a drain or a commit touched
+// would count in ferry's resident memory until the kernel runs short: a
+// 300 MB backlog drained would show as 300 MB more RSS. tx holds the map
+// in place (a read transaction holds bbolt's map lock; a write
+// transaction is the only one that remaps).
+func unmapPages(tx *bolt.Tx) {
+	if base := tx.DB().Info().Data; base != 0 {
+		unix.Syscall(unix.SYS_MADVISE, base, uintptr(tx.Size()), unix.MADV_DONTNEED) // advice only: an error changes nothing
+	}
+}
