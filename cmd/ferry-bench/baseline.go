@@ -8,7 +8,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // The ceilings -baseline measures in the same run, on the same machine,
@@ -170,10 +172,15 @@ type kafkaResult struct {
 // perSecond returns records acknowledged per second.
 func (r kafkaResult) perSecond() float64 { return rate(r.Acked, r.Elapsed) }
 
+// kafkaAloneMaxBytes bounds the payload bytes the Kafka baseline writes:
+// kfake keeps everything in this process's memory.
+const kafkaAloneMaxBytes = 256 << 20
+
 // runKafkaAlone produces payloads from memory, keyed by device, to topic
-// for d and flushes: franz-go's defaults (acks=all, idempotent, 10 ms
-// linger) with MaxBufferedRecords 10,000, like forward's plain-producer
-// benchmark.
+// for d (or until kafkaAloneMaxBytes) and flushes: franz-go's defaults
+// (acks=all, idempotent, 10 ms linger) with MaxBufferedRecords 10,000,
+// like forward's plain-producer benchmark. Then it deletes the topic, so
+// kfake frees the records.
 func runKafkaAlone(ctx context.Context, brokers []string, topic string, devices, size int, d time.Duration) (kafkaResult, error) {
 	var r kafkaResult
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.MaxBufferedRecords(10000))
@@ -198,8 +205,9 @@ func runKafkaAlone(ctx context.Context, brokers []string, topic string, devices,
 			acked.Add(1)
 		}
 	}
+	limit := max(kafkaAloneMaxBytes/size, 1)
 	start := time.Now()
-	for i := 0; time.Since(start) < d && ctx.Err() == nil; i++ {
+	for i := 0; i < limit && time.Since(start) < d && ctx.Err() == nil; i++ {
 		j := i % len(values)
 		cl.Produce(ctx, &kgo.Record{Topic: topic, Key: keys[j%devices], Value: values[j]}, promise)
 	}
@@ -208,7 +216,30 @@ func runKafkaAlone(ctx context.Context, brokers []string, topic string, devices,
 	}
 	r.Elapsed = time.Since(start)
 	r.Acked, r.Failed = acked.Load(), failed.Load()
+	if err := deleteTopic(ctx, cl, topic); err != nil {
+		return r, fmt.Errorf("kafka baseline: %w", err)
+	}
 	return r, nil
+}
+
+// deleteTopic deletes topic.
+func deleteTopic(ctx context.Context, cl *kgo.Client, topic string) error {
+	req := kmsg.NewPtrDeleteTopicsRequest()
+	t := kmsg.NewDeleteTopicsRequestTopic()
+	t.Topic = kmsg.StringPtr(topic)
+	req.Topics = append(req.Topics, t)
+	req.TopicNames = []string{topic}
+	req.TimeoutMillis = 10000
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return fmt.Errorf("delete topic %s: %w", topic, err)
+	}
+	for _, t := range resp.Topics {
+		if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
+			return fmt.Errorf("delete topic %s: %w", topic, err)
+		}
+	}
+	return nil
 }
 
 // rate returns n per second over d.

@@ -180,25 +180,64 @@ func readHostCPU() (hostCPU, error) {
 	return h, nil
 }
 
+// childPID returns the pid of a child of this process whose command name
+// is comm, or 0 if there is none.
+func childPID(comm string) int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	self := strconv.Itoa(os.Getpid())
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+		if open < 0 || end < open {
+			continue
+		}
+		f := strings.Fields(string(b[end+1:])) // state, ppid, ...
+		if string(b[open+1:end]) == comm && len(f) > 1 && f[1] == self {
+			return pid
+		}
+	}
+	return 0
+}
+
 // window is the difference between two samples of a process (and of the
-// machine) over a measurement window.
+// machine, and of the broker when it is a child process) over a
+// measurement window.
 type window struct {
 	Elapsed   time.Duration
 	CPU       time.Duration
 	HWM       int64 // peak RSS at the end of the window (since the process started)
 	RSS       int64 // at the end
 	IO        ioCounters
-	HostBusy  float64 // fraction of all cores busy, 0..1
-	HostCPUs  int
+	HostBusy  float64       // fraction of all cores busy, 0..1
 	SelfCPU   time.Duration // this harness: publishers, kfake, consumer
+	BrokerCPU time.Duration // -1 when the broker is not a process of its own
+	brokerPID int
+	brokerAt  time.Duration
 	selfStart time.Duration
 	hostStart hostCPU
 	start     procSample
 }
 
-// beginWindow samples pid (0: none) and the machine.
-func beginWindow(pid int) (*window, error) {
-	w := &window{}
+// beginWindow samples pid (0: none), the broker's process (0: none) and
+// the machine.
+func beginWindow(pid, brokerPID int) (*window, error) {
+	w := &window{brokerPID: brokerPID, BrokerCPU: -1}
+	if brokerPID > 0 {
+		var err error
+		if w.brokerAt, err = readCPU(brokerPID); err != nil {
+			w.brokerPID = 0
+		}
+	}
 	var err error
 	if pid > 0 {
 		if w.start, err = sampleProc(pid); err != nil {
@@ -237,6 +276,11 @@ func (w *window) end(pid int) error {
 	}
 	if c, err := readCPU(os.Getpid()); err == nil {
 		w.SelfCPU = c - w.selfStart
+	}
+	if w.brokerPID > 0 {
+		if c, err := readCPU(w.brokerPID); err == nil {
+			w.BrokerCPU = c - w.brokerAt
+		}
 	}
 	return nil
 }

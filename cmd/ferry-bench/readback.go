@@ -32,6 +32,10 @@ func startReadback(brokers []string, topic string, t *tracker) (*readback, error
 		kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxWait(250*time.Millisecond),
+		// After an outage (which resets every connection to kfake,
+		// this one's too) come back at once: the drain measured
+		// must be ferry's, not this consumer's backoff.
+		kgo.RetryBackoffFn(func(int) time.Duration { return 20 * time.Millisecond }),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("read back %s: kafka client: %w", topic, err)

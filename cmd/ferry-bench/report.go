@@ -124,16 +124,29 @@ type DiskReport struct {
 // HostReport is the machine over the window.
 type HostReport struct {
 	BusyPercent       float64 `json:"busy_percent"`        // of all CPUs, everything on the machine
-	HarnessCPUSeconds float64 `json:"harness_cpu_seconds"` // ferry-bench itself: publishers, kfake, consumer
+	HarnessCPUSeconds float64 `json:"harness_cpu_seconds"` // ferry-bench itself: publishers, kfake, consumer (and mochi)
+	// BrokerCPUSeconds is Mosquitto's; null for mochi, which is part of
+	// the harness.
+	BrokerCPUSeconds *float64 `json:"broker_cpu_seconds"`
 }
 
 // OutageReport describes a Kafka outage.
 type OutageReport struct {
-	AtSeconds     float64  `json:"at_seconds"`
-	Seconds       float64  `json:"seconds"`
-	Backlog       int64    `json:"backlog"` // when Kafka came back
-	DrainSeconds  *float64 `json:"drain_seconds"`
-	DrainMsgsPerS *float64 `json:"drain_msgs_per_sec"`
+	AtSeconds float64 `json:"at_seconds"`
+	Seconds   float64 `json:"seconds"`
+	Backlog   int64   `json:"backlog"` // acknowledged, not in Kafka, when it came back
+	// DrainSeconds is the time from Kafka's return until everything
+	// acknowledged before it was in Kafka; DrainMsgsPerSec the arrivals
+	// per second meanwhile (messages published during the drain
+	// included). Null if it did not drain.
+	DrainSeconds    *float64 `json:"drain_seconds"`
+	DrainMsgsPerSec *float64 `json:"drain_msgs_per_sec"`
+	// FirstArrivalSeconds is the time from Kafka's return to the first
+	// record arriving: mostly the time ferry takes to notice (its
+	// reconnection backoff). DrainOnlyMsgsPerSec is DrainMsgsPerSec
+	// counted from that first arrival.
+	FirstArrivalSeconds *float64 `json:"first_arrival_seconds"`
+	DrainOnlyMsgsPerSec *float64 `json:"drain_from_first_arrival_msgs_per_sec"`
 }
 
 // IdleReport is ferry with no messages.
@@ -215,6 +228,10 @@ func phaseReport(r *phaseResult, payload int, measuresDisk bool) *PhaseReport {
 	}
 	if r.win != nil {
 		p.Host = HostReport{BusyPercent: 100 * r.win.HostBusy, HarnessCPUSeconds: r.win.SelfCPU.Seconds()}
+		if r.win.BrokerCPU >= 0 {
+			c := r.win.BrokerCPU.Seconds()
+			p.Host.BrokerCPUSeconds = &c
+		}
 	}
 	if r.win != nil && r.win.HWM > 0 {
 		w := r.win
@@ -244,8 +261,14 @@ func phaseReport(r *phaseResult, payload int, measuresDisk bool) *PhaseReport {
 		if o.Drain > 0 {
 			s := o.Drain.Seconds()
 			or.DrainSeconds = &s
-			dr := float64(o.BacklogAtEnd) / s
-			or.DrainMsgsPerS = &dr
+			dr := float64(o.Drained) / s
+			or.DrainMsgsPerSec = &dr
+			if o.FirstArrival > 0 && o.FirstArrival < o.Drain {
+				f := o.FirstArrival.Seconds()
+				or.FirstArrivalSeconds = &f
+				d := float64(o.Drained) / (s - f)
+				or.DrainOnlyMsgsPerSec = &d
+			}
 		}
 		p.Outage = or
 	}
@@ -395,11 +418,14 @@ func (r *Report) writeText(w io.Writer) error {
 		writePhases(&b, cols)
 	}
 	if r.Baseline != nil {
-		writeCeilings(&b, r.Baseline, r.Ferry)
+		writeCeilings(&b, r.Baseline, r.Ferry, s.TargetRate)
 	}
-	if r.OK {
+	switch {
+	case r.Ferry == nil && r.OK:
+		// idle: nothing to verify
+	case r.OK:
 		b.WriteString("\nOK: every acknowledged message arrived, in order per device\n")
-	} else {
+	default:
 		b.WriteString("\nNOT OK: see lost, out of order and problems above\n")
 	}
 	_, err := io.WriteString(w, b.String())
@@ -489,6 +515,12 @@ func writePhases(b *strings.Builder, cols []*PhaseReport) {
 	}
 	row("peak backlog", func(p *PhaseReport) string { return count(p.PeakBacklog) })
 	row("machine busy (all CPUs)", func(p *PhaseReport) string { return fmt.Sprintf("%.0f%%", p.Host.BusyPercent) })
+	row("broker's CPU", func(p *PhaseReport) string {
+		if p.Host.BrokerCPUSeconds == nil {
+			return "in ferry-bench's"
+		}
+		return fmt.Sprintf("%.1f s", *p.Host.BrokerCPUSeconds)
+	})
 	row("ferry-bench's own CPU", func(p *PhaseReport) string { return fmt.Sprintf("%.1f s", p.Host.HarnessCPUSeconds) })
 	_ = tw.Flush()
 
@@ -507,7 +539,12 @@ func writePhases(b *strings.Builder, cols []*PhaseReport) {
 		if o := p.Outage; o != nil {
 			fmt.Fprintf(b, "%s: Kafka cut off at %.1fs for %.1fs; backlog then %s", p.Name, o.AtSeconds, o.Seconds, count(o.Backlog))
 			if o.DrainSeconds != nil {
-				fmt.Fprintf(b, ", drained in %.1fs (%s msg/s)", *o.DrainSeconds, num(*o.DrainMsgsPerS))
+				fmt.Fprintf(b, ";\n  it was all in Kafka %.1fs later (%s msg/s arrived meanwhile)", *o.DrainSeconds, num(*o.DrainMsgsPerSec))
+				if o.FirstArrivalSeconds != nil {
+					fmt.Fprintf(b, "; the first record arrived after %.1fs,\n  then %s msg/s", *o.FirstArrivalSeconds, num(*o.DrainOnlyMsgsPerSec))
+				}
+			} else {
+				b.WriteString("; it never drained")
 			}
 			b.WriteString("\n")
 		}
@@ -530,7 +567,7 @@ func phaseTitle(name string) string {
 
 // writeCeilings writes the baselines' throughput and ferry's fraction of
 // each.
-func writeCeilings(b *strings.Builder, br *BaselineReport, ferry *PhaseReport) {
+func writeCeilings(b *strings.Builder, br *BaselineReport, ferry *PhaseReport, targetRate float64) {
 	b.WriteString("\nceilings, flat out, same run\n")
 	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "  %-56s\tmsgs/s\tferry / ceiling\t\n", "")
@@ -553,6 +590,13 @@ func writeCeilings(b *strings.Builder, br *BaselineReport, ferry *PhaseReport) {
 	b.WriteString(")\n")
 	if ferry != nil && br.Lowest != "" {
 		fmt.Fprintf(b, "ferry's %s msgs/s is %.2f of the lowest ceiling, %s\n", num(ferry.MsgsPerSec), br.FerryFraction, br.Lowest)
+		if br.FerryFraction > 1 {
+			b.WriteString("  (above 1: that baseline is no ceiling on this machine; the broker, kfake, the\n" +
+				"  publishers and the consumer share its CPUs with the system measured, see machine busy)\n")
+		}
+	}
+	if ferry != nil && targetRate > 0 {
+		b.WriteString("  (ferry ran at a set rate: the fractions say how much of each ceiling that rate uses)\n")
 	}
 }
 
@@ -579,7 +623,6 @@ func writeIdle(b *strings.Builder, r *IdleReport) {
 	for _, p := range r.Problems {
 		fmt.Fprintf(b, "  PROBLEM: %s\n", p)
 	}
-	b.WriteString("\n")
 }
 
 func diskText(d DiskReport) string {

@@ -38,8 +38,11 @@ type bench struct {
 	kafka    *testenv.Kafka
 	ferryBin string
 	version  string
-	progress *progress
-	echo     io.Writer // ferry's log with -v, else nil
+	// brokerPID is Mosquitto's process, 0 for mochi (which runs in this
+	// process).
+	brokerPID int
+	progress  *progress
+	echo      io.Writer // ferry's log with -v, else nil
 }
 
 // newBench creates the work directory, starts the broker and Kafka and
@@ -69,6 +72,9 @@ func newBench(ctx context.Context, opts options, stderr io.Writer) (_ *bench, er
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start MQTT broker: %w", err)
+	}
+	if b.broker.Kind == testenv.KindMosquitto {
+		b.brokerPID = childPID("mosquitto")
 	}
 	if b.kafka, err = testenv.StartKafka(ferryTopic, statusTopic, bridgeTopic, kafkaTopic); err != nil {
 		return nil, fmt.Errorf("start Kafka: %w", err)
@@ -195,10 +201,19 @@ func (r *phaseResult) complete() bool { return r.del.Lost == 0 }
 
 // outageResult describes a Kafka outage during a phase.
 type outageResult struct {
-	At, Length     time.Duration // from the first publish; how long Kafka was cut off
-	BacklogAtEnd   int64         // acknowledged, not yet in Kafka, when it came back
-	Drain          time.Duration // from its end until everything acknowledged was in Kafka
-	drainStartedAt time.Time
+	At, Length   time.Duration // from the first publish; how long Kafka was cut off
+	BacklogAtEnd int64         // acknowledged, not yet in Kafka, when it came back
+	// FirstArrival is the time from its end to the first arrival after
+	// it (0: none); Drain until everything acknowledged before its end
+	// was in Kafka (0: not drained), and Drained how many messages
+	// arrived meanwhile (new ones included).
+	FirstArrival time.Duration
+	Drain        time.Duration
+	Drained      int64
+
+	restoredAt       time.Time
+	ackedAtRestore   []int64
+	arrivedAtRestore int64
 }
 
 // measure runs ph's load and waits until every acknowledged message has
@@ -230,7 +245,7 @@ func (b *bench) measure(ctx context.Context, ph phase) (*phaseResult, error) {
 			fileStart = st.Size()
 		}
 	}
-	w, err := beginWindow(pid)
+	w, err := beginWindow(pid, b.brokerPID)
 	if err != nil {
 		return nil, err
 	}
@@ -294,9 +309,14 @@ func (b *bench) measure(ctx context.Context, ph phase) (*phaseResult, error) {
 		case kafkaDown && ((restoreAt >= 0 && since >= restoreAt) || (restoreAt < 0 && !doneAt.IsZero())):
 			b.kafka.SetReachable(true)
 			kafkaDown = false
-			res.outage.Length = since - res.outage.At
-			res.outage.BacklogAtEnd = c.Acked - delivered
-			res.outage.drainStartedAt = now
+			o := res.outage
+			o.Length = since - o.At
+			o.BacklogAtEnd = c.Acked - delivered
+			o.restoredAt, o.ackedAtRestore, o.arrivedAtRestore = now, l.acked(), delivered
+			ph.far.watch(now)
+		case res.outage != nil && !kafkaDown && res.outage.Drain == 0 && ph.far.caughtUp(res.outage.ackedAtRestore):
+			res.outage.Drain = now.Sub(res.outage.restoredAt)
+			res.outage.Drained = delivered - res.outage.arrivedAtRestore
 		}
 
 		if now.Sub(lastPrint) >= time.Second {
@@ -339,8 +359,8 @@ func (b *bench) measure(ctx context.Context, ph phase) (*phaseResult, error) {
 			break
 		}
 		from := doneAt
-		if res.outage != nil && res.outage.drainStartedAt.After(from) {
-			from = res.outage.drainStartedAt
+		if res.outage != nil && res.outage.restoredAt.After(from) {
+			from = res.outage.restoredAt
 		}
 		if now.Sub(from) > b.opts.DrainTimeout {
 			res.problems = append(res.problems, fmt.Sprintf("not every acknowledged message arrived within -drain-timeout %v", b.opts.DrainTimeout))
@@ -354,7 +374,7 @@ func (b *bench) measure(ctx context.Context, ph phase) (*phaseResult, error) {
 		res.win = w
 	} else {
 		// The machine's figures are still worth having.
-		res.win = &window{Elapsed: w.Elapsed, HostBusy: w.HostBusy, SelfCPU: w.SelfCPU}
+		res.win = &window{Elapsed: w.Elapsed, HostBusy: w.HostBusy, SelfCPU: w.SelfCPU, BrokerCPU: w.BrokerCPU}
 	}
 	if m0 != nil {
 		if m1, err := scrapeMetrics(ph.admin); err == nil {
@@ -372,8 +392,16 @@ func (b *bench) measure(ctx context.Context, ph phase) (*phaseResult, error) {
 	res.counts = l.counts()
 	res.loadTime = l.elapsed()
 	res.del = ph.far.summary(l.acked())
-	if res.outage != nil && !res.outage.drainStartedAt.IsZero() && res.del.LastAt.After(res.outage.drainStartedAt) {
-		res.outage.Drain = res.del.LastAt.Sub(res.outage.drainStartedAt)
+	if o := res.outage; o != nil && !o.restoredAt.IsZero() {
+		if o.Drain == 0 && ph.far.caughtUp(o.ackedAtRestore) {
+			// Drained between the last tick and now: the last
+			// arrival is the closest bound.
+			o.Drain = res.del.LastAt.Sub(o.restoredAt)
+			o.Drained = res.del.Unique - o.arrivedAtRestore
+		}
+		if first := ph.far.firstArrival(); !first.IsZero() {
+			o.FirstArrival = first.Sub(o.restoredAt)
+		}
 	}
 	abandon()
 	<-l.done
@@ -407,7 +435,7 @@ func (b *bench) runIdle(ctx context.Context) (*idleResult, error) {
 	if st, err := os.Stat(b.bufferPath()); err == nil {
 		fileStart = st.Size()
 	}
-	w, err := beginWindow(f.pid())
+	w, err := beginWindow(f.pid(), b.brokerPID)
 	if err != nil {
 		return nil, err
 	}

@@ -21,6 +21,10 @@ type tracker struct {
 	split    int64 // devices seen on more than one partition
 	lastAt   time.Time
 	firstAt  time.Time
+	// watchFrom and firstSince time the first arrival after a moment
+	// (Kafka's return after an outage).
+	watchFrom  time.Time
+	firstSince time.Time
 }
 
 // deviceSeen is what a tracker knows of one device.
@@ -56,6 +60,9 @@ func (t *tracker) add(payload []byte, partition int32, now time.Time) {
 	if t.firstAt.IsZero() {
 		t.firstAt = now
 	}
+	if !t.watchFrom.IsZero() && t.firstSince.IsZero() {
+		t.firstSince = now
+	}
 	t.lastAt = now
 	d := &t.devices[s.device]
 	if partition >= 0 {
@@ -89,6 +96,20 @@ func (t *tracker) add(payload []byte, partition int32, now time.Time) {
 func (d *deviceSeen) has(seq int64) bool {
 	w := seq / 64
 	return w < int64(len(d.seen)) && d.seen[w]&(1<<(seq%64)) != 0
+}
+
+// watch starts timing the first arrival after now; firstArrival returns
+// it (zero until there is one).
+func (t *tracker) watch(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.watchFrom, t.firstSince = now, time.Time{}
+}
+
+func (t *tracker) firstArrival() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.firstSince
 }
 
 // uniqueCount returns how many distinct messages arrived.
