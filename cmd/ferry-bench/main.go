@@ -197,6 +197,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		defer stop()
 	}
 	rep, err := measureAll(ctx, opts, stderr)
+	if err != nil && ctx.Err() != nil {
+		fmt.Fprintln(stderr, "ferry-bench: interrupted")
+		return exitFailure
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry-bench: %v\n", err)
 		return exitFailure

@@ -156,8 +156,11 @@ func (b *bench) runFerry(ctx context.Context) (*phaseResult, error) {
 		ld.Messages, ld.Duration = b.opts.Backlog, 0
 	}
 	res, err := b.measure(ctx, phase{name: "ferry", load: ld, proc: f, far: t, admin: admin, outage: true, file: b.bufferPath()})
+	if err != nil && b.opts.Keep {
+		err = fmt.Errorf("%w (ferry's log: %s)", err, f.logPath)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%w (ferry's log: %s)", err, f.logPath)
+		return nil, err
 	}
 	if err := f.stop(ferryStopTimeout); err != nil {
 		res.problems = append(res.problems, fmt.Sprintf("ferry did not stop cleanly: %v", err))
