@@ -40,9 +40,10 @@ type load struct {
 	cfg     loadConfig
 	ctx     context.Context // cancelled: abandon publishes waiting for acknowledgements
 	devices []*device
-	budget  atomic.Int64 // messages left to hand out; math.MaxInt64 without Messages
-	stop    chan struct{}
+	budget  atomic.Int64  // messages left to hand out
+	stop    chan struct{} // closed at Duration: publish nothing more
 	stopped sync.Once
+	noMore  chan struct{} // closed when the scheduler has handed out Messages permits
 	wg      sync.WaitGroup
 	start   time.Time
 	end     atomic.Int64 // unix nanos when the last device finished
@@ -72,7 +73,7 @@ type device struct {
 // ready to publish; nothing is published before run. Cancelling ctx ends
 // the devices' connections and abandons their publishes.
 func newLoad(ctx context.Context, cfg loadConfig) (*load, error) {
-	l := &load{cfg: cfg, ctx: ctx, stop: make(chan struct{}), done: make(chan struct{})}
+	l := &load{cfg: cfg, ctx: ctx, stop: make(chan struct{}), noMore: make(chan struct{}), done: make(chan struct{})}
 	l.devices = make([]*device, cfg.Devices)
 	for i := range l.devices {
 		l.devices[i] = &device{
@@ -170,7 +171,7 @@ func (l *load) run() {
 func (l *load) halt() { l.stopped.Do(func() { close(l.stop) }) }
 
 // schedule hands out permits at cfg.Rate until halted or the budget is
-// spent.
+// spent; then the devices use the permits they hold and stop.
 func (l *load) schedule() {
 	t := time.NewTicker(l.cfg.Tick)
 	defer t.Stop()
@@ -184,7 +185,7 @@ func (l *load) schedule() {
 			due := int64(l.cfg.Rate*now.Sub(l.start).Seconds()) - issued
 			for ; due > 0; due-- {
 				if l.budget.Add(-1) < 0 {
-					l.halt()
+					close(l.noMore)
 					return
 				}
 				d := l.devices[next]
@@ -215,12 +216,12 @@ func (l *load) nextPermit(d *device) bool {
 		return true
 	}
 	for {
+		select {
+		case <-l.stop:
+			return false
+		default:
+		}
 		if d.pending.Load() > 0 {
-			select {
-			case <-l.stop:
-				return false
-			default:
-			}
 			d.pending.Add(-1)
 			return true
 		}
@@ -228,6 +229,10 @@ func (l *load) nextPermit(d *device) bool {
 		case <-d.wake:
 		case <-l.stop:
 			return false
+		case <-l.noMore:
+			if d.pending.Load() == 0 {
+				return false
+			}
 		}
 	}
 }
