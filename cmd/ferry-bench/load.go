@@ -39,6 +39,8 @@ type loadConfig struct {
 type load struct {
 	cfg     loadConfig
 	ctx     context.Context // cancelled: abandon publishes waiting for acknowledgements
+	cancel  context.CancelFunc
+	started bool
 	devices []*device
 	budget  atomic.Int64  // messages left to hand out
 	stop    chan struct{} // closed at Duration: publish nothing more
@@ -70,10 +72,12 @@ type device struct {
 }
 
 // newLoad connects every device (16 at a time) and returns when they are
-// ready to publish; nothing is published before run. Cancelling ctx ends
-// the devices' connections and abandons their publishes.
+// ready to publish; nothing is published before run. Cancelling ctx, or
+// calling abandon, ends the devices' connections and abandons their
+// publishes.
 func newLoad(ctx context.Context, cfg loadConfig) (*load, error) {
-	l := &load{cfg: cfg, ctx: ctx, stop: make(chan struct{}), noMore: make(chan struct{}), done: make(chan struct{})}
+	l := &load{cfg: cfg, stop: make(chan struct{}), noMore: make(chan struct{}), done: make(chan struct{})}
+	l.ctx, l.cancel = context.WithCancel(ctx)
 	l.devices = make([]*device, cfg.Devices)
 	for i := range l.devices {
 		l.devices[i] = &device{
@@ -98,11 +102,27 @@ func newLoad(ctx context.Context, cfg loadConfig) (*load, error) {
 	close(errs)
 	for err := range errs {
 		if err != nil {
-			l.closeClients()
+			l.abandon()
 			return nil, err
 		}
 	}
 	return l, nil
+}
+
+// abandon stops the devices at once, even those waiting for an
+// acknowledgement, and returns when they have disconnected.
+func (l *load) abandon() {
+	l.halt()
+	l.cancel()
+	if l.started {
+		<-l.done
+		return
+	}
+	for _, d := range l.devices {
+		if d.client != nil {
+			d.disconnect()
+		}
+	}
 }
 
 // connect (re)connects d with a clean session. d.conn ends with the
@@ -135,6 +155,7 @@ func (l *load) connect(d *device) error {
 
 // run starts publishing; done is closed when every device has stopped.
 func (l *load) run() {
+	l.started = true
 	l.start = time.Now()
 	if l.cfg.Messages > 0 {
 		l.budget.Store(l.cfg.Messages)
@@ -311,15 +332,6 @@ func publish(ctx context.Context, c *paho.Client, topic string, qos byte, payloa
 		return fmt.Errorf("publish to %s: reason code %#x", topic, resp.ReasonCode)
 	}
 	return nil
-}
-
-// closeClients disconnects every connected device (after a failed start).
-func (l *load) closeClients() {
-	for _, d := range l.devices {
-		if d.client != nil {
-			d.disconnect()
-		}
-	}
 }
 
 // disconnect ends d's connection.

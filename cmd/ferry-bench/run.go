@@ -224,13 +224,12 @@ type outageResult struct {
 // the first publish and at the last arrival. It prints a progress line
 // every second.
 func (b *bench) measure(ctx context.Context, ph phase) (*phaseResult, error) {
-	pubCtx, abandon := context.WithCancel(ctx)
-	defer abandon()
 	b.progress.line(fmt.Sprintf("%s: connecting %d devices ...", ph.name, ph.load.Devices))
-	l, err := newLoad(pubCtx, ph.load)
+	l, err := newLoad(ctx, ph.load)
 	if err != nil {
 		return nil, err
 	}
+	defer l.abandon() // returns at once once they are done
 	res := &phaseResult{name: ph.name, load: ph.load, fileGrowth: -1}
 	pid := 0
 	var procExited <-chan struct{}
@@ -350,7 +349,7 @@ func (b *bench) measure(ctx context.Context, ph phase) (*phaseResult, error) {
 			// halt; give up on them after the drain timeout.
 			if !haltedAt.IsZero() && !abandoned && now.Sub(haltedAt) > b.opts.DrainTimeout {
 				abandoned = true
-				abandon()
+				go l.abandon()
 				res.problems = append(res.problems, fmt.Sprintf("publishers still waited for acknowledgements %v after the load ended; abandoned them", b.opts.DrainTimeout))
 			}
 			continue
@@ -406,8 +405,9 @@ func (b *bench) measure(ctx context.Context, ph phase) (*phaseResult, error) {
 			o.FirstArrival = first.Sub(o.restoredAt)
 		}
 	}
-	abandon()
-	<-l.done
+	if cutAt > 0 && res.outage == nil {
+		res.problems = append(res.problems, fmt.Sprintf("no outage: the run was over %v after the first publish, before -outage-at %v", time.Since(l.start).Round(100*time.Millisecond), cutAt))
+	}
 	b.progress.clear()
 	return res, nil
 }
