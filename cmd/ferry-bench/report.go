@@ -398,8 +398,11 @@ func (r *Report) writeText(w io.Writer) error {
 		fmt.Fprintf(&b, "outage    %s\n", s.Outage)
 	}
 	cfg := "default (the README's example)"
-	if len(s.ConfigExtra)+len(s.Set) > 0 {
-		cfg += " +" + strings.Join(append(append([]string(nil), s.ConfigExtra...), s.Set...), " +")
+	for _, e := range s.ConfigExtra {
+		cfg += ", -config-extra " + strings.Join(strings.Fields(e), " ")
+	}
+	for _, e := range s.Set {
+		cfg += ", -set " + e
 	}
 	fmt.Fprintf(&b, "config    %s\n", cfg)
 	fmt.Fprintf(&b, "machine   %d CPUs; work dir %s (%s)\n\n", s.CPUs, s.WorkDir, s.FileSystem)
@@ -574,7 +577,7 @@ func writeCeilings(b *strings.Builder, br *BaselineReport, ferry *PhaseReport, t
 	for _, c := range br.Ceilings {
 		frac := "-"
 		if ferry != nil && c.MsgsPerSec > 0 {
-			frac = fmt.Sprintf("%.2f", c.FerryFraction)
+			frac = fraction(c.FerryFraction)
 		}
 		fmt.Fprintf(tw, "  %-56s\t%s\t%s\t\n", c.Name, num(c.MsgsPerSec), frac)
 	}
@@ -589,7 +592,7 @@ func writeCeilings(b *strings.Builder, br *BaselineReport, ferry *PhaseReport, t
 	}
 	b.WriteString(")\n")
 	if ferry != nil && br.Lowest != "" {
-		fmt.Fprintf(b, "ferry's %s msgs/s is %.2f of the lowest ceiling, %s\n", num(ferry.MsgsPerSec), br.FerryFraction, br.Lowest)
+		fmt.Fprintf(b, "ferry's %s msgs/s is %s of the lowest ceiling, %s\n", num(ferry.MsgsPerSec), fraction(br.FerryFraction), br.Lowest)
 		if br.FerryFraction > 1 {
 			b.WriteString("  (above 1: that baseline is no ceiling on this machine; the broker, kfake, the\n" +
 				"  publishers and the consumer share its CPUs with the system measured, see machine busy)\n")
@@ -668,6 +671,14 @@ func num(f float64) string {
 		return count(int64(f + 0.5))
 	}
 	return fmt.Sprintf("%.1f", f)
+}
+
+// fraction formats a ratio with two decimals, three below 0.1.
+func fraction(f float64) string {
+	if f < 0.1 {
+		return fmt.Sprintf("%.3f", f)
+	}
+	return fmt.Sprintf("%.2f", f)
 }
 
 // bytesText formats a byte count.
