@@ -24,17 +24,39 @@ import (
 // ferryPackage is what buildFerry builds.
 const ferryPackage = "github.com/ferry-edge/ferry/cmd/ferry"
 
-// buildFerry builds the ferry command into dir as a release build would
-// (CGO off, -trimpath) and returns the binary's path. It needs the go
-// command and to be run inside the ferry module.
-func buildFerry(ctx context.Context, dir string) (string, error) {
-	bin := filepath.Join(dir, "ferry")
+// buildFerry builds the ferry command of the module around the working
+// directory into dir, as a release build would (CGO off, -trimpath), and
+// returns the binary's path and where it came from: the module's
+// directory and its git commit, so a report never hides which tree it
+// measured.
+func buildFerry(ctx context.Context, dir string) (bin, source string, err error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	gomod := strings.TrimSpace(string(out))
+	if err != nil || gomod == "" || gomod == os.DevNull {
+		return "", "", fmt.Errorf("build ferry: not inside a Go module (run inside the ferry repository, or pass -ferry PATH)")
+	}
+	src := filepath.Dir(gomod)
+	bin = filepath.Join(dir, "ferry")
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, ferryPackage)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build ferry (go build %s; run inside the ferry repository, or pass -ferry PATH): %w\n%s", ferryPackage, err, out)
+		return "", "", fmt.Errorf("build ferry in %s (go build %s; run inside the ferry repository, or pass -ferry PATH): %w\n%s", src, ferryPackage, err, out)
 	}
-	return bin, nil
+	return bin, src + " at " + gitCommit(ctx, src), nil
+}
+
+// gitCommit describes the commit checked out in dir, "abc1234" or
+// "abc1234 + uncommitted changes", or says it is unknown.
+func gitCommit(ctx context.Context, dir string) string {
+	head, err := exec.CommandContext(ctx, "git", "-C", dir, "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "an unknown commit (no git)"
+	}
+	c := strings.TrimSpace(string(head))
+	if st, err := exec.CommandContext(ctx, "git", "-C", dir, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(bytes.TrimSpace(st)) > 0 {
+		c += " + uncommitted changes"
+	}
+	return c
 }
 
 // ferryVersion returns the first line of `ferry version`.

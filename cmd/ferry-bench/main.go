@@ -259,7 +259,7 @@ func measureAll(ctx context.Context, opts options, stderr io.Writer) (*Report, e
 func (b *bench) setup() Setup {
 	o := b.opts
 	s := Setup{
-		Ferry: b.version, FerryBinary: b.ferryBin,
+		Ferry: b.version, FerryBinary: b.ferryBin, FerrySource: b.source,
 		Kafka:   fmt.Sprintf("kfake in process, %d partitions per topic", testenv.DefaultPartitions),
 		Devices: o.Devices, QoS: o.QoS, PayloadBytes: o.Payload, TargetRate: o.Rate,
 		Duration: o.Duration.Seconds(), Messages: o.Messages,

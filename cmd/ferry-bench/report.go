@@ -26,6 +26,7 @@ type Report struct {
 type Setup struct {
 	Ferry        string   `json:"ferry"` // `ferry version`
 	FerryBinary  string   `json:"ferry_binary"`
+	FerrySource  string   `json:"ferry_source"` // the tree and commit it was built from
 	Broker       string   `json:"broker"`
 	Kafka        string   `json:"kafka"`
 	Devices      int      `json:"devices"`
@@ -390,6 +391,9 @@ func (r *Report) writeText(w io.Writer) error {
 	s := r.Setup
 	var b strings.Builder
 	fmt.Fprintf(&b, "ferry     %s\n", s.Ferry)
+	if s.FerrySource != "" {
+		fmt.Fprintf(&b, "          built from %s\n", s.FerrySource)
+	}
 	fmt.Fprintf(&b, "broker    %s; Kafka %s; all on 127.0.0.1\n", s.Broker, s.Kafka)
 	if r.Ferry != nil || r.Baseline != nil {
 		fmt.Fprintf(&b, "load      %d devices, QoS %d, %d-byte payloads, %s\n", s.Devices, s.QoS, s.PayloadBytes, loadText(s))

@@ -42,7 +42,7 @@ func sampleReport() *Report {
 		Host: HostReport{BusyPercent: 92, HarnessCPUSeconds: 12},
 	}
 	return &Report{
-		Setup: Setup{Ferry: "ferry dev (commit unknown, built unknown, go1.26)", FerryBinary: "/tmp/ferry",
+		Setup: Setup{Ferry: "ferry dev (commit unknown, built unknown, go1.26)", FerryBinary: "/tmp/ferry", FerrySource: "/src/ferry at abc1234 + uncommitted changes",
 			Broker: "mosquitto (child process) at 127.0.0.1:1883", Kafka: "kfake in process, 4 partitions per topic",
 			Devices: 100, QoS: 1, PayloadBytes: 200, TargetRate: 1000, Duration: 20,
 			Outage: "Kafka cut off 5s after the first publish, for 10s", Set: []string{"buffer.sync=interval"},

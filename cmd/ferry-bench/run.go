@@ -37,6 +37,7 @@ type bench struct {
 	broker   *testenv.Broker
 	kafka    *testenv.Kafka
 	ferryBin string
+	source   string // where ferryBin came from
 	version  string
 	// brokerPID is Mosquitto's process, 0 for mochi (which runs in this
 	// process).
@@ -79,12 +80,13 @@ func newBench(ctx context.Context, opts options, stderr io.Writer) (_ *bench, er
 	if b.kafka, err = testenv.StartKafka(ferryTopic, statusTopic, bridgeTopic, kafkaTopic); err != nil {
 		return nil, fmt.Errorf("start Kafka: %w", err)
 	}
-	b.ferryBin = opts.FerryBin
+	b.ferryBin, b.source = opts.FerryBin, "given with -ferry"
 	if b.ferryBin == "" {
 		b.progress.line("building ferry ...")
-		if b.ferryBin, err = buildFerry(ctx, b.dir); err != nil {
+		if b.ferryBin, b.source, err = buildFerry(ctx, b.dir); err != nil {
 			return nil, err
 		}
+		b.progress.line("built ferry from " + b.source)
 	}
 	b.version = ferryVersion(b.ferryBin)
 	return b, nil
