@@ -47,6 +47,9 @@ func (b *bench) runBaselines(ctx context.Context) (*baselineResult, error) {
 	if r.Disk1, err = runDisk(ctx, b.dir, b.opts.Payload, 1, d/2); err != nil {
 		return nil, err
 	}
+	if b.ioProbe != nil {
+		r.Disk.IO.Err, r.Disk1.IO.Err = b.ioProbe, b.ioProbe
+	}
 	b.progress.line("baseline: Kafka alone ...")
 	if r.Kafka, err = runKafkaAlone(ctx, b.kafka.Brokers(), kafkaTopic, b.opts.Devices, b.opts.Payload, d); err != nil {
 		return nil, err

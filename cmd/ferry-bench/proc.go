@@ -21,7 +21,11 @@ type procSample struct {
 	CPU time.Duration // user + system time of all its threads, not its children's
 	RSS int64         // bytes resident now (VmRSS)
 	HWM int64         // peak resident bytes since start (VmHWM)
-	IO  ioCounters
+	// Anon is RssAnon: the resident part of the heap, stacks and other
+	// anonymous memory, without mapped files (bbolt's mmap of the buffer)
+	// which the kernel can drop and read again.
+	Anon int64
+	IO   ioCounters
 }
 
 // ioCounters are the fields of /proc/PID/io. Err says why they are
@@ -44,7 +48,7 @@ func sampleProc(pid int) (procSample, error) {
 		return s, err
 	}
 	s.CPU = cpu
-	if s.RSS, s.HWM, err = readMemory(pid); err != nil {
+	if s.RSS, s.HWM, s.Anon, err = readMemory(pid); err != nil {
 		return s, err
 	}
 	s.IO = readIO(pid)
@@ -77,37 +81,74 @@ func readCPU(pid int) (time.Duration, error) {
 	return time.Duration(utime+stime) * time.Second / userHZ, nil
 }
 
-// readMemory returns VmRSS and VmHWM from /proc/PID/status, in bytes.
-func readMemory(pid int) (rss, hwm int64, err error) {
+// readMemory returns VmRSS, VmHWM and RssAnon from /proc/PID/status, in
+// bytes.
+func readMemory(pid int) (rss, hwm, anon int64, err error) {
 	path := fmt.Sprintf("/proc/%d/status", pid)
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0, 0, fmt.Errorf("read %s: %w", path, err)
+		return 0, 0, 0, fmt.Errorf("read %s: %w", path, err)
 	}
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		key, val, ok := strings.Cut(sc.Text(), ":")
-		if !ok || (key != "VmRSS" && key != "VmHWM") {
+		var dst *int64
+		switch key {
+		case "VmRSS":
+			dst = &rss
+		case "VmHWM":
+			dst = &hwm
+		case "RssAnon":
+			dst = &anon
+		}
+		if !ok || dst == nil {
 			continue
 		}
 		f := strings.Fields(val) // "12345 kB"
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, 0, fmt.Errorf("parse %s: %s: %q", path, key, val)
+			return 0, 0, 0, fmt.Errorf("parse %s: %s: %q", path, key, val)
 		}
 		kb, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("parse %s: %s: %w", path, key, err)
+			return 0, 0, 0, fmt.Errorf("parse %s: %s: %w", path, key, err)
 		}
-		if key == "VmRSS" {
-			rss = kb << 10
-		} else {
-			hwm = kb << 10
-		}
+		*dst = kb << 10
 	}
 	if hwm == 0 {
-		return 0, 0, fmt.Errorf("parse %s: no VmHWM (a kernel thread, or a zombie)", path)
+		return 0, 0, 0, fmt.Errorf("parse %s: no VmHWM (a kernel thread, or a zombie)", path)
 	}
-	return rss, hwm, nil
+	return rss, hwm, anon, nil
+}
+
+// probeIOAccounting writes and syncs a small file in dir and reports
+// whether this process's write_bytes counted it: if not, a write_bytes of
+// 0 means nothing, whatever process it is read for.
+func probeIOAccounting(dir string) error {
+	before := readIO(os.Getpid())
+	if before.Err != nil {
+		return before.Err
+	}
+	f, err := os.CreateTemp(dir, "io-probe-")
+	if err != nil {
+		return fmt.Errorf("I/O accounting probe: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := f.Write(make([]byte, 64<<10)); err != nil {
+		return fmt.Errorf("I/O accounting probe: %w", err)
+	}
+	if err := syncData(f); err != nil {
+		return fmt.Errorf("I/O accounting probe: %w", err)
+	}
+	after := readIO(os.Getpid())
+	if after.Err != nil {
+		return after.Err
+	}
+	if after.WriteBytes <= before.WriteBytes {
+		return fmt.Errorf("storage writes are not accounted here: a probe that wrote and synced 64 KiB in %s counted %d bytes in /proc/self/io write_bytes (file system %s)",
+			dir, after.WriteBytes-before.WriteBytes, fsType(dir))
+	}
+	return nil
 }
 
 // readIO reads /proc/PID/io.

@@ -47,5 +47,7 @@ func TestProc(t *testing.T) {
 	big[len(big)-1] = big[0] // keep it alive until here
 	if s.IO.Err != nil {
 		t.Logf("no I/O accounting here: %v", s.IO.Err)
+	} else if err := probeIOAccounting(t.TempDir()); err != nil {
+		t.Logf("write_bytes not usable here: %v", err)
 	}
 }

@@ -22,7 +22,7 @@ func sampleReport() *Report {
 		PublishRate: 999.8, MsgsPerSec: 998.9, PublishSeconds: 20.0,
 		Latency: LatencyReport{P50: 2.1, P99: 7.9, Max: 15.2},
 		Process: &ProcessReport{PID: 42, WindowSeconds: 20.1, CPUSeconds: 2.46, CPUPercent: 12.2, CPUSecondsPer100k: 12.3,
-			PeakRSSMB: 38.2, RSSMB: 30.1, Disk: DiskReport{WriteBytes: i64(12_300_000), BytesPerPayloadByte: f64(3.075)},
+			PeakRSSMB: 38.2, PeakAnonRSSMB: 20.5, RSSMB: 30.1, Disk: DiskReport{WriteBytes: i64(12_300_000), BytesPerPayloadByte: f64(3.075)},
 			BufferCommits: f64(10000), MessagesPerCommit: f64(2)},
 		Host:        HostReport{BusyPercent: 35, HarnessCPUSeconds: 3.1, BrokerCPUSeconds: f64(1.2)},
 		PeakBacklog: 12,
@@ -33,7 +33,7 @@ func sampleReport() *Report {
 		Name: "bridge", Sent: 300000, Acknowledged: 300000, Delivered: 300000,
 		PublishRate: 30000, MsgsPerSec: 29900, Latency: LatencyReport{P50: 20, P99: 70, Max: 99},
 		Process: &ProcessReport{PID: 43, WindowSeconds: 10, CPUSeconds: 6, CPUPercent: 60, CPUSecondsPer100k: 2,
-			PeakRSSMB: 28, RSSMB: 25, Disk: DiskReport{WriteBytes: i64(0), BytesPerPayloadByte: f64(0)}},
+			PeakRSSMB: 28, PeakAnonRSSMB: 21, RSSMB: 25, Disk: DiskReport{WriteBytes: i64(0), BytesPerPayloadByte: f64(0)}},
 		Host: HostReport{BusyPercent: 95, HarnessCPUSeconds: 8, BrokerCPUSeconds: f64(4.4)},
 	}
 	alone := &PhaseReport{
@@ -78,7 +78,7 @@ func TestReportText(t *testing.T) {
 	wb := int64(0)
 	r := &Report{Setup: Setup{Ferry: "ferry dev", Broker: "mochi (embedded, in process) at 127.0.0.1:1", Kafka: "kfake",
 		WorkDir: "/tmp/x", FileSystem: "tmpfs", CPUs: 2},
-		Idle: &IdleReport{Seconds: 60, CPUSeconds: 0.3, CPUPercent: 0.5, CPUSecondsPerHour: 18, PeakRSSMB: 20, RSSMB: 19,
+		Idle: &IdleReport{Seconds: 60, CPUSeconds: 0.3, CPUPercent: 0.5, CPUSecondsPerHour: 18, PeakRSSMB: 20, PeakAnonRSSMB: 12, RSSMB: 19,
 			Disk: DiskReport{NotMeasured: "read /proc/1/io: permission denied", BufferFileGrowth: &wb}}, OK: true}
 	if err := r.writeText(&idle); err != nil {
 		t.Fatal(err)

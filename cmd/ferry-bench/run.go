@@ -39,6 +39,9 @@ type bench struct {
 	ferryBin string
 	source   string // where ferryBin came from
 	version  string
+	// ioProbe says why write_bytes cannot be trusted in the work
+	// directory; nil when a probe write was counted.
+	ioProbe error
 	// brokerPID is Mosquitto's process, 0 for mochi (which runs in this
 	// process).
 	brokerPID int
@@ -61,6 +64,7 @@ func newBench(ctx context.Context, opts options, stderr io.Writer) (_ *bench, er
 	if b.dir, err = os.MkdirTemp(opts.Dir, "ferry-bench-"); err != nil {
 		return nil, fmt.Errorf("work directory: %w", err)
 	}
+	b.ioProbe = probeIOAccounting(b.dir)
 	switch opts.Broker {
 	case "auto":
 		b.broker, err = testenv.StartBroker(b.dir, nil)
@@ -196,6 +200,7 @@ type phaseResult struct {
 	win         *window       // nil without a process
 	metrics     map[string]float64
 	fileGrowth  int64 // -1 if unknown
+	peakAnon    int64 // highest RssAnon sampled (every 100 ms)
 	peakBacklog int64
 	outage      *outageResult
 	problems    []string
@@ -295,6 +300,11 @@ func (b *bench) measure(ctx context.Context, ph phase) (*phaseResult, error) {
 		}
 		now := time.Now()
 		since := now.Sub(l.start)
+		if pid > 0 {
+			if _, _, anon, err := readMemory(pid); err == nil {
+				res.peakAnon = max(res.peakAnon, anon)
+			}
+		}
 		c := l.counts()
 		delivered := ph.far.uniqueCount()
 		res.peakBacklog = max(res.peakBacklog, c.Acked-delivered)
@@ -374,6 +384,9 @@ func (b *bench) measure(ctx context.Context, ph phase) (*phaseResult, error) {
 	if err := w.end(pid); err != nil {
 		return nil, err
 	}
+	if b.ioProbe != nil && w.IO.Err == nil {
+		w.IO.Err = b.ioProbe
+	}
 	if pid > 0 {
 		res.win = w
 	} else {
@@ -447,6 +460,7 @@ func (b *bench) runIdle(ctx context.Context) (*idleResult, error) {
 	start := time.Now()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	peakAnon := w.start.Anon
 	for time.Since(start) < b.opts.Idle {
 		select {
 		case <-ctx.Done():
@@ -456,6 +470,7 @@ func (b *bench) runIdle(ctx context.Context) (*idleResult, error) {
 		case <-tick.C:
 		}
 		if s, err := sampleProc(f.pid()); err == nil {
+			peakAnon = max(peakAnon, s.Anon)
 			el := time.Since(start)
 			b.progress.line(fmt.Sprintf("idle %5.0fs / %v  ferry cpu %.3f s (%.2f%%)  rss %.0f MB",
 				el.Seconds(), b.opts.Idle, (s.CPU - w.start.CPU).Seconds(), 100*(s.CPU-w.start.CPU).Seconds()/el.Seconds(), mb(s.RSS)))
@@ -464,7 +479,10 @@ func (b *bench) runIdle(ctx context.Context) (*idleResult, error) {
 	if err := w.end(f.pid()); err != nil {
 		return nil, err
 	}
-	res := &idleResult{win: w, fileGrowth: -1}
+	if b.ioProbe != nil && w.IO.Err == nil {
+		w.IO.Err = b.ioProbe
+	}
+	res := &idleResult{win: w, fileGrowth: -1, peakAnon: peakAnon}
 	if m0 != nil {
 		if m1, err := scrapeMetrics(admin); err == nil {
 			res.metrics = map[string]float64{}
@@ -486,6 +504,7 @@ func (b *bench) runIdle(ctx context.Context) (*idleResult, error) {
 // idleResult is what an idle measurement found.
 type idleResult struct {
 	win        *window
+	peakAnon   int64
 	metrics    map[string]float64
 	fileGrowth int64
 	problems   []string
