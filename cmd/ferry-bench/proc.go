@@ -22,8 +22,8 @@ type procSample struct {
 	RSS int64         // bytes resident now (VmRSS)
 	HWM int64         // peak resident bytes since start (VmHWM)
 	// Anon is RssAnon: the resident part of the heap, stacks and other
-	// anonymous memory, without mapped files (bbolt's mmap of the buffer)
-	// which the kernel can drop and read again.
+	// anonymous memory, without mapped files (the binary, bbolt's mmap
+	// of the buffer) whose pages the kernel can drop and read again.
 	Anon int64
 	IO   ioCounters
 }

@@ -101,8 +101,8 @@ type ProcessReport struct {
 	CPUSecondsPer100k float64 `json:"cpu_seconds_per_100k"`
 	PeakRSSMB         float64 `json:"peak_rss_mb"` // VmHWM: since the process started
 	// PeakAnonRSSMB is the highest RssAnon sampled every 100 ms: the
-	// peak without mapped files (bbolt's mmap of the buffer, which the
-	// kernel can drop and read again).
+	// peak without mapped files (the binary, bbolt's mmap of the buffer:
+	// pages the kernel can drop and read again).
 	PeakAnonRSSMB float64    `json:"peak_anon_rss_mb"`
 	RSSMB         float64    `json:"rss_mb"` // at the end of the window
 	Disk          DiskReport `json:"disk"`
@@ -543,8 +543,9 @@ func writePhases(b *strings.Builder, cols []*PhaseReport) {
 		"  to the subscriber's receipt). CPU and disk: the process's own, from the first\n" +
 		"  publish to the last arrival (/proc/PID/stat, /proc/PID/io write_bytes: the\n" +
 		"  page-cache pages it dirtied; the file system's journal is not charged to it).\n" +
-		"  Peak RSS counts the pages of the buffer file ferry maps (bbolt's mmap) that it\n" +
-		"  touched; the anonymous peak (sampled every 100 ms) leaves them out.\n")
+		"  Peak RSS counts the mapped files' pages it touched (its own binary, and the\n" +
+		"  buffer file bbolt maps), which the kernel can drop and read again; the\n" +
+		"  anonymous peak (heap, stacks; sampled every 100 ms) leaves them out.\n")
 	for _, p := range cols {
 		if p.Process != nil && p.Process.Disk.NotMeasured != "" {
 			fmt.Fprintf(b, "%s: disk writes not measured: %s\n", p.Name, p.Process.Disk.NotMeasured)
