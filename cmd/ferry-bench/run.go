@@ -112,12 +112,17 @@ func (b *bench) close() {
 }
 
 // loadFor returns the load settings of a phase publishing to topicFormat.
+// -messages replaces -duration.
 func (b *bench) loadFor(tag, topicFormat string) loadConfig {
-	return loadConfig{
+	l := loadConfig{
 		BrokerAddr: b.broker.Addr, Devices: b.opts.Devices, QoS: byte(b.opts.QoS), Payload: b.opts.Payload,
 		Rate: b.opts.Rate, Duration: b.opts.Duration, Messages: b.opts.Messages, Tick: b.opts.Tick,
 		TopicFormat: topicFormat, ClientTag: tag,
 	}
+	if l.Messages > 0 {
+		l.Duration = 0
+	}
+	return l
 }
 
 // ferryStopTimeout bounds ferry's clean stop before it is killed.
@@ -437,79 +442,6 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
-// runIdle measures ferry with nothing to do: connected, subscribed, no
-// messages, for opts.Idle after opts.Settle.
-func (b *bench) runIdle(ctx context.Context) (*idleResult, error) {
-	f, admin, err := b.startConfiguredFerry(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer f.stop(5 * time.Second)
-	if err := sleepCtx(ctx, b.opts.Settle); err != nil {
-		return nil, err
-	}
-	m0, _ := scrapeMetrics(admin)
-	var fileStart int64 = -1
-	if st, err := os.Stat(b.bufferPath()); err == nil {
-		fileStart = st.Size()
-	}
-	w, err := beginWindow(f.pid(), b.brokerPID)
-	if err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	peakAnon := w.start.Anon
-	for time.Since(start) < b.opts.Idle {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-f.exited:
-			return nil, fmt.Errorf("ferry exited while idle: %v; last output:\n%s", f.waitErr, f.lastLines())
-		case <-tick.C:
-		}
-		if s, err := sampleProc(f.pid()); err == nil {
-			peakAnon = max(peakAnon, s.Anon)
-			el := time.Since(start)
-			b.progress.line(fmt.Sprintf("idle %5.0fs / %v  ferry cpu %.3f s (%.2f%%)  rss %.0f MB",
-				el.Seconds(), b.opts.Idle, (s.CPU - w.start.CPU).Seconds(), 100*(s.CPU-w.start.CPU).Seconds()/el.Seconds(), mb(s.RSS)))
-		}
-	}
-	if err := w.end(f.pid()); err != nil {
-		return nil, err
-	}
-	if b.ioProbe != nil && w.IO.Err == nil {
-		w.IO.Err = b.ioProbe
-	}
-	res := &idleResult{win: w, fileGrowth: -1, peakAnon: peakAnon}
-	if m0 != nil {
-		if m1, err := scrapeMetrics(admin); err == nil {
-			res.metrics = map[string]float64{}
-			for k, v := range m1 {
-				res.metrics[k] = v - m0[k]
-			}
-		}
-	}
-	if st, err := os.Stat(b.bufferPath()); err == nil && fileStart >= 0 {
-		res.fileGrowth = st.Size() - fileStart
-	}
-	b.progress.clear()
-	if err := f.stop(ferryStopTimeout); err != nil {
-		res.problems = append(res.problems, fmt.Sprintf("ferry did not stop cleanly: %v", err))
-	}
-	return res, nil
-}
-
-// idleResult is what an idle measurement found.
-type idleResult struct {
-	win        *window
-	peakAnon   int64
-	metrics    map[string]float64
-	fileGrowth int64
-	problems   []string
-}
-
 // sleepCtx sleeps for d or until ctx is done.
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
@@ -524,45 +456,6 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 
 // mb converts bytes to MB (10^6).
 func mb(n int64) float64 { return float64(n) / 1e6 }
-
-// progress writes a status line to stderr: rewritten in place on a
-// terminal, one line per update otherwise.
-type progress struct {
-	w    io.Writer
-	tty  bool
-	dirt int // length of the line on screen
-}
-
-func newProgress(w io.Writer, quiet bool) *progress {
-	if quiet {
-		return &progress{w: io.Discard}
-	}
-	p := &progress{w: w}
-	if f, ok := w.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			p.tty = true
-		}
-	}
-	return p
-}
-
-func (p *progress) line(s string) {
-	if !p.tty {
-		fmt.Fprintln(p.w, s)
-		return
-	}
-	pad := max(p.dirt-len(s), 0)
-	fmt.Fprintf(p.w, "\r%s%*s", s, pad, "")
-	p.dirt = len(s)
-}
-
-// clear ends the status line.
-func (p *progress) clear() {
-	if p.tty && p.dirt > 0 {
-		fmt.Fprintf(p.w, "\r%*s\r", p.dirt, "")
-		p.dirt = 0
-	}
-}
 
 // numCPU is the number of CPUs this process may use.
 func numCPU() int { return runtime.NumCPU() }
