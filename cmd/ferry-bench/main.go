@@ -247,7 +247,7 @@ func measureAll(ctx context.Context, opts options, stderr io.Writer) (*Report, e
 	if err != nil {
 		return nil, err
 	}
-	rep.Ferry = phaseReport(fr, opts.Payload, true)
+	rep.Ferry = phaseReport(fr, opts.Payload)
 	if base != nil {
 		rep.Baseline = baselineReport(base, rep.Ferry.MsgsPerSec, opts.Payload)
 	}

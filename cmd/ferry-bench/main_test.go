@@ -32,7 +32,9 @@ func TestRun(t *testing.T) {
 	if !withMosquitto && os.Getenv(testenv.EnvRequireMosquitto) == "1" {
 		t.Fatalf("%s=1 but Mosquitto is not available: %v", testenv.EnvRequireMosquitto, noMosquitto)
 	}
-	args := []string{"-rate", "200", "-devices", "5", "-payload", "200", "-duration", "2s", "-json", "-q", "-dir", t.TempDir()}
+	// sync: always, so that ferry writes and the disk figure is a real
+	// one (with the default, delayed, a healthy Kafka leaves it at 0).
+	args := []string{"-rate", "200", "-devices", "5", "-payload", "200", "-duration", "2s", "-json", "-q", "-dir", t.TempDir(), "-set", "buffer.sync=always"}
 	if withMosquitto {
 		args = append(args, "-baseline", "-baseline-duration", "1s")
 	} else {
