@@ -143,7 +143,19 @@ type Options struct {
 	// for its delivery before a commit writes it; its callback runs on
 	// delivery or on the commit, whichever comes first (see the package
 	// comment). 0: every record is written before its callback (strict).
+	//
+	// It adapts: while records reach their deadline undelivered commit
+	// after commit (Kafka is not acknowledging), the delay doubles, up to
+	// 8 times WriteDelay: an outage is buffered in fewer, larger commits
+	// (fewer bytes written per record). The first delivery from memory
+	// sets it back.
 	WriteDelay time.Duration
+	// MaxTailRecords, with WriteDelay, makes the committer write the tail
+	// as soon as this many records wait in it, whatever their deadline.
+	// A source that holds only so many unacknowledged messages (MQTT's
+	// Receive Maximum) stalls beyond that: keep it below. 0: no bound but
+	// QueueSize.
+	MaxTailRecords int
 	// MaxBytes bounds the disk space the buffer occupies: the pages of the
 	// file that hold data (records, retired batches and bbolt's tree), not
 	// counting free pages, which bbolt reuses, nor the dead-letter bucket,
@@ -389,6 +401,8 @@ type Buffer struct {
 	flushes   []chan error  // flush barriers waiting for the next commit
 	waiting   bool          // a reader waits on changed
 	wakeAt    time.Duration // when the committer wakes by itself (born's clock); -1: only when signalled
+	delay     time.Duration // the write delay in force (see Options.WriteDelay)
+	delivered bool          // records of the tail were delivered since the last commit that wrote the tail
 	ratio     float64       // disk bytes in use per record byte, as last measured
 	headAt    time.Time     // the head record's receive time (see headTime)
 	commits   uint64
@@ -433,6 +447,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 		corrupt: len(CorruptFiles(path)),
 		born:    time.Now(),
 		wakeAt:  -1,
+		delay:   opts.WriteDelay,
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		batches, err := tx.CreateBucketIfNotExists(bucketBatches)

@@ -110,8 +110,10 @@ func (b *Buffer) due(lastCommit time.Time) (wait time.Duration, writeTail bool) 
 			deadline = now
 		case b.opts.WriteDelay <= 0:
 			deadline = lastCommit.Add(b.opts.SyncInterval)
+		case b.opts.MaxTailRecords > 0 && b.tl.pending >= b.opts.MaxTailRecords:
+			deadline = now
 		default:
-			deadline = b.born.Add(e.at + b.opts.WriteDelay)
+			deadline = b.born.Add(e.at + b.delay)
 		}
 		if set {
 			at(deadline)
@@ -215,6 +217,7 @@ func (b *Buffer) commit(writeTail, final bool) {
 		}
 		if len(recs) > 0 {
 			b.writing = [2]uint64{recs[0].seq, recs[len(recs)-1].seq}
+			b.adaptDelay()
 		}
 	}
 	next := b.next // with a replay, the sequence numbers it takes start here
@@ -400,6 +403,18 @@ func (b *Buffer) commit(writeTail, final bool) {
 	if drained {
 		b.compactIfSparse()
 	}
+}
+
+// adaptDelay doubles the write delay, up to 8 times WriteDelay, when this
+// commit writes records of the tail and none was delivered from memory
+// since the last one that did: Kafka is not acknowledging, so let an outage
+// be buffered in fewer, larger commits. Release and Remove set it back.
+// b.mu is held.
+func (b *Buffer) adaptDelay() {
+	if b.opts.WriteDelay > 0 && !b.delivered {
+		b.delay = min(2*b.delay, 8*b.opts.WriteDelay)
+	}
+	b.delivered = false
 }
 
 // finish runs the callbacks of what became durable and answers the flush

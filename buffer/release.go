@@ -25,6 +25,9 @@ func (b *Buffer) Release(seq uint64) {
 				settled = true
 			}
 		}
+		if settled {
+			b.delivered, b.delay = true, b.opts.WriteDelay
+		}
 	}
 	disk := b.st.count > 0 && seq >= b.st.head || b.writing[0] != 0 && seq >= b.writing[0]
 	b.mu.Unlock()
@@ -54,6 +57,7 @@ func (b *Buffer) Remove(seqs ...uint64) {
 			if i := b.tl.index(seq); i >= 0 && !b.deadWaits(seq) {
 				b.tl.set(i, delivered, nil)
 				settled = true
+				b.delivered, b.delay = true, b.opts.WriteDelay
 			}
 			if b.writing[0] == 0 || seq < b.writing[0] || seq > b.writing[1] {
 				continue // not on disk, and not being written

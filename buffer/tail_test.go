@@ -246,3 +246,59 @@ func TestRemoveFromMemory(t *testing.T) {
 		t.Fatalf("after restart: %+v", got)
 	}
 }
+
+// While records reach their deadline undelivered (Kafka down), the write
+// delay doubles, up to 8 times WriteDelay: fewer, larger commits. The
+// first delivery from memory sets it back.
+func TestWriteDelayAdaptsToAnOutage(t *testing.T) {
+	const delay = 50 * time.Millisecond
+	b, _ := openTestWith(t, Options{WriteDelay: delay})
+	var a appended
+	start := time.Now()
+	n := 0
+	for time.Since(start) < 2*time.Second {
+		if err := b.Append(rec(n), a.done); err != nil {
+			t.Fatal(err)
+		}
+		n++
+		time.Sleep(5 * time.Millisecond)
+	}
+	a.waitFor(t, n)
+	// At a fixed 50ms: 40 commits. Doubling: 50, 100, 200, 400, 400...
+	if c := b.Stats().Commits; c > 16 {
+		t.Fatalf("%d commits in 2s of undelivered records; the delay did not grow", c)
+	}
+	got := readAll(t, b)
+	b.Release(got[len(got)-1].Seq)
+	// A record delivered from memory: the delay is back at 50ms.
+	if err := b.Append(rec(n), a.done); err != nil {
+		t.Fatal(err)
+	}
+	got = readAll(t, b)
+	b.Release(got[len(got)-1].Seq)
+	a.waitFor(t, n+1)
+	sent := time.Now()
+	if err := b.Append(rec(n+1), a.done); err != nil {
+		t.Fatal(err)
+	}
+	a.waitFor(t, n+2)
+	if waited := time.Since(sent); waited > 300*time.Millisecond {
+		t.Fatalf("a record waited %v for its commit after deliveries resumed; want about %v", waited, delay)
+	}
+}
+
+// MaxTailRecords writes the tail once that many records wait, whatever
+// their deadline.
+func TestMaxTailRecordsWritesEarly(t *testing.T) {
+	b, _ := openTestWith(t, Options{WriteDelay: time.Hour, MaxTailRecords: 10})
+	var a appended
+	for i := range 10 {
+		if err := b.Append(rec(i), a.done); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.waitFor(t, 10)
+	if st := b.Stats(); st.Commits != 1 || st.Records != 10 || st.TailRecords != 0 {
+		t.Fatalf("stats %+v: want the 10 records written in one commit", st)
+	}
+}

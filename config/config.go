@@ -116,7 +116,9 @@ type Buffer struct {
 	//     SyncInterval: fewer, larger writes, more latency.
 	Sync string `yaml:"sync"`
 	// WriteDelay is how long a record waits in memory with sync: delayed
-	// before it is written; > 0. Default 100ms.
+	// before it is written; > 0. Default 100ms. While Kafka acknowledges
+	// nothing it grows, commit after commit, up to 8 times this; the tail
+	// is also written once half of mqtt.receive_maximum records wait.
 	WriteDelay time.Duration `yaml:"write_delay"`
 	// SyncInterval is the commit interval with sync: interval; > 0.
 	// Default 100ms.

@@ -85,7 +85,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: log}
 	a.health = health{limit: cmp.Or(opts.StallLimit, 30*time.Second), block: cfg.Buffer.WhenFull == "block"}
 	fc.Observers = append(fc.Observers, kafkaHooks{a: a, produce: opts.Hooks.ProduceLatency})
-	buf, err := openBuffer(cfg.Buffer, log)
+	buf, err := openBuffer(cfg.Buffer, cfg.MQTT.ReceiveMaximum, log)
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +109,11 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 
 // openBuffer opens the buffer with the configured limits. A corrupt file is
 // moved aside and a new buffer started, loudly, unless on_corrupt is fail.
-func openBuffer(c config.Buffer, log *slog.Logger) (*buffer.Buffer, error) {
+// receiveMaximum is how many messages the MQTT broker lets ingest hold
+// unacknowledged: with sync: delayed, the tail is written once half that
+// many wait, so that the broker never stops sending for want of
+// acknowledgements.
+func openBuffer(c config.Buffer, receiveMaximum int, log *slog.Logger) (*buffer.Buffer, error) {
 	lim := bufferLimits(c)
 	opts := buffer.Options{
 		MaxBytes:           lim.MaxBytes,
@@ -123,6 +127,7 @@ func openBuffer(c config.Buffer, log *slog.Logger) (*buffer.Buffer, error) {
 		opts.SyncInterval = c.SyncInterval
 	case "delayed":
 		opts.WriteDelay = c.WriteDelay
+		opts.MaxTailRecords = max(receiveMaximum/2, 1)
 	}
 	// bbolt never shrinks its file: after a long outage drained, give the
 	// space back before opening.
