@@ -62,8 +62,9 @@ func (b *Buffer) reserve(n int) error {
 			b.dequeued = make(chan struct{})
 		}
 		ch := b.dequeued
+		wasBlocked := b.blocked.Swap(true) // under qmu: unreserve clears it under qmu
 		b.qmu.Unlock()
-		if !b.blocked.Swap(true) {
+		if !wasBlocked {
 			b.signal() // write the tail now rather than at its deadline
 		}
 		select {
@@ -96,18 +97,26 @@ func (b *Buffer) unreserve(n, k int) {
 	b.qmu.Unlock()
 }
 
-// settle runs the callbacks of the tail's durable prefix, in order, and
-// takes those records off it. One caller at a time runs callbacks: a
+// popLocked takes the tail's durable prefix off it, onto the fire queue,
+// in order. b.mu is held; settle then runs their callbacks.
+func (b *Buffer) popLocked() {
+	b.fireQ, _ = b.tl.popDurable(b.fireQ)
+}
+
+// settle runs the callbacks of the fire queue, in order, and takes their
+// records off the tail's bounds. One caller at a time runs callbacks: a
 // caller that finds another at it (a callback that releases, say) leaves
 // its records to that one, which looks again before it returns.
 func (b *Buffer) settle() {
 	for b.fireMu.TryLock() {
 		b.mu.Lock()
-		fire, size := b.tl.popDurable(b.fireBuf[:0])
+		fire := b.fireQ
+		b.fireQ = b.fireBuf[:0]
 		b.mu.Unlock()
-		b.unreserve(size, len(fire))
+		size := 0
 		for i := range fire {
 			e := &fire[i]
+			size += len(e.val)
 			if e.done != nil {
 				if e.state == failed {
 					e.done(0, e.err)
@@ -116,12 +125,12 @@ func (b *Buffer) settle() {
 				}
 			}
 		}
+		b.unreserve(size, len(fire))
 		clear(fire)
 		b.fireBuf = fire[:0]
 		b.fireMu.Unlock()
 		b.mu.Lock()
-		l := b.tl.live()
-		more := len(l) > 0 && l[0].state != pending
+		more := len(b.fireQ) > 0
 		b.mu.Unlock()
 		if !more {
 			return
@@ -159,7 +168,7 @@ func (b *Buffer) AppendWait(ctx context.Context, rec *Record) (uint64, error) {
 
 // flush waits until everything requested before it (appends, releases,
 // dead letters) is committed: the tail is written, whatever the write
-// delay.
+// delay (with Block at MaxBytes, as far as the room goes).
 func (b *Buffer) flush(ctx context.Context) error {
 	ch := make(chan error, 1)
 	b.closeMu.RLock()

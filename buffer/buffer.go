@@ -125,8 +125,6 @@ type Options struct {
 	// LockTimeout is how long Open waits for another process's lock on the
 	// file before failing with ErrLocked. Default 1s.
 	LockTimeout time.Duration
-	// MaxBatch is the most records written in one transaction. Default 8192.
-	MaxBatch int
 	// QueueSize is how many records the tail holds at most (appended, not
 	// durable yet); Append blocks beyond it (backpressure). Default 16384.
 	QueueSize int
@@ -196,9 +194,6 @@ func (o *Options) setDefaults() {
 	if o.LockTimeout <= 0 {
 		o.LockTimeout = time.Second
 	}
-	if o.MaxBatch <= 0 {
-		o.MaxBatch = 8192
-	}
 	if o.QueueSize <= 0 {
 		o.QueueSize = 16384
 	}
@@ -231,7 +226,10 @@ type Stats struct {
 	// memory only: appended, not written (nor delivered) yet.
 	TailRecords, TailBytes uint64
 	FirstSeq               uint64 // sequence number of the head; 0 when empty
-	LastSeq                uint64 // highest sequence number ever assigned; 0 if none
+	// LastSeq is the highest sequence number given out; 0 if none. After
+	// a restart with WriteDelay it is the top of the last run's
+	// reservation: every number below may have been given out.
+	LastSeq uint64
 	// DeadLettered counts records dead-lettered since the file was
 	// created, by reason.
 	DeadLettered map[Reason]uint64
@@ -383,7 +381,7 @@ type Buffer struct {
 	writeMapped uint64       // the committer's own: the same for commits
 
 	fireMu  sync.Mutex // held while callbacks run: one caller at a time keeps them in order
-	fireBuf []entry    // guarded by fireMu
+	fireBuf []entry    // guarded by fireMu: the entries being fired
 	born    time.Time  // the monotonic clock of entry.at
 
 	// credit is the committer's own: bytes of retired batches deleted
@@ -392,19 +390,21 @@ type Buffer struct {
 	// dl is the committer's own: the pages the dead-letter bucket takes.
 	dl dlPages
 
-	mu        sync.Mutex    // guards the fields below
-	st        state         // as on disk
-	next      uint64        // the next sequence number to give out; st.next <= next <= st.reserved, mostly
-	tl        tail          // records not durable yet
-	writing   [2]uint64     // first and last sequence number of the commit under way; 0 0: none
-	hold      chan struct{} // if not nil, appends wait until it is closed (a replay takes sequence numbers)
-	flushes   []chan error  // flush barriers waiting for the next commit
-	waiting   bool          // a reader waits on changed
-	wakeAt    time.Duration // when the committer wakes by itself (born's clock); -1: only when signalled
-	delay     time.Duration // the write delay in force (see Options.WriteDelay)
-	delivered bool          // records of the tail were delivered since the last commit that wrote the tail
-	ratio     float64       // disk bytes in use per record byte, as last measured
-	headAt    time.Time     // the head record's receive time (see headTime)
+	mu        sync.Mutex         // guards the fields below
+	st        state              // as on disk
+	next      uint64             // the next sequence number to give out; st.next <= next <= st.reserved, mostly
+	tl        tail               // records not durable yet
+	writing   [2]uint64          // first and last sequence number of the commit under way; 0 0: none
+	hold      chan struct{}      // if not nil, appends wait until it is closed (a replay takes sequence numbers)
+	flushes   []chan error       // flush barriers waiting for the next commit
+	waiting   bool               // a reader waits on changed
+	fireQ     []entry            // durable entries taken off the tail, in order, for settle to fire
+	deadNow   map[uint64]deadReq // the dead letters the commit under way applies
+	wakeAt    time.Duration      // when the committer wakes by itself (born's clock); -1: only when signalled
+	delay     time.Duration      // the write delay in force (see Options.WriteDelay)
+	delivered bool               // records of the tail were delivered since the last commit that wrote the tail
+	ratio     float64            // disk bytes in use per record byte, as last measured
+	headAt    time.Time          // the head record's receive time (see headTime)
 	commits   uint64
 	corrupt   int                    // files moved aside next to path, at Open
 	lim       atomic.Pointer[Limits] // opts' limits, or what SetLimits set since

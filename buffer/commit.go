@@ -46,6 +46,13 @@ func (b *Buffer) commitLoop() {
 			tickAge = maxAge
 		}
 		wait, writeTail := b.due(lastCommit)
+		if wait == 0 {
+			select {
+			case <-b.stop:
+				wait = -1 // to the stopping path below, at once
+			default:
+			}
+		}
 		if wait != 0 {
 			var fire <-chan time.Time
 			if wait > 0 {
@@ -78,10 +85,21 @@ func (b *Buffer) commitLoop() {
 				}
 			}
 		}
-		b.commit(writeTail, false)
+		if !b.commit(writeTail, false) {
+			// The disk refuses (full, failing): try again in a while,
+			// not in a loop.
+			select {
+			case <-time.After(failedCommitPause):
+			case <-b.stop:
+			}
+		}
 		lastCommit = time.Now()
 	}
 }
+
+// failedCommitPause is how long the committer waits after a failed commit
+// before the next.
+const failedCommitPause = time.Second
 
 // due says when the next commit is due: 0 now, -1 when nothing waits
 // (the committer sleeps until woken), and whether it is to write the
@@ -102,11 +120,11 @@ func (b *Buffer) due(lastCommit time.Time) (wait time.Duration, writeTail bool) 
 		var deadline time.Time
 		set := true
 		switch {
-		case room == 0 && !deadInTail:
+		case room == 0:
 			// Block at max_bytes: the tail waits for deliveries or
 			// releases (which are due below).
 			set = false
-		case deadInTail || b.blocked.Load() || len(b.flushes) > 0 || len(b.deadOps) > 0:
+		case b.blocked.Load() || len(b.flushes) > 0 || len(b.deadOps) > 0:
 			deadline = now
 		case b.opts.WriteDelay <= 0:
 			deadline = lastCommit.Add(b.opts.SyncInterval)
@@ -118,6 +136,9 @@ func (b *Buffer) due(lastCommit time.Time) (wait time.Duration, writeTail bool) 
 		if set {
 			at(deadline)
 			writeTail = !deadline.After(now)
+		}
+		if deadInTail {
+			at(now) // the commit writes the tail up to that record (and no further unless due)
 		}
 	}
 	if len(b.flushes) > 0 || len(b.deadOps) > 0 || b.reserveLow(b.next, b.st) {
@@ -173,7 +194,7 @@ type toWrite struct {
 // of them), dead letters, removals, dead-letter operations, the release,
 // the limits, reclaim of retired batches and the sequence reservation.
 // Then it runs the callbacks of the records that became durable.
-func (b *Buffer) commit(writeTail, final bool) {
+func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 	b.mu.Lock()
 	st := b.st.clone()
 	ratio := b.ratio
@@ -184,6 +205,7 @@ func (b *Buffer) commit(writeTail, final bool) {
 	var dead map[uint64]deadReq
 	if len(b.toDead) > 0 {
 		dead, b.toDead = b.toDead, map[uint64]deadReq{}
+		b.deadNow = dead // Release and Remove still see them (deadWaits)
 	}
 	ops := b.deadOps
 	b.deadOps = nil
@@ -199,25 +221,37 @@ func (b *Buffer) commit(writeTail, final bool) {
 		// appends until it is written.
 		b.hold = make(chan struct{})
 	}
+	// The tail's pending records: all of them when writeTail (within the
+	// room Block leaves, unless final or for a replay), and in any case
+	// those up to the last one a dead letter waits for.
+	var upTo uint64
+	for seq := range dead {
+		if seq >= b.st.next {
+			upTo = max(upTo, seq)
+		}
+	}
 	var recs []toWrite
-	if writeTail {
+	if writeTail || upTo > 0 {
 		budget := int64(-1)
-		if !final && len(ops) == 0 && !b.deadInTailOf(dead) {
+		if writeTail && !final && len(ops) == 0 {
 			budget = b.roomLocked()
 		}
 		var size int64
 		for _, e := range b.tl.live() {
-			if budget >= 0 && size >= budget {
+			if e.state != pending {
+				continue
+			}
+			if !(writeTail && (budget < 0 || size < budget)) && e.seq > upTo {
 				break
 			}
-			if e.state == pending {
-				recs = append(recs, toWrite{e.seq, e.val})
-				size += int64(len(e.val))
-			}
+			recs = append(recs, toWrite{e.seq, e.val})
+			size += int64(len(e.val))
 		}
 		if len(recs) > 0 {
 			b.writing = [2]uint64{recs[0].seq, recs[len(recs)-1].seq}
-			b.adaptDelay()
+			if writeTail {
+				b.adaptDelay()
+			}
 		}
 	}
 	next := b.next // with a replay, the sequence numbers it takes start here
@@ -231,7 +265,7 @@ func (b *Buffer) commit(writeTail, final bool) {
 	reserve := b.reserveLow(next, st)
 	if len(recs) == 0 && len(dead) == 0 && len(ops) == 0 && len(remove) == 0 && (releaseTo < st.head || st.count == 0) && !limits && !reserve {
 		b.finish(flushes, nil)
-		return
+		return true
 	}
 	var dropped [3]uint64 // max_bytes, max_age, dead_letter_limit
 	var requeue map[uint64]deadReq
@@ -344,6 +378,7 @@ func (b *Buffer) commit(writeTail, final bool) {
 				b.toDead[seq] = r
 			}
 		}
+		b.deadNow = nil
 		b.toRemove = append(b.toRemove, remove...)
 		for _, r := range recs {
 			if i := b.tl.index(r.seq); i >= 0 {
@@ -351,13 +386,14 @@ func (b *Buffer) commit(writeTail, final bool) {
 			}
 		}
 		b.writing = [2]uint64{}
+		b.popLocked()
 		b.releaseHoldLocked()
 		b.mu.Unlock()
 		for _, op := range ops {
 			op.done <- err
 		}
 		b.finish(flushes, err)
-		return
+		return false
 	}
 	b.mu.Lock()
 	// A backlog has drained when what is left is small enough to copy in
@@ -375,11 +411,20 @@ func (b *Buffer) commit(writeTail, final bool) {
 		}
 	}
 	for seq, r := range requeue {
-		if _, ok := b.toDead[seq]; !ok {
-			b.toDead[seq] = r
+		// Not written (Block at max_bytes): later, if it still waits
+		// in the tail; a record that is not there is gone for good.
+		if i := b.tl.index(seq); i >= 0 && b.tl.live()[i].state == pending {
+			if _, ok := b.toDead[seq]; !ok {
+				b.toDead[seq] = r
+			}
 		}
 	}
+	b.deadNow = nil
 	b.writing = [2]uint64{}
+	// Take what became durable off the tail before appends go on: a
+	// replay moved the sequence numbers on, and the tail's entries must
+	// stay consecutive.
+	b.popLocked()
 	b.next = max(b.next, st.next)
 	b.releaseHoldLocked()
 	// Wake readers: records now on disk, or records gone (released,
@@ -403,6 +448,7 @@ func (b *Buffer) commit(writeTail, final bool) {
 	if drained {
 		b.compactIfSparse()
 	}
+	return true
 }
 
 // adaptDelay doubles the write delay, up to 8 times WriteDelay, when this
@@ -432,17 +478,6 @@ func (b *Buffer) releaseHoldLocked() {
 		close(b.hold)
 		b.hold = nil
 	}
-}
-
-// deadInTailOf reports whether one of dead is for a record not on disk yet.
-// b.mu is held.
-func (b *Buffer) deadInTailOf(dead map[uint64]deadReq) bool {
-	for seq := range dead {
-		if seq >= b.st.next {
-			return true
-		}
-	}
-	return false
 }
 
 // writeBatches puts recs (ascending sequence numbers, with gaps where

@@ -459,6 +459,9 @@ func (b *Buffer) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (uint
 func ReplayDeadLetters(path string, f DeadLetterFilter) (ReplayResult, error) {
 	var res ReplayResult
 	err := offlineUpdate("replay dead letters of buffer", path, func(tx *bolt.Tx, st *state) (err error) {
+		// Numbers up to the reservation may have gone to records
+		// delivered from memory, never written: start above them.
+		st.next = max(st.next, st.reserved)
 		res, err = replayTx(tx, st, f)
 		return err
 	})

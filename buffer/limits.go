@@ -125,6 +125,7 @@ func dropWhile(tx *bolt.Tx, st *state, drop func(raw []byte, seq uint64) bool) (
 				continue
 			}
 			if !drop(raw, seq) {
+				st.head = seq // past the removed entries before it, if any
 				stopped = true
 				break
 			}

@@ -27,6 +27,7 @@ func (b *Buffer) Release(seq uint64) {
 		}
 		if settled {
 			b.delivered, b.delay = true, b.opts.WriteDelay
+			b.popLocked()
 		}
 	}
 	disk := b.st.count > 0 && seq >= b.st.head || b.writing[0] != 0 && seq >= b.writing[0]
@@ -66,6 +67,9 @@ func (b *Buffer) Remove(seqs ...uint64) {
 		b.toRemove = append(b.toRemove, seq)
 		disk = true
 	}
+	if settled {
+		b.popLocked()
+	}
 	b.mu.Unlock()
 	if settled {
 		b.settle()
@@ -78,11 +82,17 @@ func (b *Buffer) Remove(seqs ...uint64) {
 // deadWaits reports whether a dead letter waits for record seq. b.mu is
 // held.
 func (b *Buffer) deadWaits(seq uint64) bool {
-	if len(b.toDead) == 0 {
-		return false
+	if len(b.toDead) > 0 {
+		if _, ok := b.toDead[seq]; ok {
+			return true
+		}
 	}
-	_, ok := b.toDead[seq]
-	return ok
+	if len(b.deadNow) > 0 { // taken by the commit under way, which may not write the record
+		if _, ok := b.deadNow[seq]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // removeTx removes the records seqs (ascending) from their batches,

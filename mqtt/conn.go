@@ -32,8 +32,10 @@ const (
 	// readLinger is how long after a read that took everything the socket
 	// had the next read waits, so that messages arriving one by one are read
 	// several at a time: one wakeup, one read and (downstream) one commit
-	// and one write of PUBACKs for all of them. It delays a message by at
-	// most this much. A read that fills its buffer is followed at once, so
+	// and one write of PUBACKs for all of them. It delays a message that
+	// arrives in one read by at most this much (one that needs several
+	// reads, a large one or over TLS, by this much per read; a TLS
+	// handshake by this much per round). A read that fills its buffer is followed at once, so
 	// it never limits throughput; after a quiet spell the first message is
 	// read at once.
 	readLinger = 10 * time.Millisecond

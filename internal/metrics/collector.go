@@ -34,7 +34,7 @@ var (
 	mDeadLettered = newMetric("ferry_records_dead_lettered_total", "Records set aside in the buffer's dead-letter bucket since the file was created, by reason (undecodable, broken_batch, message_too_large, invalid_record, invalid_topic, topic_authorization_failed, policy_violation, unknown_topic).", counter, "reason")
 	mRecords      = newMetric("ferry_buffer_records", "Records waiting in the buffer, in flight to Kafka included.", gauge)
 	mBytes        = newMetric("ferry_buffer_bytes", "Encoded size of the records waiting in the buffer.", gauge)
-	mInMemory     = newMetric("ferry_buffer_memory_records", "Of ferry_buffer_records, those held in memory only: with sync: delayed, not written yet (waiting for Kafka's acknowledgement, at most buffer.write_delay).", gauge)
+	mInMemory     = newMetric("ferry_buffer_memory_records", "Of ferry_buffer_records, those held in memory only: with sync: delayed, not written yet (waiting for Kafka's acknowledgement up to buffer.write_delay, 8 times that during an outage; with when_full: block at max_bytes, until there is room).", gauge)
 	mOldest       = newMetric("ferry_buffer_oldest_record_age_seconds", "Age of the oldest record waiting in the buffer (since ferry received it); 0 when the buffer is empty.", gauge)
 	mFileBytes    = newMetric("ferry_buffer_file_bytes", "Size of the buffer file on disk.", gauge)
 	mUsedBytes    = newMetric("ferry_buffer_used_bytes", "Part of the buffer file in pages holding data: what buffer.max_bytes bounds.", gauge)
