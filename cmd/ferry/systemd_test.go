@@ -142,6 +142,19 @@ func writeConfig(t *testing.T, broker *testenv.Broker, kafka *testenv.Kafka, top
 	return path
 }
 
+// setBufferKey adds a key to the buffer section of the config at path.
+func setBufferKey(t *testing.T, path, key string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(string(data), "buffer:\n", "buffer:\n  "+key+"\n", 1)
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestSystemdNotifyMetricsStatus runs ferry as systemd would with
 // Type=notify and WatchdogSec, delivers messages through it, and checks
 // what systemd, Prometheus and `ferry status` learn, up to the clean stop.
@@ -240,6 +253,10 @@ func TestWatchdogStuckCommitter(t *testing.T) {
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
 	configPath := writeConfig(t, broker, kafka, topic, filepath.Join(mnt, "buffer.db"), "")
+	// sync: always, so that every message needs the disk: with the
+	// default, delayed, Kafka's acknowledgements make the messages durable
+	// and a frozen disk does not stop ferry while Kafka is up.
+	setBufferKey(t, configPath, "sync: always")
 	notify := newNotifySocket(t)
 	const watchdog = time.Second
 	start := time.Now()

@@ -22,8 +22,9 @@ func (a *Agent) Ready() (ok bool, why string) {
 	return true, ""
 }
 
-// Healthy reports whether the pipeline makes progress: false when the
-// buffer's committer has had appends waiting and committed nothing, or the
+// Healthy reports whether the pipeline makes progress: false when
+// appends have waited and none became durable (no commit, no delivery from
+// memory), or the
 // forwarder has had records waiting, delivered nothing and reported no
 // Kafka error, for longer than Options.StallLimit. Kafka being down is
 // healthy (the records wait in the buffer), and so is a buffer full with
@@ -56,7 +57,9 @@ func (h *health) observe(s Snapshot, now time.Time) (bool, string) {
 	if s.Received > s.Committed {
 		waiting = s.Received - s.Committed
 	}
-	if waiting == 0 || s.BufferCommits != h.last.BufferCommits || (h.block && s.bufferFull && kafkaDown) {
+	// Progress is records becoming durable: by a commit, or (sync:
+	// delayed) by Kafka's acknowledgement before any commit.
+	if waiting == 0 || s.Committed != h.last.Committed || s.BufferCommits != h.last.BufferCommits || (h.block && s.bufferFull && kafkaDown) {
 		h.commitAt = now
 	}
 	if s.BufferRecords == 0 || s.forwardedDone != h.last.forwardedDone || kafkaDown {

@@ -14,6 +14,11 @@ func TestHealthJudgement(t *testing.T) {
 		return Snapshot{Received: uint64(100 * i), Committed: uint64(100*i - 50), BufferCommits: uint64(i)}
 	}
 	stuckCommit := Snapshot{Received: 500, Committed: 400, BufferCommits: 7}
+	// sync: delayed with Kafka healthy: records become durable by Kafka's
+	// acknowledgement, never by a commit; some are always in flight.
+	deliveredFromMemory := func(i int) Snapshot {
+		return Snapshot{Received: uint64(100 * i), Committed: uint64(100*i - 20), BufferCommits: 3, forwardedDone: uint64(100*i - 30), BufferRecords: 30}
+	}
 	forwarding := func(i int) Snapshot {
 		return Snapshot{BufferRecords: 10, forwardedDone: uint64(i)}
 	}
@@ -31,6 +36,7 @@ func TestHealthJudgement(t *testing.T) {
 	}{
 		{"idle", false, func(int) Snapshot { return idle }, ""},
 		{"commits moving", false, committing, ""},
+		{"durable by Kafka's acks, no commit", false, deliveredFromMemory, ""},
 		{"committer stuck", false, func(int) Snapshot { return stuckCommit }, "buffer committer stuck: 100 appends waiting"},
 		{"forwarder moving", false, forwarding, ""},
 		{"forwarder stuck", false, func(int) Snapshot { return stuckForward }, "forwarder stuck: 10 records buffered"},
