@@ -42,7 +42,7 @@ func (b *Buffer) Append(rec *Record, done func(seq uint64, err error)) error {
 	// unless it wakes by then anyway: at a steady rate it wakes about once
 	// per write delay, not once per record.
 	wake := b.opts.WriteDelay <= 0 || b.tl.pending == 0 && (b.wakeAt < 0 || b.wakeAt > at+b.delay) ||
-		b.tl.pending+1 == b.opts.MaxTailRecords
+		len(b.tl.live())+1 == b.opts.MaxTailRecords
 	b.tl.push(entry{seq: b.next, val: val, done: done, at: at})
 	b.next++
 	b.notifyLocked()

@@ -65,7 +65,9 @@ func (b *Buffer) commitLoop() {
 			case <-fire:
 			case <-ageTick:
 				// The limits may drop records now: commit.
-				b.commit(false, false)
+				if !b.commit(false, false) {
+					b.pauseAfterFailure()
+				}
 				lastCommit = time.Now()
 			case <-b.stop:
 				stopping = true
@@ -86,14 +88,19 @@ func (b *Buffer) commitLoop() {
 			}
 		}
 		if !b.commit(writeTail, false) {
-			// The disk refuses (full, failing): try again in a while,
-			// not in a loop.
-			select {
-			case <-time.After(failedCommitPause):
-			case <-b.stop:
-			}
+			b.pauseAfterFailure()
 		}
 		lastCommit = time.Now()
+	}
+}
+
+// pauseAfterFailure waits failedCommitPause (or until Close) after a
+// failed commit: the disk refuses (full, failing), so try again in a
+// while, not in a loop.
+func (b *Buffer) pauseAfterFailure() {
+	select {
+	case <-time.After(failedCommitPause):
+	case <-b.stop:
 	}
 }
 
@@ -128,7 +135,7 @@ func (b *Buffer) due(lastCommit time.Time) (wait time.Duration, writeTail bool) 
 			deadline = now
 		case b.opts.WriteDelay <= 0:
 			deadline = lastCommit.Add(b.opts.SyncInterval)
-		case b.opts.MaxTailRecords > 0 && b.tl.pending >= b.opts.MaxTailRecords:
+		case b.opts.MaxTailRecords > 0 && len(b.tl.live()) >= b.opts.MaxTailRecords:
 			deadline = now
 		default:
 			deadline = b.born.Add(e.at + b.delay)

@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"encoding/binary"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -19,14 +20,15 @@ func (b *Buffer) Release(seq uint64) {
 	settled := false
 	if b.opts.WriteDelay > 0 {
 		l := b.tl.live()
+		var newest time.Duration
 		for i := 0; i < len(l) && l[i].seq <= seq; i++ {
 			if l[i].state == pending && !b.deadWaits(l[i].seq) {
 				b.tl.set(i, delivered, nil)
-				settled = true
+				settled, newest = true, l[i].at
 			}
 		}
 		if settled {
-			b.delivered, b.delay = true, b.opts.WriteDelay
+			b.deliveredAfter(newest)
 			b.popLocked()
 		}
 	}
@@ -55,10 +57,10 @@ func (b *Buffer) Remove(seqs ...uint64) {
 	settled, disk := false, false
 	for _, seq := range seqs {
 		if b.opts.WriteDelay > 0 && seq >= b.st.next {
-			if i := b.tl.index(seq); i >= 0 && !b.deadWaits(seq) {
+			if i := b.tl.index(seq); i >= 0 && !b.deadWaits(seq) && b.tl.live()[i].state == pending {
 				b.tl.set(i, delivered, nil)
 				settled = true
-				b.delivered, b.delay = true, b.opts.WriteDelay
+				b.deliveredAfter(b.tl.live()[i].at)
 			}
 			if b.writing[0] == 0 || seq < b.writing[0] || seq > b.writing[1] {
 				continue // not on disk, and not being written
@@ -77,6 +79,17 @@ func (b *Buffer) Remove(seqs ...uint64) {
 	if disk {
 		b.signal()
 	}
+}
+
+// deliveredAfter adapts the write delay to a record of the tail delivered
+// from memory, appended at at: the delay becomes twice the time Kafka took
+// to acknowledge it, within WriteDelay and 8 times that. Over a link whose
+// acknowledgements take longer than WriteDelay, records are still
+// delivered before their deadline, not written; with a fast link it comes
+// back to WriteDelay. b.mu is held.
+func (b *Buffer) deliveredAfter(at time.Duration) {
+	b.delivered = true
+	b.delay = min(max(2*(time.Since(b.born)-at), b.opts.WriteDelay), 8*b.opts.WriteDelay)
 }
 
 // deadWaits reports whether a dead letter waits for record seq. b.mu is

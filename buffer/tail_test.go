@@ -302,3 +302,37 @@ func TestMaxTailRecordsWritesEarly(t *testing.T) {
 		t.Fatalf("stats %+v: want the 10 records written in one commit", st)
 	}
 }
+
+// Over a link whose acknowledgements take longer than WriteDelay, the
+// delay follows them (twice the last one's latency): records are
+// delivered from memory, not written.
+func TestWriteDelayFollowsSlowAcknowledgements(t *testing.T) {
+	const delay, latency = 50 * time.Millisecond, 120 * time.Millisecond
+	b, _ := openTestWith(t, Options{WriteDelay: delay})
+	ctx := context.Background()
+	var a appended
+	var after uint64
+	send := func(i int) { // append, and deliver it latency later
+		if err := b.Append(rec(i), a.done); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(latency)
+		got, err := b.Read(ctx, after, 10, 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		after = got[len(got)-1].Seq
+		b.Release(after)
+		a.waitFor(t, i+1)
+	}
+	for i := range 4 { // the delay grows past the latency (50, 100, 200...)
+		send(i)
+	}
+	c0 := b.Stats().Commits
+	for i := 4; i < 10; i++ {
+		send(i)
+	}
+	if c := b.Stats().Commits - c0; c != 0 {
+		t.Fatalf("%d commits while every record was delivered %v after its append (write delay %v)", c, latency, delay)
+	}
+}
