@@ -14,11 +14,14 @@
 //     disk before its callback.
 //   - With WriteDelay above 0: written and fsynced, or delivered (Release or
 //     Remove) first, whichever comes first. A record waits in memory up to
-//     WriteDelay; at the deadline every record of the tail not delivered yet
-//     is written in one commit. A record delivered before its deadline is
-//     never written at all: with a healthy uplink the disk sees nothing but
-//     a few meta pages now and then. A crash loses the tail, which was not
-//     acknowledged: its source sends it again.
+//     the write delay (WriteDelay, adapted to how fast deliveries come, at
+//     most 8 times it; see Options.WriteDelay); at the deadline every
+//     record of the tail not delivered yet is written in one commit, and so
+//     is the tail once MaxTailRecords wait. A record delivered before its
+//     deadline is never written at all: with a healthy uplink the disk sees
+//     nothing but a few meta pages now and then. A crash loses the tail,
+//     which was not acknowledged: its source sends it again. (With Block
+//     at MaxBytes, the tail waits in memory until there is room.)
 //
 // Order: records get sequence numbers that only grow, across restarts too,
 // and the file's ID (random, kept by compaction and salvage, new for a new
@@ -27,8 +30,9 @@
 // (reserveStep), so a record delivered from memory and never written keeps
 // its number unique after a restart: a new process starts above the
 // reserved range, which leaves a gap in the numbers. With WriteDelay 0,
-// Read serves only records on disk and the numbers have no gaps. Read
-// returns records in sequence order. Records leave the buffer through
+// Read serves only records on disk and reserves nothing (a file last used
+// with a delay still starts above its reservation). Read returns records
+// in sequence order. Records leave the buffer through
 // Release, which removes a prefix ("everything up to seq is delivered"), and
 // through the configured limits (MaxBytes with DropOldest, MaxAge), which
 // remove the oldest records and count them by reason. A record that cannot be
@@ -42,7 +46,8 @@
 //
 // Memory: the tail is bounded by count (QueueSize) and by bytes
 // (QueueBytes); Append blocks beyond either, and the committer then writes
-// the tail without waiting for the deadline.
+// the tail without waiting for the deadline (as far as Block at MaxBytes
+// leaves room).
 //
 // Cost does not depend on depth: counters live in a meta bucket updated in
 // the same transaction as the records, the head is found with one cursor
@@ -142,14 +147,16 @@ type Options struct {
 	// delivery or on the commit, whichever comes first (see the package
 	// comment). 0: every record is written before its callback (strict).
 	//
-	// It adapts: while records reach their deadline undelivered commit
-	// after commit (Kafka is not acknowledging), the delay doubles, up to
-	// 8 times WriteDelay: an outage is buffered in fewer, larger commits
-	// (fewer bytes written per record). The first delivery from memory
-	// sets it back.
+	// It adapts, within WriteDelay and 8 times it: a delivery from memory
+	// sets it to twice that record's time in the tail (a slow link's
+	// records are still delivered, not written), and while records reach
+	// their deadline undelivered commit after commit (Kafka is not
+	// acknowledging) it doubles: an outage is buffered in fewer, larger
+	// commits (fewer bytes written per record).
 	WriteDelay time.Duration
 	// MaxTailRecords, with WriteDelay, makes the committer write the tail
-	// as soon as this many records wait in it, whatever their deadline.
+	// as soon as this many records wait in it unacknowledged (not durable,
+	// or durable behind one that is not), whatever their deadline.
 	// A source that holds only so many unacknowledged messages (MQTT's
 	// Receive Maximum) stalls beyond that: keep it below. 0: no bound but
 	// QueueSize.
@@ -529,8 +536,9 @@ func (b *Buffer) Stats() Stats {
 	return s
 }
 
-// Close stops accepting appends, writes the tail (calling its callbacks),
-// and closes the file. Blocked readers return ErrClosed.
+// Close stops accepting appends, writes the tail and closes the file.
+// The tail's callbacks have all been called, or are being called by a
+// caller of Release or Remove, when it returns. Blocked readers return ErrClosed.
 func (b *Buffer) Close() error {
 	b.quitOnce.Do(func() { close(b.quit) }) // release appends blocked on a full queue
 	b.closeMu.Lock()

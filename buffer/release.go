@@ -9,8 +9,9 @@ import (
 
 // Release removes every record with a sequence number up to and including
 // seq: they were delivered. It returns at once. With WriteDelay, records of
-// the tail it covers are durable now (their callbacks run before Release
-// returns) and are never written; the removal of records on disk is
+// the tail it covers are durable now and are never written: their
+// callbacks run, in append order, as soon as the records before them are
+// durable too (on this goroutine, or on one already running callbacks); the removal of records on disk is
 // written with a later commit (gathered, see releaseInterval). If that is
 // lost in a crash, the records are read again (delivered twice, never
 // lost).

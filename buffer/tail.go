@@ -12,7 +12,9 @@ import "time"
 // forwarder sends a record at once, whatever the write delay.
 //
 // The tail is bounded by Options.QueueSize and QueueBytes (Append waits),
-// and in time: a record waits at most WriteDelay before a commit writes it.
+// and in time: a record waits at most the write delay (at most 8 times
+// Options.WriteDelay) before a commit writes it, unless Block at MaxBytes
+// leaves no room.
 
 // entryState is where a record of the tail stands.
 type entryState uint8

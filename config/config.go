@@ -83,8 +83,8 @@ type MQTT struct {
 	// ConnectTimeout bounds one connection attempt; > 0. Default 10s.
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 	// ReceiveMaximum is the number of QoS 1 and 2 messages the broker may
-	// have in flight awaiting ferry's acknowledgement, which comes after
-	// the buffer commit; 1 to 65535. Default 1000.
+	// have in flight awaiting ferry's acknowledgement, which comes once
+	// the message is durable (see Buffer.Sync); 1 to 65535. Default 1000.
 	ReceiveMaximum int `yaml:"receive_maximum"`
 	// Subscriptions are the filters subscribed to; at least one, no
 	// filter twice.
@@ -116,9 +116,10 @@ type Buffer struct {
 	//     SyncInterval: fewer, larger writes, more latency.
 	Sync string `yaml:"sync"`
 	// WriteDelay is how long a record waits in memory with sync: delayed
-	// before it is written; > 0. Default 100ms. While Kafka acknowledges
-	// nothing it grows, commit after commit, up to 8 times this; the tail
-	// is also written once half of mqtt.receive_maximum records wait.
+	// before it is written; > 0. Default 100ms. It follows Kafka: twice
+	// its last acknowledgement latency when longer, doubling commit after
+	// commit while Kafka acknowledges nothing, at most 8 times this; the
+	// tail is also written once half of mqtt.receive_maximum records wait.
 	WriteDelay time.Duration `yaml:"write_delay"`
 	// SyncInterval is the commit interval with sync: interval; > 0.
 	// Default 100ms.
