@@ -170,21 +170,5 @@ func (b *Buffer) AppendWait(ctx context.Context, rec *Record) (uint64, error) {
 // dead letters) is committed: the tail is written, whatever the write
 // delay (with Block at MaxBytes, as far as the room goes).
 func (b *Buffer) flush(ctx context.Context) error {
-	ch := make(chan error, 1)
-	b.closeMu.RLock()
-	if b.closed {
-		b.closeMu.RUnlock()
-		return ErrClosed
-	}
-	b.mu.Lock()
-	b.flushes = append(b.flushes, ch)
-	b.mu.Unlock()
-	b.closeMu.RUnlock()
-	b.signal()
-	select {
-	case err := <-ch:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return b.deadLetterOp(ctx, nil)
 }

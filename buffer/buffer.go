@@ -403,7 +403,6 @@ type Buffer struct {
 	tl        tail               // records not durable yet
 	writing   [2]uint64          // first and last sequence number of the commit under way; 0 0: none
 	hold      chan struct{}      // if not nil, appends wait until it is closed (a replay takes sequence numbers)
-	flushes   []chan error       // flush barriers waiting for the next commit
 	waiting   bool               // a reader waits on changed
 	fireQ     []entry            // durable entries taken off the tail, in order, for settle to fire
 	deadNow   map[uint64]deadReq // the dead letters the commit under way applies

@@ -80,7 +80,7 @@ func (b *Buffer) commitLoop() {
 			for {
 				b.commit(true, true)
 				b.mu.Lock()
-				left := b.tl.pending > 0 || len(b.flushes) > 0 || len(b.deadOps) > 0
+				left := b.tl.pending > 0 || len(b.deadOps) > 0
 				b.mu.Unlock()
 				if !left {
 					return
@@ -131,7 +131,7 @@ func (b *Buffer) due(lastCommit time.Time) (wait time.Duration, writeTail bool) 
 			// Block at max_bytes: the tail waits for deliveries or
 			// releases (which are due below).
 			set = false
-		case b.blocked.Load() || len(b.flushes) > 0 || len(b.deadOps) > 0:
+		case b.blocked.Load() || len(b.deadOps) > 0:
 			deadline = now
 		case b.opts.WriteDelay <= 0:
 			deadline = lastCommit.Add(b.opts.SyncInterval)
@@ -148,7 +148,7 @@ func (b *Buffer) due(lastCommit time.Time) (wait time.Duration, writeTail bool) 
 			at(now) // the commit writes the tail up to that record (and no further unless due)
 		}
 	}
-	if len(b.flushes) > 0 || len(b.deadOps) > 0 || b.reserveLow(b.next, b.st) {
+	if len(b.deadOps) > 0 || b.reserveLow(b.next, b.st) {
 		at(now)
 	}
 	defer func() {
@@ -218,14 +218,12 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 	b.deadOps = nil
 	remove := b.toRemove
 	b.toRemove = nil
-	flushes := b.flushes
-	b.flushes = nil
-	if len(ops) > 0 || len(flushes) > 0 {
-		writeTail = true
-	}
-	if len(ops) > 0 {
-		// A replay takes the sequence numbers after the tail's: hold
-		// appends until it is written.
+	// Operations and flush barriers want the whole tail written; a
+	// replay takes the sequence numbers after the tail's, so while
+	// operations run, appends are held.
+	writeTail = writeTail || len(ops) > 0
+	runs := slices.ContainsFunc(ops, func(op deadOp) bool { return op.fn != nil })
+	if runs {
 		b.hold = make(chan struct{})
 	}
 	// The tail's pending records: all of them when writeTail (within the
@@ -240,7 +238,7 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 	var recs []toWrite
 	if writeTail || upTo > 0 {
 		budget := int64(-1)
-		if writeTail && !final && len(ops) == 0 {
+		if writeTail && !final && !runs {
 			budget = b.roomLocked()
 		}
 		var size int64
@@ -270,8 +268,8 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 	limits := bounded && lim.WhenFull == DropOldest && st.bytes > budget || b.expired(st, headAt)
 	limits = limits || dlBounded && st.dlBytes > dlLimit
 	reserve := b.reserveLow(next, st)
-	if len(recs) == 0 && len(dead) == 0 && len(ops) == 0 && len(remove) == 0 && (releaseTo < st.head || st.count == 0) && !limits && !reserve {
-		b.finish(flushes, nil)
+	if len(recs) == 0 && len(dead) == 0 && !runs && len(remove) == 0 && (releaseTo < st.head || st.count == 0) && !limits && !reserve {
+		b.finish(ops, nil)
 		return true
 	}
 	var dropped [3]uint64 // max_bytes, max_age, dead_letter_limit
@@ -292,7 +290,7 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 		if err != nil {
 			return err
 		}
-		if len(ops) > 0 {
+		if runs {
 			st.next = max(st.next, next)
 		}
 		for _, seq := range slices.Sorted(maps.Keys(dead)) { // in key order: packed pages
@@ -312,6 +310,9 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 			return err
 		}
 		for _, op := range ops { // after the appends: their callbacks count on the sequence numbers
+			if op.fn == nil {
+				continue
+			}
 			if err := op.fn(tx, &st); err != nil {
 				return err
 			}
@@ -351,7 +352,7 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 			}
 			dropped[2] = n
 		}
-		dl.stale = dl.stale || len(dead) > 0 || len(ops) > 0 || dropped[2] > 0
+		dl.stale = dl.stale || len(dead) > 0 || runs || dropped[2] > 0
 		// Make room for what was appended from retired batches (less what
 		// earlier deletions left free), and bring the live and retired
 		// data within the budget.
@@ -396,10 +397,7 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 		b.popLocked()
 		b.releaseHoldLocked()
 		b.mu.Unlock()
-		for _, op := range ops {
-			op.done <- err
-		}
-		b.finish(flushes, err)
+		b.finish(ops, err)
 		return false
 	}
 	b.mu.Lock()
@@ -448,10 +446,7 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 			"total_max_bytes", st.dropBytes, "total_max_age", st.dropAge, "total_dead_letter_limit", st.dropDLLimit,
 			"max_bytes", lim.MaxBytes, "max_age", lim.MaxAge, "max_dead_letter_bytes", lim.MaxDeadLetterBytes)
 	}
-	for _, op := range ops {
-		op.done <- nil
-	}
-	b.finish(flushes, nil)
+	b.finish(ops, nil)
 	if drained {
 		b.compactIfSparse()
 	}
@@ -470,12 +465,12 @@ func (b *Buffer) adaptDelay() {
 	b.delivered = false
 }
 
-// finish runs the callbacks of what became durable and answers the flush
-// barriers.
-func (b *Buffer) finish(flushes []chan error, err error) {
+// finish runs the callbacks of what became durable and answers the
+// operations and flush barriers.
+func (b *Buffer) finish(ops []deadOp, err error) {
 	b.settle()
-	for _, ch := range flushes {
-		ch <- err
+	for _, op := range ops {
+		op.done <- err
 	}
 }
 

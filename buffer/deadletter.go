@@ -511,14 +511,14 @@ func offlineUpdate(op, path string, fn func(tx *bolt.Tx, st *state) error) error
 }
 
 // deadOp is a dead-letter operation for the committer to run inside its
-// next write transaction.
+// next write transaction; with a nil fn, a flush barrier (see flush).
 type deadOp struct {
 	fn   func(tx *bolt.Tx, st *state) error
 	done chan error // buffered; gets the commit's outcome
 }
 
-// deadLetterOp has the committer run fn in its next transaction and waits
-// for the commit.
+// deadLetterOp has the committer run fn (if not nil) in its next
+// transaction, which writes the tail, and waits for the commit.
 func (b *Buffer) deadLetterOp(ctx context.Context, fn func(tx *bolt.Tx, st *state) error) error {
 	op := deadOp{fn: fn, done: make(chan error, 1)}
 	b.closeMu.RLock()
