@@ -75,17 +75,33 @@ func tlsProxy(t *testing.T, addr string, cert tls.Certificate) string {
 			if err != nil {
 				return
 			}
-			b, err := net.Dial("tcp", addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
 			mu.Lock()
-			conns = append(conns, c, b)
+			conns = append(conns, c)
 			mu.Unlock()
-			wg.Add(2)
-			go func() { defer wg.Done(); io.Copy(b, c); b.Close() }()
-			go func() { defer wg.Done(); io.Copy(c, b); c.Close() }()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				// The broker is dialled only after the handshake: a client
+				// that refuses the certificate never reaches it, so no
+				// broker connection races the broker's shutdown (mochi's
+				// Close is not safe against a connection it is accepting).
+				if err := c.(*tls.Conn).Handshake(); err != nil {
+					c.Close()
+					return
+				}
+				b, err := net.Dial("tcp", addr)
+				if err != nil {
+					c.Close()
+					return
+				}
+				mu.Lock()
+				conns = append(conns, b)
+				mu.Unlock()
+				wg.Add(1)
+				go func() { defer wg.Done(); io.Copy(b, c); b.Close() }()
+				io.Copy(c, b)
+				c.Close()
+			}()
 		}
 	}()
 	t.Cleanup(func() {
