@@ -420,6 +420,10 @@ type Buffer struct {
 	deadOps   []deadOp               // replays and purges of dead letters not yet applied
 	changed   chan struct{}          // closed and replaced when records come or go and a reader waits
 	lastDrop  time.Time              // last time a drop was logged
+
+	damaged    chan struct{} // closed by markDamaged
+	damage     error         // what markDamaged found
+	damageOnce sync.Once
 }
 
 // Open opens or creates the buffer file at path (mode 0600, parent
@@ -437,6 +441,10 @@ func Open(path string, opts Options) (*Buffer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
 	}
+	if err := checkFile(db, path); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open buffer %s: %w", path, err)
+	}
 	b := &Buffer{
 		db:      db,
 		path:    path,
@@ -448,6 +456,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 		done:    make(chan struct{}),
 		toDead:  map[uint64]deadReq{},
 		changed: make(chan struct{}),
+		damaged: make(chan struct{}),
 		st:      state{next: 1, head: 1},
 		ratio:   1,
 		corrupt: len(CorruptFiles(path)),
@@ -455,37 +464,39 @@ func Open(path string, opts Options) (*Buffer, error) {
 		wakeAt:  -1,
 		delay:   opts.WriteDelay,
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		batches, err := tx.CreateBucketIfNotExists(bucketBatches)
-		if err != nil {
-			return err
-		}
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		b.st.load(meta)
-		if err := migrateQuarantine(tx, &b.st, opts.Now()); err != nil {
-			return fmt.Errorf("move the quarantine to the dead-letter bucket: %w", err)
-		}
-		b.dl.stale = true
-		if b.st.id == "" {
-			if b.st.id, err = newID(); err != nil {
+	err = guard(func() error {
+		return db.Update(func(tx *bolt.Tx) error {
+			batches, err := tx.CreateBucketIfNotExists(bucketBatches)
+			if err != nil {
 				return err
 			}
-		}
-		if k, v := batches.Cursor().Last(); k != nil {
-			_, n, _ := parseBatch(v)
-			if last := binary.BigEndian.Uint64(k) + uint64(n) - 1; last >= b.st.next {
-				return fmt.Errorf("%w: meta next_seq %d is not above the last record %d", ErrCorruptFile, b.st.next, last)
+			meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+			if err != nil {
+				return err
 			}
-		}
-		b.headAt = headTime(tx, b.st)
-		b.next = max(b.st.next, b.st.reserved)
-		if opts.WriteDelay > 0 {
-			b.st.reserved = b.next + reserveStep
-		}
-		return b.st.store(meta)
+			b.st.load(meta)
+			if err := migrateQuarantine(tx, &b.st, opts.Now()); err != nil {
+				return fmt.Errorf("move the quarantine to the dead-letter bucket: %w", err)
+			}
+			b.dl.stale = true
+			if b.st.id == "" {
+				if b.st.id, err = newID(); err != nil {
+					return err
+				}
+			}
+			if k, v := batches.Cursor().Last(); k != nil {
+				_, n, _ := parseBatch(v)
+				if last := binary.BigEndian.Uint64(k) + uint64(n) - 1; last >= b.st.next {
+					return fmt.Errorf("%w: meta next_seq %d is not above the last record %d", ErrCorruptFile, b.st.next, last)
+				}
+			}
+			b.headAt = headTime(tx, b.st)
+			b.next = max(b.st.next, b.st.reserved)
+			if opts.WriteDelay > 0 {
+				b.st.reserved = b.next + reserveStep
+			}
+			return b.st.store(meta)
+		})
 	})
 	if err != nil {
 		db.Close()

@@ -129,13 +129,12 @@ func compactOpen(src *bolt.DB, path string) (before, after int64, err error) {
 // compactInto copies what src holds into dst and fsyncs dst: the
 // dead letters, the batches from the head on and the counters. Retired
 // batches (all their records delivered or dropped) stay behind. A bbolt
-// panic on a damaged page becomes an error wrapping ErrCorrupt.
+// panic on a damaged page becomes an error wrapping ErrCorruptFile.
 func compactInto(dst, src *bolt.DB) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: bbolt structure damaged: %v (try ferry buffer verify --salvage)", ErrCorrupt, r)
-		}
-	}()
+	return guard(func() error { return compactGuarded(dst, src) })
+}
+
+func compactGuarded(dst, src *bolt.DB) (err error) {
 	if err := createBuckets(dst); err != nil {
 		return err
 	}

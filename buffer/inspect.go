@@ -223,18 +223,13 @@ type fileView struct {
 // ErrClosed and a bbolt panic on a damaged page into an error wrapping
 // ErrCorrupt.
 func (v fileView) viewTx(fn func(tx *bolt.Tx) error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: bbolt structure damaged: %v", ErrCorrupt, r)
-		}
-	}()
 	db := v.db
 	if v.live != nil { // each transaction reads the current file
 		v.live.dbMu.RLock()
 		defer v.live.dbMu.RUnlock()
 		db = v.live.db
 	}
-	err = db.View(fn)
+	err = guard(func() error { return db.View(fn) })
 	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return ErrClosed
 	}
@@ -477,8 +472,10 @@ func (v fileView) verify(ctx context.Context, full bool) (VerifyReport, error) {
 		done := false
 		err := v.viewTx(func(tx *bolt.Tx) error {
 			if full && after == nil {
-				for err := range tx.Check() {
-					vf.rep.problem("bbolt: %v", err)
+				if err := guard(func() error { return checkTx(tx, v.path) }); err != nil {
+					// Reading the batches below may meet the same damage
+					// and end the verification early.
+					vf.rep.problem("structure: %v", err)
 				}
 			}
 			st, batches, err := readState(tx)
@@ -529,241 +526,6 @@ func (v fileView) verify(ctx context.Context, full bool) (VerifyReport, error) {
 			return vf.rep, nil
 		}
 	}
-}
-
-// Salvage copies every intact live record into a new buffer file at dst,
-// keeping its sequence number, and sets the damaged ones aside in the new
-// file's dead-letter bucket (ReasonUndecodable, or ReasonBrokenBatch for a
-// batch whose framing is broken; counted), along with the old file's
-// intact dead-letter entries. The live and dead-letter counters are
-// recomputed; the ID, drop counts, dead-letter counts by reason and the
-// next sequence number carry over, so the new file continues the same log
-// when it replaces the old one. dst must not exist. It returns how many records
-// were copied. If the old file's structure is so damaged that reading stops
-// early, the new file holds what was read before, and the error says so.
-func (r *ReadOnly) Salvage(dst string) (copied int, err error) {
-	if _, err := os.Lstat(dst); err == nil {
-		return 0, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, os.ErrExist)
-	}
-	out, err := bolt.Open(dst, 0o600, &bolt.Options{Timeout: offlineLockTimeout, FreelistType: bolt.FreelistMapType, NoSync: true})
-	if err != nil {
-		return 0, fmt.Errorf("salvage %s: create %s: %w", r.v.path, dst, err)
-	}
-	if err := createBuckets(out); err != nil {
-		out.Close()
-		return 0, fmt.Errorf("salvage %s: create %s: %w", r.v.path, dst, err)
-	}
-	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}}
-	readErr := r.v.viewTx(func(tx *bolt.Tx) error {
-		if meta := tx.Bucket(bucketMeta); meta != nil {
-			s.old.load(meta)
-		}
-		if dl := tx.Bucket(bucketDeadLetters); dl != nil {
-			if err := dl.ForEach(s.deadLetter); err != nil {
-				return err
-			}
-		}
-		err := convertQuarantine(tx, &s.st, time.Now(), func(k []byte, e *deadEntry) error { // a file from before the dead-letter bucket
-			v := appendDeadEntry(nil, e)
-			s.st.dlRecords += e.records
-			s.st.dlBytes += uint64(len(v))
-			return s.w.add(bucketDeadLetters, k, v)
-		})
-		if err != nil {
-			return err
-		}
-		batches := tx.Bucket(bucketBatches)
-		if batches == nil {
-			return errors.New("not a ferry buffer: its batches bucket is missing")
-		}
-		return batches.ForEach(func(k, v []byte) error {
-			if len(k) != 8 {
-				return nil
-			}
-			return s.batch(batches, binary.BigEndian.Uint64(k), v)
-		})
-	})
-	err = s.finish()
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = syncDir(dst)
-	}
-	if err = errors.Join(readErr, err); err != nil {
-		return s.copied, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, err)
-	}
-	return s.copied, nil
-}
-
-// salvager writes a new buffer file from the readable parts of an old one.
-type salvager struct {
-	out    *bolt.DB
-	old    state // the old file's counters
-	st     state // the new file's counters
-	copied int
-
-	w fileWriter
-
-	runStart uint64   // sequence number of run[0]
-	run      [][]byte // contiguous intact records not yet in a batch
-	runSize  int
-	lastSeq  uint64 // highest sequence number seen in the old file
-}
-
-// createBuckets creates a buffer's buckets in a new file.
-func createBuckets(db *bolt.DB) error {
-	return db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketBatches, bucketMeta, bucketDeadLetters} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-// fileWriter fills a new buffer file (Salvage, Compact) in write
-// transactions of about txSize bytes, so memory stays bounded however
-// large the file.
-type fileWriter struct {
-	out     *bolt.DB
-	txSize  int
-	pending []put // values not yet written
-	size    int
-}
-
-type put struct{ bucket, key, value []byte }
-
-// add queues a value, copying key and value (they may live in the old
-// file's map), and writes the queue once it is worth a transaction.
-func (w *fileWriter) add(bucket, key, value []byte) error {
-	w.pending = append(w.pending, put{bucket, append([]byte(nil), key...), append([]byte(nil), value...)})
-	w.size += len(key) + len(value)
-	if w.size < w.txSize {
-		return nil
-	}
-	return w.flush()
-}
-
-// flush writes the queued values in one transaction. Keys come in order,
-// so pages are filled, not split in half as bbolt does by default.
-func (w *fileWriter) flush() error {
-	err := w.out.Update(func(tx *bolt.Tx) error {
-		for _, p := range w.pending {
-			bk := tx.Bucket(p.bucket)
-			bk.FillPercent = 1
-			if err := bk.Put(p.key, p.value); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	w.pending, w.size = nil, 0
-	return err
-}
-
-// batch takes one batch of the old file.
-func (s *salvager) batch(batches *bolt.Bucket, base uint64, v []byte) error {
-	raws, count, perr := parseBatch(v)
-	for i, raw := range raws {
-		seq := base + uint64(i)
-		s.lastSeq = max(s.lastSeq, seq)
-		if seq < s.old.head || len(raw) == 0 {
-			continue
-		}
-		if _, err := decode(raw); err != nil {
-			if err := s.setAside(seqKey(seq), &deadEntry{reason: ReasonUndecodable, detail: err.Error(), records: 1, body: raw}); err != nil {
-				return err
-			}
-			continue
-		}
-		if len(s.run) > 0 && (seq != s.runStart+uint64(len(s.run)) || s.runSize >= maxBatchBytes) {
-			if err := s.flushRun(); err != nil {
-				return err
-			}
-		}
-		if len(s.run) == 0 {
-			s.runStart = seq
-		}
-		s.run = append(s.run, append([]byte(nil), raw...)) // outlives the transaction if reading fails
-		s.runSize += len(raw)
-		s.copied++
-	}
-	if framingBroken(raws, count, perr) {
-		first := max(base+uint64(len(raws)), s.old.head)
-		end := base + batchSpan(batches, base, count, s.old.next)
-		s.lastSeq = max(s.lastSeq, end-1)
-		if end > first { // the whole batch, for inspection
-			return s.setAside(seqKey(base), &deadEntry{reason: ReasonBrokenBatch, detail: perr.Error(), records: end - first, batch: true, body: v})
-		}
-	}
-	return nil
-}
-
-// flushRun turns the run of intact records into a batch.
-func (s *salvager) flushRun() error {
-	if len(s.run) == 0 {
-		return nil
-	}
-	if s.st.count == 0 {
-		s.st.head = s.runStart
-	}
-	err := s.w.add(bucketBatches, seqKey(s.runStart), appendBatch(make([]byte, 0, batchSize(s.run)), s.run))
-	s.st.count += uint64(len(s.run))
-	s.st.bytes += uint64(s.runSize)
-	s.run, s.runSize = nil, 0
-	return err
-}
-
-// deadLetter copies an intact dead-letter entry of the old file; it counts
-// in what the new file holds, not in its counts by reason, which carry
-// over. A damaged entry is left behind (Verify reports it).
-func (s *salvager) deadLetter(k, v []byte) error {
-	e, err := decodeDeadEntry(v)
-	if err != nil || len(k) != 8 {
-		return nil
-	}
-	s.st.dlRecords += e.records
-	s.st.dlBytes += uint64(len(v))
-	return s.w.add(bucketDeadLetters, k, v)
-}
-
-// setAside makes a dead-letter entry in the new file for damage found in
-// the old one, counting it by reason.
-func (s *salvager) setAside(key []byte, e *deadEntry) error {
-	e.at = time.Now()
-	v := appendDeadEntry(nil, e)
-	s.st.dlRecords += e.records
-	s.st.dlBytes += uint64(len(v))
-	s.st.countDead(e.reason, e.records)
-	return s.w.add(bucketDeadLetters, key, v)
-}
-
-// finish writes what is left and the counters, and syncs the file.
-func (s *salvager) finish() error {
-	if err := s.flushRun(); err != nil {
-		return err
-	}
-	if err := s.w.flush(); err != nil {
-		return err
-	}
-	// Above every number the old file gave out, written or not (reserved).
-	s.st.next = max(s.old.next, s.old.reserved, s.lastSeq+1, s.st.head+s.st.count)
-	if s.st.count == 0 {
-		s.st.head = s.st.next
-	}
-	for r, n := range s.old.deadLettered {
-		s.st.countDead(r, n)
-	}
-	s.st.dropBytes, s.st.dropAge, s.st.dropPurged = s.old.dropBytes, s.old.dropAge, s.old.dropPurged
-	s.st.dropDLLimit, s.st.dropDLPurged = s.old.dropDLLimit, s.old.dropDLPurged
-	s.st.id = s.old.id
-	err := s.out.Update(func(tx *bolt.Tx) error { return s.st.store(tx.Bucket(bucketMeta)) })
-	if err != nil {
-		return err
-	}
-	return s.out.Sync()
 }
 
 // JSONRecord is a record in ferry's export format, one JSON object per line:

@@ -51,56 +51,59 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 		b.mu.Unlock()
 		var scanned uint64
 		b.dbMu.RLock()
-		err := b.db.View(func(tx *bolt.Tx) error {
-			// The head as of this transaction: records a limit dropped
-			// since the check above are not returned (and then counted
-			// as both dropped and delivered).
-			if h := getUint(tx.Bucket(bucketMeta), keyHeadSeq); h > after+1 {
-				after = h - 1
-			}
-			// First the records to return, as stored (valid until the
-			// transaction ends), then one block for all their payloads.
-			take = take[:0]
-			size := 0
-			c := tx.Bucket(bucketBatches).Cursor()
-			k, v := seekBatch(c, after+1)
-			readahead(tx, v, readaheadBytes)
-		batches:
-			for ; k != nil; k, v = c.Next() {
-				base := binary.BigEndian.Uint64(k)
-				recs, count, perr := parseBatch(v)
-				if perr != nil {
-					b.log.Error("buffer: damaged batch; salvaging intact records", "path", b.path, "first_seq", base, "err", perr)
+		err := guard(func() error {
+			return b.db.View(func(tx *bolt.Tx) error {
+				// The head as of this transaction: records a limit dropped
+				// since the check above are not returned (and then counted
+				// as both dropped and delivered).
+				if h := getUint(tx.Bucket(bucketMeta), keyHeadSeq); h > after+1 {
+					after = h - 1
 				}
-				for i, raw := range recs {
-					seq := base + uint64(i)
-					if seq <= after || len(raw) == 0 {
-						continue
+				// First the records to return, as stored (valid until the
+				// transaction ends), then one block for all their payloads.
+				take = take[:0]
+				size := 0
+				c := tx.Bucket(bucketBatches).Cursor()
+				k, v := seekBatch(c, after+1)
+				readahead(tx, v, readaheadBytes)
+			batches:
+				for ; k != nil; k, v = c.Next() {
+					base := binary.BigEndian.Uint64(k)
+					recs, count, perr := parseBatch(v)
+					if perr != nil {
+						b.log.Error("buffer: damaged batch; salvaging intact records", "path", b.path, "first_seq", base, "err", perr)
 					}
-					if len(take) == limit || maxBytes > 0 && len(take) > 0 && size+len(raw) > maxBytes {
-						break batches
+					for i, raw := range recs {
+						seq := base + uint64(i)
+						if seq <= after || len(raw) == 0 {
+							continue
+						}
+						if len(take) == limit || maxBytes > 0 && len(take) > 0 && size+len(raw) > maxBytes {
+							break batches
+						}
+						take = append(take, storedRecord{seq, raw})
+						size += len(raw)
+						scanned = seq
 					}
-					take = append(take, storedRecord{seq, raw})
-					size += len(raw)
-					scanned = seq
+					if framingBroken(recs, count, perr) { // the rest of the batch is unreadable
+						b.DeadLetter(base+uint64(len(recs)), ReasonBrokenBatch, perr)
+					}
+					scanned = max(scanned, base+uint64(count)-1)
 				}
-				if framingBroken(recs, count, perr) { // the rest of the batch is unreadable
-					b.DeadLetter(base+uint64(len(recs)), ReasonBrokenBatch, perr)
+				dst = b.decodeTaken(take, dst)
+				if b.readMapped.Add(int64(size)) > unmapEvery {
+					b.readMapped.Store(0)
+					unmapPages(tx)
 				}
-				scanned = max(scanned, base+uint64(count)-1)
-			}
-			dst = b.decodeTaken(take, dst)
-			if b.readMapped.Add(int64(size)) > unmapEvery {
-				b.readMapped.Store(0)
-				unmapPages(tx)
-			}
-			return nil
+				return nil
+			})
 		})
 		b.dbMu.RUnlock()
 		if err != nil {
 			if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 				return dst, ErrClosed
 			}
+			b.markDamaged(err)
 			return dst, fmt.Errorf("read buffer %s: %w", b.path, err)
 		}
 		if len(dst) > 0 {

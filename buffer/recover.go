@@ -19,15 +19,18 @@ var ErrCorruptFile = errors.New("buffer file is corrupt")
 
 // OpenOrMoveAside opens path like Open. If the file is corrupt
 // (ErrCorruptFile), it renames it to path.corrupt-<UTC time>, where it stays
-// for inspection and salvage (ferry buffer verify --salvage), and starts a
-// new, empty buffer at path. It returns the name the damaged file was moved
-// to, or "" if it opened the file as it was. Any other error (a lock, a
-// permission) is returned as it is: moving the file would not help.
+// for inspection, salvages what is readable of it into a new buffer at
+// path (see ReadOnly.Salvage: the intact records keep their sequence
+// numbers and are forwarded as if nothing happened), and opens that. It
+// returns the name the damaged file was moved to, or "" if it opened the
+// file as it was. Any other error (a lock, a permission) is returned as it
+// is: moving the file would not help.
 func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 	b, err := Open(path, opts)
 	if err == nil || !errors.Is(err, ErrCorruptFile) {
 		return b, "", err
 	}
+	opts.setDefaults()
 	aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))
 	if rerr := os.Rename(path, aside); rerr != nil {
 		return nil, "", fmt.Errorf("%w; moving it aside failed: %w", err, rerr)
@@ -35,6 +38,20 @@ func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 	if d, derr := os.Open(filepath.Dir(path)); derr == nil {
 		d.Sync() // make the rename durable before writing a new file
 		d.Close()
+	}
+	tmp := path + ".salvage"
+	os.Remove(tmp)
+	n, serr := SalvageFile(aside, tmp)
+	if serr == nil {
+		serr = os.Rename(tmp, path)
+	}
+	if serr != nil {
+		os.Remove(tmp)
+		opts.Logger.Error("buffer: salvaging the damaged file failed; starting an empty buffer", "damaged", aside, "err", serr)
+	} else {
+		syncDir(path)
+		opts.Logger.Warn("buffer: salvaged the readable records of the damaged file; they are forwarded as usual",
+			"damaged", aside, "records", n)
 	}
 	b, err2 := Open(path, opts)
 	if err2 != nil {
@@ -78,11 +95,33 @@ func openBolt(path string, o *bolt.Options) (*bolt.DB, error) {
 }
 
 func openBoltOnce(path string, o *bolt.Options) (db *bolt.DB, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			db, err = nil, fmt.Errorf("%w: bbolt: %v", ErrCorruptFile, p)
-		}
-	}()
+	// A panic inside bolt.Open leaves its file open and locked: close it,
+	// or the damaged file could not be salvaged in this process.
+	var opened *os.File
+	oo := *o
+	open := oo.OpenFile
+	if open == nil {
+		open = os.OpenFile
+	}
+	oo.OpenFile = func(name string, flag int, mode os.FileMode) (*os.File, error) {
+		f, err := open(name, flag, mode)
+		opened = f
+		return f, err
+	}
+	err = guard(func() error {
+		db, err = openBoltUnguarded(path, &oo)
+		return err
+	})
+	if err != nil && db == nil && opened != nil {
+		opened.Close()
+	}
+	return db, err
+}
+
+func openBoltUnguarded(path string, o *bolt.Options) (db *bolt.DB, err error) {
+	if err := checkMetaPages(path, false); err != nil {
+		return nil, err
+	}
 	if fi, serr := os.Stat(path); serr == nil && fi.Size() > 0 && fi.Size() < 4*1024 {
 		return nil, fmt.Errorf("%w: %d bytes is smaller than a database's first pages", ErrCorruptFile, fi.Size())
 	}

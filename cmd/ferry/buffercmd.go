@@ -407,6 +407,18 @@ func (c *bufferCmd) printReport(rep buffer.VerifyReport, live bool) {
 
 func (c *bufferCmd) salvage(dst string) int {
 	ro, err := buffer.OpenReadOnly(c.path)
+	if errors.Is(err, buffer.ErrCorruptFile) {
+		// Too damaged for bbolt to open (truncated, meta pages lost):
+		// salvage page by page.
+		fmt.Fprintf(c.stdout, "%s: %v\n", c.path, err)
+		n, err := buffer.SalvageFile(c.path, dst)
+		if err != nil {
+			return c.fail(err)
+		}
+		fmt.Fprintf(c.stdout, "salvaged %d records into %s, page by page\n", n, dst)
+		fmt.Fprintf(c.stdout, "to use it, with ferry stopped: mv %s %s\n", dst, c.path)
+		return exitFailure
+	}
 	if err != nil {
 		return c.fail(err)
 	}

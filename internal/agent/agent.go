@@ -346,11 +346,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { ingestDone <- a.ingest.Run(ingestCtx) }()
 	go func() { fwdDone <- a.fwd.Run(fwdCtx) }()
 
-	var ingestErr, fwdErr error
+	var ingestErr, fwdErr, damageErr error
 	ingestStopped, fwdStopped := false, false
 	select {
 	case <-ctx.Done():
 		a.log.Info("stopping: ingest first, then the forwarder, then the buffer")
+	case <-a.buf.Damaged():
+		// What is in memory is acknowledged only once durable, so
+		// stopping loses nothing; the next start moves the file aside
+		// and salvages it (OpenOrMoveAside).
+		damageErr = fmt.Errorf("buffer file damaged while running (ferry exits so that its next start salvages it): %w", a.buf.Damage())
 	case ingestErr = <-ingestDone:
 		ingestStopped = true
 	case fwdErr = <-fwdDone:
@@ -369,7 +374,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	st = a.buf.Stats()
 	fs := a.fwd.Stats()
 	a.log.Info("ferry stopped", "buffered_records", st.Records, "delivered", fs.Delivered, "unrouted", fs.Unrouted)
-	return errors.Join(ingestErr, fwdErr, closeErr)
+	return errors.Join(damageErr, ingestErr, fwdErr, closeErr)
 }
 
 // LogStatus logs the agent's counters every interval until ctx is done.

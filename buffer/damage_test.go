@@ -1,0 +1,235 @@
+package buffer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Damage found at startup or while running never crashes the process: a
+// fault on the memory map (a truncated file) and a bbolt panic on a
+// garbage page become ErrCorruptFile, the file is moved aside, and what is
+// readable of it is salvaged into the new buffer, in order, to be
+// forwarded.
+
+// fillBig writes n records with a payload of size bytes to a new strict
+// buffer at path, in large group commits, and closes it.
+func fillBig(t *testing.T, path string, n, size int) {
+	t.Helper()
+	b, err := Open(path, Options{QueueSize: 4096, QueueBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		r := bigRec(i, size)
+		wg.Add(1)
+		if err := b.Append(r, func(_ uint64, err error) {
+			if err != nil {
+				t.Error(err)
+			}
+			wg.Done()
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// bigRec is record i of fillBig: its payload starts with i and is padded
+// to size bytes.
+func bigRec(i, size int) *Record {
+	p := fmt.Appendf(nil, "%08d", i)
+	p = append(p, bytes.Repeat([]byte{'x'}, max(size-len(p), 0))...)
+	return &Record{Topic: fmt.Sprintf("sensors/dev-%02d/telemetry", i%20), Payload: p, QoS: 1, ReceivedAt: time.Unix(1700000000, int64(i))}
+}
+
+// checkSalvaged reads every record of b and checks that they are records
+// of fillBig, intact and in order; it returns how many there are.
+func checkSalvaged(t *testing.T, b *Buffer, size int) int {
+	t.Helper()
+	got := readAll(t, b)
+	last := -1
+	for _, r := range got {
+		var i int
+		if _, err := fmt.Sscanf(string(r.Payload[:8]), "%08d", &i); err != nil {
+			t.Fatalf("record %d: payload %q", r.Seq, r.Payload[:8])
+		}
+		if want := bigRec(i, size); !bytes.Equal(r.Payload, want.Payload) || r.Topic != want.Topic {
+			t.Fatalf("record %d (#%d) is not intact", r.Seq, i)
+		}
+		if i <= last {
+			t.Fatalf("record #%d after #%d: out of order", i, last)
+		}
+		last = i
+	}
+	return len(got)
+}
+
+// damageCases are the damaged files of the issue: a buffer file truncated
+// (a 16 MiB file to 12 MiB; here to half), pages of random bytes in the
+// middle, and meta page 0 zeroed.
+var damageCases = []struct {
+	name     string
+	damage   func(t *testing.T, path string)
+	minShare float64 // the share of the records salvage must get back
+}{
+	{"truncated to half", func(t *testing.T, path string) {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(path, fi.Size()/2/4096*4096); err != nil {
+			t.Fatal(err)
+		}
+	}, 0.35},
+	{"random pages", func(t *testing.T, path string) {
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		junk := make([]byte, 50*4096)
+		r := rand.New(rand.NewPCG(1, 2))
+		for i := range junk {
+			junk[i] = byte(r.Uint32())
+		}
+		if _, err := f.WriteAt(junk, 1000*4096); err != nil {
+			t.Fatal(err)
+		}
+	}, 0.5},
+	{"meta page 0 zeroed", func(t *testing.T, path string) {
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteAt(make([]byte, 4096), 0); err != nil {
+			t.Fatal(err)
+		}
+	}, 0.9},
+}
+
+func TestDamagedFileIsMovedAsideAndSalvaged(t *testing.T) {
+	const n, size = 40000, 200
+	for _, tc := range damageCases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "buffer.db")
+			fillBig(t, path, n, size)
+			tc.damage(t, path)
+
+			b, aside, err := OpenOrMoveAside(path, Options{})
+			if err != nil {
+				t.Fatalf("OpenOrMoveAside: %v", err)
+			}
+			defer b.Close()
+			got := checkSalvaged(t, b, size)
+			t.Logf("moved aside to %q; %d of %d records salvaged", filepath.Base(aside), got, n)
+			if aside == "" {
+				// bbolt used the other meta page: the file is sound, all there.
+				if got != n {
+					t.Fatalf("opened as it was with %d of %d records", got, n)
+				}
+				return
+			}
+			if got < int(tc.minShare*n) {
+				t.Fatalf("salvaged %d of %d records, want at least %.0f%%", got, n, tc.minShare*100)
+			}
+			if _, err := os.Stat(aside); err != nil {
+				t.Fatalf("the damaged file is not kept: %v", err)
+			}
+		})
+	}
+}
+
+// verify and salvage are for exactly these files: they report, never crash.
+func TestVerifyAndSalvageDamagedFiles(t *testing.T) {
+	const n, size = 40000, 200
+	for _, tc := range damageCases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "buffer.db")
+			fillBig(t, path, n, size)
+			tc.damage(t, path)
+
+			dst := filepath.Join(dir, "salvaged.db")
+			var copied int
+			ro, err := OpenReadOnly(path)
+			if err != nil {
+				// Too damaged for bbolt: page by page.
+				if !errors.Is(err, ErrCorruptFile) {
+					t.Fatalf("OpenReadOnly: %v, want ErrCorruptFile", err)
+				}
+				copied, err = SalvageFile(path, dst)
+			} else {
+				defer ro.Close()
+				rep, verr := ro.Verify(context.Background())
+				t.Logf("verify: err %v, ok %v, problems %d, damaged %d", verr, rep.OK(), len(rep.Problems), len(rep.Damaged))
+				if verr == nil && rep.OK() {
+					t.Fatal("verify found nothing wrong")
+				}
+				copied, err = ro.Salvage(dst)
+			}
+			t.Logf("salvage: %d copied, err %v", copied, err)
+			if copied < int(tc.minShare*n) {
+				t.Fatalf("salvaged %d of %d records", copied, n)
+			}
+			b, err := Open(dst, Options{})
+			if err != nil {
+				t.Fatalf("open the salvaged file: %v", err)
+			}
+			defer b.Close()
+			if got := checkSalvaged(t, b, size); got != copied {
+				t.Fatalf("the salvaged file holds %d records, salvage said %d", got, copied)
+			}
+		})
+	}
+}
+// A file truncated under a running buffer (the card fails, someone cuts
+// it) makes Read fail with ErrCorruptFile instead of a SIGBUS, and the
+// buffer says it is damaged.
+func TestTruncatedWhileOpen(t *testing.T) {
+	const n, size = 20000, 200
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	fillBig(t, path, n, size)
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := os.Truncate(path, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	var after uint64
+	var readErr error
+	for readErr == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		var recs []Record
+		recs, readErr = b.Read(ctx, after, 1000, 0, nil)
+		cancel()
+		if len(recs) > 0 {
+			after = recs[len(recs)-1].Seq
+		}
+		if errors.Is(readErr, context.DeadlineExceeded) {
+			t.Fatalf("read everything up to %d without noticing the truncation", after)
+		}
+	}
+	if !errors.Is(readErr, ErrCorruptFile) {
+		t.Fatalf("Read: %v, want ErrCorruptFile", readErr)
+	}
+	select {
+	case <-b.Damaged():
+	default:
+		t.Fatal("the buffer does not say it is damaged")
+	}
+}

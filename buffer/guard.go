@@ -1,0 +1,214 @@
+package buffer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"runtime/debug"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Damage. bbolt reads the file through a memory map and trusts its pages:
+// a page past the end of a truncated file faults (SIGBUS), a page of
+// garbage makes bbolt panic. Either would end the process, and Go exits 2
+// on both. Every transaction therefore runs under guard, which makes faults
+// on the map panics for its goroutine and turns any panic into an error
+// wrapping ErrCorruptFile; bbolt rolls the transaction back on the way
+// (its View and Update defer the rollback). At Open, checkFile walks the
+// file's structure before the buffer trusts it, so a damaged file is
+// found and moved aside (OpenOrMoveAside) before anything reads it.
+
+// guard runs fn with faults on the memory map turned into panics, and any
+// panic turned into an error wrapping ErrCorruptFile.
+func guard(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v", ErrCorruptFile, p)
+		}
+	}()
+	return fn()
+}
+
+// checkFile checks a file just opened before it is trusted: that the file
+// is as long as the pages bbolt's meta page says it holds (a truncated
+// file faults on the missing ones), that every branch and leaf page of
+// every bucket can be walked (a page of garbage makes bbolt panic), and
+// then bbolt's own consistency check (pages freed twice, in use and free
+// at once, leaked). It reads the pages' headers and keys, not the records:
+// their checksums are checked as they are read. Any finding wraps
+// ErrCorruptFile.
+func checkFile(db *bolt.DB, path string) error {
+	return guard(func() error {
+		return db.View(func(tx *bolt.Tx) error { return checkTx(tx, path) })
+	})
+}
+
+// checkTx is checkFile's check in tx; it must run under guard.
+func checkTx(tx *bolt.Tx, path string) error {
+	if err := checkMetaPages(path, true); err != nil {
+		return err
+	}
+	if fi, err := os.Stat(path); err != nil {
+		return err
+	} else if fi.Size() < tx.Size() {
+		return fmt.Errorf("%w: the file is %d bytes but its pages reach %d: truncated", ErrCorruptFile, fi.Size(), tx.Size())
+	}
+	err := tx.ForEach(func(name []byte, bk *bolt.Bucket) error { return walkKeys(bk) })
+	if err != nil {
+		return err
+	}
+	// The walk above read every page the check reads, so the check
+	// (which runs on a goroutine of its own, out of guard's reach) does
+	// not meet a page that faults or panics.
+	var errs []error
+	for err := range tx.Check() {
+		if len(errs) < 5 {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: bbolt's consistency check: %w", ErrCorruptFile, errors.Join(errs...))
+	}
+	return nil
+}
+
+// checkMetaPages reads, from the file rather than the map, what bbolt
+// trusts before anything else: the meta pages, and through the one in use
+// (the sound one with the higher transaction ID, as bbolt picks it) the
+// file's length and the freelist page's header. bbolt.Open reads the
+// freelist page through the map, and a fault or panic there would leave
+// the file mapped, and so locked, for the life of the process; bbolt's
+// consistency check reads both meta pages, on a goroutine where a panic
+// cannot be recovered. One sound meta page is enough (bbolt uses it; with
+// none, bbolt.Open fails by itself). A new,
+// empty file passes. With both, each meta page's header must be sound
+// (a meta page whose checksum fails bbolt skips by itself, and its next
+// commit writes it again).
+func checkMetaPages(path string, both bool) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || fi.Size() == 0 {
+		return err
+	}
+	m0, ok0, hdr0 := readMeta(f, 0, 0)
+	ps := int64(os.Getpagesize())
+	if ok0 {
+		ps = int64(m0.pageSize)
+	}
+	m1, ok1, hdr1 := readMeta(f, ps, 1)
+	switch {
+	case both && !hdr0:
+		return fmt.Errorf("%w: meta page 0 is damaged", ErrCorruptFile)
+	case both && !hdr1:
+		return fmt.Errorf("%w: meta page 1 is damaged", ErrCorruptFile)
+	case !ok0 && !ok1:
+		return nil
+	}
+	m := m0
+	if !ok0 || ok1 && m1.txid > m0.txid {
+		m = m1
+	}
+	if end := int64(m.pgid) * ps; fi.Size() < end {
+		return fmt.Errorf("%w: the file is %d bytes but its pages reach %d: truncated", ErrCorruptFile, fi.Size(), end)
+	}
+	if m.freelist == ^uint64(0) { // not stored (NoFreelistSync)
+		return nil
+	}
+	hdr := make([]byte, 16)
+	if _, err := f.ReadAt(hdr, int64(m.freelist)*ps); err != nil {
+		return fmt.Errorf("%w: freelist page %d: %w", ErrCorruptFile, m.freelist, err)
+	}
+	le := binary.LittleEndian
+	const freelistFlag = 0x10
+	if le.Uint64(hdr) != m.freelist || le.Uint16(hdr[8:])&freelistFlag == 0 ||
+		int64(m.freelist+uint64(le.Uint32(hdr[12:]))+1)*ps > fi.Size() {
+		return fmt.Errorf("%w: freelist page %d is damaged", ErrCorruptFile, m.freelist)
+	}
+	return nil
+}
+
+// rawMeta is the part of a bbolt meta page checkMetaPages needs.
+type rawMeta struct {
+	pageSize             uint32
+	freelist, pgid, txid uint64
+}
+
+// readMeta reads meta page id at off and reports whether it is sound:
+// bbolt's magic, version 2 and its checksum (FNV-64a of the meta before
+// the checksum), and whether its page header is (the ID and the meta
+// flag, which bbolt asserts on whenever it reads the page).
+func readMeta(f *os.File, off int64, id uint64) (m rawMeta, ok, header bool) {
+	p := make([]byte, 16+64)
+	if _, err := f.ReadAt(p, off); err != nil {
+		return rawMeta{}, false, false
+	}
+	le := binary.LittleEndian
+	const metaFlag, magic, version = 0x04, 0xED0CDAED, 2
+	header = le.Uint64(p) == id && le.Uint16(p[8:])&metaFlag != 0
+	b := p[16:]
+	h := fnv.New64a()
+	h.Write(b[:56])
+	if !header || le.Uint32(b) != magic || le.Uint32(b[4:]) != version || le.Uint64(b[56:]) != h.Sum64() {
+		return rawMeta{}, false, header
+	}
+	return rawMeta{pageSize: le.Uint32(b[8:]), freelist: le.Uint64(b[32:]), pgid: le.Uint64(b[40:]), txid: le.Uint64(b[48:])}, true, true
+}
+
+// walkKeys visits every key of bk and of the buckets nested in it.
+func walkKeys(bk *bolt.Bucket) error {
+	c := bk.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if v == nil { // a nested bucket
+			if nb := bk.Bucket(k); nb != nil {
+				if err := walkKeys(nb); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// markDamaged records the first damage found while running (a read or a
+// commit that met a damaged page) and closes Damaged's channel.
+func (b *Buffer) markDamaged(err error) {
+	if !errors.Is(err, ErrCorruptFile) {
+		return
+	}
+	b.damageOnce.Do(func() {
+		b.damage = err
+		b.log.Error("buffer: the buffer file is damaged; ferry stops, and on its next start moves the file aside and salvages what is readable",
+			"path", b.path, "err", err)
+		close(b.damaged)
+	})
+}
+
+// Damaged returns a channel that is closed once the buffer met damage in
+// its file while running (a truncated file, a page of garbage): reads and
+// commits of the damaged part fail with ErrCorruptFile from then on. The
+// owner should close the buffer and open it again with OpenOrMoveAside,
+// which moves the file aside and salvages what is readable into a new one
+// (ferry exits, and its service manager starts it again). Damage reports
+// the error.
+func (b *Buffer) Damaged() <-chan struct{} { return b.damaged }
+
+// Damage returns what Damaged reported, or nil.
+func (b *Buffer) Damage() error {
+	select {
+	case <-b.damaged:
+		return b.damage
+	default:
+		return nil
+	}
+}

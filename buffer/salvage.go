@@ -1,0 +1,467 @@
+package buffer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Salvage copies every intact live record into a new buffer file at dst,
+// keeping its sequence number, and sets the damaged ones aside in the new
+// file's dead-letter bucket (ReasonUndecodable, or ReasonBrokenBatch for a
+// batch whose framing is broken; counted), along with the old file's
+// intact dead-letter entries. The live and dead-letter counters are
+// recomputed; the ID, drop counts, dead-letter counts by reason and the
+// next sequence number carry over, so the new file continues the same log
+// when it replaces the old one. dst must not exist. It returns how many
+// records were copied.
+//
+// If the old file's structure is damaged so that its tree cannot be read
+// to the end (a truncated file, pages of garbage), Salvage scans the file
+// page by page instead (see salvageRaw): what is readable is kept,
+// whatever the tree's state, and the error is nil.
+func (r *ReadOnly) Salvage(dst string) (copied int, err error) {
+	copied, err = r.salvageTree(dst)
+	if err == nil || !errors.Is(err, ErrCorruptFile) {
+		return copied, err
+	}
+	os.Remove(dst)
+	var old *state
+	r.v.viewTx(func(tx *bolt.Tx) error { // the counters, if their bucket is readable
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			st := state{next: 1, head: 1}
+			st.load(meta)
+			old = &st
+		}
+		return nil
+	})
+	return salvageRaw(r.v.path, dst, old)
+}
+
+// SalvageFile is Salvage on the file at src: through bbolt if it can open
+// the file, else page by page (a file whose meta pages are both damaged).
+func SalvageFile(src, dst string) (int, error) {
+	r, err := OpenReadOnly(src)
+	if errors.Is(err, ErrLocked) {
+		return 0, err
+	}
+	if err != nil {
+		return salvageRaw(src, dst, nil)
+	}
+	defer r.Close()
+	return r.Salvage(dst)
+}
+
+// salvageTree is Salvage through bbolt's tree.
+func (r *ReadOnly) salvageTree(dst string) (copied int, err error) {
+	if _, err := os.Lstat(dst); err == nil {
+		return 0, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, os.ErrExist)
+	}
+	out, err := bolt.Open(dst, 0o600, &bolt.Options{Timeout: offlineLockTimeout, FreelistType: bolt.FreelistMapType, NoSync: true})
+	if err != nil {
+		return 0, fmt.Errorf("salvage %s: create %s: %w", r.v.path, dst, err)
+	}
+	if err := createBuckets(out); err != nil {
+		out.Close()
+		return 0, fmt.Errorf("salvage %s: create %s: %w", r.v.path, dst, err)
+	}
+	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}}
+	readErr := r.v.viewTx(func(tx *bolt.Tx) error {
+		if err := checkTx(tx, r.v.path); err != nil {
+			return err // the tree cannot be trusted to the end: page by page
+		}
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			s.old.load(meta)
+		}
+		if dl := tx.Bucket(bucketDeadLetters); dl != nil {
+			if err := dl.ForEach(s.deadLetter); err != nil {
+				return err
+			}
+		}
+		err := convertQuarantine(tx, &s.st, time.Now(), func(k []byte, e *deadEntry) error { // a file from before the dead-letter bucket
+			v := appendDeadEntry(nil, e)
+			s.st.dlRecords += e.records
+			s.st.dlBytes += uint64(len(v))
+			return s.w.add(bucketDeadLetters, k, v)
+		})
+		if err != nil {
+			return err
+		}
+		batches := tx.Bucket(bucketBatches)
+		if batches == nil {
+			return errors.New("not a ferry buffer: its batches bucket is missing")
+		}
+		return batches.ForEach(func(k, v []byte) error {
+			if len(k) != 8 {
+				return nil
+			}
+			return s.batch(batches, binary.BigEndian.Uint64(k), v)
+		})
+	})
+	if readErr != nil {
+		out.Close()
+		return 0, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, readErr)
+	}
+	err = s.finish()
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(dst)
+	}
+	if err != nil {
+		return s.copied, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, err)
+	}
+	return s.copied, nil
+}
+
+// salvageRaw salvages the file at src page by page, reading the file
+// rather than mapping it: every leaf page whose header is sound is parsed,
+// and every element with a sequence-number key whose value is a batch
+// with a good checksum is a candidate. Freed pages hold older copies of
+// batches; of the copies of one key, the one with the fewest live records
+// is the newest (removals only ever empty records), and the batches
+// before the head are left out. old is the damaged file's counters, if
+// its meta bucket could be read; else they are taken from the meta
+// bucket's leaf pages found on the way, each counter at its highest value
+// (they only grow). Dead letters are not recovered this way.
+func salvageRaw(src, dst string, old *state) (copied int, err error) {
+	if _, err := os.Lstat(dst); err == nil {
+		return 0, fmt.Errorf("salvage %s into %s: %w", src, dst, os.ErrExist)
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return 0, fmt.Errorf("salvage %s: %w", src, err)
+	}
+	defer f.Close()
+	sc, err := scanPages(f)
+	if err != nil {
+		return 0, fmt.Errorf("salvage %s: %w", src, err)
+	}
+	if old == nil {
+		old = &sc.meta
+	}
+	out, err := bolt.Open(dst, 0o600, &bolt.Options{Timeout: offlineLockTimeout, FreelistType: bolt.FreelistMapType, NoSync: true})
+	if err != nil {
+		return 0, fmt.Errorf("salvage %s: create %s: %w", src, dst, err)
+	}
+	if err := createBuckets(out); err != nil {
+		out.Close()
+		return 0, fmt.Errorf("salvage %s: create %s: %w", src, dst, err)
+	}
+	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}, old: *old}
+	err = sc.each(f, func(base uint64, v []byte) error { return s.batch(nil, base, v) })
+	if err == nil {
+		err = s.finish()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(dst)
+	}
+	if err != nil {
+		return s.copied, fmt.Errorf("salvage %s into %s: %w", src, dst, err)
+	}
+	return s.copied, nil
+}
+
+// pageScan is what scanPages found: where the newest intact copy of each
+// batch lies, and the meta counters at their highest.
+type pageScan struct {
+	pageSize int
+	batches  map[uint64]batchCopy
+	meta     state
+}
+
+// batchCopy is where a batch was found: its value's offset and length in
+// the file, and how many live records it holds.
+type batchCopy struct {
+	off  int64
+	n    int
+	live int
+}
+
+// scanPages reads f page by page. The page size is the first meta page's
+// if it is sound, else bbolt's default.
+func scanPages(f *os.File) (*pageScan, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	sc := &pageScan{pageSize: 4096, batches: map[uint64]batchCopy{}, meta: state{next: 1, head: 1}}
+	hdr := make([]byte, 32)
+	for id := range int64(2) { // the page size, from a sound meta page
+		if _, err := f.ReadAt(hdr, id*4096); err == nil && binary.LittleEndian.Uint16(hdr[8:])&0x04 != 0 &&
+			binary.LittleEndian.Uint32(hdr[16:]) == 0xED0CDAED {
+			if ps := int(binary.LittleEndian.Uint32(hdr[24:])); ps >= 1024 && ps <= 1<<16 {
+				sc.pageSize = ps
+				break
+			}
+		}
+	}
+	const leafFlag, bucketLeafFlag = 0x02, 0x01
+	ps := int64(sc.pageSize)
+	pages := fi.Size() / ps
+	buf := make([]byte, ps)
+	for id := int64(2); id < pages; id++ {
+		if _, err := f.ReadAt(buf[:ps], id*ps); err != nil {
+			break
+		}
+		le := binary.LittleEndian
+		if int64(le.Uint64(buf)) != id || le.Uint16(buf[8:])&leafFlag == 0 {
+			continue
+		}
+		count, overflow := int(le.Uint16(buf[10:])), int64(le.Uint32(buf[12:]))
+		if id+overflow >= pages || 16+count*16 > int(ps) {
+			continue
+		}
+		page := buf[:ps]
+		if overflow > 0 {
+			page = make([]byte, (overflow+1)*ps)
+			if _, err := f.ReadAt(page, id*ps); err != nil {
+				continue
+			}
+		}
+		for i := range count {
+			e := page[16+i*16:]
+			flags, pos, ksize, vsize := le.Uint32(e), int(le.Uint32(e[4:])), int(le.Uint32(e[8:])), int(le.Uint32(e[12:]))
+			start := 16 + i*16 + pos
+			if flags&bucketLeafFlag != 0 || pos <= 0 || start+ksize+vsize > len(page) || start+ksize+vsize < start {
+				continue
+			}
+			k, v := page[start:start+ksize], page[start+ksize:start+ksize+vsize]
+			sc.metaValue(k, v)
+			if ksize != 8 {
+				continue
+			}
+			recs, _, perr := parseBatch(v)
+			if perr != nil {
+				continue
+			}
+			live := 0
+			for _, r := range recs {
+				if len(r) > 0 {
+					live++
+				}
+			}
+			base := binary.BigEndian.Uint64(k)
+			if c, ok := sc.batches[base]; !ok || live < c.live {
+				sc.batches[base] = batchCopy{off: id*ps + int64(start+ksize), n: vsize, live: live}
+			}
+		}
+		id += overflow
+	}
+	return sc, nil
+}
+
+// metaValue takes a value of the meta bucket found on a page: each
+// counter at its highest, the ID as found.
+func (sc *pageScan) metaValue(k, v []byte) {
+	if string(k) == string(keyID) && len(v) > 0 && len(v) <= 64 {
+		sc.meta.id = string(v)
+		return
+	}
+	if len(v) != 8 {
+		return
+	}
+	for _, fl := range sc.meta.fields() {
+		if string(k) == string(fl.k) {
+			*fl.v = max(*fl.v, binary.BigEndian.Uint64(v))
+		}
+	}
+}
+
+// each calls fn for every batch found, in key order, from the head on,
+// reading each from f again.
+func (sc *pageScan) each(f *os.File, fn func(base uint64, v []byte) error) error {
+	keys := slices.Sorted(maps.Keys(sc.batches))
+	var v []byte
+	for _, base := range keys {
+		c := sc.batches[base]
+		v = slices.Grow(v[:0], c.n)[:c.n]
+		if _, err := f.ReadAt(v, c.off); err != nil {
+			return err
+		}
+		if err := fn(base, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// salvager writes a new buffer file from the readable parts of an old one.
+type salvager struct {
+	out    *bolt.DB
+	old    state // the old file's counters
+	st     state // the new file's counters
+	copied int
+
+	w fileWriter
+
+	runStart uint64   // sequence number of run[0]
+	run      [][]byte // contiguous intact records not yet in a batch
+	runSize  int
+	lastSeq  uint64 // highest sequence number seen in the old file
+}
+
+// createBuckets creates a buffer's buckets in a new file.
+func createBuckets(db *bolt.DB) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketBatches, bucketMeta, bucketDeadLetters} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// fileWriter fills a new buffer file (Salvage, Compact) in write
+// transactions of about txSize bytes, so memory stays bounded however
+// large the file.
+type fileWriter struct {
+	out     *bolt.DB
+	txSize  int
+	pending []put // values not yet written
+	size    int
+}
+
+type put struct{ bucket, key, value []byte }
+
+// add queues a value, copying key and value (they may live in the old
+// file's map), and writes the queue once it is worth a transaction.
+func (w *fileWriter) add(bucket, key, value []byte) error {
+	w.pending = append(w.pending, put{bucket, append([]byte(nil), key...), append([]byte(nil), value...)})
+	w.size += len(key) + len(value)
+	if w.size < w.txSize {
+		return nil
+	}
+	return w.flush()
+}
+
+// flush writes the queued values in one transaction. Keys come in order,
+// so pages are filled, not split in half as bbolt does by default.
+func (w *fileWriter) flush() error {
+	err := w.out.Update(func(tx *bolt.Tx) error {
+		for _, p := range w.pending {
+			bk := tx.Bucket(p.bucket)
+			bk.FillPercent = 1
+			if err := bk.Put(p.key, p.value); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	w.pending, w.size = nil, 0
+	return err
+}
+
+// batch takes one batch of the old file.
+func (s *salvager) batch(batches *bolt.Bucket, base uint64, v []byte) error {
+	raws, count, perr := parseBatch(v)
+	for i, raw := range raws {
+		seq := base + uint64(i)
+		s.lastSeq = max(s.lastSeq, seq)
+		if seq < s.old.head || len(raw) == 0 {
+			continue
+		}
+		if _, err := decode(raw); err != nil {
+			if err := s.setAside(seqKey(seq), &deadEntry{reason: ReasonUndecodable, detail: err.Error(), records: 1, body: raw}); err != nil {
+				return err
+			}
+			continue
+		}
+		if len(s.run) > 0 && (seq != s.runStart+uint64(len(s.run)) || s.runSize >= maxBatchBytes) {
+			if err := s.flushRun(); err != nil {
+				return err
+			}
+		}
+		if len(s.run) == 0 {
+			s.runStart = seq
+		}
+		s.run = append(s.run, append([]byte(nil), raw...)) // outlives the transaction if reading fails
+		s.runSize += len(raw)
+		s.copied++
+	}
+	if framingBroken(raws, count, perr) {
+		first := max(base+uint64(len(raws)), s.old.head)
+		end := base + batchSpan(batches, base, count, s.old.next)
+		s.lastSeq = max(s.lastSeq, end-1)
+		if end > first { // the whole batch, for inspection
+			return s.setAside(seqKey(base), &deadEntry{reason: ReasonBrokenBatch, detail: perr.Error(), records: end - first, batch: true, body: v})
+		}
+	}
+	return nil
+}
+
+// flushRun turns the run of intact records into a batch.
+func (s *salvager) flushRun() error {
+	if len(s.run) == 0 {
+		return nil
+	}
+	if s.st.count == 0 {
+		s.st.head = s.runStart
+	}
+	err := s.w.add(bucketBatches, seqKey(s.runStart), appendBatch(make([]byte, 0, batchSize(s.run)), s.run))
+	s.st.count += uint64(len(s.run))
+	s.st.bytes += uint64(s.runSize)
+	s.run, s.runSize = nil, 0
+	return err
+}
+
+// deadLetter copies an intact dead-letter entry of the old file; it counts
+// in what the new file holds, not in its counts by reason, which carry
+// over. A damaged entry is left behind (Verify reports it).
+func (s *salvager) deadLetter(k, v []byte) error {
+	e, err := decodeDeadEntry(v)
+	if err != nil || len(k) != 8 {
+		return nil
+	}
+	s.st.dlRecords += e.records
+	s.st.dlBytes += uint64(len(v))
+	return s.w.add(bucketDeadLetters, k, v)
+}
+
+// setAside makes a dead-letter entry in the new file for damage found in
+// the old one, counting it by reason.
+func (s *salvager) setAside(key []byte, e *deadEntry) error {
+	e.at = time.Now()
+	v := appendDeadEntry(nil, e)
+	s.st.dlRecords += e.records
+	s.st.dlBytes += uint64(len(v))
+	s.st.countDead(e.reason, e.records)
+	return s.w.add(bucketDeadLetters, key, v)
+}
+
+// finish writes what is left and the counters, and syncs the file.
+func (s *salvager) finish() error {
+	if err := s.flushRun(); err != nil {
+		return err
+	}
+	if err := s.w.flush(); err != nil {
+		return err
+	}
+	// Above every number the old file gave out, written or not (reserved).
+	s.st.next = max(s.old.next, s.old.reserved, s.lastSeq+1, s.st.head+s.st.count)
+	if s.st.count == 0 {
+		s.st.head = s.st.next
+	}
+	for r, n := range s.old.deadLettered {
+		s.st.countDead(r, n)
+	}
+	s.st.dropBytes, s.st.dropAge, s.st.dropPurged = s.old.dropBytes, s.old.dropAge, s.old.dropPurged
+	s.st.dropDLLimit, s.st.dropDLPurged = s.old.dropDLLimit, s.old.dropDLPurged
+	s.st.id = s.old.id
+	err := s.out.Update(func(tx *bolt.Tx) error { return s.st.store(tx.Bucket(bucketMeta)) })
+	if err != nil {
+		return err
+	}
+	return s.out.Sync()
+}
