@@ -252,6 +252,15 @@ type Stats struct {
 	// Full reports that appends wait for room: WhenFull is Block and the
 	// buffer is at MaxBytes.
 	Full bool
+	// CommitError is why the last commit failed, while commits fail
+	// ("" once one succeeds). Records wait in memory meanwhile, not
+	// acknowledged: the broker holds the rest. CommitFailures counts the
+	// failed commits since Open.
+	CommitError    string
+	CommitFailures uint64
+	// DiskFull reports that the last commit failed for want of space on
+	// the file system (ENOSPC, EDQUOT).
+	DiskFull bool
 	// CorruptFiles is how many damaged buffer files lie moved aside next to
 	// this one (path.corrupt-*, see OpenOrMoveAside), as found at Open:
 	// records in them were not delivered by this buffer.
@@ -421,6 +430,8 @@ type Buffer struct {
 	changed   chan struct{}          // closed and replaced when records come or go and a reader waits
 	lastDrop  time.Time              // last time a drop was logged
 
+	fail commitFailure // the commits failing now, if they do
+
 	damaged    chan struct{} // closed by markDamaged
 	damage     error         // what markDamaged found
 	damageOnce sync.Once
@@ -504,6 +515,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 	}
 	lim := opts.limits()
 	b.lim.Store(&lim)
+	b.makeReserve()
 	go b.commitLoop()
 	return b, nil
 }
@@ -537,6 +549,11 @@ func (b *Buffer) Stats() Stats {
 		ID:                b.st.id,
 		Commits:           b.commits,
 		CorruptFiles:      b.corrupt,
+		CommitFailures:    b.fail.count,
+		DiskFull:          b.fail.diskFull,
+	}
+	if b.fail.err != nil {
+		s.CommitError = b.fail.err.Error()
 	}
 	if b.st.count > 0 {
 		s.FirstSeq = b.st.head

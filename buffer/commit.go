@@ -76,14 +76,27 @@ func (b *Buffer) commitLoop() {
 			if !stopping {
 				continue // see what is due now
 			}
-			// Close has made Append refuse new records; write the tail.
-			for {
-				b.commit(true, true)
+			// Close has made Append refuse new records; write the tail,
+			// trying a few times if the disk refuses.
+			for attempt := 1; ; attempt++ {
+				ok := b.commit(true, true)
 				b.mu.Lock()
 				left := b.tl.pending > 0 || len(b.deadOps) > 0
+				if left && !ok && attempt == finalAttempts {
+					err := fmt.Errorf("buffer closed before the record could be written: %w", b.fail.err)
+					b.abandonTailLocked(err)
+					ops := b.deadOps
+					b.deadOps = nil
+					b.mu.Unlock()
+					b.finish(ops, err)
+					return
+				}
 				b.mu.Unlock()
 				if !left {
 					return
+				}
+				if !ok {
+					time.Sleep(100 * time.Millisecond)
 				}
 			}
 		}
@@ -107,6 +120,10 @@ func (b *Buffer) pauseAfterFailure() {
 // failedCommitPause is how long the committer waits after a failed commit
 // before the next.
 const failedCommitPause = time.Second
+
+// finalAttempts is how many times Close tries to write the tail when the
+// disk refuses.
+const finalAttempts = 3
 
 // due says when the next commit is due: 0 now, -1 when nothing waits
 // (the committer sleeps until woken), and whether it is to write the
@@ -140,6 +157,9 @@ func (b *Buffer) due(lastCommit time.Time) (wait time.Duration, writeTail bool) 
 		default:
 			deadline = b.born.Add(e.at + b.delay)
 		}
+		if b.leaveTailOut(now) && deadline.Before(b.fail.retryAt) {
+			deadline = b.fail.retryAt // commits fail: the tail waits for the next attempt
+		}
 		if set {
 			at(deadline)
 			writeTail = !deadline.After(now)
@@ -150,6 +170,9 @@ func (b *Buffer) due(lastCommit time.Time) (wait time.Duration, writeTail bool) 
 	}
 	if len(b.deadOps) > 0 || b.reserveLow(b.next, b.st) {
 		at(now)
+	}
+	if b.fail.err != nil {
+		at(b.fail.retryAt) // to try again, or to see that nothing fails any more
 	}
 	defer func() {
 		b.wakeAt = -1
@@ -203,6 +226,11 @@ type toWrite struct {
 // Then it runs the callbacks of the records that became durable.
 func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 	b.mu.Lock()
+	now := time.Now()
+	// While commits fail, a commit leaves the tail out until the next
+	// attempt with it is due (see failure.go), but Close's commits try.
+	noTail := !final && b.leaveTailOut(now)
+	b.fail.noTail = noTail
 	st := b.st.clone()
 	ratio := b.ratio
 	headAt := b.headAt
@@ -231,10 +259,11 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 	// those up to the last one a dead letter waits for.
 	var upTo uint64
 	for seq := range dead {
-		if seq >= b.st.next {
+		if seq >= b.st.next && !noTail {
 			upTo = max(upTo, seq)
 		}
 	}
+	writeTail = writeTail && !noTail
 	var recs []toWrite
 	if writeTail || upTo > 0 {
 		budget := int64(-1)
@@ -269,7 +298,14 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 	limits = limits || dlBounded && st.dlBytes > dlLimit
 	reserve := b.reserveLow(next, st)
 	if len(recs) == 0 && len(dead) == 0 && !runs && len(remove) == 0 && (releaseTo < st.head || st.count == 0) && !limits && !reserve {
+		b.mu.Lock()
+		// Nothing to write, the tail included: nothing fails.
+		recovered := b.succeededLocked(now)
+		b.mu.Unlock()
 		b.finish(ops, nil)
+		if recovered {
+			b.makeReserve()
+		}
 		return true
 	}
 	var dropped [3]uint64 // max_bytes, max_age, dead_letter_limit
@@ -361,6 +397,11 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 			if bounded && st.bytes+st.retired > budget {
 				want = max(want, st.bytes+st.retired-budget)
 			}
+			if noTail {
+				// The disk refuses: free the file's pages now, for the
+				// records that wait.
+				want = max(want, st.retired)
+			}
 			freed, err := reclaim(tx, &st, want)
 			if err != nil {
 				return err
@@ -382,8 +423,11 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 	if err != nil {
 		b.markDamaged(err)
 		err = fmt.Errorf("commit to buffer %s: %w", b.path, err)
-		b.log.Error("buffer: commit failed", "err", err, "records", len(recs))
+		if isDiskFull(err) {
+			b.dropReserve()
+		}
 		b.mu.Lock()
+		b.failedLocked(err, now)
 		for seq, r := range dead { // try again with the next commit
 			if _, ok := b.toDead[seq]; !ok {
 				b.toDead[seq] = r
@@ -391,11 +435,8 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 		}
 		b.deadNow = nil
 		b.toRemove = append(b.toRemove, remove...)
-		for _, r := range recs {
-			if i := b.tl.index(r.seq); i >= 0 {
-				b.tl.set(i, failed, err)
-			}
-		}
+		// The records stay pending: written by a later commit or
+		// delivered from memory, not acknowledged before.
 		b.writing = [2]uint64{}
 		b.popLocked()
 		b.releaseHoldLocked()
@@ -404,6 +445,7 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 		return false
 	}
 	b.mu.Lock()
+	recovered := b.succeededLocked(now)
 	// A backlog has drained when what is left is small enough to copy in
 	// a moment: then a compaction may give the file's space back.
 	drained := b.st.count > 0 && st.count == 0 || b.st.bytes > drainedBytes && st.bytes <= drainedBytes
@@ -450,6 +492,9 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 			"max_bytes", lim.MaxBytes, "max_age", lim.MaxAge, "max_dead_letter_bytes", lim.MaxDeadLetterBytes)
 	}
 	b.finish(ops, nil)
+	if recovered {
+		b.makeReserve()
+	}
 	if drained {
 		b.compactIfSparse()
 	}

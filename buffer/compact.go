@@ -190,23 +190,25 @@ func Purge(path string, cutoff time.Time) (removed uint64, err error) {
 		return 0, err
 	}
 	defer db.Close()
-	err = db.Update(func(tx *bolt.Tx) error {
-		st, _, err := readState(tx)
-		if err != nil {
-			return err
-		}
-		if err := migrateQuarantine(tx, &st, time.Now()); err != nil { // a file from before the dead-letter bucket
-			return err
-		}
-		removed, err = dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
-			r, err := decode(raw) // a damaged record stops the purge: Verify and Salvage deal with it
-			return err == nil && r.ReceivedAt.Before(cutoff)
+	err = guard(func() error {
+		return db.Update(func(tx *bolt.Tx) error {
+			st, _, err := readState(tx)
+			if err != nil {
+				return err
+			}
+			if err := migrateQuarantine(tx, &st, time.Now()); err != nil { // a file from before the dead-letter bucket
+				return err
+			}
+			removed, err = dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
+				r, err := decode(raw) // a damaged record stops the purge: Verify and Salvage deal with it
+				return err == nil && r.ReceivedAt.Before(cutoff)
+			})
+			if err != nil {
+				return err
+			}
+			st.dropPurged += removed
+			return st.store(tx.Bucket(bucketMeta))
 		})
-		if err != nil {
-			return err
-		}
-		st.dropPurged += removed
-		return st.store(tx.Bucket(bucketMeta))
 	})
 	if err != nil {
 		return 0, fmt.Errorf("purge buffer %s: %w", path, err)

@@ -195,6 +195,7 @@ func TestVerifyAndSalvageDamagedFiles(t *testing.T) {
 		})
 	}
 }
+
 // A file truncated under a running buffer (the card fails, someone cuts
 // it) makes Read fail with ErrCorruptFile instead of a SIGBUS, and the
 // buffer says it is damaged.

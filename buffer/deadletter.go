@@ -488,18 +488,20 @@ func offlineUpdate(op, path string, fn func(tx *bolt.Tx, st *state) error) error
 		return err
 	}
 	defer db.Close()
-	err = db.Update(func(tx *bolt.Tx) error {
-		st, _, err := readState(tx)
-		if err != nil {
-			return err
-		}
-		if err := migrateQuarantine(tx, &st, time.Now()); err != nil {
-			return err
-		}
-		if err := fn(tx, &st); err != nil {
-			return err
-		}
-		return st.store(tx.Bucket(bucketMeta))
+	err = guard(func() error {
+		return db.Update(func(tx *bolt.Tx) error {
+			st, _, err := readState(tx)
+			if err != nil {
+				return err
+			}
+			if err := migrateQuarantine(tx, &st, time.Now()); err != nil {
+				return err
+			}
+			if err := fn(tx, &st); err != nil {
+				return err
+			}
+			return st.store(tx.Bucket(bucketMeta))
+		})
 	})
 	if err == nil {
 		err = db.Close()
