@@ -261,6 +261,9 @@ type Stats struct {
 	// DiskFull reports that the last commit failed for want of space on
 	// the file system (ENOSPC, EDQUOT).
 	DiskFull bool
+	// Recreated counts the times the buffer found its file deleted or
+	// replaced while open and wrote it to its path again (see checkPath).
+	Recreated uint64
 	// CorruptFiles is how many damaged buffer files lie moved aside next to
 	// this one (path.corrupt-*, see OpenOrMoveAside), as found at Open:
 	// records in them were not delivered by this buffer.
@@ -373,6 +376,7 @@ func (s *state) store(meta *bolt.Bucket) error {
 // Buffer is a durable FIFO of records. It is safe for concurrent use.
 type Buffer struct {
 	dbMu sync.RWMutex // held shared by readers of db; the committer swaps db under it after compacting
+	file *os.File     // db's file, owned by db; swapped with it
 	db   *bolt.DB
 	path string
 	opts Options
@@ -422,6 +426,7 @@ type Buffer struct {
 	headAt    time.Time          // the head record's receive time (see headTime)
 	commits   uint64
 	corrupt   int                    // files moved aside next to path, at Open
+	recreated uint64                 // times the file was written to path again (see checkPath)
 	lim       atomic.Pointer[Limits] // opts' limits, or what SetLimits set since
 	releaseTo uint64                 // Release target not yet applied
 	toRemove  []uint64               // Remove requests not yet applied
@@ -445,7 +450,10 @@ func Open(path string, opts Options) (*Buffer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
 	}
-	db, err := openBolt(path, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
+	if fi, err := os.Stat(path); err == nil && fi.Size() == 0 {
+		opts.Logger.Warn("buffer: the buffer file is empty (0 bytes, not a database); starting a new buffer in it", "path", path)
+	}
+	db, file, err := openBolt(path, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open buffer %s: %w (is another ferry running on it?)", path, ErrLocked)
 	}
@@ -456,8 +464,10 @@ func Open(path string, opts Options) (*Buffer, error) {
 		db.Close()
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
 	}
+	removeLeftovers(path, opts.Logger)
 	b := &Buffer{
 		db:      db,
+		file:    file,
 		path:    path,
 		opts:    opts,
 		log:     opts.Logger,
@@ -550,6 +560,7 @@ func (b *Buffer) Stats() Stats {
 		Commits:           b.commits,
 		CorruptFiles:      b.corrupt,
 		CommitFailures:    b.fail.count,
+		Recreated:         b.recreated,
 		DiskFull:          b.fail.diskFull,
 	}
 	if b.fail.err != nil {

@@ -258,7 +258,7 @@ func (b *Buffer) compactIfSparse() {
 	} else {
 		os.Remove(tmp)
 	}
-	db, err := openBolt(b.path, &bolt.Options{Timeout: b.opts.LockTimeout, FreelistType: bolt.FreelistMapType})
+	db, f, err := openBolt(b.path, &bolt.Options{Timeout: b.opts.LockTimeout, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		// Nothing to fall back to: b.db stays closed, so every later
 		// commit fails, ingest stops acknowledging and ferry exits with
@@ -266,7 +266,7 @@ func (b *Buffer) compactIfSparse() {
 		b.log.Error("buffer: cannot reopen the buffer file after compaction", "path", b.path, "err", err)
 		return
 	}
-	b.db = db
+	b.db, b.file = db, f
 	if renamed != nil {
 		b.log.Warn("buffer: compaction could not replace the file; kept the old one", "path", b.path, "err", renamed)
 		return

@@ -168,8 +168,10 @@ type ReadOnly struct {
 // takes a shared lock and fails within a second with ErrLocked if a ferry
 // holds the file; while it is open, a ferry cannot start on the file.
 func OpenReadOnly(path string) (*ReadOnly, error) {
-	if _, err := os.Stat(path); err != nil {
+	if fi, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
+	} else if fi.Size() == 0 {
+		return nil, fmt.Errorf("open buffer %s: %w: an empty file (0 bytes), not a database; ferry starts a new buffer in it", path, ErrCorruptFile)
 	}
 	db, err := openBoltOnce(path, &bolt.Options{ // a damaged file is an error, not a panic
 		ReadOnly: true, Timeout: offlineLockTimeout,

@@ -3,6 +3,7 @@ package buffer
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -69,10 +70,11 @@ func CorruptFiles(path string) []string {
 }
 
 // openBolt opens the bbolt file, turning bbolt's corruption errors and
-// panics into ErrCorruptFile. If the file at path was replaced while Open
+// panics into ErrCorruptFile, and returns the file it opened (bbolt owns
+// it; checkPath compares it with the path). If the file at path was replaced while Open
 // waited for its lock (ferry buffer compact renames a new file over it), it
 // opens the new one: a buffer never writes to a file no longer at path.
-func openBolt(path string, o *bolt.Options) (*bolt.DB, error) {
+func openBolt(path string, o *bolt.Options) (*bolt.DB, *os.File, error) {
 	for attempt := 0; ; attempt++ {
 		var opened *os.File
 		oo := *o
@@ -83,12 +85,12 @@ func openBolt(path string, o *bolt.Options) (*bolt.DB, error) {
 		}
 		db, err := openBoltOnce(path, &oo)
 		if err != nil || opened == nil || attempt == 3 {
-			return db, err
+			return db, opened, err
 		}
 		held, err1 := opened.Stat()
 		now, err2 := os.Stat(path)
 		if err1 != nil || err2 != nil || os.SameFile(held, now) {
-			return db, nil
+			return db, opened, nil
 		}
 		db.Close() // replaced while we waited: open what is there now
 	}
@@ -134,4 +136,22 @@ func openBoltUnguarded(path string, o *bolt.Options) (db *bolt.DB, err error) {
 		return nil, fmt.Errorf("%w: %w", ErrCorruptFile, err)
 	}
 	return nil, err
+}
+
+// removeLeftovers deletes the temporary files a killed compaction, copy
+// or salvage left next to path (up to the size of the buffer each). It
+// runs once Open holds the file's lock, when none of them can be in use.
+func removeLeftovers(path string, log *slog.Logger) {
+	for _, suffix := range []string{".compact", ".recreate", ".salvage"} {
+		p := path + suffix
+		fi, err := os.Stat(p)
+		if err != nil {
+			continue
+		}
+		if err := os.Remove(p); err != nil {
+			log.Warn("buffer: cannot remove a leftover of an interrupted operation", "path", p, "err", err)
+			continue
+		}
+		log.Info("buffer: removed a leftover of an interrupted operation", "path", p, "bytes", fi.Size())
+	}
 }

@@ -35,6 +35,10 @@ type Status struct {
 	// CorruptFiles is how many damaged buffer files ferry moved aside and
 	// replaced with a new buffer (their records were not delivered).
 	CorruptFiles int `json:"corrupt_files"`
+	// DiskFull is true while the buffer's commits fail for want of space;
+	// CommitError says why commits fail, while they do.
+	DiskFull    bool   `json:"disk_full"`
+	CommitError string `json:"commit_error,omitempty"`
 	// BufferID names the buffer's log, as in the records' ferry.buffer_id
 	// header.
 	BufferID string `json:"buffer_id"`
@@ -55,7 +59,7 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 	var last time.Time
 	for {
 		bs := f.src.Stats()
-		changed := !maps.Equal(bs.Dropped, sent.Dropped) || !maps.Equal(bs.DeadLettered, sent.DeadLettered)
+		changed := !maps.Equal(bs.Dropped, sent.Dropped) || !maps.Equal(bs.DeadLettered, sent.DeadLettered) || bs.DiskFull != sent.DiskFull
 		if last.IsZero() || changed || time.Since(last) >= f.cfg.StatusInterval {
 			st := f.status(bs)
 			if err := f.sendStatus(ctx, cl, st); err != nil {
@@ -90,6 +94,8 @@ func (f *Forwarder) status(bs buffer.Stats) Status {
 		DeadLetterRecords: bs.DeadLetterRecords,
 		DeadLetterBytes:   bs.DeadLetterBytes,
 		CorruptFiles:      bs.CorruptFiles,
+		DiskFull:          bs.DiskFull,
+		CommitError:       bs.CommitError,
 		BufferID:          bs.ID,
 		Unrouted:          fs.Unrouted,
 		Delivered:         fs.Delivered,

@@ -114,6 +114,9 @@ func writeStatus(w io.Writer, r statusReport, now time.Time) {
 		strings.Join(r.Kafka, ","), f.KafkaConns, f.Delivered, f.InFlight, f.KafkaRetries, kafkaErr)
 	fmt.Fprintf(w, "dropped        %s\n", counts(f.Dropped))
 	fmt.Fprintf(w, "dead-lettered  %s\n", counts(f.DeadLettered))
+	if f.CommitError != "" {
+		fmt.Fprintf(w, "COMMITS FAIL   %s (disk full: %v; records wait in memory, unacknowledged)\n", f.CommitError, f.DiskFull)
+	}
 	if f.CorruptFiles > 0 {
 		fmt.Fprintf(w, "corrupt files  %d moved aside next to the buffer (ferry buffer verify --salvage)\n", f.CorruptFiles)
 	}

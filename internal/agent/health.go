@@ -59,7 +59,10 @@ func (h *health) observe(s Snapshot, now time.Time) (bool, string) {
 	}
 	// Progress is records becoming durable: by a commit, or (sync:
 	// delayed) by Kafka's acknowledgement before any commit.
-	if waiting == 0 || s.Committed != h.last.Committed || s.BufferCommits != h.last.BufferCommits || (h.block && s.bufferFull && kafkaDown) {
+	// A committer that retries a failing disk is not stuck: a restart
+	// would not make room, only lose what waits in memory.
+	retrying := s.CommitFailures != h.last.CommitFailures
+	if waiting == 0 || s.Committed != h.last.Committed || s.BufferCommits != h.last.BufferCommits || retrying || (h.block && s.bufferFull && kafkaDown) {
 		h.commitAt = now
 	}
 	if s.BufferRecords == 0 || s.forwardedDone != h.last.forwardedDone || kafkaDown {

@@ -26,6 +26,13 @@ type Snapshot struct {
 	BufferInMemory uint64 `json:"buffer_in_memory"` // of BufferRecords, those not written yet (sync: delayed)
 	BufferCommits  uint64 `json:"buffer_commits"`   // write transactions since the buffer opened
 	CorruptFiles   int    `json:"corrupt_files"`    // damaged buffer files moved aside
+	// CommitError is why the buffer's commits fail, while they do (the
+	// disk is full, or refuses writes): records wait in memory, not
+	// acknowledged, and the broker holds the rest. DiskFull says it is
+	// for want of space.
+	CommitError    string `json:"commit_error,omitempty"`
+	DiskFull       bool   `json:"disk_full"`
+	CommitFailures uint64 `json:"commit_failures"` // failed commits since start
 
 	// Dropped counts records given up on purpose, by reason: the buffer's
 	// limits ("max_bytes", "max_age"), "purged" by ferry buffer purge (all
@@ -60,6 +67,9 @@ func (a *Agent) Snapshot() Snapshot {
 		BufferInMemory: b.TailRecords,
 		BufferCommits:  b.Commits,
 		CorruptFiles:   b.CorruptFiles,
+		CommitError:    b.CommitError,
+		DiskFull:       b.DiskFull,
+		CommitFailures: b.CommitFailures,
 		Dropped:        map[string]uint64{"unrouted": f.Unrouted},
 		DeadLettered:   map[string]uint64{},
 		Delivered:      f.Delivered,

@@ -39,7 +39,9 @@ var (
 	mFileBytes    = newMetric("ferry_buffer_file_bytes", "Size of the buffer file on disk.", gauge)
 	mUsedBytes    = newMetric("ferry_buffer_used_bytes", "Part of the buffer file in pages holding data: what buffer.max_bytes bounds.", gauge)
 	mCommits      = newMetric("ferry_buffer_commits_total", "Write transactions (each one fsync) of the buffer since it opened.", counter)
-	mCorrupt      = newMetric("ferry_buffer_corrupt_files", "Damaged buffer files moved aside next to the buffer; their records were not forwarded.", gauge)
+	mCorrupt      = newMetric("ferry_buffer_corrupt_files", "Damaged buffer files moved aside next to the buffer; what was readable of them was salvaged into the new buffer and forwarded.", gauge)
+	mDiskFull     = newMetric("ferry_buffer_disk_full", "1 while the buffer's commits fail for want of space on the file system: records wait in memory, unacknowledged, and the broker holds the rest.", gauge)
+	mCommitFails  = newMetric("ferry_buffer_commit_failures_total", "Failed commits of the buffer (disk full, write errors) since ferry started; each is retried.", counter)
 	mMQTTConn     = newMetric("ferry_mqtt_connected", "1 while connected to the MQTT broker.", gauge)
 	mMQTTSub      = newMetric("ferry_mqtt_subscribed", "1 while the broker has granted the subscriptions on the current connection.", gauge)
 	mKafkaConns   = newMetric("ferry_kafka_connections", "Open connections to Kafka brokers.", gauge)
@@ -50,8 +52,8 @@ var (
 	mHealthy      = newMetric("ferry_healthy", "1 unless the buffer's committer or the forwarder is stuck (as /healthz).", gauge)
 )
 
-var all = []metric{mReceived, mCommitted, mForwarded, mDropped, mDeadLettered, mRecords, mBytes, mOldest, mFileBytes,
-	mUsedBytes, mCommits, mCorrupt, mMQTTConn, mMQTTSub, mKafkaConns, mKafkaError, mInFlight, mRetries, mReady, mHealthy}
+var all = []metric{mReceived, mCommitted, mForwarded, mDropped, mDeadLettered, mRecords, mBytes, mInMemory, mOldest, mFileBytes,
+	mUsedBytes, mCommits, mCorrupt, mDiskFull, mCommitFails, mMQTTConn, mMQTTSub, mKafkaConns, mKafkaError, mInFlight, mRetries, mReady, mHealthy}
 
 // collector reads a Source at every scrape.
 type collector struct{ src Source }
@@ -88,6 +90,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	put(mInMemory, float64(s.BufferInMemory))
 	put(mCommits, float64(s.BufferCommits))
 	put(mCorrupt, float64(s.CorruptFiles))
+	put(mDiskFull, b2f(s.DiskFull))
+	put(mCommitFails, float64(s.CommitFailures))
 	put(mMQTTConn, b2f(s.MQTTConnected))
 	put(mMQTTSub, b2f(s.MQTTSubscribed))
 	put(mKafkaConns, float64(s.KafkaConns))
