@@ -145,9 +145,9 @@ func openBuffer(c config.Buffer, receiveMaximum int, log *slog.Logger) (*buffer.
 	}
 	b, aside, err := buffer.OpenOrMoveAside(c.Path, opts)
 	if aside != "" {
-		log.Error("BUFFER FILE CORRUPT: moved it aside and started an empty buffer; the records in it were not forwarded",
-			"path", c.Path, "moved_to", aside, "corrupt_files", len(buffer.CorruptFiles(c.Path)),
-			"salvage", "ferry buffer verify --path "+aside+" --salvage NEWFILE")
+		st := b.Stats()
+		log.Error("BUFFER FILE CORRUPT: moved it aside and salvaged what was readable into a new buffer; those records are forwarded, the unreadable ones are lost",
+			"path", c.Path, "moved_to", aside, "salvaged_records", st.Records, "corrupt_files", len(buffer.CorruptFiles(c.Path)))
 	}
 	return b, err
 }

@@ -130,8 +130,8 @@ func TestMetricNames(t *testing.T) {
 	}
 	slices.Sort(got)
 	want := []string{
-		"ferry_buffer_bytes", "ferry_buffer_commit_latency_seconds", "ferry_buffer_commit_latency_seconds_bucket",
-		"ferry_buffer_commit_latency_seconds_count", "ferry_buffer_commit_latency_seconds_sum", "ferry_buffer_commit_failures_total", "ferry_buffer_commits_total",
+		"ferry_buffer_bytes", "ferry_buffer_commit_failures_total", "ferry_buffer_commit_latency_seconds", "ferry_buffer_commit_latency_seconds_bucket",
+		"ferry_buffer_commit_latency_seconds_count", "ferry_buffer_commit_latency_seconds_sum", "ferry_buffer_commits_total",
 		"ferry_buffer_corrupt_files", "ferry_buffer_disk_full", "ferry_buffer_file_bytes", "ferry_buffer_memory_records", "ferry_buffer_messages_committed_total",
 		"ferry_buffer_oldest_record_age_seconds", "ferry_buffer_records", "ferry_buffer_used_bytes", "ferry_build_info",
 		"ferry_disk_written_bytes_total", "ferry_healthy", "ferry_kafka_connections", "ferry_kafka_error",
