@@ -85,7 +85,6 @@ type run struct {
 // when the pings stop for Watchdog, and when a process ends without
 // having been asked to, restarts it after RestartDelay if systemd would.
 type supervisor struct {
-	t            *testing.T
 	unit         unit
 	restartDelay time.Duration // the unit's, or shorter in the short suite
 	argv         []string
@@ -106,7 +105,7 @@ type supervisor struct {
 // newSupervisor prepares a supervisor for ferry's argv, logging its output
 // to logPath. Nothing runs until start.
 func newSupervisor(t *testing.T, u unit, restartDelay time.Duration, argv, env []string, logPath string) *supervisor {
-	s := &supervisor{t: t, unit: u, restartDelay: restartDelay, argv: argv, env: env, logPath: logPath, changed: make(chan struct{})}
+	s := &supervisor{unit: u, restartDelay: restartDelay, argv: argv, env: env, logPath: logPath, changed: make(chan struct{})}
 	s.notify = newNotifySocket(t, s.onNotify)
 	t.Cleanup(s.shutdown)
 	return s
@@ -211,10 +210,12 @@ func (s *supervisor) run(stop <-chan struct{}, done chan<- struct{}) {
 			// from outside: systemd's rules decide.
 			restart, why = s.unit.shallRestart(p.end)
 		}
-		s.mu.Lock()
-		s.cur = nil
+		p.mu.Lock()
 		r := run{n: p.n, pid: p.pid, lived: p.ended.Sub(p.started), wasReady: p.isReady, cause: p.cause, end: p.end,
 			restarted: restart && !stopped, lastStatus: p.status}
+		p.mu.Unlock()
+		s.mu.Lock()
+		s.cur = nil
 		if !restart && !stopped {
 			r.notRestart = why
 			s.gaveUp = why
