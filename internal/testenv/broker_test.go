@@ -294,3 +294,65 @@ func TestSensorsReconnect(t *testing.T) {
 		t.Fatalf("acked %d with %d reconnects, want 400 with at least 1", res.Total(), res.Reconnects)
 	}
 }
+
+// TestMosquittoRestart restarts Mosquitto while a persistent session is
+// away with messages queued for it, and one message in flight to it
+// unacknowledged: with persistence the session and every message survive
+// the restart; without it, the session is gone (which is what makes the
+// persistent configuration necessary for the chaos suite's broker restarts).
+func TestMosquittoRestart(t *testing.T) {
+	if _, err := FindMosquitto(); err != nil {
+		if os.Getenv(EnvRequireMosquitto) == "1" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	for _, persistent := range []bool{true, false} {
+		t.Run(fmt.Sprintf("persistence=%v", persistent), func(t *testing.T) {
+			b, err := StartMosquittoWith(t.TempDir(), nil, MosquittoOptions{Persistence: persistent})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := b.Close(); err != nil {
+					t.Error(err)
+				}
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			sub := newSubscriber()
+			sub.connect(t, b.Addr, false)
+			if _, err := sub.c.Subscribe(ctx, &paho.Subscribe{
+				Subscriptions: []paho.SubscribeOptions{{Topic: "sensors/+/telemetry", QoS: 1}},
+			}); err != nil {
+				t.Fatal(err)
+			}
+			// 10 messages received and never acknowledged, then 490
+			// while the subscriber is away.
+			if _, err := RunSensors(ctx, SensorsConfig{BrokerURL: b.URL(), Devices: 1, PerDevice: 10, QoS: 1}); err != nil {
+				t.Fatal(err)
+			}
+			sub.waitUnique(t, 10, 5*time.Second)
+			sub.kill()
+			if _, err := RunSensors(ctx, SensorsConfig{BrokerURL: b.URL(), Devices: 1, PerDevice: 490, QoS: 1, FirstDevice: 1}); err != nil {
+				t.Fatal(err)
+			}
+
+			if err := b.Restart(100 * time.Millisecond); err != nil {
+				t.Fatal(err)
+			}
+			present := sub.connect(t, b.Addr, true)
+			defer sub.kill()
+			if !persistent {
+				if present {
+					t.Fatal("session present after a restart without persistence")
+				}
+				return
+			}
+			if !present {
+				t.Fatal("session not present after a restart with persistence")
+			}
+			sub.waitUnique(t, 500, 10*time.Second)
+		})
+	}
+}

@@ -45,6 +45,10 @@ type Report struct {
 	SplitDevices int
 	// LostSample names up to 10 lost messages as "device#seq".
 	LostSample []string
+	// OutOfOrderSample names up to 10 messages counted in OutOfOrder as
+	// "device#seq after #seq" (the highest seq before it) with the
+	// partition and offset where it arrived.
+	OutOfOrderSample []string
 	// ResentDuplicates counts duplicates that carry the same identity
 	// headers (ferry.buffer_id, ferry.seq) as the first copy: ferry sent
 	// the same buffered record again (after a crash). The others (Duplicates
@@ -68,6 +72,9 @@ func (r Report) String() string {
 	}
 	if len(r.LostSample) > 0 {
 		s += fmt.Sprintf(" lost_sample=%v", r.LostSample)
+	}
+	if len(r.OutOfOrderSample) > 0 {
+		s += fmt.Sprintf(" out_of_order_sample=%v", r.OutOfOrderSample)
 	}
 	return s
 }
@@ -240,6 +247,10 @@ func buildReport(res *SensorsResult, recs []Received, unparsed int) Report {
 			s[r.Msg.Seq] = true
 			if r.Msg.Seq < maxSeq {
 				rep.OutOfOrder++
+				if len(rep.OutOfOrderSample) < 10 {
+					rep.OutOfOrderSample = append(rep.OutOfOrderSample,
+						fmt.Sprintf("%s#%d after #%d (partition %d offset %d)", dev, r.Msg.Seq, maxSeq, r.Partition, r.Offset))
+				}
 			}
 			maxSeq = max(maxSeq, r.Msg.Seq)
 			if r.Msg.Seq >= acked[dev] {

@@ -54,6 +54,7 @@ func TestCollector(t *testing.T) {
 	want := Report{
 		Sent: 25, Delivered: 25, Unique: 24, Duplicates: 1, Lost: 1, OutOfOrder: 1,
 		Unparsed: 1, LostSample: []string{"dev-01#5"},
+		OutOfOrderSample: []string{"dev-02#2 after #3 (partition 3 offset 3)"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("report\n got %s\nwant %s", got, want)
@@ -61,7 +62,8 @@ func TestCollector(t *testing.T) {
 	if got.OK() {
 		t.Error("OK() = true for a report with losses")
 	}
-	const line = "sent=25 delivered=25 unique=24 lost=1 duplicates=1 out_of_order=1 unparsed=1 lost_sample=[dev-01#5]"
+	const line = "sent=25 delivered=25 unique=24 lost=1 duplicates=1 out_of_order=1 unparsed=1 lost_sample=[dev-01#5]" +
+		" out_of_order_sample=[dev-02#2 after #3 (partition 3 offset 3)]"
 	if got.String() != line {
 		t.Errorf("String() = %q, want %q", got.String(), line)
 	}

@@ -13,5 +13,7 @@
 // session (clean start false, session expiry set) subscribed at QoS 1 keeps
 // every QoS 1 message published while its client is away, and redelivers
 // unacknowledged ones when the client returns with the same client id. The
-// broker itself is not durable: tests restart ferry, never the broker.
+// broker itself is not durable unless started with
+// MosquittoOptions.Persistence, which lets a test restart it (Broker.Restart)
+// without losing what it acknowledged.
 package testenv

@@ -79,6 +79,11 @@ type SensorsConfig struct {
 	// ClientPrefix is prepended to the device name to form the client id.
 	// Default "sensor-".
 	ClientPrefix string
+	// FirstDevice numbers the devices: they are DeviceName(FirstDevice)
+	// to DeviceName(FirstDevice+Devices-1). Default 0. Sensors started one
+	// after another with disjoint ranges publish distinct messages, and
+	// their results can be merged (SensorsResult.Merge).
+	FirstDevice int
 }
 
 func (c *SensorsConfig) defaultsAndValidate() error {
@@ -97,6 +102,8 @@ func (c *SensorsConfig) defaultsAndValidate() error {
 		return fmt.Errorf("sensors: PerDevice is %d, must be at least 1", c.PerDevice)
 	case c.QoS > 2:
 		return fmt.Errorf("sensors: QoS is %d, must be 0, 1 or 2", c.QoS)
+	case c.FirstDevice < 0:
+		return fmt.Errorf("sensors: FirstDevice is %d, must not be negative", c.FirstDevice)
 	case c.Interval < 0:
 		return fmt.Errorf("sensors: Interval is %v, must not be negative", c.Interval)
 	case strings.Count(c.TopicFormat, "%s") != 1:
@@ -135,6 +142,20 @@ type SensorsResult struct {
 	Elapsed time.Duration
 }
 
+// Merge adds other's devices to r: the result of sensors with other
+// devices (see SensorsConfig.FirstDevice). A device in both keeps the
+// larger count.
+func (r *SensorsResult) Merge(other *SensorsResult) {
+	if r.Acked == nil {
+		r.Acked = map[string]int{}
+	}
+	for dev, n := range other.Acked {
+		r.Acked[dev] = max(r.Acked[dev], n)
+	}
+	r.Reconnects += other.Reconnects
+	r.Elapsed = max(r.Elapsed, other.Elapsed)
+}
+
 // Total returns the number of acknowledged messages over all devices.
 func (r *SensorsResult) Total() int {
 	n := 0
@@ -162,9 +183,9 @@ func RunSensors(ctx context.Context, cfg SensorsConfig) (*SensorsResult, error) 
 }
 
 // StartSensors starts one MQTT v5 client per device. Device i is named
-// DeviceName(i), connects as ClientPrefix+name with a clean session and
-// publishes PerDevice messages with seq 0, 1, ... to its topic, one at a
-// time, each after the previous one was acknowledged. When a publish fails
+// DeviceName(FirstDevice+i), connects as ClientPrefix+name with a clean
+// session and publishes PerDevice messages with seq 0, 1, ... to its topic,
+// one at a time, each after the previous one was acknowledged. When a publish fails
 // or the connection drops, the device reconnects with capped backoff and
 // publishes the unacknowledged message again, so the broker may see
 // duplicates but never a gap. Sensors stop when all messages are
@@ -219,7 +240,7 @@ func (s *Sensors) snapshot() *SensorsResult {
 		Elapsed:    time.Since(s.start),
 	}
 	for i := range s.acked {
-		r.Acked[DeviceName(i)] = int(s.acked[i].Load())
+		r.Acked[DeviceName(s.cfg.FirstDevice+i)] = int(s.acked[i].Load())
 	}
 	return r
 }
@@ -227,7 +248,7 @@ func (s *Sensors) snapshot() *SensorsResult {
 // runDevice publishes device i's messages, reconnecting as needed, until
 // all are acknowledged or ctx is done.
 func (s *Sensors) runDevice(ctx context.Context, i int) {
-	name := DeviceName(i)
+	name := DeviceName(s.cfg.FirstDevice + i)
 	topic := fmt.Sprintf(s.cfg.TopicFormat, name)
 	addr, _ := brokerAddr(s.cfg.BrokerURL)
 	backoff := newBackoff(50*time.Millisecond, 2*time.Second)
