@@ -101,6 +101,7 @@ var (
 	keyDropPurged  = []byte("dropped_purged")
 	keyDropDLLimit = []byte("dropped_dead_letter_limit")
 	keyDropDLPurge = []byte("dropped_dead_letter_purged")
+	keyDropCorrupt = []byte("dropped_corrupt")
 	keyDLRecords   = []byte("dead_letter_records")
 	keyDLBytes     = []byte("dead_letter_bytes")
 	keyRetired     = []byte("retired_bytes")
@@ -281,6 +282,10 @@ const (
 	// DropDeadLetterPurged: dead-letter entries removed by a dead-letter
 	// purge (ferry buffer dlq purge).
 	DropDeadLetterPurged = "dead_letter_purged"
+	// DropCorrupt: records of a damaged buffer file that its salvage could
+	// not read (the file's own count of records, less those salvaged and
+	// those set aside as dead letters).
+	DropCorrupt = "corrupt"
 )
 
 // state is what the meta bucket holds, mirrored in memory. Copies share
@@ -289,6 +294,8 @@ type state struct {
 	next, head, count, bytes       uint64
 	dropBytes, dropAge, dropPurged uint64
 	dropDLLimit, dropDLPurged      uint64
+	// dropCorrupt: records of a damaged file that salvage could not read.
+	dropCorrupt uint64
 	// retired is the size of the batch values before the head: every
 	// record in them released or dropped, the batches not yet deleted
 	// (see reclaim).
@@ -320,13 +327,14 @@ func (s *state) fields() []struct {
 		{keyDropBytes, &s.dropBytes}, {keyDropAge, &s.dropAge}, {keyDropPurged, &s.dropPurged},
 		{keyDropDLLimit, &s.dropDLLimit}, {keyDropDLPurge, &s.dropDLPurged}, {keyRetired, &s.retired},
 		{keyDLRecords, &s.dlRecords}, {keyDLBytes, &s.dlBytes}, {keyReserved, &s.reserved},
+		{keyDropCorrupt, &s.dropCorrupt},
 	}
 }
 
 // dropped is the drop counters by reason.
 func (s *state) dropped() map[string]uint64 {
 	return map[string]uint64{DropMaxBytes: s.dropBytes, DropMaxAge: s.dropAge, DropPurged: s.dropPurged,
-		DropDeadLetterLimit: s.dropDLLimit, DropDeadLetterPurged: s.dropDLPurged}
+		DropDeadLetterLimit: s.dropDLLimit, DropDeadLetterPurged: s.dropDLPurged, DropCorrupt: s.dropCorrupt}
 }
 
 func (s *state) load(meta *bolt.Bucket) {

@@ -148,6 +148,16 @@ func TestDamagedFileIsMovedAsideAndSalvaged(t *testing.T) {
 			if _, err := os.Stat(aside); err != nil {
 				t.Fatalf("the damaged file is not kept: %v", err)
 			}
+			// Every record of the damaged file is accounted for (after a
+			// truncation, those up to the last one found).
+			st := b.Stats()
+			total := uint64(n)
+			if tc.name == "truncated to half" {
+				total = st.LastSeq
+			}
+			if lost := st.Dropped[DropCorrupt]; uint64(got)+lost+st.DeadLetterRecords != total {
+				t.Fatalf("%d salvaged + %d counted as dropped (corrupt) + %d dead-lettered, want %d", got, lost, st.DeadLetterRecords, total)
+			}
 		})
 	}
 }

@@ -57,7 +57,12 @@ func checkTx(tx *bolt.Tx, path string) error {
 	} else if fi.Size() < tx.Size() {
 		return fmt.Errorf("%w: the file is %d bytes but its pages reach %d: truncated", ErrCorruptFile, fi.Size(), tx.Size())
 	}
-	err := tx.ForEach(func(name []byte, bk *bolt.Bucket) error { return walkKeys(bk) })
+	err := tx.ForEach(func(name []byte, bk *bolt.Bucket) error {
+		// Batches and dead letters are keyed by sequence number: a key
+		// of another length is a damaged page element (a flipped size).
+		seqKeys := string(name) == string(bucketBatches) || string(name) == string(bucketDeadLetters)
+		return walkKeys(name, bk, seqKeys)
+	})
 	if err != nil {
 		return err
 	}
@@ -165,13 +170,17 @@ func readMeta(f *os.File, off int64, id uint64) (m rawMeta, ok, header bool) {
 	return rawMeta{pageSize: le.Uint32(b[8:]), freelist: le.Uint64(b[32:]), pgid: le.Uint64(b[40:]), txid: le.Uint64(b[48:])}, true, true
 }
 
-// walkKeys visits every key of bk and of the buckets nested in it.
-func walkKeys(bk *bolt.Bucket) error {
+// walkKeys visits every key of bk and of the buckets nested in it; with
+// seqKeys, every key of bk must be a sequence number.
+func walkKeys(name []byte, bk *bolt.Bucket, seqKeys bool) error {
 	c := bk.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if seqKeys && (len(k) != 8 || v == nil) {
+			return fmt.Errorf("%w: bucket %q holds a key of %d bytes: a damaged page", ErrCorruptFile, name, len(k))
+		}
 		if v == nil { // a nested bucket
 			if nb := bk.Bucket(k); nb != nil {
-				if err := walkKeys(nb); err != nil {
+				if err := walkKeys(k, nb, false); err != nil {
 					return err
 				}
 			}

@@ -32,33 +32,46 @@ func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 		return b, "", err
 	}
 	opts.setDefaults()
-	aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))
-	if rerr := os.Rename(path, aside); rerr != nil {
+	aside, rerr := MoveAside(path, opts.Logger)
+	if rerr != nil {
 		return nil, "", fmt.Errorf("%w; moving it aside failed: %w", err, rerr)
-	}
-	if d, derr := os.Open(filepath.Dir(path)); derr == nil {
-		d.Sync() // make the rename durable before writing a new file
-		d.Close()
-	}
-	tmp := path + ".salvage"
-	os.Remove(tmp)
-	n, serr := SalvageFile(aside, tmp)
-	if serr == nil {
-		serr = os.Rename(tmp, path)
-	}
-	if serr != nil {
-		os.Remove(tmp)
-		opts.Logger.Error("buffer: salvaging the damaged file failed; starting an empty buffer", "damaged", aside, "err", serr)
-	} else {
-		syncDir(path)
-		opts.Logger.Warn("buffer: salvaged the readable records of the damaged file; they are forwarded as usual",
-			"damaged", aside, "records", n)
 	}
 	b, err2 := Open(path, opts)
 	if err2 != nil {
 		return nil, aside, fmt.Errorf("%w; moved it to %s but a new buffer failed too: %w", err, aside, err2)
 	}
 	return b, aside, nil
+}
+
+// MoveAside renames the damaged buffer file at path to
+// path.corrupt-<UTC time>, where it stays for inspection, and salvages
+// what is readable of it into a new buffer file at path (see
+// ReadOnly.Salvage). It returns the name the file was moved to. A salvage
+// that fails is logged, not returned: the file is aside, and a new
+// buffer can start. The file must not be open.
+func MoveAside(path string, log *slog.Logger) (string, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))
+	if err := os.Rename(path, aside); err != nil {
+		return "", err
+	}
+	syncDir(path) // make the rename durable before writing a new file
+	tmp := path + ".salvage"
+	os.Remove(tmp)
+	n, err := SalvageFile(aside, tmp)
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		log.Error("buffer: salvaging the damaged file failed; starting an empty buffer", "damaged", aside, "err", err)
+		return aside, nil
+	}
+	syncDir(path)
+	log.Warn("buffer: salvaged the readable records of the damaged file; they are forwarded as usual", "damaged", aside, "records", n)
+	return aside, nil
 }
 
 // CorruptFiles lists the damaged buffer files OpenOrMoveAside moved aside

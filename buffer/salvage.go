@@ -78,6 +78,7 @@ func (r *ReadOnly) salvageTree(dst string) (copied int, err error) {
 		}
 		if meta := tx.Bucket(bucketMeta); meta != nil {
 			s.old.load(meta)
+			s.expect = s.old.count
 		}
 		if dl := tx.Bucket(bucketDeadLetters); dl != nil {
 			if err := dl.ForEach(s.deadLetter); err != nil {
@@ -144,8 +145,25 @@ func salvageRaw(src, dst string, old *state) (copied int, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("salvage %s: %w", src, err)
 	}
-	if old == nil {
+	// How many records the old file held: its count if its meta bucket
+	// was read; else, from the counters found on the pages, the numbers
+	// from the head to the next (removed ones included); else what lies
+	// between the first and the last batch found (the gaps, not what was
+	// after the last).
+	var expect uint64
+	switch {
+	case old != nil:
+		expect = old.count
+	case sc.meta.next > sc.meta.head:
+		expect = sc.meta.next - sc.meta.head
 		old = &sc.meta
+	default:
+		old = &sc.meta
+		if len(sc.batches) > 0 {
+			lo, hi := slices.Min(slices.Collect(maps.Keys(sc.batches))), sc.lastSeq
+			old.head = lo
+			expect = hi - lo + 1
+		}
 	}
 	out, err := bolt.Open(dst, 0o600, &bolt.Options{Timeout: offlineLockTimeout, FreelistType: bolt.FreelistMapType, NoSync: true})
 	if err != nil {
@@ -155,7 +173,7 @@ func salvageRaw(src, dst string, old *state) (copied int, err error) {
 		out.Close()
 		return 0, fmt.Errorf("salvage %s: create %s: %w", src, dst, err)
 	}
-	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}, old: *old}
+	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}, old: *old, expect: expect}
 	err = sc.each(f, func(base uint64, v []byte) error { return s.batch(nil, base, v) })
 	if err == nil {
 		err = s.finish()
@@ -178,6 +196,7 @@ type pageScan struct {
 	pageSize int
 	batches  map[uint64]batchCopy
 	meta     state
+	lastSeq  uint64 // the highest sequence number in a batch found
 }
 
 // batchCopy is where a batch was found: its value's offset and length in
@@ -233,10 +252,14 @@ func scanPages(f *os.File) (*pageScan, error) {
 			e := page[16+i*16:]
 			flags, pos, ksize, vsize := le.Uint32(e), int(le.Uint32(e[4:])), int(le.Uint32(e[8:])), int(le.Uint32(e[12:]))
 			start := 16 + i*16 + pos
-			if flags&bucketLeafFlag != 0 || pos <= 0 || start+ksize+vsize > len(page) || start+ksize+vsize < start {
+			if pos <= 0 || start+ksize+vsize > len(page) || start+ksize+vsize < start {
 				continue
 			}
 			k, v := page[start:start+ksize], page[start+ksize:start+ksize+vsize]
+			if flags&bucketLeafFlag != 0 {
+				sc.inlineBucket(v) // the meta bucket is small enough to live in its parent's page
+				continue
+			}
 			sc.metaValue(k, v)
 			if ksize != 8 {
 				continue
@@ -252,6 +275,7 @@ func scanPages(f *os.File) (*pageScan, error) {
 				}
 			}
 			base := binary.BigEndian.Uint64(k)
+			sc.lastSeq = max(sc.lastSeq, base+uint64(len(recs))-1)
 			if c, ok := sc.batches[base]; !ok || live < c.live {
 				sc.batches[base] = batchCopy{off: id*ps + int64(start+ksize), n: vsize, live: live}
 			}
@@ -259,6 +283,29 @@ func scanPages(f *os.File) (*pageScan, error) {
 		id += overflow
 	}
 	return sc, nil
+}
+
+// inlineBucket takes the meta values of a bucket stored inline: its
+// header (root page 0, sequence), then a page of its own.
+func (sc *pageScan) inlineBucket(v []byte) {
+	le := binary.LittleEndian
+	if len(v) < 32 || le.Uint64(v) != 0 {
+		return
+	}
+	p := v[16:]
+	count := int(le.Uint16(p[10:]))
+	for i := range count {
+		if 16+i*16+16 > len(p) {
+			return
+		}
+		e := p[16+i*16:]
+		flags, pos, ksize, vsize := le.Uint32(e), int(le.Uint32(e[4:])), int(le.Uint32(e[8:])), int(le.Uint32(e[12:]))
+		start := 16 + i*16 + pos
+		if flags != 0 || pos <= 0 || start+ksize+vsize > len(p) || start+ksize+vsize < start {
+			continue
+		}
+		sc.metaValue(p[start:start+ksize], p[start+ksize:start+ksize+vsize])
+	}
 }
 
 // metaValue takes a value of the meta bucket found on a page: each
@@ -302,6 +349,11 @@ type salvager struct {
 	old    state // the old file's counters
 	st     state // the new file's counters
 	copied int
+	aside  uint64 // records set aside as dead letters
+	// expect is how many live records the old file held, as far as its
+	// counters tell; what is neither copied nor set aside counts as
+	// dropped for DropCorrupt.
+	expect uint64
 
 	w fileWriter
 
@@ -437,6 +489,7 @@ func (s *salvager) setAside(key []byte, e *deadEntry) error {
 	s.st.dlRecords += e.records
 	s.st.dlBytes += uint64(len(v))
 	s.st.countDead(e.reason, e.records)
+	s.aside += e.records
 	return s.w.add(bucketDeadLetters, key, v)
 }
 
@@ -458,6 +511,10 @@ func (s *salvager) finish() error {
 	}
 	s.st.dropBytes, s.st.dropAge, s.st.dropPurged = s.old.dropBytes, s.old.dropAge, s.old.dropPurged
 	s.st.dropDLLimit, s.st.dropDLPurged = s.old.dropDLLimit, s.old.dropDLPurged
+	s.st.dropCorrupt = s.old.dropCorrupt
+	if got := uint64(s.copied) + s.aside; s.expect > got {
+		s.st.dropCorrupt += s.expect - got
+	}
 	s.st.id = s.old.id
 	err := s.out.Update(func(tx *bolt.Tx) error { return s.st.store(tx.Bucket(bucketMeta)) })
 	if err != nil {

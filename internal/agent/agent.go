@@ -371,6 +371,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.closed.Store(true)
 	closeErr := a.buf.Close()
+	if damageErr != nil && a.cfg.Buffer.OnCorrupt != "fail" {
+		// The next start must not trust the file again: it may pass the
+		// checks at Open and fail the same way.
+		if aside, err := buffer.MoveAside(a.buf.Path(), a.log.With("component", "buffer")); err != nil {
+			damageErr = errors.Join(damageErr, fmt.Errorf("move the damaged buffer file aside: %w", err))
+		} else {
+			a.log.Error("BUFFER FILE CORRUPT: moved it aside and salvaged what was readable; ferry exits and starts again on the salvaged buffer", "moved_to", aside)
+		}
+	}
 	st = a.buf.Stats()
 	fs := a.fwd.Stats()
 	a.log.Info("ferry stopped", "buffered_records", st.Records, "delivered", fs.Delivered, "unrouted", fs.Unrouted)

@@ -78,7 +78,7 @@ func (a *Agent) Snapshot() Snapshot {
 		KafkaError:     f.LastError,
 		KafkaConns:     a.kafkaConns.Load(),
 	}
-	for _, r := range []string{buffer.DropMaxBytes, buffer.DropMaxAge, buffer.DropPurged, buffer.DropDeadLetterLimit, buffer.DropDeadLetterPurged} {
+	for _, r := range []string{buffer.DropMaxBytes, buffer.DropMaxAge, buffer.DropPurged, buffer.DropDeadLetterLimit, buffer.DropDeadLetterPurged, buffer.DropCorrupt} {
 		s.Dropped[r] = b.Dropped[r]
 	}
 	// Dead letters by reason, since the buffer file was created (the
