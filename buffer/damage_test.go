@@ -148,8 +148,9 @@ func TestDamagedFileIsMovedAsideAndSalvaged(t *testing.T) {
 			if _, err := os.Stat(aside); err != nil {
 				t.Fatalf("the damaged file is not kept: %v", err)
 			}
-			// Every record of the damaged file is accounted for (after a
-			// truncation, those up to the last one found).
+			// Every record of the damaged file is accounted for: all of
+			// them when its counters can be read, else those up to the
+			// last one found (a truncation whose cut took bbolt's root).
 			st := b.Stats()
 			total := uint64(n)
 			if tc.name == "truncated to half" {

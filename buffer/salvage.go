@@ -52,10 +52,35 @@ func SalvageFile(src, dst string) (int, error) {
 		return 0, err
 	}
 	if err != nil {
-		return salvageRaw(src, dst, nil)
+		return salvageRaw(src, dst, readCounters(src))
 	}
 	defer r.Close()
 	return r.Salvage(dst)
+}
+
+// readCounters reads the meta bucket of a file OpenReadOnly refused (a
+// truncated one, say), if bbolt can reach it: salvage then knows how many
+// records the file held, and counts those it could not read. A fault on
+// the way leaves the file mapped (and share-locked) for the life of the
+// process: it is a file moved aside, which nothing opens exclusively.
+func readCounters(path string) *state {
+	var st *state
+	guard(func() error {
+		db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		return db.View(func(tx *bolt.Tx) error {
+			if meta := tx.Bucket(bucketMeta); meta != nil {
+				s := state{next: 1, head: 1}
+				s.load(meta)
+				st = &s
+			}
+			return nil
+		})
+	})
+	return st
 }
 
 // salvageTree is Salvage through bbolt's tree.
