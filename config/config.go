@@ -69,9 +69,9 @@ type MQTT struct {
 	ClientID string `yaml:"client_id"`
 	Username string `yaml:"username"`
 	Password Secret `yaml:"password"`
-	// PasswordFile names a file holding the password; mutually exclusive
-	// with Password. The caller reads it: this package reads no file but
-	// the configuration.
+	// PasswordFile names a file holding the password (a trailing newline
+	// is not part of it); mutually exclusive with Password. LoadAndCheck
+	// and ReadFiles read it.
 	PasswordFile string `yaml:"password_file"`
 	// KeepAlive is the MQTT keep-alive interval, in whole seconds from 1s
 	// to 65535s. Default 30s.
@@ -335,22 +335,53 @@ func (e Env) hostname() (string, error) {
 }
 
 // Load reads and parses the configuration file at path, expanding variables
-// from the process environment. Errors name path as given.
-func Load(path string) (*Config, error) {
+// from the process environment. Errors name path as given. It reads no
+// other file: LoadAndCheck also reads the files the configuration names.
+func Load(path string) (*Config, error) { return load(path, Env{}, false) }
+
+// LoadAndCheck is Load followed by the checks that need the machine ferry
+// runs on: every file the configuration names (password files, the Kafka
+// CA, client certificate and key) is read and checked as ReadFiles does,
+// each problem reported at its key's file:line:column. ferry check and
+// ferry run both load their file with it, so what check accepts, run
+// starts with.
+func LoadAndCheck(path string) (*Config, error) { return load(path, Env{}, true) }
+
+// load is Load, and with check LoadAndCheck, with env.
+func load(path string, env Env, check bool) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("load config: %w", err)
 	}
-	return Parse(path, data, Env{})
+	c, src, errs := parse(path, data, env)
+	if check && c != nil {
+		readFiles(c, func(key string, err error) { errs = append(errs, src.errorAt(key, "%v", err)) })
+		errs.sort()
+	}
+	if errs != nil {
+		return nil, errs
+	}
+	return c, nil
 }
 
 // Parse parses data, naming it name in error positions, and returns the
 // complete, validated configuration. The error, if any, is an Errors value
-// holding every problem found.
+// holding every problem found. It reads no file.
 func Parse(name string, data []byte, env Env) (*Config, error) {
-	root, errs := parseYAML(name, data)
+	c, _, errs := parse(name, data, env)
 	if errs != nil {
 		return nil, errs
+	}
+	return c, nil
+}
+
+// parse is Parse that also returns where each key is in the file. The
+// configuration is nil if the file could not be decoded; otherwise it is
+// returned with the problems validation found, if any.
+func parse(name string, data []byte, env Env) (*Config, *source, Errors) {
+	root, errs := parseYAML(name, data)
+	if errs != nil {
+		return nil, nil, errs
 	}
 	src := &source{file: name, pos: map[string]pos{}}
 	expand(src, root, "", env, &errs)
@@ -358,15 +389,12 @@ func Parse(name string, data []byte, env Env) (*Config, error) {
 	decode(src, root, "", reflect.ValueOf(&c).Elem(), &errs)
 	if errs != nil {
 		errs.sort()
-		return nil, errs
+		return nil, src, errs
 	}
 	setDefaults(&c, src, env, &errs)
 	validate(&c, src, env, &errs)
-	if errs != nil {
-		errs.sort()
-		return nil, errs
-	}
-	return &c, nil
+	errs.sort()
+	return &c, src, errs
 }
 
 // Masked returns the effective configuration as YAML, with secrets shown as

@@ -260,23 +260,20 @@ func TestLoadMissingFile(t *testing.T) {
 }
 
 // TestBad checks the exact errors a user sees for each configuration in
-// testdata/config/bad against its golden .err file. Run with -update to
-// rewrite them.
+// testdata/config/bad (as ferry check loads it, in that directory, so that
+// the files it names are found in testdata/config/bad/files) against its
+// golden .err file. Run with -update to rewrite them.
 func TestBad(t *testing.T) {
-	files, err := filepath.Glob("../testdata/config/bad/*.yaml")
+	t.Chdir("../testdata/config/bad")
+	files, err := filepath.Glob("*.yaml")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no bad configs: %v", err)
 	}
 	for _, file := range files {
-		name := filepath.Base(file)
-		t.Run(strings.TrimSuffix(name, ".yaml"), func(t *testing.T) {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = Parse(name, data, testEnv("FERRY_SET", "yes"))
+		t.Run(strings.TrimSuffix(file, ".yaml"), func(t *testing.T) {
+			_, err := load(file, testEnv("FERRY_SET", "yes"), true)
 			if err == nil {
-				t.Fatal("Parse succeeded")
+				t.Fatal("LoadAndCheck succeeded")
 			}
 			got := err.Error() + "\n"
 			golden := strings.TrimSuffix(file, ".yaml") + ".err"
