@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -395,6 +396,67 @@ func TestBufferLimits(t *testing.T) {
 		}
 		if strings.Contains(tc.yaml, "max_age: 0") && b.MaxAge != 0 {
 			t.Errorf("%q: max_age %v, want 0 (off)", tc.yaml, b.MaxAge)
+		}
+	}
+}
+
+// TestRanges: a duration or size past the longest ferry can hold is refused
+// with the range, never wrapped around (213504d became 25m26s, 365000d a
+// negative duration); the limits ferry's own arithmetic needs are checked
+// too.
+func TestRanges(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		err  string
+	}{
+		{in: "106751d", want: 106751 * 24 * time.Hour},
+		{in: "2562047h", want: 2562047 * time.Hour},
+		{in: "9223372036854775807ns", want: math.MaxInt64},
+		{in: "-9223372036854775808ns", want: math.MinInt64},
+		{in: "0d", want: 0},
+		{in: "106752d", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "106752d"`},
+		{in: "213504d", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "213504d"`},
+		{in: "365000d", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "365000d"`},
+		{in: "99999999999999999999d", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "99999999999999999999d"`},
+		{in: "2562048h", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "2562048h"`},
+		{in: "9223372036854775808ns", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "9223372036854775808ns"`},
+		{in: "1h9223372036854775807ns", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "1h9223372036854775807ns"`},
+		{in: "-2562048h", err: `out of range: a duration can be at least -106751d (-2562047h47m16s), got "-2562048h"`},
+		{in: "-1d", err: `must be a duration such as 10s, 24h or 7d, got "-1d"`},
+		{in: "1 day", err: `must be a duration such as 10s, 24h or 7d, got "1 day"`},
+		{in: "1x", err: `must be a duration such as 10s, 24h or 7d, got "1x"`},
+	} {
+		d, err := parseDuration(tc.in)
+		if tc.err != "" {
+			if err == nil || err.Error() != tc.err {
+				t.Errorf("parseDuration(%q) = %v, %v; want error %s", tc.in, d, err, tc.err)
+			}
+		} else if err != nil || d != tc.want {
+			t.Errorf("parseDuration(%q) = %v, %v; want %v", tc.in, d, err, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		in   string
+		want int64
+		err  string
+	}{
+		{in: "9223372036854775807", want: math.MaxInt64},
+		{in: "8388607TiB", want: 8388607 << 40},
+		{in: "9223372GB", want: 9223372e9},
+		{in: "8388608TiB", err: `out of range: a size can be at most 9223372036854775807 bytes (8388607TiB), got "8388608TiB"`},
+		{in: "9223372036854775808", err: `out of range: a size can be at most 9223372036854775807 bytes (8388607TiB), got "9223372036854775808"`},
+		{in: "99999999999999999999 KiB", err: `out of range: a size can be at most 9223372036854775807 bytes (8388607TiB), got "99999999999999999999 KiB"`},
+		{in: "64 megs", err: `must be a size such as 512MiB or 1GiB, got "64 megs"`},
+		{in: "-1", err: `must be a size such as 512MiB or 1GiB, got "-1"`},
+	} {
+		n, err := parseByteSize(tc.in)
+		if tc.err != "" {
+			if err == nil || err.Error() != tc.err {
+				t.Errorf("parseByteSize(%q) = %v, %v; want error %s", tc.in, n, err, tc.err)
+			}
+		} else if err != nil || n != tc.want {
+			t.Errorf("parseByteSize(%q) = %v, %v; want %v", tc.in, n, err, tc.want)
 		}
 	}
 }

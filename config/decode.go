@@ -238,29 +238,55 @@ var (
 	byteSizeType = reflect.TypeFor[ByteSize]()
 )
 
+// durationSyntax is what time.ParseDuration reads: when it refuses text of
+// this form, the duration is out of range.
+var durationSyntax = regexp.MustCompile(`^[-+]?(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$`)
+
+// maxDays is the most days a time.Duration holds.
+const maxDays = math.MaxInt64 / int64(24*time.Hour)
+
 // parseDuration is time.ParseDuration plus a whole number of days, "7d",
-// which operators write for retention.
+// which operators write for retention. Its errors are messages for the
+// user: the syntax expected, or the range when the value is past the
+// longest (or shortest) duration.
 func parseDuration(s string) (time.Duration, error) {
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.ParseInt(days, 10, 32)
-		if err != nil || n < 0 {
-			return 0, fmt.Errorf("bad number of days %q", s)
+	outOfRange := func(negative bool) error {
+		if negative {
+			return fmt.Errorf("out of range: a duration can be at least -%dd (%v), got %q", maxDays, time.Duration(math.MinInt64).Truncate(time.Second), s)
+		}
+		return fmt.Errorf("out of range: a duration can be at most %dd (%v), got %q", maxDays, time.Duration(math.MaxInt64).Truncate(time.Second), s)
+	}
+	if days, ok := strings.CutSuffix(s, "d"); ok && days != "" && strings.Trim(days, "0123456789") == "" {
+		n, err := strconv.ParseInt(days, 10, 64)
+		if err != nil || n > maxDays {
+			return 0, outOfRange(false)
 		}
 		return time.Duration(n) * 24 * time.Hour, nil
 	}
-	return time.ParseDuration(s)
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		if durationSyntax.MatchString(s) {
+			return 0, outOfRange(strings.HasPrefix(s, "-"))
+		}
+		return 0, fmt.Errorf("must be a duration such as 10s, 24h or 7d, got %q", s)
+	}
+	return d, nil
 }
 
-// parseByteSize reads "1073741824", "512MiB", "2GB", "100 KiB".
+// parseByteSize reads "1073741824", "512MiB", "2GB", "100 KiB". Its errors
+// are messages for the user, as parseDuration's.
 func parseByteSize(s string) (int64, error) {
 	num := strings.TrimSpace(s)
 	unit := strings.TrimLeft(num, "0123456789")
 	num = strings.TrimSpace(strings.TrimSuffix(num, unit))
 	mult := map[string]int64{"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
 		"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}[strings.TrimSpace(unit)]
+	if num == "" || mult == 0 {
+		return 0, fmt.Errorf("must be a size such as 512MiB or 1GiB, got %q", s)
+	}
 	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || mult == 0 || n < 0 || n > math.MaxInt64/mult {
-		return 0, fmt.Errorf("bad size %q", s)
+	if err != nil || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("out of range: a size can be at most %d bytes (%dTiB), got %q", int64(math.MaxInt64), int64(math.MaxInt64)>>40, s)
 	}
 	return n * mult, nil
 }
@@ -290,18 +316,21 @@ func decode(src *source, n *yaml.Node, path string, v reflect.Value, errs *Error
 		}
 		d, err := parseDuration(n.Value)
 		if err != nil {
-			fail("must be a duration such as 10s, 24h or 7d, got %q", n.Value)
+			fail("%v", err)
 			return
 		}
 		v.SetInt(int64(d))
 	case v.Type() == byteSizeType:
-		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" && n.ShortTag() != "!!int" {
+		// An integer too large for YAML's int resolves as a number: let
+		// parseByteSize say it is out of range.
+		bigInt := n.ShortTag() == "!!float" && strings.Trim(n.Value, "0123456789") == ""
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" && n.ShortTag() != "!!int" && !bigInt {
 			fail("must be a size such as 512MiB or 1GiB, got %s", describe(n))
 			return
 		}
 		b, err := parseByteSize(n.Value)
 		if err != nil {
-			fail("must be a size such as 512MiB or 1GiB, got %q", n.Value)
+			fail("%v", err)
 			return
 		}
 		v.SetInt(b)

@@ -27,6 +27,19 @@ const (
 	defaultMaxBufferedRecords = 20000
 	defaultMaxBufferedBytes   = 16 << 20
 	minMaxBufferedBytes       = 64 << 10
+	// The forwarder's window is memory: its bounds stay well within what
+	// a gateway has (about 700 bytes a record plus the records' bytes),
+	// and within an int once franz-go's own margins are added.
+	maxMaxBufferedBytes   = 1 << 30
+	maxMaxBufferedRecords = 1_000_000
+	// minMaxBytes is the smallest bounded buffer that works: it must hold
+	// one record as large as Kafka takes (1,000,000 bytes with its key,
+	// topic and headers) with room to spare. Below it, drop_oldest
+	// acknowledges every message and drops it; block stops ferry.
+	minMaxBytes = 1 << 20
+	// maxWriteDelay bounds buffer.write_delay: a record may wait in
+	// memory, unacknowledged, up to 8 times it.
+	maxWriteDelay             = time.Hour
 	defaultUnknownTopicWait   = time.Minute
 	defaultDialTimeout        = 10 * time.Second
 	defaultBufferFile         = "buffer.db"         // in $STATE_DIRECTORY
@@ -145,9 +158,12 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	if bu.Sync == "delayed" && bu.WriteDelay <= 0 {
 		bad("buffer.write_delay", "must be more than 0s with sync: delayed (sync: always writes every record before its acknowledgement), got %v", bu.WriteDelay)
+	} else if bu.WriteDelay > maxWriteDelay {
+		bad("buffer.write_delay", "must be at most %s (a record waits in memory, unacknowledged, up to 8 times it), got %s", shortDuration(maxWriteDelay), shortDuration(bu.WriteDelay))
 	}
-	if bu.MaxBytes < 0 {
-		bad("buffer.max_bytes", "must be 0 (no bound) or more, got %v", bu.MaxBytes)
+	if bu.MaxBytes < 0 || bu.MaxBytes > 0 && bu.MaxBytes < minMaxBytes {
+		bad("buffer.max_bytes", "must be 0 (no bound) or at least %v, got %v: the buffer must hold a record as large as Kafka takes (1,000,000 bytes); smaller, with when_full: drop_oldest every message would be acknowledged and dropped, with block ferry would stop",
+			ByteSize(minMaxBytes), bu.MaxBytes)
 	}
 	if env.intSize() == 32 && (bu.MaxBytes == 0 || bu.MaxBytes > maxBytes32) {
 		bad("buffer.max_bytes", "must be at most %v on a 32-bit system, got %v: bbolt maps the whole buffer file into memory and a 32-bit process cannot map more reliably", ByteSize(maxBytes32), bu.MaxBytes)
@@ -223,11 +239,11 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	if k.Linger < 0 {
 		bad("forward.kafka.linger", "must be 0s or more, got %v", k.Linger)
 	}
-	if k.MaxBufferedRecords < 1 {
-		bad("forward.kafka.max_buffered_records", "must be 1 or more, got %d", k.MaxBufferedRecords)
+	if k.MaxBufferedRecords < 1 || k.MaxBufferedRecords > maxMaxBufferedRecords {
+		bad("forward.kafka.max_buffered_records", "must be from 1 to %d (the forwarder holds them in memory), got %d", maxMaxBufferedRecords, k.MaxBufferedRecords)
 	}
-	if k.MaxBufferedBytes < minMaxBufferedBytes {
-		bad("forward.kafka.max_buffered_bytes", "must be %v or more, got %v", ByteSize(minMaxBufferedBytes), k.MaxBufferedBytes)
+	if k.MaxBufferedBytes < minMaxBufferedBytes || k.MaxBufferedBytes > maxMaxBufferedBytes {
+		bad("forward.kafka.max_buffered_bytes", "must be from %v to %v (the forwarder holds them in memory), got %v", ByteSize(minMaxBufferedBytes), ByteSize(maxMaxBufferedBytes), k.MaxBufferedBytes)
 	}
 	if k.DialTimeout <= 0 {
 		bad("forward.kafka.dial_timeout", "must be more than 0s, got %v", k.DialTimeout)
@@ -398,6 +414,19 @@ func checkKafkaTopic(s string, static bool) string {
 		return fmt.Sprintf("Kafka topic names are at most 249 characters, got %d", len(s))
 	}
 	return ""
+}
+
+// shortDuration formats d as time.Duration does, without zero minutes and
+// seconds after hours: 1h, 36h30m.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func orList(items []string) string {
