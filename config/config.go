@@ -18,6 +18,10 @@
 // as YAML. An unquoted scalar is typed by its expanded text, as if it had
 // been written in the file; a quoted one stays a string.
 //
+// Durations and sizes are int64 nanoseconds and bytes: one past that range
+// (beyond 106751d, 8388607TiB) is an error that states the range, never a
+// value wrapped around.
+//
 // A key that is absent or null gets its default; so does an empty string
 // where a default is documented. An explicit zero number or duration is
 // kept, and validated like any other value.
@@ -116,18 +120,20 @@ type Buffer struct {
 	//     SyncInterval: fewer, larger writes, more latency.
 	Sync string `yaml:"sync"`
 	// WriteDelay is how long a record waits in memory with sync: delayed
-	// before it is written; > 0. Default 100ms. It follows Kafka: twice
-	// its last acknowledgement latency when longer, doubling commit after
-	// commit while Kafka acknowledges nothing, at most 8 times this; the
-	// tail is also written once half of mqtt.receive_maximum records wait.
+	// before it is written; > 0 and at most 1h. Default 100ms. It follows
+	// Kafka: twice its last acknowledgement latency when longer, doubling
+	// commit after commit while Kafka acknowledges nothing, at most 8
+	// times this; the tail is also written once half of
+	// mqtt.receive_maximum records wait.
 	WriteDelay time.Duration `yaml:"write_delay"`
 	// SyncInterval is the commit interval with sync: interval; > 0.
 	// Default 100ms.
 	SyncInterval time.Duration `yaml:"sync_interval"`
 	// MaxBytes bounds the disk space the buffer occupies (the file's pages
-	// in use), e.g. 512MiB or 2GB.
-	// Default 1GiB (768MiB on 32-bit systems, where bbolt must map the
-	// whole file into the address space); 0 means no bound.
+	// in use), e.g. 512MiB or 2GB; at least 1MiB, so that a record as
+	// large as Kafka takes fits. Default 1GiB (768MiB on 32-bit systems,
+	// where bbolt must map the whole file into the address space); 0
+	// means no bound.
 	MaxBytes ByteSize `yaml:"max_bytes"`
 	// MaxDeadLetterBytes bounds the dead-letter bucket (records Kafka
 	// rejects for good, or that cannot be decoded), on the entries' stored
@@ -215,7 +221,7 @@ type Kafka struct {
 	Linger time.Duration `yaml:"linger"`
 	// MaxBufferedRecords and MaxBufferedBytes bound the records read from
 	// the buffer and not yet acknowledged by Kafka (the forwarder's
-	// memory); >= 1 and >= 64KiB. Defaults 20000 and 16MiB.
+	// memory); 1 to 1000000 and 64KiB to 1GiB. Defaults 20000 and 16MiB.
 	MaxBufferedRecords int      `yaml:"max_buffered_records"`
 	MaxBufferedBytes   ByteSize `yaml:"max_buffered_bytes"`
 	// DialTimeout bounds one connection attempt to a broker; > 0.
@@ -342,7 +348,9 @@ func Load(path string) (*Config, error) { return load(path, Env{}, false) }
 // LoadAndCheck is Load followed by the checks that need the machine ferry
 // runs on: every file the configuration names (password files, the Kafka
 // CA, client certificate and key) is read and checked as ReadFiles does,
-// each problem reported at its key's file:line:column. ferry check and
+// each problem reported at its key's file:line:column; and the buffer's
+// bounds are compared with the file system that holds it, with a warning
+// in Config.Warnings when the buffer can never reach them. ferry check and
 // ferry run both load their file with it, so what check accepts, run
 // starts with.
 func LoadAndCheck(path string) (*Config, error) { return load(path, Env{}, true) }
@@ -360,6 +368,9 @@ func load(path string, env Env, check bool) (*Config, error) {
 	}
 	if errs != nil {
 		return nil, errs
+	}
+	if check {
+		checkSpace(c, src)
 	}
 	return c, nil
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -329,4 +330,26 @@ func runChild(t *testing.T, timeout time.Duration, args ...string) (code int, st
 		t.Fatal(err)
 	}
 	return 0, errOut.String()
+}
+
+// TestCheckWarnsBufferSpace: a buffer bound larger than the file system
+// that holds the buffer is a warning of ferry check, not a failure.
+func TestCheckWarnsBufferSpace(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the file system is measured on Linux only")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ferry.yaml")
+	doc := "gateway_id: gw\nmqtt:\n  url: tcp://127.0.0.1:1883\n  subscriptions: [{filter: a/#}]\nbuffer:\n  path: " + filepath.Join(dir, "b.db") +
+		"\n  max_bytes: 8000000TiB\nforward:\n  kafka: {brokers: [127.0.0.1:9092]}\n  routes: [{match: a/#, topic: t}]\n"
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check", "-c", path}, &out, &errOut); code != exitOK {
+		t.Fatalf("exit %d, stderr:\n%s", code, errOut.String())
+	}
+	if want := "warning: " + path + ":7:14: buffer.max_bytes: the buffer may take "; !strings.Contains(errOut.String(), want) {
+		t.Errorf("stderr lacks %q:\n%s", want, errOut.String())
+	}
 }
