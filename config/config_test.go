@@ -277,6 +277,10 @@ func TestBad(t *testing.T) {
 				t.Fatal("LoadAndCheck succeeded")
 			}
 			got := err.Error() + "\n"
+			// The bad configurations' passwords hold "Secret".
+			if strings.Contains(got, "Secret") {
+				t.Errorf("an error shows a password:\n%s", got)
+			}
 			golden := strings.TrimSuffix(file, ".yaml") + ".err"
 			if *update {
 				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
@@ -457,6 +461,57 @@ func TestRanges(t *testing.T) {
 			}
 		} else if err != nil || n != tc.want {
 			t.Errorf("parseByteSize(%q) = %v, %v; want %v", tc.in, n, err, tc.want)
+		}
+	}
+}
+
+// TestPlainTextPassword: a password sent to the MQTT broker without TLS is
+// a warning, unless the broker is on this host (loopback).
+func TestPlainTextPassword(t *testing.T) {
+	for _, tc := range []struct {
+		url, creds string
+		warn       string
+	}{
+		{url: "tcp://10.0.0.5:1883", creds: "password: pw", warn: `test.yaml:3:8: mqtt.url: tcp:// sends mqtt.password in clear text to 10.0.0.5, which is not this host: anyone on the network path can read it; use ssl://, mqtts:// or wss://`},
+		{url: "mqtt://broker.example:1883", creds: "password_file: /dev/null", warn: `test.yaml:3:8: mqtt.url: mqtt:// sends mqtt.password_file's password in clear text to broker.example, which is not this host: anyone on the network path can read it; use ssl://, mqtts:// or wss://`},
+		{url: "ws://[fd00::1]:80/mqtt", creds: "password: pw", warn: `test.yaml:3:8: mqtt.url: ws:// sends mqtt.password in clear text to fd00::1, which is not this host: anyone on the network path can read it; use ssl://, mqtts:// or wss://`},
+		{url: "tcp://127.0.0.1:1883", creds: "password: pw"},
+		{url: "tcp://127.0.0.53:1883", creds: "password: pw"},
+		{url: "tcp://[::1]:1883", creds: "password: pw"},
+		{url: "tcp://localhost:1883", creds: "password: pw"},
+		{url: "ssl://10.0.0.5:8883", creds: "password: pw"},
+		{url: "wss://10.0.0.5:443/mqtt", creds: "password: pw"},
+		{url: "tcp://10.0.0.5:1883", creds: "client_id: c"},
+	} {
+		doc := strings.Replace(minimal, "  url: tcp://127.0.0.1:1883\n", "  url: "+tc.url+"\n  username: u\n  "+tc.creds+"\n", 1)
+		c := mustParse(t, doc, testEnv())
+		var want []string
+		if tc.warn != "" {
+			want = []string{tc.warn}
+		}
+		if !reflect.DeepEqual(c.Warnings, want) {
+			t.Errorf("%s with %s: warnings %q, want %q", tc.url, tc.creds, c.Warnings, want)
+		}
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"tcp://u:pw@h:1":                         "tcp://u:xxxxx@h:1",
+		"mqtts//ferry:Hunter2Secret@broker:8883": "mqtts//ferry:xxxxx@broker:8883",
+		"tcp://u:p/w@h:1":                        "tcp://u:xxxxx@h:1",
+		"tcp://u:p@w@h:1/x":                      "tcp://u:xxxxx@h:1/x",
+		"tcp://:pw@h:1":                          "tcp://:xxxxx@h:1",
+		"ferry:Hunter2Secret@kafka:9092":         "ferry:xxxxx@kafka:9092",
+		"tcp:ferry:pw@h:1":                       "tcp:xxxxx@h:1",
+		"tcp://u@h:1":                            "tcp://u@h:1",
+		"tcp://h:1":                              "tcp://h:1",
+		"tcp://ferry:Hunter2Secret@broker:18 83": "tcp://ferry:xxxxx@broker:18 83",
+		"ws://h:80/mqtt":                         "ws://h:80/mqtt",
+		"":                                       "",
+	} {
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -170,7 +170,7 @@ func expand(src *source, n *yaml.Node, path string, env Env, errs *Errors) {
 		if n.ShortTag() != "!!str" || !strings.Contains(n.Value, "$") {
 			return
 		}
-		v, err := expandString(n.Value, env)
+		v, err := expandString(n.Value, env, secretPaths[path])
 		if err != nil {
 			*errs = append(*errs, &Error{File: src.file, Line: n.Line, Column: n.Column, Path: path, Msg: err.Error()})
 			return
@@ -182,7 +182,13 @@ func expand(src *source, n *yaml.Node, path string, env Env, errs *Errors) {
 	}
 }
 
-func expandString(s string, env Env) (string, error) {
+// secretPaths are the keys whose values are passwords: no message quotes
+// them.
+var secretPaths = map[string]bool{"mqtt.password": true, "forward.kafka.sasl.password": true}
+
+// expandString expands the references in s. With secret, its errors do not
+// quote s.
+func expandString(s string, env Env, secret bool) (string, error) {
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
 		if s[i] != '$' || i+1 == len(s) || s[i+1] != '$' && s[i+1] != '{' {
@@ -196,11 +202,17 @@ func expandString(s string, env Env) (string, error) {
 		}
 		end := strings.IndexByte(s[i:], '}')
 		if end < 0 {
+			if secret {
+				return "", errors.New("the password holds an unterminated ${ (not shown); write $$ for a literal $")
+			}
 			return "", fmt.Errorf("unterminated %q; write $$ for a literal $", s[i:])
 		}
 		ref := s[i : i+end+1]
 		name, def, hasDef := strings.Cut(ref[2:len(ref)-1], ":-")
 		if !validVar(name) {
+			if secret {
+				return "", errors.New("the password holds a ${...} with an invalid variable name (not shown); write $$ for a literal $")
+			}
 			return "", fmt.Errorf("invalid variable name in %q", ref)
 		}
 		v, ok := env.lookup(name)

@@ -147,7 +147,7 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	oneOf("log.format", c.Log.Format, "text", "json")
 	if a := c.Admin.Listen; a != "" {
 		if msg := checkHostPort(a); msg != "" {
-			bad("admin.listen", "must be host:port (0.0.0.0:9464 for every interface) or \"\" (off), got %q: %s", a, msg)
+			bad("admin.listen", "must be host:port (0.0.0.0:9464 for every interface) or \"\" (off), got %q: %s", RedactURL(a), msg)
 		}
 	}
 
@@ -189,6 +189,17 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	if m.Password != "" && m.PasswordFile != "" {
 		bad("mqtt.password_file", "cannot be set together with mqtt.password; use one")
+	}
+	if m.Password != "" || m.PasswordFile != "" {
+		if host := plainTextPassword(m.URL); host != "" {
+			which := "mqtt.password"
+			if m.Password == "" {
+				which = "mqtt.password_file's password"
+			}
+			scheme, _, _ := strings.Cut(m.URL, ":")
+			c.Warnings = append(c.Warnings, src.errorAt("mqtt.url",
+				"%s:// sends %s in clear text to %s, which is not this host: anyone on the network path can read it; use ssl://, mqtts:// or wss://", scheme, which, host).Error())
+		}
 	}
 	seconds := func(path string, d, lo, hi time.Duration, why string) {
 		switch {
@@ -232,7 +243,7 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	for i, b := range k.Brokers {
 		if msg := checkHostPort(b); msg != "" {
-			bad(fmt.Sprintf("forward.kafka.brokers[%d]", i), "must be host:port, got %q: %s", b, msg)
+			bad(fmt.Sprintf("forward.kafka.brokers[%d]", i), "must be host:port, got %q: %s", RedactURL(b), msg)
 		}
 	}
 	oneOf("forward.kafka.compression", k.Compression, "none", "gzip", "snappy", "lz4", "zstd")
@@ -359,20 +370,64 @@ func checkMQTTURL(s string) string {
 		if ue, ok := err.(*url.Error); ok {
 			err = ue.Err
 		}
-		return fmt.Sprintf("invalid URL %q: %v", s, err)
+		return fmt.Sprintf("invalid URL %q: %v", RedactURL(s), err)
 	}
 	switch u.Scheme {
 	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
 	default:
-		return fmt.Sprintf("scheme must be tcp, mqtt, ssl, tls, mqtts, ws or wss, got %q", s)
+		return fmt.Sprintf("scheme must be tcp, mqtt, ssl, tls, mqtts, ws or wss, got %q", RedactURL(s))
 	}
 	if u.User != nil {
 		return "must not hold credentials; use mqtt.username and mqtt.password"
 	}
 	if msg := checkHostPort(u.Host); msg != "" {
-		return fmt.Sprintf("must have a host and port, as in tcp://127.0.0.1:1883, got %q: %s", s, msg)
+		return fmt.Sprintf("must have a host and port, as in tcp://127.0.0.1:1883, got %q: %s", RedactURL(s), msg)
 	}
 	return ""
+}
+
+// plainTextPassword says why the MQTT broker at rawURL would receive
+// mqtt.password in clear text, or "" if it would not: the scheme is not
+// TLS and the host is not this one. Over loopback the password never
+// leaves the host, where whoever can read the traffic (root) can read
+// ferry's configuration too; a warning there, on every default install,
+// would teach operators to ignore warnings.
+func plainTextPassword(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return ""
+	}
+	switch u.Scheme {
+	case "tcp", "mqtt", "ws":
+	default:
+		return ""
+	}
+	host := u.Hostname()
+	if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+		return ""
+	}
+	return host
+}
+
+// RedactURL returns s with the password of its userinfo, if any, replaced
+// by "xxxxx", as url.URL.Redacted does, also when s does not parse as a
+// URL (a typo such as "mqtts//user:password@host:8883" must not show the
+// password in the error about it): whatever lies between the first ':'
+// after the "//" (or the start) and the last '@' is taken for a password.
+func RedactURL(s string) string {
+	at := strings.LastIndexByte(s, '@')
+	if at < 0 {
+		return s
+	}
+	start := 0
+	if i := strings.Index(s[:at], "//"); i >= 0 {
+		start = i + 2
+	}
+	colon := strings.IndexByte(s[start:at], ':')
+	if colon < 0 {
+		return s
+	}
+	return s[:start+colon+1] + "xxxxx" + s[at:]
 }
 
 func checkHostPort(s string) string {

@@ -159,6 +159,10 @@ func openBuffer(c config.Buffer, receiveMaximum int, log *slog.Logger) (*buffer.
 func mqttConfig(cfg *config.Config, files *config.Files, log *slog.Logger) (mqtt.Config, error) {
 	u, err := url.Parse(cfg.MQTT.URL)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) { // its text quotes the URL, password and all
+			ue.URL = config.RedactURL(ue.URL)
+		}
 		return mqtt.Config{}, fmt.Errorf("mqtt.url: %w", err)
 	}
 	password := []byte(cmp.Or(files.MQTTPassword, cfg.MQTT.Password))
@@ -304,7 +308,7 @@ func (a *Agent) Stats() Stats {
 func (a *Agent) Run(ctx context.Context) error {
 	st := a.buf.Stats()
 	a.log.Info("ferry running", "gateway_id", a.cfg.GatewayID, "buffer", a.buf.Path(),
-		"buffered_records", st.Records, "mqtt", a.cfg.MQTT.URL, "kafka", strings.Join(a.cfg.Forward.Kafka.Brokers, ","))
+		"buffered_records", st.Records, "mqtt", config.RedactURL(a.cfg.MQTT.URL), "kafka", strings.Join(a.cfg.Forward.Kafka.Brokers, ","))
 
 	ingestCtx, stopIngest := context.WithCancel(context.Background())
 	defer stopIngest()
