@@ -30,6 +30,7 @@ package config
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"strconv"
@@ -340,6 +341,10 @@ func (e Env) hostname() (string, error) {
 	return e.Hostname()
 }
 
+// MaxFileSize is the largest configuration file Load reads: a real one is a
+// few KiB, and parsing costs about 200 bytes of memory per byte of YAML.
+const MaxFileSize = 1 << 20
+
 // Load reads and parses the configuration file at path, expanding variables
 // from the process environment. Errors name path as given. It reads no
 // other file: LoadAndCheck also reads the files the configuration names.
@@ -357,9 +362,9 @@ func LoadAndCheck(path string) (*Config, error) { return load(path, Env{}, true)
 
 // load is Load, and with check LoadAndCheck, with env.
 func load(path string, env Env, check bool) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfigFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("load config: %w", err)
+		return nil, err
 	}
 	c, src, errs := parse(path, data, env)
 	if check && c != nil {
@@ -367,12 +372,38 @@ func load(path string, env Env, check bool) (*Config, error) {
 		errs.sort()
 	}
 	if errs != nil {
-		return nil, errs
+		return nil, errs.bounded()
 	}
 	if check {
 		checkSpace(c, src)
 	}
 	return c, nil
+}
+
+// readConfigFile reads the configuration file at path, refusing one over
+// MaxFileSize before reading it.
+func readConfigFile(path string) ([]byte, error) {
+	tooLarge := func(size string) error {
+		return Errors{{File: path, Msg: fmt.Sprintf("the file is %s; a configuration file may be at most %v (%d bytes)", size, ByteSize(MaxFileSize), MaxFileSize)}}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > MaxFileSize {
+		return nil, tooLarge(fmt.Sprintf("%d bytes", fi.Size()))
+	}
+	// Not a regular file (a pipe), or one still growing: read one byte
+	// past the limit to tell.
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	if len(data) > MaxFileSize {
+		return nil, tooLarge(fmt.Sprintf("more than %d bytes", MaxFileSize))
+	}
+	return data, nil
 }
 
 // Parse parses data, naming it name in error positions, and returns the
@@ -381,14 +412,15 @@ func load(path string, env Env, check bool) (*Config, error) {
 func Parse(name string, data []byte, env Env) (*Config, error) {
 	c, _, errs := parse(name, data, env)
 	if errs != nil {
-		return nil, errs
+		return nil, errs.bounded()
 	}
 	return c, nil
 }
 
 // parse is Parse that also returns where each key is in the file. The
 // configuration is nil if the file could not be decoded; otherwise it is
-// returned with the problems validation found, if any.
+// returned with the problems validation found, if any, sorted and not yet
+// bounded.
 func parse(name string, data []byte, env Env) (*Config, *source, Errors) {
 	root, errs := parseYAML(name, data)
 	if errs != nil {

@@ -66,6 +66,10 @@ func (es Errors) Unwrap() []error {
 	return out
 }
 
+// maxErrors is how many problems Errors holds: a file with a problem on
+// each of thousands of lines is reported by its first ones.
+const maxErrors = 100
+
 // sort orders es by position, problems without one last.
 func (es Errors) sort() {
 	slices.SortStableFunc(es, func(a, b *Error) int {
@@ -77,6 +81,16 @@ func (es Errors) sort() {
 		}
 		return a.Column - b.Column
 	})
+}
+
+// bounded returns the first maxErrors of es, followed by one that says how
+// many more there are.
+func (es Errors) bounded() Errors {
+	if len(es) <= maxErrors {
+		return es
+	}
+	more := &Error{File: es[0].File, Msg: fmt.Sprintf("and %d more problems", len(es)-maxErrors)}
+	return append(es[:maxErrors:maxErrors], more)
 }
 
 type pos struct {

@@ -37,6 +37,12 @@ const (
 	// topic and headers) with room to spare. Below it, drop_oldest
 	// acknowledges every message and drops it; block stops ferry.
 	minMaxBytes = 1 << 20
+	// maxSubscriptions and maxRoutes bound the lists: each message is
+	// matched against the routes in order, and validation checks every
+	// subscription against every route (20,000 of each took 19 s).
+	// Wildcards cover any real gateway's topics in far fewer.
+	maxSubscriptions = 1000
+	maxRoutes        = 1000
 	// maxWriteDelay bounds buffer.write_delay: a record may wait in
 	// memory, unacknowledged, up to 8 times it.
 	maxWriteDelay             = time.Hour
@@ -219,6 +225,8 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	if len(m.Subscriptions) == 0 {
 		bad("mqtt.subscriptions", "at least one subscription is required")
+	} else if len(m.Subscriptions) > maxSubscriptions {
+		bad("mqtt.subscriptions", "at most %d subscriptions, got %d: use wildcards (sensors/+/telemetry, sensors/#)", maxSubscriptions, len(m.Subscriptions))
 	}
 	filters := map[string]int{} // valid filter -> index
 	for i, s := range m.Subscriptions {
@@ -301,6 +309,8 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	if len(c.Forward.Routes) == 0 {
 		bad("forward.routes", "at least one route is required")
+	} else if len(c.Forward.Routes) > maxRoutes {
+		bad("forward.routes", "at most %d routes, got %d: use wildcards and {name} captures (sensors/{device}/telemetry)", maxRoutes, len(c.Forward.Routes))
 	}
 	routes := map[int]string{} // index of a valid route -> its filter
 	for i, r := range c.Forward.Routes {
@@ -333,7 +343,11 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 		}
 	}
 
-	// Subscriptions and routes that can never meet.
+	// Subscriptions and routes that can never meet: every pair is
+	// checked, so only within the bounds above.
+	if len(m.Subscriptions) > maxSubscriptions || len(c.Forward.Routes) > maxRoutes {
+		return
+	}
 	warn := func(path, format string, args ...any) {
 		c.Warnings = append(c.Warnings, src.errorAt(path, format, args...).Error())
 	}

@@ -353,3 +353,26 @@ func TestCheckWarnsBufferSpace(t *testing.T) {
 		t.Errorf("stderr lacks %q:\n%s", want, errOut.String())
 	}
 }
+
+// TestHugeConfig: ferry check and ferry run refuse a configuration file over
+// 1MiB at once, with exit code 2 (a 50 MB file took 18 s and 835 MB).
+func TestHugeConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "huge.yaml")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(50 << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, cmd := range []string{"check", "run"} {
+		var out, errOut bytes.Buffer
+		if code := run([]string{cmd, "-c", path}, &out, &errOut); code != exitUsage {
+			t.Errorf("ferry %s: exit %d, want %d", cmd, code, exitUsage)
+		}
+		if want := path + ": the file is 52428800 bytes; a configuration file may be at most 1MiB (1048576 bytes)"; !strings.Contains(errOut.String(), want) {
+			t.Errorf("ferry %s: stderr lacks %q:\n%s", cmd, want, errOut.String())
+		}
+	}
+}
