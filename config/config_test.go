@@ -440,6 +440,14 @@ func TestRanges(t *testing.T) {
 			t.Errorf("parseDuration(%q) = %v, %v; want %v", tc.in, d, err, tc.want)
 		}
 	}
+	// Integers: the platform's int.
+	for _, v := range []string{"99999999999999999999", "18446744073709551615", "-9223372036854775809", fmt.Sprint(uint64(math.MaxInt) + 1)} {
+		_, err := Parse("test.yaml", []byte(strings.Replace(minimal, "mqtt:\n", "mqtt:\n  receive_maximum: "+v+"\n", 1)), testEnv())
+		want := fmt.Sprintf("test.yaml:3:20: mqtt.receive_maximum: out of range: an integer can be from %d to %d, got %q", math.MinInt, math.MaxInt, v)
+		if err == nil || err.Error() != want {
+			t.Errorf("receive_maximum %s: %v\nwant %s", v, err, want)
+		}
+	}
 	for _, tc := range []struct {
 		in   string
 		want int64

@@ -347,10 +347,7 @@ func decode(src *source, n *yaml.Node, path string, v reflect.Value, errs *Error
 		}
 		v.SetInt(int64(d))
 	case v.Type() == byteSizeType:
-		// An integer too large for YAML's int resolves as a number: let
-		// parseByteSize say it is out of range.
-		bigInt := n.ShortTag() == "!!float" && strings.Trim(n.Value, "0123456789") == ""
-		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" && n.ShortTag() != "!!int" && !bigInt {
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" && n.ShortTag() != "!!int" && !isBigInt(n) {
 			fail("must be a size such as 512MiB or 1GiB, got %s", describe(n))
 			return
 		}
@@ -389,15 +386,26 @@ func decode(src *source, n *yaml.Node, path string, v reflect.Value, errs *Error
 		}
 		v.SetBool(b)
 	case v.Kind() == reflect.Int:
-		var i int64
-		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&i) != nil || v.OverflowInt(i) {
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" && !isBigInt(n) {
 			fail("must be an integer, got %s", describe(n))
+			return
+		}
+		var i int64
+		if isBigInt(n) || n.Decode(&i) != nil || v.OverflowInt(i) {
+			fail("out of range: an integer can be from %d to %d, got %q", math.MinInt, math.MaxInt, n.Value)
 			return
 		}
 		v.SetInt(i)
 	default:
 		panic("config: cannot decode into " + v.Type().String())
 	}
+}
+
+// isBigInt reports whether n is an integer too large for YAML's int, which
+// resolves as a number (!!float): it is out of range, not of another type.
+func isBigInt(n *yaml.Node) bool {
+	digits := strings.TrimPrefix(strings.TrimPrefix(n.Value, "-"), "+")
+	return n.ShortTag() == "!!float" && digits != "" && strings.Trim(digits, "0123456789") == ""
 }
 
 func decodeStruct(src *source, n *yaml.Node, path string, v reflect.Value, errs *Errors) {

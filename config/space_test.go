@@ -21,12 +21,13 @@ func TestSpaceWarnings(t *testing.T) {
 	if !ok || fs.total <= 0 {
 		t.Fatalf("statfs %s: %+v, %v", dir, fs, ok)
 	}
-	load := func(buffer string) *Config {
+	checked := func(buffer string) *Config {
 		t.Helper()
 		doc := fmt.Sprintf("gateway_id: g\nmqtt:\n  url: tcp://127.0.0.1:1883\n  subscriptions: [{filter: a/#}]\n"+
 			"forward:\n  kafka: {brokers: [127.0.0.1:9092]}\n  routes: [{match: a/#, topic: t}]\n"+
 			"buffer:\n  path: %s\n%s", filepath.Join(dir, "sub", "buffer.db"), buffer)
-		c, err := LoadAndCheck(writeFile(t, t.TempDir(), "ferry.yaml", doc))
+		// testEnv: 64-bit limits on 32-bit test machines too.
+		c, err := load(writeFile(t, t.TempDir(), "ferry.yaml", doc), testEnv(), true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,7 +37,7 @@ func TestSpaceWarnings(t *testing.T) {
 	// Twice the whole file system: the buffer can never reach it. The
 	// directory does not exist yet (systemd creates it): the file system
 	// that will hold it is measured.
-	c := load(fmt.Sprintf("  max_bytes: %d\n", 2*fs.total))
+	c := checked(fmt.Sprintf("  max_bytes: %d\n", 2*fs.total))
 	want := fmt.Sprintf("/ferry.yaml:10:14: buffer.max_bytes: the buffer may take %s (max_bytes %v plus max_dead_letter_bytes 64MiB), more than the whole file system holding %s (%s)",
 		approxSize(2*fs.total+64<<20), ByteSize(2*fs.total), filepath.Join(dir, "sub"), approxSize(fs.total))
 	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], want) {
@@ -45,14 +46,14 @@ func TestSpaceWarnings(t *testing.T) {
 
 	// Small bounds fit; no bound is the operator's choice.
 	for _, buffer := range []string{"  max_bytes: 1MiB\n  max_dead_letter_bytes: 1MiB\n", "  max_bytes: 0\n  max_dead_letter_bytes: 0\n"} {
-		if c := load(buffer); len(c.Warnings) != 0 {
+		if c := checked(buffer); len(c.Warnings) != 0 {
 			t.Errorf("%q: warnings %q", buffer, c.Warnings)
 		}
 	}
 
 	// Load does not look at the machine.
-	c, err := Load(writeFile(t, t.TempDir(), "ferry.yaml", fmt.Sprintf("gateway_id: g\nmqtt:\n  url: tcp://127.0.0.1:1883\n  subscriptions: [{filter: a/#}]\n"+
-		"forward:\n  kafka: {brokers: [127.0.0.1:9092]}\n  routes: [{match: a/#, topic: t}]\nbuffer:\n  max_bytes: %d\n", 2*fs.total)))
+	c, err := load(writeFile(t, t.TempDir(), "ferry.yaml", fmt.Sprintf("gateway_id: g\nmqtt:\n  url: tcp://127.0.0.1:1883\n  subscriptions: [{filter: a/#}]\n"+
+		"forward:\n  kafka: {brokers: [127.0.0.1:9092]}\n  routes: [{match: a/#, topic: t}]\nbuffer:\n  max_bytes: %d\n", 2*fs.total)), testEnv(), false)
 	if err != nil || len(c.Warnings) != 0 {
 		t.Errorf("Load: %v, warnings %q", err, c.Warnings)
 	}
