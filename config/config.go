@@ -18,6 +18,10 @@
 // as YAML. An unquoted scalar is typed by its expanded text, as if it had
 // been written in the file; a quoted one stays a string.
 //
+// Durations and sizes are int64 nanoseconds and bytes: one past that range
+// (beyond 106751d, 8388607TiB) is an error that states the range, never a
+// value wrapped around.
+//
 // A key that is absent or null gets its default; so does an empty string
 // where a default is documented. An explicit zero number or duration is
 // kept, and validated like any other value.
@@ -26,6 +30,7 @@ package config
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"strconv"
@@ -69,9 +74,9 @@ type MQTT struct {
 	ClientID string `yaml:"client_id"`
 	Username string `yaml:"username"`
 	Password Secret `yaml:"password"`
-	// PasswordFile names a file holding the password; mutually exclusive
-	// with Password. The caller reads it: this package reads no file but
-	// the configuration.
+	// PasswordFile names a file holding the password (a trailing newline
+	// is not part of it); mutually exclusive with Password. LoadAndCheck
+	// and ReadFiles read it.
 	PasswordFile string `yaml:"password_file"`
 	// KeepAlive is the MQTT keep-alive interval, in whole seconds from 1s
 	// to 65535s. Default 30s.
@@ -116,18 +121,20 @@ type Buffer struct {
 	//     SyncInterval: fewer, larger writes, more latency.
 	Sync string `yaml:"sync"`
 	// WriteDelay is how long a record waits in memory with sync: delayed
-	// before it is written; > 0. Default 100ms. It follows Kafka: twice
-	// its last acknowledgement latency when longer, doubling commit after
-	// commit while Kafka acknowledges nothing, at most 8 times this; the
-	// tail is also written once half of mqtt.receive_maximum records wait.
+	// before it is written; > 0 and at most 1h. Default 100ms. It follows
+	// Kafka: twice its last acknowledgement latency when longer, doubling
+	// commit after commit while Kafka acknowledges nothing, at most 8
+	// times this; the tail is also written once half of
+	// mqtt.receive_maximum records wait.
 	WriteDelay time.Duration `yaml:"write_delay"`
 	// SyncInterval is the commit interval with sync: interval; > 0.
 	// Default 100ms.
 	SyncInterval time.Duration `yaml:"sync_interval"`
 	// MaxBytes bounds the disk space the buffer occupies (the file's pages
-	// in use), e.g. 512MiB or 2GB.
-	// Default 1GiB (768MiB on 32-bit systems, where bbolt must map the
-	// whole file into the address space); 0 means no bound.
+	// in use), e.g. 512MiB or 2GB; at least 1MiB, so that a record as
+	// large as Kafka takes fits. Default 1GiB (768MiB on 32-bit systems,
+	// where bbolt must map the whole file into the address space); 0
+	// means no bound.
 	MaxBytes ByteSize `yaml:"max_bytes"`
 	// MaxDeadLetterBytes bounds the dead-letter bucket (records Kafka
 	// rejects for good, or that cannot be decoded), on the entries' stored
@@ -215,7 +222,7 @@ type Kafka struct {
 	Linger time.Duration `yaml:"linger"`
 	// MaxBufferedRecords and MaxBufferedBytes bound the records read from
 	// the buffer and not yet acknowledged by Kafka (the forwarder's
-	// memory); >= 1 and >= 64KiB. Defaults 20000 and 16MiB.
+	// memory); 1 to 1000000 and 64KiB to 1GiB. Defaults 20000 and 16MiB.
 	MaxBufferedRecords int      `yaml:"max_buffered_records"`
 	MaxBufferedBytes   ByteSize `yaml:"max_buffered_bytes"`
 	// DialTimeout bounds one connection attempt to a broker; > 0.
@@ -334,23 +341,90 @@ func (e Env) hostname() (string, error) {
 	return e.Hostname()
 }
 
+// MaxFileSize is the largest configuration file Load reads: a real one is a
+// few KiB, and parsing costs about 200 bytes of memory per byte of YAML.
+const MaxFileSize = 1 << 20
+
 // Load reads and parses the configuration file at path, expanding variables
-// from the process environment. Errors name path as given.
-func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+// from the process environment. Errors name path as given. It reads no
+// other file: LoadAndCheck also reads the files the configuration names.
+func Load(path string) (*Config, error) { return load(path, Env{}, false) }
+
+// LoadAndCheck is Load followed by the checks that need the machine ferry
+// runs on: every file the configuration names (password files, the Kafka
+// CA, client certificate and key) is read and checked as ReadFiles does,
+// each problem reported at its key's file:line:column; and the buffer's
+// bounds are compared with the file system that holds it, with a warning
+// in Config.Warnings when the buffer can never reach them. ferry check and
+// ferry run both load their file with it, so what check accepts, run
+// starts with.
+func LoadAndCheck(path string) (*Config, error) { return load(path, Env{}, true) }
+
+// load is Load, and with check LoadAndCheck, with env.
+func load(path string, env Env, check bool) (*Config, error) {
+	data, err := readConfigFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c, src, errs := parse(path, data, env)
+	if check && c != nil {
+		readFiles(c, func(key string, err error) { errs = append(errs, src.errorAt(key, "%v", err)) })
+		errs.sort()
+	}
+	if errs != nil {
+		return nil, errs.bounded()
+	}
+	if check {
+		checkSpace(c, src)
+	}
+	return c, nil
+}
+
+// readConfigFile reads the configuration file at path, refusing one over
+// MaxFileSize before reading it.
+func readConfigFile(path string) ([]byte, error) {
+	tooLarge := func(size string) error {
+		return Errors{{File: path, Msg: fmt.Sprintf("the file is %s; a configuration file may be at most %v (%d bytes)", size, ByteSize(MaxFileSize), MaxFileSize)}}
+	}
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("load config: %w", err)
 	}
-	return Parse(path, data, Env{})
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > MaxFileSize {
+		return nil, tooLarge(fmt.Sprintf("%d bytes", fi.Size()))
+	}
+	// Not a regular file (a pipe), or one still growing: read one byte
+	// past the limit to tell.
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	if len(data) > MaxFileSize {
+		return nil, tooLarge(fmt.Sprintf("more than %d bytes", MaxFileSize))
+	}
+	return data, nil
 }
 
 // Parse parses data, naming it name in error positions, and returns the
 // complete, validated configuration. The error, if any, is an Errors value
-// holding every problem found.
+// holding every problem found. It reads no file.
 func Parse(name string, data []byte, env Env) (*Config, error) {
+	c, _, errs := parse(name, data, env)
+	if errs != nil {
+		return nil, errs.bounded()
+	}
+	return c, nil
+}
+
+// parse is Parse that also returns where each key is in the file. The
+// configuration is nil if the file could not be decoded; otherwise it is
+// returned with the problems validation found, if any, sorted and not yet
+// bounded.
+func parse(name string, data []byte, env Env) (*Config, *source, Errors) {
 	root, errs := parseYAML(name, data)
 	if errs != nil {
-		return nil, errs
+		return nil, nil, errs
 	}
 	src := &source{file: name, pos: map[string]pos{}}
 	expand(src, root, "", env, &errs)
@@ -358,15 +432,12 @@ func Parse(name string, data []byte, env Env) (*Config, error) {
 	decode(src, root, "", reflect.ValueOf(&c).Elem(), &errs)
 	if errs != nil {
 		errs.sort()
-		return nil, errs
+		return nil, src, errs
 	}
 	setDefaults(&c, src, env, &errs)
 	validate(&c, src, env, &errs)
-	if errs != nil {
-		errs.sort()
-		return nil, errs
-	}
-	return &c, nil
+	errs.sort()
+	return &c, src, errs
 }
 
 // Masked returns the effective configuration as YAML, with secrets shown as

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -260,25 +261,26 @@ func TestLoadMissingFile(t *testing.T) {
 }
 
 // TestBad checks the exact errors a user sees for each configuration in
-// testdata/config/bad against its golden .err file. Run with -update to
-// rewrite them.
+// testdata/config/bad (as ferry check loads it, in that directory, so that
+// the files it names are found in testdata/config/bad/files) against its
+// golden .err file. Run with -update to rewrite them.
 func TestBad(t *testing.T) {
-	files, err := filepath.Glob("../testdata/config/bad/*.yaml")
+	t.Chdir("../testdata/config/bad")
+	files, err := filepath.Glob("*.yaml")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no bad configs: %v", err)
 	}
 	for _, file := range files {
-		name := filepath.Base(file)
-		t.Run(strings.TrimSuffix(name, ".yaml"), func(t *testing.T) {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = Parse(name, data, testEnv("FERRY_SET", "yes"))
+		t.Run(strings.TrimSuffix(file, ".yaml"), func(t *testing.T) {
+			_, err := load(file, testEnv("FERRY_SET", "yes"), true)
 			if err == nil {
-				t.Fatal("Parse succeeded")
+				t.Fatal("LoadAndCheck succeeded")
 			}
 			got := err.Error() + "\n"
+			// The bad configurations' passwords hold "Secret".
+			if strings.Contains(got, "Secret") {
+				t.Errorf("an error shows a password:\n%s", got)
+			}
 			golden := strings.TrimSuffix(file, ".yaml") + ".err"
 			if *update {
 				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
@@ -398,6 +400,126 @@ func TestBufferLimits(t *testing.T) {
 		}
 		if strings.Contains(tc.yaml, "max_age: 0") && b.MaxAge != 0 {
 			t.Errorf("%q: max_age %v, want 0 (off)", tc.yaml, b.MaxAge)
+		}
+	}
+}
+
+// TestRanges: a duration or size past the longest ferry can hold is refused
+// with the range, never wrapped around (213504d became 25m26s, 365000d a
+// negative duration); the limits ferry's own arithmetic needs are checked
+// too.
+func TestRanges(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		err  string
+	}{
+		{in: "106751d", want: 106751 * 24 * time.Hour},
+		{in: "2562047h", want: 2562047 * time.Hour},
+		{in: "9223372036854775807ns", want: math.MaxInt64},
+		{in: "-9223372036854775808ns", want: math.MinInt64},
+		{in: "0d", want: 0},
+		{in: "106752d", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "106752d"`},
+		{in: "213504d", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "213504d"`},
+		{in: "365000d", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "365000d"`},
+		{in: "99999999999999999999d", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "99999999999999999999d"`},
+		{in: "2562048h", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "2562048h"`},
+		{in: "9223372036854775808ns", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "9223372036854775808ns"`},
+		{in: "1h9223372036854775807ns", err: `out of range: a duration can be at most 106751d (2562047h47m16s), got "1h9223372036854775807ns"`},
+		{in: "-2562048h", err: `out of range: a duration can be at least -106751d (-2562047h47m16s), got "-2562048h"`},
+		{in: "-1d", err: `must be a duration such as 10s, 24h or 7d, got "-1d"`},
+		{in: "1 day", err: `must be a duration such as 10s, 24h or 7d, got "1 day"`},
+		{in: "1x", err: `must be a duration such as 10s, 24h or 7d, got "1x"`},
+	} {
+		d, err := parseDuration(tc.in)
+		if tc.err != "" {
+			if err == nil || err.Error() != tc.err {
+				t.Errorf("parseDuration(%q) = %v, %v; want error %s", tc.in, d, err, tc.err)
+			}
+		} else if err != nil || d != tc.want {
+			t.Errorf("parseDuration(%q) = %v, %v; want %v", tc.in, d, err, tc.want)
+		}
+	}
+	// Integers: the platform's int.
+	for _, v := range []string{"99999999999999999999", "18446744073709551615", "-9223372036854775809", fmt.Sprint(uint64(math.MaxInt) + 1)} {
+		_, err := Parse("test.yaml", []byte(strings.Replace(minimal, "mqtt:\n", "mqtt:\n  receive_maximum: "+v+"\n", 1)), testEnv())
+		want := fmt.Sprintf("test.yaml:3:20: mqtt.receive_maximum: out of range: an integer can be from %d to %d, got %q", math.MinInt, math.MaxInt, v)
+		if err == nil || err.Error() != want {
+			t.Errorf("receive_maximum %s: %v\nwant %s", v, err, want)
+		}
+	}
+	for _, tc := range []struct {
+		in   string
+		want int64
+		err  string
+	}{
+		{in: "9223372036854775807", want: math.MaxInt64},
+		{in: "8388607TiB", want: 8388607 << 40},
+		{in: "9223372GB", want: 9223372e9},
+		{in: "8388608TiB", err: `out of range: a size can be at most 9223372036854775807 bytes (8388607TiB), got "8388608TiB"`},
+		{in: "9223372036854775808", err: `out of range: a size can be at most 9223372036854775807 bytes (8388607TiB), got "9223372036854775808"`},
+		{in: "99999999999999999999 KiB", err: `out of range: a size can be at most 9223372036854775807 bytes (8388607TiB), got "99999999999999999999 KiB"`},
+		{in: "64 megs", err: `must be a size such as 512MiB or 1GiB, got "64 megs"`},
+		{in: "-1", err: `must be a size such as 512MiB or 1GiB, got "-1"`},
+	} {
+		n, err := parseByteSize(tc.in)
+		if tc.err != "" {
+			if err == nil || err.Error() != tc.err {
+				t.Errorf("parseByteSize(%q) = %v, %v; want error %s", tc.in, n, err, tc.err)
+			}
+		} else if err != nil || n != tc.want {
+			t.Errorf("parseByteSize(%q) = %v, %v; want %v", tc.in, n, err, tc.want)
+		}
+	}
+}
+
+// TestPlainTextPassword: a password sent to the MQTT broker without TLS is
+// a warning, unless the broker is on this host (loopback).
+func TestPlainTextPassword(t *testing.T) {
+	for _, tc := range []struct {
+		url, creds string
+		warn       string
+	}{
+		{url: "tcp://10.0.0.5:1883", creds: "password: pw", warn: `test.yaml:3:8: mqtt.url: tcp:// sends mqtt.password in clear text to 10.0.0.5, which is not this host: anyone on the network path can read it; use ssl://, mqtts:// or wss://`},
+		{url: "mqtt://broker.example:1883", creds: "password_file: /dev/null", warn: `test.yaml:3:8: mqtt.url: mqtt:// sends mqtt.password_file's password in clear text to broker.example, which is not this host: anyone on the network path can read it; use ssl://, mqtts:// or wss://`},
+		{url: "ws://[fd00::1]:80/mqtt", creds: "password: pw", warn: `test.yaml:3:8: mqtt.url: ws:// sends mqtt.password in clear text to fd00::1, which is not this host: anyone on the network path can read it; use ssl://, mqtts:// or wss://`},
+		{url: "tcp://127.0.0.1:1883", creds: "password: pw"},
+		{url: "tcp://127.0.0.53:1883", creds: "password: pw"},
+		{url: "tcp://[::1]:1883", creds: "password: pw"},
+		{url: "tcp://localhost:1883", creds: "password: pw"},
+		{url: "ssl://10.0.0.5:8883", creds: "password: pw"},
+		{url: "wss://10.0.0.5:443/mqtt", creds: "password: pw"},
+		{url: "tcp://10.0.0.5:1883", creds: "client_id: c"},
+	} {
+		doc := strings.Replace(minimal, "  url: tcp://127.0.0.1:1883\n", "  url: "+tc.url+"\n  username: u\n  "+tc.creds+"\n", 1)
+		c := mustParse(t, doc, testEnv())
+		var want []string
+		if tc.warn != "" {
+			want = []string{tc.warn}
+		}
+		if !reflect.DeepEqual(c.Warnings, want) {
+			t.Errorf("%s with %s: warnings %q, want %q", tc.url, tc.creds, c.Warnings, want)
+		}
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"tcp://u:pw@h:1":                         "tcp://u:xxxxx@h:1",
+		"mqtts//ferry:Hunter2Secret@broker:8883": "mqtts//ferry:xxxxx@broker:8883",
+		"tcp://u:p/w@h:1":                        "tcp://u:xxxxx@h:1",
+		"tcp://u:p@w@h:1/x":                      "tcp://u:xxxxx@h:1/x",
+		"tcp://:pw@h:1":                          "tcp://:xxxxx@h:1",
+		"ferry:Hunter2Secret@kafka:9092":         "ferry:xxxxx@kafka:9092",
+		"tcp:ferry:pw@h:1":                       "tcp:xxxxx@h:1",
+		"tcp://u@h:1":                            "tcp://u@h:1",
+		"tcp://h:1":                              "tcp://h:1",
+		"tcp://ferry:Hunter2Secret@broker:18 83": "tcp://ferry:xxxxx@broker:18 83",
+		"ws://h:80/mqtt":                         "ws://h:80/mqtt",
+		"":                                       "",
+	} {
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -66,6 +66,10 @@ func (es Errors) Unwrap() []error {
 	return out
 }
 
+// maxErrors is how many problems Errors holds: a file with a problem on
+// each of thousands of lines is reported by its first ones.
+const maxErrors = 100
+
 // sort orders es by position, problems without one last.
 func (es Errors) sort() {
 	slices.SortStableFunc(es, func(a, b *Error) int {
@@ -77,6 +81,16 @@ func (es Errors) sort() {
 		}
 		return a.Column - b.Column
 	})
+}
+
+// bounded returns the first maxErrors of es, followed by one that says how
+// many more there are.
+func (es Errors) bounded() Errors {
+	if len(es) <= maxErrors {
+		return es
+	}
+	more := &Error{File: es[0].File, Msg: fmt.Sprintf("and %d more problems", len(es)-maxErrors)}
+	return append(es[:maxErrors:maxErrors], more)
 }
 
 type pos struct {
@@ -170,7 +184,7 @@ func expand(src *source, n *yaml.Node, path string, env Env, errs *Errors) {
 		if n.ShortTag() != "!!str" || !strings.Contains(n.Value, "$") {
 			return
 		}
-		v, err := expandString(n.Value, env)
+		v, err := expandString(n.Value, env, secretPaths[path])
 		if err != nil {
 			*errs = append(*errs, &Error{File: src.file, Line: n.Line, Column: n.Column, Path: path, Msg: err.Error()})
 			return
@@ -182,7 +196,13 @@ func expand(src *source, n *yaml.Node, path string, env Env, errs *Errors) {
 	}
 }
 
-func expandString(s string, env Env) (string, error) {
+// secretPaths are the keys whose values are passwords: no message quotes
+// them.
+var secretPaths = map[string]bool{"mqtt.password": true, "forward.kafka.sasl.password": true}
+
+// expandString expands the references in s. With secret, its errors do not
+// quote s.
+func expandString(s string, env Env, secret bool) (string, error) {
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
 		if s[i] != '$' || i+1 == len(s) || s[i+1] != '$' && s[i+1] != '{' {
@@ -196,11 +216,17 @@ func expandString(s string, env Env) (string, error) {
 		}
 		end := strings.IndexByte(s[i:], '}')
 		if end < 0 {
+			if secret {
+				return "", errors.New("the password holds an unterminated ${ (not shown); write $$ for a literal $")
+			}
 			return "", fmt.Errorf("unterminated %q; write $$ for a literal $", s[i:])
 		}
 		ref := s[i : i+end+1]
 		name, def, hasDef := strings.Cut(ref[2:len(ref)-1], ":-")
 		if !validVar(name) {
+			if secret {
+				return "", errors.New("the password holds a ${...} with an invalid variable name (not shown); write $$ for a literal $")
+			}
 			return "", fmt.Errorf("invalid variable name in %q", ref)
 		}
 		v, ok := env.lookup(name)
@@ -238,29 +264,55 @@ var (
 	byteSizeType = reflect.TypeFor[ByteSize]()
 )
 
+// durationSyntax is what time.ParseDuration reads: when it refuses text of
+// this form, the duration is out of range.
+var durationSyntax = regexp.MustCompile(`^[-+]?(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$`)
+
+// maxDays is the most days a time.Duration holds.
+const maxDays = math.MaxInt64 / int64(24*time.Hour)
+
 // parseDuration is time.ParseDuration plus a whole number of days, "7d",
-// which operators write for retention.
+// which operators write for retention. Its errors are messages for the
+// user: the syntax expected, or the range when the value is past the
+// longest (or shortest) duration.
 func parseDuration(s string) (time.Duration, error) {
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.ParseInt(days, 10, 32)
-		if err != nil || n < 0 {
-			return 0, fmt.Errorf("bad number of days %q", s)
+	outOfRange := func(negative bool) error {
+		if negative {
+			return fmt.Errorf("out of range: a duration can be at least -%dd (%v), got %q", maxDays, time.Duration(math.MinInt64).Truncate(time.Second), s)
+		}
+		return fmt.Errorf("out of range: a duration can be at most %dd (%v), got %q", maxDays, time.Duration(math.MaxInt64).Truncate(time.Second), s)
+	}
+	if days, ok := strings.CutSuffix(s, "d"); ok && days != "" && strings.Trim(days, "0123456789") == "" {
+		n, err := strconv.ParseInt(days, 10, 64)
+		if err != nil || n > maxDays {
+			return 0, outOfRange(false)
 		}
 		return time.Duration(n) * 24 * time.Hour, nil
 	}
-	return time.ParseDuration(s)
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		if durationSyntax.MatchString(s) {
+			return 0, outOfRange(strings.HasPrefix(s, "-"))
+		}
+		return 0, fmt.Errorf("must be a duration such as 10s, 24h or 7d, got %q", s)
+	}
+	return d, nil
 }
 
-// parseByteSize reads "1073741824", "512MiB", "2GB", "100 KiB".
+// parseByteSize reads "1073741824", "512MiB", "2GB", "100 KiB". Its errors
+// are messages for the user, as parseDuration's.
 func parseByteSize(s string) (int64, error) {
 	num := strings.TrimSpace(s)
 	unit := strings.TrimLeft(num, "0123456789")
 	num = strings.TrimSpace(strings.TrimSuffix(num, unit))
 	mult := map[string]int64{"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
 		"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}[strings.TrimSpace(unit)]
+	if num == "" || mult == 0 {
+		return 0, fmt.Errorf("must be a size such as 512MiB or 1GiB, got %q", s)
+	}
 	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || mult == 0 || n < 0 || n > math.MaxInt64/mult {
-		return 0, fmt.Errorf("bad size %q", s)
+	if err != nil || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("out of range: a size can be at most %d bytes (%dTiB), got %q", int64(math.MaxInt64), int64(math.MaxInt64)>>40, s)
 	}
 	return n * mult, nil
 }
@@ -290,18 +342,18 @@ func decode(src *source, n *yaml.Node, path string, v reflect.Value, errs *Error
 		}
 		d, err := parseDuration(n.Value)
 		if err != nil {
-			fail("must be a duration such as 10s, 24h or 7d, got %q", n.Value)
+			fail("%v", err)
 			return
 		}
 		v.SetInt(int64(d))
 	case v.Type() == byteSizeType:
-		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" && n.ShortTag() != "!!int" {
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" && n.ShortTag() != "!!int" && !isBigInt(n) {
 			fail("must be a size such as 512MiB or 1GiB, got %s", describe(n))
 			return
 		}
 		b, err := parseByteSize(n.Value)
 		if err != nil {
-			fail("must be a size such as 512MiB or 1GiB, got %q", n.Value)
+			fail("%v", err)
 			return
 		}
 		v.SetInt(b)
@@ -334,15 +386,26 @@ func decode(src *source, n *yaml.Node, path string, v reflect.Value, errs *Error
 		}
 		v.SetBool(b)
 	case v.Kind() == reflect.Int:
-		var i int64
-		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&i) != nil || v.OverflowInt(i) {
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" && !isBigInt(n) {
 			fail("must be an integer, got %s", describe(n))
+			return
+		}
+		var i int64
+		if isBigInt(n) || n.Decode(&i) != nil || v.OverflowInt(i) {
+			fail("out of range: an integer can be from %d to %d, got %q", math.MinInt, math.MaxInt, n.Value)
 			return
 		}
 		v.SetInt(i)
 	default:
 		panic("config: cannot decode into " + v.Type().String())
 	}
+}
+
+// isBigInt reports whether n is an integer too large for YAML's int, which
+// resolves as a number (!!float): it is out of range, not of another type.
+func isBigInt(n *yaml.Node) bool {
+	digits := strings.TrimPrefix(strings.TrimPrefix(n.Value, "-"), "+")
+	return n.ShortTag() == "!!float" && digits != "" && strings.Trim(digits, "0123456789") == ""
 }
 
 func decodeStruct(src *source, n *yaml.Node, path string, v reflect.Value, errs *Errors) {

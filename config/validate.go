@@ -27,6 +27,25 @@ const (
 	defaultMaxBufferedRecords = 20000
 	defaultMaxBufferedBytes   = 16 << 20
 	minMaxBufferedBytes       = 64 << 10
+	// The forwarder's window is memory: its bounds stay well within what
+	// a gateway has (about 700 bytes a record plus the records' bytes),
+	// and within an int once franz-go's own margins are added.
+	maxMaxBufferedBytes   = 1 << 30
+	maxMaxBufferedRecords = 1_000_000
+	// minMaxBytes is the smallest bounded buffer that works: it must hold
+	// one record as large as Kafka takes (1,000,000 bytes with its key,
+	// topic and headers) with room to spare. Below it, drop_oldest
+	// acknowledges every message and drops it; block stops ferry.
+	minMaxBytes = 1 << 20
+	// maxSubscriptions and maxRoutes bound the lists: each message is
+	// matched against the routes in order, and validation checks every
+	// subscription against every route (20,000 of each took 19 s).
+	// Wildcards cover any real gateway's topics in far fewer.
+	maxSubscriptions = 1000
+	maxRoutes        = 1000
+	// maxWriteDelay bounds buffer.write_delay: a record may wait in
+	// memory, unacknowledged, up to 8 times it.
+	maxWriteDelay             = time.Hour
 	defaultUnknownTopicWait   = time.Minute
 	defaultDialTimeout        = 10 * time.Second
 	defaultBufferFile         = "buffer.db"         // in $STATE_DIRECTORY
@@ -134,7 +153,7 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	oneOf("log.format", c.Log.Format, "text", "json")
 	if a := c.Admin.Listen; a != "" {
 		if msg := checkHostPort(a); msg != "" {
-			bad("admin.listen", "must be host:port (0.0.0.0:9464 for every interface) or \"\" (off), got %q: %s", a, msg)
+			bad("admin.listen", "must be host:port (0.0.0.0:9464 for every interface) or \"\" (off), got %q: %s", RedactURL(a), msg)
 		}
 	}
 
@@ -145,9 +164,12 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	if bu.Sync == "delayed" && bu.WriteDelay <= 0 {
 		bad("buffer.write_delay", "must be more than 0s with sync: delayed (sync: always writes every record before its acknowledgement), got %v", bu.WriteDelay)
+	} else if bu.WriteDelay > maxWriteDelay {
+		bad("buffer.write_delay", "must be at most %s (a record waits in memory, unacknowledged, up to 8 times it), got %s", shortDuration(maxWriteDelay), shortDuration(bu.WriteDelay))
 	}
-	if bu.MaxBytes < 0 {
-		bad("buffer.max_bytes", "must be 0 (no bound) or more, got %v", bu.MaxBytes)
+	if bu.MaxBytes < 0 || bu.MaxBytes > 0 && bu.MaxBytes < minMaxBytes {
+		bad("buffer.max_bytes", "must be 0 (no bound) or at least %v, got %v: the buffer must hold a record as large as Kafka takes (1,000,000 bytes); smaller, with when_full: drop_oldest every message would be acknowledged and dropped, with block ferry would stop",
+			ByteSize(minMaxBytes), bu.MaxBytes)
 	}
 	if env.intSize() == 32 && (bu.MaxBytes == 0 || bu.MaxBytes > maxBytes32) {
 		bad("buffer.max_bytes", "must be at most %v on a 32-bit system, got %v: bbolt maps the whole buffer file into memory and a 32-bit process cannot map more reliably", ByteSize(maxBytes32), bu.MaxBytes)
@@ -174,6 +196,17 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	if m.Password != "" && m.PasswordFile != "" {
 		bad("mqtt.password_file", "cannot be set together with mqtt.password; use one")
 	}
+	if m.Password != "" || m.PasswordFile != "" {
+		if host := plainTextPassword(m.URL); host != "" {
+			which := "mqtt.password"
+			if m.Password == "" {
+				which = "mqtt.password_file's password"
+			}
+			scheme, _, _ := strings.Cut(m.URL, ":")
+			c.Warnings = append(c.Warnings, src.errorAt("mqtt.url",
+				"%s:// sends %s in clear text to %s, which is not this host: anyone on the network path can read it; use ssl://, mqtts:// or wss://", scheme, which, host).Error())
+		}
+	}
 	seconds := func(path string, d, lo, hi time.Duration, why string) {
 		switch {
 		case d < lo || d > hi:
@@ -192,6 +225,8 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	if len(m.Subscriptions) == 0 {
 		bad("mqtt.subscriptions", "at least one subscription is required")
+	} else if len(m.Subscriptions) > maxSubscriptions {
+		bad("mqtt.subscriptions", "at most %d subscriptions, got %d: use wildcards (sensors/+/telemetry, sensors/#)", maxSubscriptions, len(m.Subscriptions))
 	}
 	filters := map[string]int{} // valid filter -> index
 	for i, s := range m.Subscriptions {
@@ -216,18 +251,18 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	for i, b := range k.Brokers {
 		if msg := checkHostPort(b); msg != "" {
-			bad(fmt.Sprintf("forward.kafka.brokers[%d]", i), "must be host:port, got %q: %s", b, msg)
+			bad(fmt.Sprintf("forward.kafka.brokers[%d]", i), "must be host:port, got %q: %s", RedactURL(b), msg)
 		}
 	}
 	oneOf("forward.kafka.compression", k.Compression, "none", "gzip", "snappy", "lz4", "zstd")
 	if k.Linger < 0 {
 		bad("forward.kafka.linger", "must be 0s or more, got %v", k.Linger)
 	}
-	if k.MaxBufferedRecords < 1 {
-		bad("forward.kafka.max_buffered_records", "must be 1 or more, got %d", k.MaxBufferedRecords)
+	if k.MaxBufferedRecords < 1 || k.MaxBufferedRecords > maxMaxBufferedRecords {
+		bad("forward.kafka.max_buffered_records", "must be from 1 to %d (the forwarder holds them in memory), got %d", maxMaxBufferedRecords, k.MaxBufferedRecords)
 	}
-	if k.MaxBufferedBytes < minMaxBufferedBytes {
-		bad("forward.kafka.max_buffered_bytes", "must be %v or more, got %v", ByteSize(minMaxBufferedBytes), k.MaxBufferedBytes)
+	if k.MaxBufferedBytes < minMaxBufferedBytes || k.MaxBufferedBytes > maxMaxBufferedBytes {
+		bad("forward.kafka.max_buffered_bytes", "must be from %v to %v (the forwarder holds them in memory), got %v", ByteSize(minMaxBufferedBytes), ByteSize(maxMaxBufferedBytes), k.MaxBufferedBytes)
 	}
 	if k.DialTimeout <= 0 {
 		bad("forward.kafka.dial_timeout", "must be more than 0s, got %v", k.DialTimeout)
@@ -274,6 +309,8 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	if len(c.Forward.Routes) == 0 {
 		bad("forward.routes", "at least one route is required")
+	} else if len(c.Forward.Routes) > maxRoutes {
+		bad("forward.routes", "at most %d routes, got %d: use wildcards and {name} captures (sensors/{device}/telemetry)", maxRoutes, len(c.Forward.Routes))
 	}
 	routes := map[int]string{} // index of a valid route -> its filter
 	for i, r := range c.Forward.Routes {
@@ -306,7 +343,11 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 		}
 	}
 
-	// Subscriptions and routes that can never meet.
+	// Subscriptions and routes that can never meet: every pair is
+	// checked, so only within the bounds above.
+	if len(m.Subscriptions) > maxSubscriptions || len(c.Forward.Routes) > maxRoutes {
+		return
+	}
 	warn := func(path, format string, args ...any) {
 		c.Warnings = append(c.Warnings, src.errorAt(path, format, args...).Error())
 	}
@@ -343,20 +384,64 @@ func checkMQTTURL(s string) string {
 		if ue, ok := err.(*url.Error); ok {
 			err = ue.Err
 		}
-		return fmt.Sprintf("invalid URL %q: %v", s, err)
+		return fmt.Sprintf("invalid URL %q: %v", RedactURL(s), err)
 	}
 	switch u.Scheme {
 	case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
 	default:
-		return fmt.Sprintf("scheme must be tcp, mqtt, ssl, tls, mqtts, ws or wss, got %q", s)
+		return fmt.Sprintf("scheme must be tcp, mqtt, ssl, tls, mqtts, ws or wss, got %q", RedactURL(s))
 	}
 	if u.User != nil {
 		return "must not hold credentials; use mqtt.username and mqtt.password"
 	}
 	if msg := checkHostPort(u.Host); msg != "" {
-		return fmt.Sprintf("must have a host and port, as in tcp://127.0.0.1:1883, got %q: %s", s, msg)
+		return fmt.Sprintf("must have a host and port, as in tcp://127.0.0.1:1883, got %q: %s", RedactURL(s), msg)
 	}
 	return ""
+}
+
+// plainTextPassword says why the MQTT broker at rawURL would receive
+// mqtt.password in clear text, or "" if it would not: the scheme is not
+// TLS and the host is not this one. Over loopback the password never
+// leaves the host, where whoever can read the traffic (root) can read
+// ferry's configuration too; a warning there, on every default install,
+// would teach operators to ignore warnings.
+func plainTextPassword(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return ""
+	}
+	switch u.Scheme {
+	case "tcp", "mqtt", "ws":
+	default:
+		return ""
+	}
+	host := u.Hostname()
+	if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+		return ""
+	}
+	return host
+}
+
+// RedactURL returns s with the password of its userinfo, if any, replaced
+// by "xxxxx", as url.URL.Redacted does, also when s does not parse as a
+// URL (a typo such as "mqtts//user:password@host:8883" must not show the
+// password in the error about it): whatever lies between the first ':'
+// after the "//" (or the start) and the last '@' is taken for a password.
+func RedactURL(s string) string {
+	at := strings.LastIndexByte(s, '@')
+	if at < 0 {
+		return s
+	}
+	start := 0
+	if i := strings.Index(s[:at], "//"); i >= 0 {
+		start = i + 2
+	}
+	colon := strings.IndexByte(s[start:at], ':')
+	if colon < 0 {
+		return s
+	}
+	return s[:start+colon+1] + "xxxxx" + s[at:]
 }
 
 func checkHostPort(s string) string {
@@ -398,6 +483,19 @@ func checkKafkaTopic(s string, static bool) string {
 		return fmt.Sprintf("Kafka topic names are at most 249 characters, got %d", len(s))
 	}
 	return ""
+}
+
+// shortDuration formats d as time.Duration does, without zero minutes and
+// seconds after hours: 1h, 36h30m.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func orList(items []string) string {

@@ -92,14 +92,18 @@ func goVersion() string {
 	return ""
 }
 
-// loadConfig parses the -c flag and loads the file, printing errors.
+// loadConfig parses the -c flag and loads the file, printing errors. It
+// reads no other file: the commands that only need to find the buffer or
+// the running ferry work without access to its secrets.
 func loadConfig(name string, args []string, stderr io.Writer) (*config.Config, bool) {
-	cfg, _, ok := loadConfigPath(name, args, stderr)
+	cfg, _, ok := loadConfigPath(name, args, config.Load, stderr)
 	return cfg, ok
 }
 
-// loadConfigPath is loadConfig that also returns the file's path.
-func loadConfigPath(name string, args []string, stderr io.Writer) (*config.Config, string, bool) {
+// loadConfigPath parses the -c flag and loads the file with load
+// (config.Load, or config.LoadAndCheck to read the files it names too),
+// printing errors; it also returns the file's path.
+func loadConfigPath(name string, args []string, load func(string) (*config.Config, error), stderr io.Writer) (*config.Config, string, bool) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("c", "/etc/ferry/ferry.yaml", "configuration file")
@@ -110,7 +114,7 @@ func loadConfigPath(name string, args []string, stderr io.Writer) (*config.Confi
 		fmt.Fprintf(stderr, "ferry %s: unexpected argument %q\n", name, fs.Arg(0))
 		return nil, "", false
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := load(*path)
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry: invalid configuration:\n%v\n", err)
 		return nil, "", false
@@ -119,7 +123,7 @@ func loadConfigPath(name string, args []string, stderr io.Writer) (*config.Confi
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	cfg, ok := loadConfig("check", args, stderr)
+	cfg, _, ok := loadConfigPath("check", args, config.LoadAndCheck, stderr)
 	if !ok {
 		return exitUsage
 	}
@@ -136,7 +140,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdRun(args []string, stderr io.Writer) int {
-	cfg, path, ok := loadConfigPath("run", args, stderr)
+	cfg, path, ok := loadConfigPath("run", args, config.LoadAndCheck, stderr)
 	if !ok {
 		return exitUsage
 	}

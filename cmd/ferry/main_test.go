@@ -5,11 +5,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -257,5 +260,123 @@ func runRestart(t *testing.T, sig syscall.Signal, sync string) {
 	}
 	if code := ferry.stop(t, syscall.SIGTERM); code != exitOK {
 		t.Fatalf("final SIGTERM: exit code %d:\n%s", code, ferry.logText())
+	}
+}
+
+// TestNamedFilesChecked: a file the configuration names that cannot be read
+// or holds the wrong thing fails ferry check and ferry run alike, with exit
+// code 2 and the key's file:line:column, before ferry connects anywhere.
+func TestNamedFilesChecked(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty.pw")
+	notPEM := filepath.Join(dir, "ca.pem")
+	for file, text := range map[string]string{empty: "\n", notPEM: "not a certificate\n"} {
+		if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := "gateway_id: gw\nadmin: {listen: \"\"}\nmqtt:\n  url: tcp://127.0.0.1:1\n  subscriptions: [{filter: a/#}]\n%sbuffer:\n  path: " + filepath.Join(dir, "b.db") +
+		"\nforward:\n  kafka:\n    brokers: [127.0.0.1:1]\n%s  routes: [{match: a/#, topic: t}]\n"
+	for _, tc := range []struct {
+		name, mqtt, kafka string
+		want              string // after the file name
+	}{
+		{"missing mqtt password file", "  username: u\n  password_file: " + filepath.Join(dir, "nope") + "\n", "",
+			":7:18: mqtt.password_file: cannot read " + filepath.Join(dir, "nope") + ": no such file or directory"},
+		{"directory as sasl password file", "", "    sasl: {mechanism: SCRAM-SHA-512, username: u, password_file: " + dir + "}\n",
+			":11:66: forward.kafka.sasl.password_file: " + dir + " is a directory, not a file"},
+		{"empty password file", "  username: u\n  password_file: " + empty + "\n", "",
+			":7:18: mqtt.password_file: " + empty + " is empty; it must hold the password"},
+		{"CA file without a certificate", "", "    tls: {ca_file: " + notPEM + "}\n",
+			":11:20: forward.kafka.tls.ca_file: " + notPEM + " holds no PEM certificate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "ferry.yaml")
+			if err := os.WriteFile(path, []byte(fmt.Sprintf(base, tc.mqtt, tc.kafka)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, cmd := range []string{"check", "run"} {
+				code, stderr := runChild(t, 20*time.Second, cmd, "-c", path)
+				if code != exitUsage {
+					t.Errorf("ferry %s: exit %d, want %d; stderr:\n%s", cmd, code, exitUsage, stderr)
+				}
+				if want := path + tc.want; !strings.Contains(stderr, want) {
+					t.Errorf("ferry %s: stderr lacks %q:\n%s", cmd, want, stderr)
+				}
+			}
+		})
+	}
+}
+
+// runChild runs ferry with args as a child process (so that a ferry run
+// that does not stop cannot hang the test) and returns its exit code and
+// standard error; after timeout it is killed and the test fails.
+func runChild(t *testing.T, timeout time.Duration, args ...string) (code int, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "FERRY_TEST_CHILD_ARGS="+strings.Join(args, " "))
+	var errOut bytes.Buffer
+	cmd.Stderr = &errOut
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("ferry %s still running after %v; stderr:\n%s", strings.Join(args, " "), timeout, errOut.String())
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), errOut.String()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0, errOut.String()
+}
+
+// TestCheckWarnsBufferSpace: a buffer bound larger than the file system
+// that holds the buffer is a warning of ferry check, not a failure.
+func TestCheckWarnsBufferSpace(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the file system is measured on Linux only")
+	}
+	if strconv.IntSize == 32 {
+		t.Skip("max_bytes is at most 768MiB on a 32-bit system")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ferry.yaml")
+	doc := "gateway_id: gw\nmqtt:\n  url: tcp://127.0.0.1:1883\n  subscriptions: [{filter: a/#}]\nbuffer:\n  path: " + filepath.Join(dir, "b.db") +
+		"\n  max_bytes: 8000000TiB\nforward:\n  kafka: {brokers: [127.0.0.1:9092]}\n  routes: [{match: a/#, topic: t}]\n"
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check", "-c", path}, &out, &errOut); code != exitOK {
+		t.Fatalf("exit %d, stderr:\n%s", code, errOut.String())
+	}
+	if want := "warning: " + path + ":7:14: buffer.max_bytes: the buffer may take "; !strings.Contains(errOut.String(), want) {
+		t.Errorf("stderr lacks %q:\n%s", want, errOut.String())
+	}
+}
+
+// TestHugeConfig: ferry check and ferry run refuse a configuration file over
+// 1MiB at once, with exit code 2 (a 50 MB file took 18 s and 835 MB).
+func TestHugeConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "huge.yaml")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(50 << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, cmd := range []string{"check", "run"} {
+		var out, errOut bytes.Buffer
+		if code := run([]string{cmd, "-c", path}, &out, &errOut); code != exitUsage {
+			t.Errorf("ferry %s: exit %d, want %d", cmd, code, exitUsage)
+		}
+		if want := path + ": the file is 52428800 bytes; a configuration file may be at most 1MiB (1048576 bytes)"; !strings.Contains(errOut.String(), want) {
+			t.Errorf("ferry %s: stderr lacks %q:\n%s", cmd, want, errOut.String())
+		}
 	}
 }

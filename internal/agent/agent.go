@@ -13,12 +13,10 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -71,11 +69,15 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	mc, err := mqttConfig(cfg, log)
+	files, err := cfg.ReadFiles()
 	if err != nil {
 		return nil, err
 	}
-	fc, err := forwardConfig(cfg, log)
+	mc, err := mqttConfig(cfg, files, log)
+	if err != nil {
+		return nil, err
+	}
+	fc, err := forwardConfig(cfg, files, log)
 	if err != nil {
 		return nil, err
 	}
@@ -152,19 +154,18 @@ func openBuffer(c config.Buffer, receiveMaximum int, log *slog.Logger) (*buffer.
 	return b, err
 }
 
-func mqttConfig(cfg *config.Config, log *slog.Logger) (mqtt.Config, error) {
+// mqttConfig maps the configuration to ingest's; files holds what the
+// files it names hold.
+func mqttConfig(cfg *config.Config, files *config.Files, log *slog.Logger) (mqtt.Config, error) {
 	u, err := url.Parse(cfg.MQTT.URL)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) { // its text quotes the URL, password and all
+			ue.URL = config.RedactURL(ue.URL)
+		}
 		return mqtt.Config{}, fmt.Errorf("mqtt.url: %w", err)
 	}
-	password := []byte(cfg.MQTT.Password)
-	if cfg.MQTT.PasswordFile != "" {
-		p, err := readSecret("mqtt.password_file", cfg.MQTT.PasswordFile)
-		if err != nil {
-			return mqtt.Config{}, err
-		}
-		password = []byte(p)
-	}
+	password := []byte(cmp.Or(files.MQTTPassword, cfg.MQTT.Password))
 	mc := mqtt.Config{
 		URL:            u,
 		ClientID:       cfg.MQTT.ClientID,
@@ -183,7 +184,9 @@ func mqttConfig(cfg *config.Config, log *slog.Logger) (mqtt.Config, error) {
 	return mc, nil
 }
 
-func forwardConfig(cfg *config.Config, log *slog.Logger) (forward.Config, error) {
+// forwardConfig maps the configuration to the forwarder's; files holds
+// what the files it names hold.
+func forwardConfig(cfg *config.Config, files *config.Files, log *slog.Logger) (forward.Config, error) {
 	k := cfg.Forward.Kafka
 	fc := forward.Config{
 		Brokers:            k.Brokers,
@@ -204,11 +207,9 @@ func forwardConfig(cfg *config.Config, log *slog.Logger) (forward.Config, error)
 	if fc.UnknownTopicTimeout == 0 {
 		fc.UnknownTopicTimeout = -1 // the config's 0s: wait for ever
 	}
+	fc.TLS = kafkaTLS(k.TLS, files)
 	var err error
-	if fc.TLS, err = kafkaTLS(k.TLS); err != nil {
-		return fc, err
-	}
-	if fc.SASL, err = kafkaSASL(k.SASL); err != nil {
+	if fc.SASL, err = kafkaSASL(k.SASL, files); err != nil {
 		return fc, err
 	}
 	fc.Routes, err = routes(cfg.Forward.Routes)
@@ -262,55 +263,27 @@ func (a *Agent) SetRoutes(cfg *config.Config) error {
 	return a.fwd.SetRoutes(rs)
 }
 
-// readSecret reads a password file; a trailing newline is not part of it.
-func readSecret(key, path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", key, err)
-	}
-	return strings.TrimRight(string(b), "\r\n"), nil
-}
-
 // kafkaTLS builds the TLS client config: system roots unless a CA file is
 // given, a client certificate for mutual TLS if one is.
-func kafkaTLS(c config.TLS) (*tls.Config, error) {
+func kafkaTLS(c config.TLS, files *config.Files) *tls.Config {
 	if !c.Enabled {
-		return nil, nil
+		return nil
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify}
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("forward.kafka.tls.ca_file: %w", err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("forward.kafka.tls.ca_file: no PEM certificate in %s", c.CAFile)
-		}
+	tc.RootCAs = files.KafkaRootCAs
+	if files.KafkaCertificate != nil {
+		tc.Certificates = []tls.Certificate{*files.KafkaCertificate}
 	}
-	if c.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("forward.kafka.tls.cert_file/key_file: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
+	return tc
 }
 
-// kafkaSASL builds the SASL mechanism, reading the password file if one is
-// named.
-func kafkaSASL(c config.SASL) (sasl.Mechanism, error) {
+// kafkaSASL builds the SASL mechanism, with the password of the file if
+// one is named.
+func kafkaSASL(c config.SASL, files *config.Files) (sasl.Mechanism, error) {
 	if c.Mechanism == "" {
 		return nil, nil
 	}
-	password := string(c.Password)
-	if c.PasswordFile != "" {
-		var err error
-		if password, err = readSecret("forward.kafka.sasl.password_file", c.PasswordFile); err != nil {
-			return nil, err
-		}
-	}
+	password := string(cmp.Or(files.KafkaPassword, c.Password))
 	switch c.Mechanism {
 	case "PLAIN":
 		return plain.Auth{User: c.Username, Pass: password}.AsMechanism(), nil
@@ -335,7 +308,7 @@ func (a *Agent) Stats() Stats {
 func (a *Agent) Run(ctx context.Context) error {
 	st := a.buf.Stats()
 	a.log.Info("ferry running", "gateway_id", a.cfg.GatewayID, "buffer", a.buf.Path(),
-		"buffered_records", st.Records, "mqtt", a.cfg.MQTT.URL, "kafka", strings.Join(a.cfg.Forward.Kafka.Brokers, ","))
+		"buffered_records", st.Records, "mqtt", config.RedactURL(a.cfg.MQTT.URL), "kafka", strings.Join(a.cfg.Forward.Kafka.Brokers, ","))
 
 	ingestCtx, stopIngest := context.WithCancel(context.Background())
 	defer stopIngest()

@@ -283,7 +283,8 @@ func TestBlockWhenFullLosesNothing(t *testing.T) {
 	testenv.RequireMosquitto(t, broker, mochiStalls)
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
-	cfg := loadConfig(t, broker, kafka, topic, "max_bytes: 16KiB", "when_full: block")
+	cfg := loadConfig(t, broker, kafka, topic, "when_full: block")
+	cfg.Buffer.MaxBytes = 16 << 10 // to fill fast: below the 1MiB a configuration file may set
 	a, _ := startAgent(t, cfg, Options{})
 	kafka.SetReachable(false)
 
@@ -325,7 +326,8 @@ func TestDropOldestIsCountedAndReported(t *testing.T) {
 	testenv.RequireMosquitto(t, broker, mochiStalls)
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
-	cfg := loadConfig(t, broker, kafka, topic, "max_bytes: 16KiB")
+	cfg := loadConfig(t, broker, kafka, topic)
+	cfg.Buffer.MaxBytes = 16 << 10 // to fill fast: below the 1MiB a configuration file may set
 	cfg.Forward.StatusTopic = testenv.UniqueTopic("status")
 	// Records already handed to the producer when the buffer drops them may
 	// still arrive; a small window bounds how many.
