@@ -71,7 +71,7 @@ func reloadOnHUP(ctx context.Context, path string, running *config.Config, level
 // reload applies what it can of the file at path to cur and returns the
 // configuration now in force.
 func reload(path string, cur config.Config, level *slog.LevelVar, agent live, log *slog.Logger) config.Config {
-	next, err := config.Load(path)
+	next, err := config.LoadAndCheck(path) // a file it names that went unreadable is said now, not at the next restart
 	if err != nil {
 		log.Error("reload: invalid configuration; the running one stays", "err", strings.ReplaceAll(err.Error(), "\n", "; "))
 		return cur

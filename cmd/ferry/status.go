@@ -42,7 +42,7 @@ func statusFunc(cfg *config.Config, a *agent.Agent) func() any {
 	return func() any {
 		r := statusReport{
 			Version: version, Commit: commit, PID: os.Getpid(), Started: started,
-			MQTTURL: cfg.MQTT.URL, Kafka: cfg.Forward.Kafka.Brokers, Buffer: cfg.Buffer.Path,
+			MQTTURL: config.RedactURL(cfg.MQTT.URL), Kafka: cfg.Forward.Kafka.Brokers, Buffer: cfg.Buffer.Path,
 			AdminListen: cfg.Admin.Listen, Flow: a.Snapshot(),
 		}
 		r.Ready, r.NotReady = a.Ready()
