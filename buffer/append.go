@@ -110,6 +110,13 @@ func (b *Buffer) popLocked() {
 func (b *Buffer) settle() {
 	for b.fireMu.TryLock() {
 		b.mu.Lock()
+		if b.holdFire {
+			// The path lost the file the records were written to (see
+			// checkPath): not durable until it is back.
+			b.mu.Unlock()
+			b.fireMu.Unlock()
+			return
+		}
 		fire := b.fireQ
 		b.fireQ = b.fireBuf[:0]
 		b.mu.Unlock()

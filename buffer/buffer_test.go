@@ -161,6 +161,7 @@ func TestRecordRoundTrip(t *testing.T) {
 		ContentType: "application/json", ResponseTopic: "r/t", CorrelationData: []byte("cd"),
 		PayloadUTF8:    true,
 		UserProperties: []Property{{"k", "v"}, {"k", "w"}},
+		ClockUnsynced:  true,
 	}
 	out, err := decode(appendEncoded(nil, &in))
 	if err != nil {
@@ -590,16 +591,18 @@ func TestRemoveOutOfOrder(t *testing.T) {
 // records at the next commit (counted); a MaxAge set where there was none
 // starts expiring records.
 func TestSetLimitsWhileRunning(t *testing.T) {
-	now := time.Unix(1700000000, 0)
-	var mu sync.Mutex
-	b, err := Open(filepath.Join(t.TempDir(), "buffer.db"), Options{Now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now }})
+	// Records received 200s, 190s, ... 10s ago: their age is real, not a
+	// step of a test clock (which the buffer would not count as age).
+	start := time.Now()
+	b, err := Open(filepath.Join(t.TempDir(), "buffer.db"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
 	ctx := context.Background()
 	for i := range 20 {
-		if _, err := b.AppendWait(ctx, &Record{Topic: "t", Payload: make([]byte, 100), ReceivedAt: now.Add(time.Duration(i) * time.Second)}); err != nil {
+		at := start.Add(-time.Duration(200-10*i) * time.Second)
+		if _, err := b.AppendWait(ctx, &Record{Topic: "t", Payload: make([]byte, 100), ReceivedAt: at}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -611,10 +614,7 @@ func TestSetLimitsWhileRunning(t *testing.T) {
 	if st := b.Stats(); st.Records != 10 || st.Dropped[DropMaxBytes] != 10 || st.FirstSeq != 11 {
 		t.Fatalf("after lowering max_bytes to 10 records: %+v", st)
 	}
-	mu.Lock()
-	now = now.Add(15*time.Second + time.Minute)
-	mu.Unlock()
-	b.SetLimits(Limits{MaxAge: time.Minute + 500*time.Millisecond}) // records 1..15 are older
+	b.SetLimits(Limits{MaxAge: 55 * time.Second}) // records 11..15 (100s to 60s old) are older
 	waitUntil(t, "expired records to go", func() bool { return b.Stats().Dropped[DropMaxAge] == 5 })
 	if st := b.Stats(); st.Records != 5 || st.FirstSeq != 16 {
 		t.Fatalf("after setting max_age: %+v", st)

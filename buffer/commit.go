@@ -1,6 +1,7 @@
 package buffer
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -47,6 +48,7 @@ func (b *Buffer) commitLoop() {
 			}
 			tickAge = maxAge
 		}
+		b.watchClock()
 		wait, writeTail := b.due(lastCommit)
 		if wait == 0 {
 			select {
@@ -81,7 +83,18 @@ func (b *Buffer) commitLoop() {
 				continue // see what is due now
 			}
 			// Close has made Append refuse new records; write the tail,
-			// trying a few times if the disk refuses.
+			// trying a few times if the disk refuses. First make sure
+			// the path still names the file: a file deleted while idle
+			// would otherwise vanish with everything in it.
+			b.checkPath()
+			defer func() {
+				b.mu.Lock()
+				if b.holdFire {
+					b.failHeldLocked(errors.New("buffer closed while its file was deleted and could not be written again"))
+				}
+				b.mu.Unlock()
+				b.settle()
+			}()
 			for attempt := 1; ; attempt++ {
 				ok := b.commit(true, true)
 				b.mu.Lock()
@@ -168,11 +181,11 @@ func (b *Buffer) due(lastCommit time.Time) (wait time.Duration, writeTail bool) 
 			at(deadline)
 			writeTail = !deadline.After(now)
 		}
-		if deadInTail {
+		if deadInTail && !b.leaveTailOut(now) {
 			at(now) // the commit writes the tail up to that record (and no further unless due)
 		}
 	}
-	if len(b.deadOps) > 0 || b.reserveLow(b.next, b.st) {
+	if len(b.deadOps) > 0 && !b.leaveTailOut(now) || b.reserveLow(b.next, b.st) {
 		at(now)
 	}
 	if b.fail.err != nil {
@@ -229,6 +242,19 @@ type toWrite struct {
 // the limits, reclaim of retired batches and the sequence reservation.
 // Then it runs the callbacks of the records that became durable.
 func (b *Buffer) commit(writeTail, final bool) (ok bool) {
+	if err := b.Damage(); err != nil {
+		// A transaction that met the damage may have left bbolt's locks
+		// held: no more transactions. What waits in memory is not
+		// acknowledged (the broker delivers it again after the restart).
+		b.mu.Lock()
+		b.abandonTailLocked(err)
+		ops := b.deadOps
+		b.deadOps = nil
+		b.mu.Unlock()
+		b.finish(ops, err)
+		return false
+	}
+	b.watchClock() // a step since the last look is not age
 	b.mu.Lock()
 	now := time.Now()
 	// While commits fail, a commit leaves the tail out until the next
@@ -246,8 +272,13 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 		dead, b.toDead = b.toDead, map[uint64]deadReq{}
 		b.deadNow = dead // Release and Remove still see them (deadWaits)
 	}
-	ops := b.deadOps
-	b.deadOps = nil
+	// A replay or purge of dead letters numbers records after the tail's
+	// and waits for the tail to be written (so do flush barriers): while
+	// the disk refuses the tail, they wait.
+	var ops []deadOp
+	if !noTail {
+		ops, b.deadOps = b.deadOps, nil
+	}
 	remove := b.toRemove
 	b.toRemove = nil
 	// Operations and flush barriers want the whole tail written; a
@@ -369,7 +400,9 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 				}
 				if lim.MaxAge > 0 && st.count > 0 {
 					cutoff := b.opts.Now().Add(-lim.MaxAge)
-					n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool { return recordTime(raw).Before(cutoff) })
+					n, err := dropWhile(tx, &st, func(raw []byte, seq uint64) bool {
+						return recordTime(raw).Add(st.adjust(seq)).Before(cutoff) // a clock step is not age
+					})
 					if err != nil {
 						return err
 					}
@@ -452,6 +485,12 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 		b.mu.Unlock()
 		b.finish(ops, err)
 		return false
+	}
+	if err := b.checkPath(); err != nil { // deleted while the commit ran
+		b.log.Error("buffer: records just written are in a file no path names; they are not acknowledged until it is back", "err", err)
+		b.mu.Lock()
+		b.holdFire = true
+		b.mu.Unlock()
 	}
 	b.mu.Lock()
 	recovered := b.succeededLocked(now)
@@ -558,7 +597,7 @@ func writeBatches(batches *bolt.Bucket, st *state, recs []toWrite) (uint64, erro
 			return err
 		}
 		appended += uint64(len(val))
-		st.next = base + uint64(len(group))
+		st.next = max(st.next, base+uint64(len(group)))
 		st.count += uint64(live)
 		st.bytes += uint64(size)
 		group, size, live = group[:0], 0, 0

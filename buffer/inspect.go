@@ -542,6 +542,7 @@ func (v fileView) verify(ctx context.Context, full bool) (VerifyReport, error) {
 //	content_type, response_topic              when present
 //	correlation_data  base64, when present
 //	user_properties   [[key, value], ...], in order, when present
+//	clock_unsynced    true when received while the clock was not synchronized
 type JSONRecord struct {
 	Seq             uint64      `json:"seq"`
 	Topic           string      `json:"topic"`
@@ -551,6 +552,7 @@ type JSONRecord struct {
 	Payload         *string     `json:"payload,omitempty"`
 	PayloadBase64   []byte      `json:"payload_base64,omitempty"`
 	PayloadUTF8     bool        `json:"payload_utf8,omitempty"`
+	ClockUnsynced   bool        `json:"clock_unsynced,omitempty"`
 	ContentType     string      `json:"content_type,omitempty"`
 	ResponseTopic   string      `json:"response_topic,omitempty"`
 	CorrelationData []byte      `json:"correlation_data,omitempty"`
@@ -561,7 +563,7 @@ type JSONRecord struct {
 func NewJSONRecord(r Record) JSONRecord {
 	j := JSONRecord{
 		Seq: r.Seq, Topic: r.Topic, QoS: r.QoS, Retain: r.Retain, ReceivedAt: r.ReceivedAt.UTC(),
-		PayloadUTF8: r.PayloadUTF8, ContentType: r.ContentType, ResponseTopic: r.ResponseTopic,
+		PayloadUTF8: r.PayloadUTF8, ClockUnsynced: r.ClockUnsynced, ContentType: r.ContentType, ResponseTopic: r.ResponseTopic,
 		CorrelationData: r.CorrelationData,
 	}
 	if utf8.Valid(r.Payload) {
@@ -583,7 +585,7 @@ func (j JSONRecord) Record() (Record, error) {
 	}
 	r := Record{
 		Seq: j.Seq, Topic: j.Topic, QoS: j.QoS, Retain: j.Retain, ReceivedAt: j.ReceivedAt,
-		PayloadUTF8: j.PayloadUTF8, ContentType: j.ContentType, ResponseTopic: j.ResponseTopic,
+		PayloadUTF8: j.PayloadUTF8, ClockUnsynced: j.ClockUnsynced, ContentType: j.ContentType, ResponseTopic: j.ResponseTopic,
 		CorrelationData: j.CorrelationData, Payload: j.PayloadBase64,
 	}
 	if j.Payload != nil {

@@ -77,7 +77,8 @@ func (b *Buffer) expired(st state, headAt time.Time) bool {
 	return maxAge > 0 && st.count > 0 && !headAt.IsZero() && headAt.Before(b.opts.Now().Add(-maxAge))
 }
 
-// headTime is the receive time of the head record: kept in memory after
+// headTime is the receive time of the head record, younger by the clock
+// steps after it (see clock.go): kept in memory after
 // every commit, so that MaxAge costs no read transaction. The zero time
 // if there is none or it cannot be read.
 func headTime(tx *bolt.Tx, st state) time.Time {
@@ -89,8 +90,8 @@ func headTime(tx *bolt.Tx, st state) time.Time {
 		recs, _, _ := parseBatch(v)
 		base := binary.BigEndian.Uint64(k)
 		for i, raw := range recs {
-			if base+uint64(i) >= st.head && len(raw) > 0 {
-				return recordTime(raw)
+			if seq := base + uint64(i); seq >= st.head && len(raw) > 0 {
+				return recordTime(raw).Add(st.adjust(seq)) // as MaxAge sees it
 			}
 		}
 	}

@@ -49,6 +49,9 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 		}
 		changed := b.changed
 		b.mu.Unlock()
+		if err := b.Damage(); err != nil {
+			return dst, err // no more transactions (see commit)
+		}
 		var scanned uint64
 		b.dbMu.RLock()
 		err := guard(func() error {

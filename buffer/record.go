@@ -34,6 +34,11 @@ type Record struct {
 	// PayloadUTF8 is the payload format indicator (true: UTF-8 text).
 	PayloadUTF8    bool
 	UserProperties []Property
+
+	// ClockUnsynced reports that the system clock was not synchronized
+	// (the kernel said so) when the record was received: ReceivedAt may
+	// be far off.
+	ClockUnsynced bool
 }
 
 // Property is an MQTT v5 user property. Keys may repeat.
@@ -51,8 +56,9 @@ type Property struct {
 const (
 	encodingV1 = 1
 
-	flagRetain      = 1 << 0
-	flagPayloadUTF8 = 1 << 1
+	flagRetain        = 1 << 0
+	flagPayloadUTF8   = 1 << 1
+	flagClockUnsynced = 1 << 2
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -69,6 +75,9 @@ func appendEncoded(dst []byte, r *Record) []byte {
 	}
 	if r.PayloadUTF8 {
 		flags |= flagPayloadUTF8
+	}
+	if r.ClockUnsynced {
+		flags |= flagClockUnsynced
 	}
 	dst = append(dst, encodingV1, flags, r.QoS)
 	dst = binary.AppendVarint(dst, r.ReceivedAt.UnixNano())
@@ -110,6 +119,7 @@ func decodeWith(buf []byte, a *arena) (Record, error) {
 	d := decoder{buf: body[3:]}
 	r.Retain = body[1]&flagRetain != 0
 	r.PayloadUTF8 = body[1]&flagPayloadUTF8 != 0
+	r.ClockUnsynced = body[1]&flagClockUnsynced != 0
 	r.QoS = body[2]
 	r.ReceivedAt = time.Unix(0, d.varint())
 	r.Topic = string(d.bytes())

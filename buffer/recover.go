@@ -43,35 +43,72 @@ func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 	return b, aside, nil
 }
 
-// MoveAside renames the damaged buffer file at path to
-// path.corrupt-<UTC time>, where it stays for inspection, and salvages
-// what is readable of it into a new buffer file at path (see
-// ReadOnly.Salvage). It returns the name the file was moved to. A salvage
-// that fails is logged, not returned: the file is aside, and a new
-// buffer can start. The file must not be open.
+// MoveAside salvages what is readable of the damaged buffer file at path
+// into a new buffer file (see ReadOnly.Salvage), renames the damaged file
+// to path.corrupt-<UTC time>, where it stays for inspection, and puts the
+// new file at path. It returns the name the damaged file was moved to. A
+// salvage that fails is logged, not returned: the file is moved aside all
+// the same, and a new buffer can start. The file must not be open.
+//
+// A crash at any point loses nothing: the salvage is written to
+// path.salvage.tmp and renamed to path.salvage once complete, before the
+// damaged file moves; Open adopts a complete path.salvage when path is
+// missing, and a crash before the renames finds the damaged file at path
+// again.
 func MoveAside(path string, log *slog.Logger) (string, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	tmp, done := path+".salvage.tmp", path+".salvage"
+	os.Remove(tmp)
+	counted := readCounters(path) != nil // else what salvage misses cannot be counted
+	n, err := SalvageFile(path, tmp)
+	if err == nil {
+		err = os.Rename(tmp, done)
+	}
+	if err == nil {
+		err = syncDir(path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		os.Remove(done)
+		log.Error("buffer: salvaging the damaged file failed; starting an empty buffer", "path", path, "err", err)
 	}
 	aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))
 	if err := os.Rename(path, aside); err != nil {
 		return "", err
 	}
-	syncDir(path) // make the rename durable before writing a new file
-	tmp := path + ".salvage"
-	os.Remove(tmp)
-	n, err := SalvageFile(aside, tmp)
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
+	syncDir(path)
 	if err != nil {
-		os.Remove(tmp)
-		log.Error("buffer: salvaging the damaged file failed; starting an empty buffer", "damaged", aside, "err", err)
 		return aside, nil
+	}
+	if err := os.Rename(done, path); err != nil {
+		return aside, fmt.Errorf("put the salvaged buffer in place: %w", err)
 	}
 	syncDir(path)
 	log.Warn("buffer: salvaged the readable records of the damaged file; they are forwarded as usual", "damaged", aside, "records", n)
+	if !counted {
+		log.Error("buffer: the damaged file's counters are unreadable: how many records it held beyond those salvaged is not known, and they are not counted as dropped", "damaged", aside)
+	}
 	return aside, nil
+}
+
+// adoptSalvage puts a complete salvage (see MoveAside) at path if a crash
+// left it there with no file at path.
+func adoptSalvage(path string, log *slog.Logger) {
+	done := path + ".salvage"
+	if _, err := os.Stat(done); err != nil {
+		return
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		return // the damaged file is still there: MoveAside starts over
+	}
+	if err := os.Rename(done, path); err != nil {
+		log.Error("buffer: cannot put an interrupted salvage in place", "path", done, "err", err)
+		return
+	}
+	syncDir(path)
+	log.Warn("buffer: finished a salvage a crash interrupted", "path", path)
 }
 
 // CorruptFiles lists the damaged buffer files OpenOrMoveAside moved aside
@@ -155,7 +192,7 @@ func openBoltUnguarded(path string, o *bolt.Options) (db *bolt.DB, err error) {
 // or salvage left next to path (up to the size of the buffer each). It
 // runs once Open holds the file's lock, when none of them can be in use.
 func removeLeftovers(path string, log *slog.Logger) {
-	for _, suffix := range []string{".compact", ".recreate", ".salvage"} {
+	for _, suffix := range []string{".compact", ".recreate", ".salvage.tmp", ".salvage"} {
 		p := path + suffix
 		fi, err := os.Stat(p)
 		if err != nil {

@@ -170,25 +170,15 @@ func salvageRaw(src, dst string, old *state) (copied int, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("salvage %s: %w", src, err)
 	}
-	// How many records the old file held: its count if its meta bucket
-	// was read; else, from the counters found on the pages, the numbers
-	// from the head to the next (removed ones included); else what lies
-	// between the first and the last batch found (the gaps, not what was
-	// after the last).
+	// How many records the old file held: its count, if its meta bucket
+	// could be read. Else it is not known (the numbers between head and
+	// next include records delivered from memory, never written, and the
+	// reservations of past runs): the loss is logged, not counted.
 	var expect uint64
-	switch {
-	case old != nil:
+	if old != nil {
 		expect = old.count
-	case sc.meta.next > sc.meta.head:
-		expect = sc.meta.next - sc.meta.head
+	} else {
 		old = &sc.meta
-	default:
-		old = &sc.meta
-		if len(sc.batches) > 0 {
-			lo, hi := slices.Min(slices.Collect(maps.Keys(sc.batches))), sc.lastSeq
-			old.head = lo
-			expect = hi - lo + 1
-		}
 	}
 	out, err := bolt.Open(dst, 0o600, &bolt.Options{Timeout: offlineLockTimeout, FreelistType: bolt.FreelistMapType, NoSync: true})
 	if err != nil {
@@ -221,7 +211,6 @@ type pageScan struct {
 	pageSize int
 	batches  map[uint64]batchCopy
 	meta     state
-	lastSeq  uint64 // the highest sequence number in a batch found
 }
 
 // batchCopy is where a batch was found: its value's offset and length in
@@ -241,10 +230,12 @@ func scanPages(f *os.File) (*pageScan, error) {
 	}
 	sc := &pageScan{pageSize: 4096, batches: map[uint64]batchCopy{}, meta: state{next: 1, head: 1}}
 	hdr := make([]byte, 32)
-	for id := range int64(2) { // the page size, from a sound meta page
-		if _, err := f.ReadAt(hdr, id*4096); err == nil && binary.LittleEndian.Uint16(hdr[8:])&0x04 != 0 &&
+	// The page size, from a sound meta page: page 0, or page 1 at the
+	// page sizes kernels use.
+	for _, off := range []int64{0, 4096, 8192, 16384, 65536} {
+		if _, err := f.ReadAt(hdr, off); err == nil && binary.LittleEndian.Uint16(hdr[8:])&0x04 != 0 &&
 			binary.LittleEndian.Uint32(hdr[16:]) == 0xED0CDAED {
-			if ps := int(binary.LittleEndian.Uint32(hdr[24:])); ps >= 1024 && ps <= 1<<16 {
+			if ps := int(binary.LittleEndian.Uint32(hdr[24:])); ps >= 1024 && ps <= 1<<16 && (off == 0 || int64(ps) == off) {
 				sc.pageSize = ps
 				break
 			}
@@ -254,7 +245,7 @@ func scanPages(f *os.File) (*pageScan, error) {
 	ps := int64(sc.pageSize)
 	pages := fi.Size() / ps
 	buf := make([]byte, ps)
-	for id := int64(2); id < pages; id++ {
+	for id := int64(2); id < pages; id++ { // every page: a flipped overflow count must not hide the next ones
 		if _, err := f.ReadAt(buf[:ps], id*ps); err != nil {
 			break
 		}
@@ -300,12 +291,10 @@ func scanPages(f *os.File) (*pageScan, error) {
 				}
 			}
 			base := binary.BigEndian.Uint64(k)
-			sc.lastSeq = max(sc.lastSeq, base+uint64(len(recs))-1)
 			if c, ok := sc.batches[base]; !ok || live < c.live {
 				sc.batches[base] = batchCopy{off: id*ps + int64(start+ksize), n: vsize, live: live}
 			}
 		}
-		id += overflow
 	}
 	return sc, nil
 }

@@ -13,12 +13,14 @@ import (
 // file it opened: if the path is deleted (rm, a cleanup script) or
 // replaced, commits still succeed, into a file that disappears when
 // ferry stops, with every record in it acknowledged. So the committer
-// checks that the path still names its file before each commit and every
-// fileCheckInterval, and if not, copies the open file (everything it
-// holds, read through the descriptor that still works) to the path again
-// and goes on with the copy, loudly. A file found in its place is kept
-// as path.replaced-<time>. Until the copy succeeds, commits fail (records
-// wait, unacknowledged; see failure.go).
+// checks that the path still names its file before and after each commit
+// that writes, every fileCheckInterval, and at Close, and if not, copies
+// the open file (everything it holds, read through the descriptor that
+// still works) to the path again and goes on with the copy, loudly. A file
+// found in its place is kept as path.replaced-<time>. Until the copy
+// succeeds, commits fail (records wait, unacknowledged; see failure.go),
+// and the callbacks of records a commit wrote into the lost file wait
+// (holdFire); at Close they fail.
 
 // fileCheckInterval is how often the committer checks the path while
 // idle.
@@ -33,6 +35,7 @@ func (b *Buffer) checkPath() error {
 	}
 	now, err := os.Stat(b.path)
 	if err == nil && os.SameFile(held, now) {
+		b.releaseFire()
 		return nil
 	}
 	replaced := err == nil
@@ -48,7 +51,31 @@ func (b *Buffer) checkPath() error {
 	b.recreated++
 	b.mu.Unlock()
 	b.log.Warn("buffer: the buffer file is back at its path; nothing was lost", "path", b.path)
+	b.releaseFire()
 	return nil
+}
+
+// releaseFire lets the callbacks held by holdFire run, now that the path
+// names the file again.
+func (b *Buffer) releaseFire() {
+	b.mu.Lock()
+	held := b.holdFire
+	b.holdFire = false
+	b.mu.Unlock()
+	if held {
+		b.settle()
+	}
+}
+
+// failHeldLocked fails the callbacks holdFire held at Close: their
+// records are in a file no path names any more. b.mu is held.
+func (b *Buffer) failHeldLocked(err error) {
+	for i := range b.fireQ {
+		if b.fireQ[i].state != failed {
+			b.fireQ[i].state, b.fireQ[i].err = failed, err
+		}
+	}
+	b.holdFire = false
 }
 
 // recreate copies the open file to b.path and reopens it there.

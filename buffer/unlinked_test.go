@@ -100,7 +100,7 @@ func TestLeftoversAndEmptyFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "buffer.db")
 	fill(t, path, 3)
-	for _, suffix := range []string{".compact", ".recreate", ".salvage"} {
+	for _, suffix := range []string{".compact", ".recreate", ".salvage.tmp", ".salvage"} {
 		if err := os.WriteFile(path+suffix, make([]byte, 8192), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -110,7 +110,7 @@ func TestLeftoversAndEmptyFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.Close()
-	for _, suffix := range []string{".compact", ".recreate", ".salvage"} {
+	for _, suffix := range []string{".compact", ".recreate", ".salvage.tmp", ".salvage"} {
 		if _, err := os.Stat(path + suffix); !os.IsNotExist(err) {
 			t.Errorf("leftover %s not removed: %v", suffix, err)
 		}
@@ -123,5 +123,34 @@ func TestLeftoversAndEmptyFile(t *testing.T) {
 	_, err = OpenReadOnly(empty)
 	if err == nil || !strings.Contains(err.Error(), "empty file (0 bytes)") {
 		t.Fatalf("OpenReadOnly of a 0-byte file: %v", err)
+	}
+}
+
+// Deleted after the last commit, then a clean stop with nothing more to
+// write: Close writes the file back before it lets go of it.
+func TestDeletedThenClosedKeepsRecords(t *testing.T) {
+	for _, o := range []Options{{}, {WriteDelay: 20 * time.Millisecond}} {
+		path := filepath.Join(t.TempDir(), "buffer.db")
+		b, err := Open(path, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		appendRounds(t, b, 2, 1000, 100)
+		time.Sleep(300 * time.Millisecond)
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		b, err = Open(path, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := b.Stats().Records
+		b.Close()
+		if got != 2000 {
+			t.Errorf("opts %+v: after rm + clean stop the buffer holds %d records, want 2000", o, got)
+		}
 	}
 }

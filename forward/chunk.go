@@ -314,7 +314,7 @@ func (p *pass) produce(ctx context.Context) bool {
 	f := p.f
 	f.chunks.Add(1)
 	if f.inflight.Add(int64(len(p.chunk))) == int64(len(p.chunk)) {
-		f.lastAck.Store(time.Now().UnixNano()) // the wait starts now
+		f.lastAck.Store(monoNow()) // the wait starts now
 	}
 	for _, s := range p.chunk {
 		s.state, s.done, s.err = sent, false, nil
@@ -323,7 +323,7 @@ func (p *pass) produce(ctx context.Context) bool {
 			f.inflight.Add(-1)
 			if err == nil {
 				f.delivered.Add(1)
-				f.lastAck.Store(time.Now().UnixNano())
+				f.lastAck.Store(monoNow())
 				f.clearError()
 			}
 			p.w.finish(s, r, err)

@@ -167,7 +167,7 @@ type Forwarder struct {
 
 	delivered, unrouted, chunks, retries atomic.Uint64
 	inflight, parkedTopics               atomic.Int64
-	lastAck                              atomic.Int64 // unix nanos of the last acknowledgement
+	lastAck                              atomic.Int64 // monoNow of the last acknowledgement
 	lastErr                              atomic.Value // string
 	lastKey                              atomic.Value // string: errKey of lastErr
 	statusErr                            atomic.Value // string: errKey of the last status send failure

@@ -143,6 +143,7 @@ func TestForwardsInOrderWithKeyHeadersTimestamp(t *testing.T) {
 	rec := &buffer.Record{
 		Topic: "s/dev/x", Payload: []byte("payload"), QoS: 1, ReceivedAt: time.Unix(1700000000, 5e6),
 		ContentType: "application/json", UserProperties: []buffer.Property{{Key: "unit", Value: "C"}},
+		ClockUnsynced: true,
 	}
 	if _, err := b.AppendWait(context.Background(), rec); err != nil {
 		t.Fatal(err)
@@ -164,10 +165,16 @@ func TestForwardsInOrderWithKeyHeadersTimestamp(t *testing.T) {
 	for _, kv := range r.Headers {
 		h[kv.Key] = string(kv.Value)
 	}
-	want := map[string]string{HeaderMQTTTopic: "s/dev/x", HeaderGateway: "gw", HeaderQoS: "1", HeaderContentType: "application/json", "unit": "C"}
+	want := map[string]string{HeaderMQTTTopic: "s/dev/x", HeaderGateway: "gw", HeaderQoS: "1", HeaderContentType: "application/json", "unit": "C",
+		HeaderClock: "unsynced"}
 	for k, v := range want {
 		if h[k] != v {
 			t.Errorf("header %s = %q, want %q", k, h[k], v)
+		}
+	}
+	for _, kv := range recs[1].Headers {
+		if kv.Key == HeaderClock {
+			t.Errorf("header %s on a record received with the clock synchronized", HeaderClock)
 		}
 	}
 	for i, r := range recs[1:] {

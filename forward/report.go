@@ -23,7 +23,7 @@ func (f *Forwarder) watch(ctx context.Context) {
 			return
 		case <-t.C:
 			n := f.inflight.Load()
-			since := time.Since(time.Unix(0, f.lastAck.Load()))
+			since := time.Duration(monoNow() - f.lastAck.Load())
 			if n > 0 && since >= f.cfg.StallTimeout {
 				f.setError(fmt.Errorf("%w: %d records in flight, none acknowledged for %v; the producer keeps retrying them", errStalled, n, since.Truncate(time.Second)))
 			}
@@ -80,3 +80,10 @@ func (h hooks) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ net.C
 		h.f.setError(fmt.Errorf("connect to Kafka broker %s: %w", net.JoinHostPort(meta.Host, strconv.Itoa(int(meta.Port))), err))
 	}
 }
+
+// monoBase and monoNow measure time on the monotonic clock, which a step
+// of the wall clock (NTP syncing a board that booted with a stale one)
+// does not move: a stall is judged by it.
+var monoBase = time.Now()
+
+func monoNow() int64 { return int64(time.Since(monoBase)) }

@@ -21,6 +21,9 @@ const (
 	HeaderResponseTopic   = "mqtt.response_topic"
 	HeaderCorrelationData = "mqtt.correlation_data"
 	HeaderPayloadFormat   = "mqtt.payload_format" // "utf-8" when the publisher said so
+	// HeaderClock is "unsynced" on a record received while the gateway's
+	// clock was not synchronized: its timestamp may be far off.
+	HeaderClock = "ferry.clock"
 
 	// HeaderBufferID and HeaderSeq identify a record for the life of the
 	// gateway: together with HeaderGateway they are unique, and a record
@@ -91,7 +94,7 @@ func (f *Forwarder) route(routes []Route, rec *buffer.Record, kr *kgo.Record, hd
 			kr.Key = buf[len(buf)-len(key) : len(buf) : len(buf)]
 		}
 		n := 5 + len(rec.UserProperties)
-		for _, set := range [...]bool{rec.ContentType != "", rec.ResponseTopic != "", rec.CorrelationData != nil, rec.PayloadUTF8} {
+		for _, set := range [...]bool{rec.ContentType != "", rec.ResponseTopic != "", rec.CorrelationData != nil, rec.PayloadUTF8, rec.ClockUnsynced} {
 			if set {
 				n++
 			}
@@ -119,6 +122,9 @@ func (f *Forwarder) route(routes []Route, rec *buffer.Record, kr *kgo.Record, hd
 		if rec.PayloadUTF8 {
 			h = append(h, kgo.RecordHeader{Key: HeaderPayloadFormat, Value: utf8Value})
 		}
+		if rec.ClockUnsynced {
+			h = append(h, kgo.RecordHeader{Key: HeaderClock, Value: unsyncedValue})
+		}
 		for _, p := range rec.UserProperties {
 			h = append(h, kgo.RecordHeader{Key: p.Key, Value: []byte(p.Value)})
 		}
@@ -130,8 +136,9 @@ func (f *Forwarder) route(routes []Route, rec *buffer.Record, kr *kgo.Record, hd
 
 // Header values shared by every record (franz-go only reads them).
 var (
-	qosValues = [4][]byte{[]byte("0"), []byte("1"), []byte("2"), []byte("3")}
-	utf8Value = []byte("utf-8")
+	qosValues     = [4][]byte{[]byte("0"), []byte("1"), []byte("2"), []byte("3")}
+	utf8Value     = []byte("utf-8")
+	unsyncedValue = []byte("unsynced")
 )
 
 // recordSize is what a record costs in a produce request, near enough:

@@ -160,7 +160,14 @@ func cmdRun(args []string, stderr io.Writer) int {
 
 	watchdog := watchdogInterval(log)
 	m := metrics.New(metrics.Build{Version: version, Commit: commit, Date: date})
+	// Opening the buffer may salvage a damaged file first, which can take
+	// longer than systemd's start timeout on a slow card: ask for more
+	// time while it runs.
+	opened, extended := make(chan struct{}), make(chan struct{})
+	go func() { extendStartWhile(opened); close(extended) }()
 	a, err := agent.New(cfg, log, agent.Options{Hooks: m.Hooks(), StallLimit: watchdog})
+	close(opened)
+	<-extended
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return exitFailure

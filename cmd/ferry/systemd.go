@@ -123,3 +123,21 @@ func humanBytes(n uint64) string {
 	}
 	return fmt.Sprintf("%.1f %s", f, units[i])
 }
+
+// extendStartWhile asks systemd for another minute of start time every 20
+// seconds until done is closed (Type=notify: EXTEND_TIMEOUT_USEC); it does
+// nothing when not started by systemd.
+func extendStartWhile(done <-chan struct{}) {
+	t := time.NewTicker(20 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			if sent, _ := daemon.SdNotify(false, "EXTEND_TIMEOUT_USEC=60000000\nSTATUS=starting: checking or salvaging the buffer file"); !sent {
+				return
+			}
+		}
+	}
+}

@@ -95,6 +95,10 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 	if opts.Hooks.CommitLatency != nil {
 		sink = timedSink{buf: buf, observe: opts.Hooks.CommitLatency}
 	}
+	if synced, known := clockSynced(); known && !synced {
+		log.Warn("the system clock is not synchronized: records received until it is carry the header ferry.clock: unsynced, and their timestamps may be far off")
+	}
+	sink = &clockSink{next: sink, synced: clockSynced}
 	ingest, err := mqtt.New(mc, sink)
 	if err != nil {
 		buf.Close()
@@ -328,7 +332,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		// What is in memory is acknowledged only once durable, so
 		// stopping loses nothing; the next start moves the file aside
 		// and salvages it (OpenOrMoveAside).
-		damageErr = fmt.Errorf("buffer file damaged while running (ferry exits so that its next start salvages it): %w", a.buf.Damage())
+		// The next start checks the whole file and salvages it.
+		damageErr = fmt.Errorf("buffer file damaged while running (ferry exits so that its next start moves it aside and salvages it): %w", a.buf.Damage())
 	case ingestErr = <-ingestDone:
 		ingestStopped = true
 	case fwdErr = <-fwdDone:
@@ -344,15 +349,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.closed.Store(true)
 	closeErr := a.buf.Close()
-	if damageErr != nil && a.cfg.Buffer.OnCorrupt != "fail" {
-		// The next start must not trust the file again: it may pass the
-		// checks at Open and fail the same way.
-		if aside, err := buffer.MoveAside(a.buf.Path(), a.log.With("component", "buffer")); err != nil {
-			damageErr = errors.Join(damageErr, fmt.Errorf("move the damaged buffer file aside: %w", err))
-		} else {
-			a.log.Error("BUFFER FILE CORRUPT: moved it aside and salvaged what was readable; ferry exits and starts again on the salvaged buffer", "moved_to", aside)
-		}
-	}
 	st = a.buf.Stats()
 	fs := a.fwd.Stats()
 	a.log.Info("ferry stopped", "buffered_records", st.Records, "delivered", fs.Delivered, "unrouted", fs.Unrouted)

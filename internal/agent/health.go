@@ -31,6 +31,12 @@ func (a *Agent) Ready() (ok bool, why string) {
 // when_full: block (appends wait for room) while Kafka is down. Each call is an observation:
 // call it at least a few times per StallLimit.
 func (a *Agent) Healthy() (ok bool, why string) {
+	if a.closed.Load() {
+		// Stopping: the stages are done; what is left (closing the
+		// buffer, moving a damaged file aside and salvaging it) is
+		// bounded work, not a stall.
+		return true, ""
+	}
 	return a.health.observe(a.Snapshot(), time.Now())
 }
 

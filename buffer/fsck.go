@@ -1,0 +1,245 @@
+package buffer
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// checkPages is bbolt's consistency check (tx.Check) done on the file's
+// bytes, read with ReadAt rather than through the memory map, and bounds
+// checked: a page of garbage is a finding, never a fault or a panic.
+// bbolt's own check runs on a goroutine of its own, where neither can be
+// recovered, and trusts every offset it reads.
+//
+// From the meta page in use it walks the tree of every bucket: each page
+// lies below the high-water mark, says its own ID, is referenced once,
+// and holds elements whose keys and values lie within it, in strictly
+// ascending key order; the batches and dead-letter buckets are keyed by
+// sequence number. Then the freelist: no page freed twice, none both
+// free and in use, none neither (a leak). It reads every page of the tree
+// once, which is about the whole file.
+func checkPages(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	m0, ok0, _ := readMeta(f, 0, 0)
+	ps := int64(os.Getpagesize())
+	if ok0 {
+		ps = int64(m0.pageSize)
+	}
+	m1, ok1, _ := readMeta(f, ps, 1)
+	if !ok0 && !ok1 {
+		return fmt.Errorf("%w: no sound meta page", ErrCorruptFile)
+	}
+	m := m0
+	if !ok0 || ok1 && m1.txid > m0.txid {
+		m = m1
+	}
+	if int64(m.pgid)*ps > fi.Size() {
+		return fmt.Errorf("%w: the file is %d bytes but its pages reach %d: truncated", ErrCorruptFile, fi.Size(), int64(m.pgid)*ps)
+	}
+	c := &pageChecker{r: f, ps: ps, hwm: m.pgid, used: make([]bool, m.pgid)}
+	c.use(0, 0)
+	c.use(1, 0)
+	if err := c.walk(m.root, nil, false); err != nil {
+		return err
+	}
+	if m.freelist == ^uint64(0) { // not stored: nothing to compare
+		return nil
+	}
+	free, err := c.freelist(m.freelist)
+	if err != nil {
+		return err
+	}
+	seen := make([]bool, m.pgid)
+	for _, id := range free {
+		switch {
+		case id >= m.pgid:
+			return fmt.Errorf("%w: free page %d is beyond the high-water mark %d", ErrCorruptFile, id, m.pgid)
+		case seen[id]:
+			return fmt.Errorf("%w: page %d is freed twice", ErrCorruptFile, id)
+		case c.used[id]:
+			return fmt.Errorf("%w: page %d is both free and in use", ErrCorruptFile, id)
+		}
+		seen[id] = true
+	}
+	for id := range m.pgid {
+		if !c.used[id] && !seen[id] {
+			return fmt.Errorf("%w: page %d is neither free nor in use", ErrCorruptFile, id)
+		}
+	}
+	return nil
+}
+
+// pageChecker walks a bbolt file's pages.
+type pageChecker struct {
+	r    io.ReaderAt
+	ps   int64
+	hwm  uint64 // the high-water mark: pages below it exist
+	used []bool // pages reached from the root
+}
+
+// Page layout (bbolt's): id(8) flags(2) count(2) overflow(4), then the
+// elements: a branch element is pos(4) ksize(4) pgid(8), a leaf element
+// flags(4) pos(4) ksize(4) vsize(4); pos counts from the element.
+const (
+	pageHeader     = 16
+	elementSize    = 16
+	branchPageFlag = 0x01
+	leafPageFlag   = 0x02
+	freelistFlag   = 0x10
+	bucketLeafFlag = 0x01
+	bucketHeader   = 16 // an inline bucket's value: root(8) sequence(8), then its page
+)
+
+// use marks pages id to id+overflow as reached, once.
+func (c *pageChecker) use(id uint64, overflow uint32) error {
+	end := id + uint64(overflow)
+	if id < 2 && end >= 2 || id >= 2 && (end >= c.hwm || end < id) {
+		return fmt.Errorf("%w: page %d (+%d overflow) is out of bounds", ErrCorruptFile, id, overflow)
+	}
+	for p := id; p <= end; p++ {
+		if c.used[p] {
+			return fmt.Errorf("%w: page %d is referenced twice", ErrCorruptFile, p)
+		}
+		c.used[p] = true
+	}
+	return nil
+}
+
+// page reads page id with its overflow pages.
+func (c *pageChecker) page(id uint64) ([]byte, error) {
+	if id < 2 || id >= c.hwm {
+		return nil, fmt.Errorf("%w: page %d is out of bounds", ErrCorruptFile, id)
+	}
+	p := make([]byte, c.ps)
+	if _, err := c.r.ReadAt(p, int64(id)*c.ps); err != nil {
+		return nil, fmt.Errorf("%w: page %d: %w", ErrCorruptFile, id, err)
+	}
+	le := binary.LittleEndian
+	if got := le.Uint64(p); got != id {
+		return nil, fmt.Errorf("%w: page %d says it is page %d", ErrCorruptFile, id, got)
+	}
+	overflow := le.Uint32(p[12:])
+	if err := c.use(id, overflow); err != nil {
+		return nil, err
+	}
+	if overflow > 0 {
+		p = make([]byte, int64(overflow+1)*c.ps)
+		if _, err := c.r.ReadAt(p, int64(id)*c.ps); err != nil {
+			return nil, fmt.Errorf("%w: page %d: %w", ErrCorruptFile, id, err)
+		}
+	}
+	return p, nil
+}
+
+// walk checks the tree whose root is page id. name is the bucket's (nil
+// for the root bucket, whose keys name buckets); seqKeys requires
+// sequence-number keys.
+func (c *pageChecker) walk(id uint64, name []byte, seqKeys bool) error {
+	p, err := c.page(id)
+	if err != nil {
+		return err
+	}
+	return c.elements(p, id, name, seqKeys)
+}
+
+// elements checks the elements of page p (a page of the file, id, or an
+// inline bucket's page, id 0) and walks on to the pages they reference.
+func (c *pageChecker) elements(p []byte, id uint64, name []byte, seqKeys bool) error {
+	le := binary.LittleEndian
+	if len(p) < pageHeader {
+		return fmt.Errorf("%w: page %d is too short", ErrCorruptFile, id)
+	}
+	flags, count := le.Uint16(p[8:]), int(le.Uint16(p[10:]))
+	if pageHeader+count*elementSize > len(p) {
+		return fmt.Errorf("%w: page %d: %d elements do not fit", ErrCorruptFile, id, count)
+	}
+	var prev []byte
+	for i := range count {
+		off := pageHeader + i*elementSize
+		e := p[off : off+elementSize]
+		var pos, ksize, vsize int
+		switch {
+		case flags&branchPageFlag != 0:
+			pos, ksize = int(le.Uint32(e)), int(le.Uint32(e[4:]))
+		case flags&leafPageFlag != 0:
+			pos, ksize, vsize = int(le.Uint32(e[4:])), int(le.Uint32(e[8:])), int(le.Uint32(e[12:]))
+		default:
+			return fmt.Errorf("%w: page %d has type %#x, not a branch or a leaf", ErrCorruptFile, id, flags)
+		}
+		start := off + pos
+		end := start + ksize + vsize
+		if pos < 0 || ksize < 0 || vsize < 0 || end > len(p) || end < start {
+			return fmt.Errorf("%w: page %d: element %d lies outside the page", ErrCorruptFile, id, i)
+		}
+		k, v := p[start:start+ksize], p[start+ksize:end]
+		if prev != nil && bytes.Compare(prev, k) >= 0 {
+			return fmt.Errorf("%w: page %d: keys out of order at element %d", ErrCorruptFile, id, i)
+		}
+		prev = k
+		if flags&branchPageFlag != 0 {
+			if err := c.walk(le.Uint64(e[8:]), name, seqKeys); err != nil {
+				return err
+			}
+			continue
+		}
+		bucket := le.Uint32(e)&bucketLeafFlag != 0
+		if seqKeys && (len(k) != 8 || bucket) {
+			return fmt.Errorf("%w: bucket %q holds a key of %d bytes: a damaged page", ErrCorruptFile, name, len(k))
+		}
+		if !bucket {
+			continue
+		}
+		if len(v) < bucketHeader {
+			return fmt.Errorf("%w: page %d: bucket %q has a short header", ErrCorruptFile, id, k)
+		}
+		sub := string(k) == string(bucketBatches) || string(k) == string(bucketDeadLetters)
+		sub = sub && name == nil
+		if root := le.Uint64(v); root != 0 {
+			if err := c.walk(root, k, sub); err != nil {
+				return err
+			}
+		} else if err := c.elements(v[bucketHeader:], 0, k, sub); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// freelist reads the free page IDs from the freelist page id.
+func (c *pageChecker) freelist(id uint64) ([]uint64, error) {
+	p, err := c.page(id)
+	if err != nil {
+		return nil, err
+	}
+	le := binary.LittleEndian
+	if le.Uint16(p[8:])&freelistFlag == 0 {
+		return nil, fmt.Errorf("%w: freelist page %d is not a freelist", ErrCorruptFile, id)
+	}
+	n, ids := int(le.Uint16(p[10:])), p[pageHeader:]
+	if n == 0xFFFF { // the count does not fit the header: it is the first ID's slot
+		if len(ids) < 8 {
+			return nil, errors.New("freelist: short page")
+		}
+		n, ids = int(le.Uint64(ids)), ids[8:]
+	}
+	if n < 0 || n > len(ids)/8 {
+		return nil, fmt.Errorf("%w: freelist page %d: %d IDs do not fit", ErrCorruptFile, id, n)
+	}
+	free := make([]uint64, n)
+	for i := range free {
+		free[i] = le.Uint64(ids[8*i:])
+	}
+	return free, nil
+}
