@@ -80,6 +80,14 @@ const (
 	// stops, and how long Run waits for the ack goroutine once it gave up
 	// on the sink.
 	disconnectWait = 2 * time.Second
+	// defaultMaxPayload is Config.MaxPayload's default.
+	defaultMaxPayload = 1 << 20
+	// maxPacketSize is the largest packet MQTT can frame.
+	maxPacketSize = 268_435_455
+	// packetHeadroom is what CONNECT's Maximum Packet Size allows beyond
+	// MaxPayload: the fixed header, the topic (up to 65535 bytes, in
+	// practice far less), packet identifier and properties.
+	packetHeadroom = 64 << 10
 )
 
 // Stats are ingest counters since Run started.
@@ -100,6 +108,9 @@ type Stats struct {
 	// no subscription of the configuration matches their topic: they came
 	// through a subscription the configuration no longer has.
 	DroppedUnsubscribed uint64
+	// DroppedTooLarge counts messages acknowledged and dropped because
+	// their payload is larger than Config.MaxPayload.
+	DroppedTooLarge uint64
 }
 
 // Ingest is a running MQTT subscription feeding a sink.
@@ -121,6 +132,7 @@ type Ingest struct {
 	subscribed              atomic.Bool
 	sessionsLost            atomic.Uint64
 	droppedUnsubscribed     atomic.Uint64
+	droppedTooLarge         atomic.Uint64
 
 	subs    *subscriptions // what the session is subscribed to
 	backoff backoff        // reconnection delays
@@ -129,6 +141,7 @@ type Ingest struct {
 	warned      []string // the CONNACK warnings logged last
 
 	unsubscribedLog logEvery // on paho's router goroutine
+	tooLargeLog     logEvery // likewise
 
 	rec   buffer.Record     // reused by onPublish (paho's router goroutine)
 	props []buffer.Property // rec's user properties, reused
@@ -179,6 +192,9 @@ func New(cfg Config, sink Sink) (*Ingest, error) {
 	if cfg.ReceiveMaximum == 0 {
 		cfg.ReceiveMaximum = 1000
 	}
+	if cfg.MaxPayload <= 0 {
+		cfg.MaxPayload = defaultMaxPayload
+	}
 	if cfg.KeepAlive <= 0 {
 		cfg.KeepAlive = 30 * time.Second
 	}
@@ -217,6 +233,7 @@ func (in *Ingest) Stats() Stats {
 
 		SessionsLost:        in.sessionsLost.Load(),
 		DroppedUnsubscribed: in.droppedUnsubscribed.Load(),
+		DroppedTooLarge:     in.droppedTooLarge.Load(),
 	}
 }
 
@@ -256,6 +273,11 @@ func (in *Ingest) Run(ctx context.Context) error {
 			}
 			rm := in.cfg.ReceiveMaximum
 			c.Properties.ReceiveMaximum = &rm
+			// The broker does not send ferry a larger packet (it drops
+			// it for ferry, as delivered); one that comes anyway is
+			// replaced by a stub as it is read (see bufConn.Read).
+			mps := uint32(min(in.cfg.MaxPayload+packetHeadroom, maxPacketSize))
+			c.Properties.MaximumPacketSize = &mps
 			return c, nil
 		},
 		OnConnectionUp: func(_ *autopaho.ConnectionManager, ca *paho.Connack) {
@@ -385,6 +407,14 @@ func describeConnectError(err error) string {
 func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 	p := pr.Packet
 	l := in.sess.current()
+	if size, stub := stubSize(p); stub {
+		in.droppedTooLarge.Add(1)
+		if n, ok := in.tooLargeLog.due(); ok {
+			in.log.Warn("messages dropped: payload larger than mqtt.max_payload_bytes (acknowledged, not stored)", "topic", p.Topic, "bytes", size, "limit", in.cfg.MaxPayload, "messages", n)
+		}
+		in.bypass(pending{link: l, topic: p.Topic, id: p.PacketID, qos: p.QoS})
+		return true, nil
+	}
 	if in.subs.check && !in.subs.matches(p.Topic) {
 		in.droppedUnsubscribed.Add(1)
 		if n, ok := in.unsubscribedLog.due(); ok {

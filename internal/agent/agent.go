@@ -87,6 +87,10 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: log}
 	a.health = health{limit: cmp.Or(opts.StallLimit, 30*time.Second), block: cfg.Buffer.WhenFull == "block"}
 	fc.Observers = append(fc.Observers, kafkaHooks{a: a, produce: opts.Hooks.ProduceLatency})
+	fc.Ingest = func() forward.IngestStatus {
+		m := a.ingest.Stats()
+		return forward.IngestStatus{Dropped: ingestDropped(m), SessionsLost: m.SessionsLost}
+	}
 	buf, err := openBuffer(cfg.Buffer, cfg.MQTT.ReceiveMaximum, log)
 	if err != nil {
 		return nil, err
