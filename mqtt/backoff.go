@@ -66,7 +66,10 @@ func (b *backoff) failed(err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.failures++
-	b.refused = isRefusal(err)
+	// Once refused, a streak of failures stays refused: what follows a
+	// refusal (the broker resetting the next attempts) is no reason to
+	// try harder.
+	b.refused = b.refused || isRefusal(err)
 }
 
 // up records a connection that came up.
@@ -101,6 +104,6 @@ func isRefusal(err error) bool {
 		verify  *tls.CertificateVerificationError
 		alert   tls.AlertError
 	)
-	return errors.As(err, &ca) || errors.As(err, &unknown) || errors.As(err, &invalid) ||
+	return errors.Is(err, errNoClientCertificate) || errors.As(err, &ca) || errors.As(err, &unknown) || errors.As(err, &invalid) ||
 		errors.As(err, &host) || errors.As(err, &verify) || errors.As(err, &alert)
 }

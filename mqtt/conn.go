@@ -93,8 +93,23 @@ func (in *Ingest) attemptConnection(ctx context.Context, cfg autopaho.ClientConf
 		if tc.ServerName == "" {
 			tc.ServerName = u.Hostname()
 		}
+		// A broker that wants a client certificate ferry does not have
+		// refuses the connection after the handshake (TLS 1.3), with an
+		// alert or a reset that reads like a network failure: tell it
+		// here, as the refusal it is.
+		var asked bool
+		if len(tc.Certificates) == 0 && tc.GetClientCertificate == nil {
+			tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				asked = true
+				return &tls.Certificate{}, nil
+			}
+		}
 		tlsConn := tls.Client(c, tc)
-		if err := tlsConn.HandshakeContext(ctx); err != nil {
+		err := tlsConn.HandshakeContext(ctx)
+		if err == nil && asked {
+			err = errNoClientCertificate
+		}
+		if err != nil {
 			raw.Close()
 			return nil, err
 		}
@@ -102,6 +117,10 @@ func (in *Ingest) attemptConnection(ctx context.Context, cfg autopaho.ClientConf
 	}
 	return newBufConn(c, in.cfg.MaxPayload), nil
 }
+
+// errNoClientCertificate: the broker asks for a client certificate and
+// the configuration has none.
+var errNoClientCertificate = errors.New("the broker asks for a client certificate (mutual TLS) and none is configured (mqtt.tls.cert_file, key_file)")
 
 // pacedConn paces reads from the socket: after a read that took everything
 // there was (fewer bytes than asked for), the next read waits until

@@ -311,7 +311,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 		},
 		OnConnectError: func(err error) {
 			in.backoff.failed(err)
-			if msg := err.Error(); lastErr.Swap(msg) != msg {
+			if key := errorKey(err); lastErr.Swap(key) != key {
 				in.log.Warn("cannot connect to broker; retrying with backoff", "url", in.cfg.URL.Redacted(), "err", describeConnectError(err))
 			}
 		},
@@ -384,6 +384,17 @@ func (in *Ingest) Run(ctx context.Context) error {
 	}
 	in.connected.Store(false)
 	return runErr
+}
+
+// errorKey is what tells connection errors apart for logging on change:
+// the text without the addresses of a network error (a new local port
+// each attempt).
+func errorKey(err error) string {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Op + ": " + op.Err.Error()
+	}
+	return err.Error()
 }
 
 // describeConnectError words a failed connection attempt for the log: a
