@@ -38,8 +38,8 @@ const (
 
 // Broker is a running MQTT broker listening on 127.0.0.1.
 type Broker struct {
-	Kind    string // KindMosquitto or KindMochi
-	Addr    string // host:port, always 127.0.0.1
+	Kind string // KindMosquitto or KindMochi
+	Addr string // host:port, always 127.0.0.1
 	// TLSAddr is the host:port of Mosquitto's TLS listener, if
 	// MosquittoOptions.TLS asked for one.
 	TLSAddr string
