@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -161,4 +162,75 @@ func TestLostSessionIsCountedAndReconnectIsQuick(t *testing.T) {
 	publish(t, pub, "sensors/a", 1, "x")
 	waitFor(t, 10*time.Second, "a message after the reconnect", func() bool { return sink.count("sensors/a") == 1 })
 	stopIngest(t, done, cancel)
+}
+
+// QoS 2: the PUBREC waits for the record to be durable, as PUBACK does.
+func TestQoS2WaitsForDurableRecord(t *testing.T) {
+	broker := testenv.NewBroker(t)
+	testenv.RequireMosquitto(t, broker, "mochi-mqtt v2.7.9 does not hand a resumed session to a new connection reliably")
+	buf, err := buffer.Open(filepath.Join(t.TempDir(), "b.db"), buffer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer buf.Close()
+	u, _ := url.Parse(broker.URL())
+	cfg := Config{URL: u, Subscriptions: []Subscription{{Filter: "sensors/#", QoS: ExactlyOnce}}}
+	sink := &gatedSink{buf: buf}
+	in, done, cancel := startIngestWith(t, cfg, sink, nil)
+	defer cancel()
+	publish(t, publisher(t, broker.Addr), "sensors/a", 2, "exactly once")
+	waitFor(t, 10*time.Second, "the message", func() bool { return in.Stats().Received == 1 })
+	time.Sleep(200 * time.Millisecond)
+	if n := in.Stats().Acknowledged; n != 0 {
+		t.Fatalf("PUBREC sent before the record was durable")
+	}
+	sink.release()
+	waitFor(t, 10*time.Second, "the PUBREC", func() bool { return in.Stats().Acknowledged == 1 })
+	time.Sleep(200 * time.Millisecond) // PUBREL, PUBCOMP
+	stopIngest(t, done, cancel)
+
+	again := &topicSink{}
+	in, done, cancel = startIngestWith(t, cfg, again, nil)
+	time.Sleep(300 * time.Millisecond)
+	stopIngest(t, done, cancel)
+	if n := in.Stats().Received; n != 0 {
+		t.Fatalf("an acknowledged QoS 2 message came again %d times", n)
+	}
+}
+
+// Two ingests with one shared subscription ($share/ferry/...) split the
+// stream: each gets part of it, together all of it, no message twice.
+func TestSharedSubscriptionSplitsTheStream(t *testing.T) {
+	broker := testenv.NewBroker(t)
+	testenv.RequireMosquitto(t, broker, "mochi-mqtt v2.7.9 stalls under sustained QoS 1 load")
+	u, _ := url.Parse(broker.URL())
+	shared := []Subscription{{Filter: "$share/ferry/sensors/+/telemetry", QoS: 1}}
+	var sinks [2]*topicSink
+	for i := range sinks {
+		sinks[i] = &topicSink{}
+		cfg := Config{URL: u, ClientID: fmt.Sprintf("ferry-%d", i), StateFile: filepath.Join(t.TempDir(), "subs"), Subscriptions: shared}
+		_, done, cancel := startIngestWith(t, cfg, sinks[i], nil)
+		t.Cleanup(func() { stopIngest(t, done, cancel) })
+	}
+	pub := publisher(t, broker.Addr)
+	const n = 1000
+	for i := range n {
+		publish(t, pub, fmt.Sprintf("sensors/%d/telemetry", i), 1, "x")
+	}
+	total := func() int { return len(sinks[0].got()) + len(sinks[1].got()) }
+	waitFor(t, 10*time.Second, "every message", func() bool { return total() >= n })
+	time.Sleep(200 * time.Millisecond)
+	seen := map[string]int{}
+	for _, s := range sinks {
+		if len(s.got()) == 0 {
+			t.Errorf("one ingest got nothing: the stream was not split")
+		}
+		for _, topic := range s.got() {
+			seen[topic]++
+		}
+	}
+	if len(seen) != n || total() != n {
+		t.Fatalf("%d distinct messages, %d records, want %d of each", len(seen), total(), n)
+	}
+	t.Logf("split %d / %d", len(sinks[0].got()), len(sinks[1].got()))
 }
