@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
@@ -176,6 +177,11 @@ type bufConn struct {
 	limit int    // largest payload passed on; 0: any
 	rem   int    // bytes of the packet being read still to pass on
 	stub  []byte // what is left of a stub being passed on instead of a packet
+	// readSince is when the Read in progress began (unix nanoseconds), 0
+	// while paho is not reading (it waits to hand a message on): the
+	// keep-alive tells a silent broker from a reader held up by the sink
+	// with it (see pinger).
+	readSince atomic.Int64
 
 	pkt sync.Mutex // Lock and Unlock: one writer's packet at a time
 
@@ -198,6 +204,8 @@ func (c *bufConn) Unlock() { c.pkt.Unlock() }
 // begins: a packet's fixed header is peeked at, not copied, and the rest
 // passes through as before.
 func (c *bufConn) Read(p []byte) (int, error) {
+	c.readSince.Store(time.Now().UnixNano())
+	defer c.readSince.Store(0)
 	if c.limit <= 0 {
 		return c.r.Read(p)
 	}
@@ -217,6 +225,16 @@ func (c *bufConn) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.rem -= n
 	return n, err
+}
+
+// waitingSince reports whether paho's reader is in a Read now, and since
+// when.
+func (c *bufConn) waitingSince() (time.Time, bool) {
+	ns := c.readSince.Load()
+	if ns == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, ns), true
 }
 
 // nextPacket looks at the packet that comes next: one to pass on sets rem

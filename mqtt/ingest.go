@@ -321,6 +321,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 			// Ack paho makes when onPublish returns, and the ack goroutine
 			// acknowledges once the record is durable.
 			Session:           in.sess,
+			PingHandler:       &pinger{},
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){in.onPublish},
 			OnClientError: func(err error) {
 				in.log.Warn("broker connection error", "err", err)
