@@ -91,15 +91,63 @@ type MQTT struct {
 	// have in flight awaiting ferry's acknowledgement, which comes once
 	// the message is durable (see Buffer.Sync); 1 to 65535. Default 1000.
 	ReceiveMaximum int `yaml:"receive_maximum"`
+	// MaxPayloadBytes bounds the payload of a message ferry takes, from
+	// 1KiB to 255MiB. ferry advertises it to the broker (CONNECT's Maximum
+	// Packet Size, with room for the topic and properties), which then
+	// does not send larger messages; one that still comes (a broker that
+	// ignores the limit) is acknowledged, counted as dropped (reason
+	// too_large) and logged, and never read whole into memory. Default
+	// 1MiB.
+	MaxPayloadBytes ByteSize `yaml:"max_payload_bytes"`
+	// TLS configures the connection to a broker at an ssl://, tls://,
+	// mqtts:// or wss:// URL; it is an error with another scheme.
+	// Without it such a connection verifies the broker with the system's
+	// roots.
+	TLS MQTTTLS `yaml:"tls"`
 	// Subscriptions are the filters subscribed to; at least one, no
 	// filter twice.
 	Subscriptions []Subscription `yaml:"subscriptions"`
 }
 
+// MQTTTLS configures TLS to the MQTT broker. TLS itself comes from the
+// URL's scheme.
+type MQTTTLS struct {
+	// CAFile is a PEM file of CA certificates to trust. Default: the
+	// system's roots.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are a PEM client certificate and its key, for
+	// mutual TLS; both or neither.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName overrides the name checked in the broker's certificate.
+	// Default: the URL's host.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify accepts any broker certificate. Only for tests:
+	// ferry warns loudly when it is on.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
 // Subscription is one MQTT subscription.
 type Subscription struct {
-	Filter string `yaml:"filter"` // a plain MQTT topic filter; required
-	QoS    int    `yaml:"qos"`    // 0, 1 or 2; default 1 when the key is absent
+	// Filter is an MQTT topic filter, or a shared subscription
+	// "$share/group/filter" (the broker gives each message to one member
+	// of the group: several gateways or ferry processes split one
+	// stream); required. Routes match the topics of filter.
+	Filter string `yaml:"filter"`
+	QoS    int    `yaml:"qos"` // 0, 1 or 2; default 1 when the key is absent
+	// NoLocal: the broker does not send messages that ferry's own client
+	// id published. Not allowed on a shared subscription. Default false.
+	NoLocal bool `yaml:"no_local"`
+	// RetainAsPublished: messages keep the retain flag they were published
+	// with (otherwise the broker clears it on forwarded messages; the
+	// record's mqtt retain flag tells a retained message sent at subscribe
+	// time either way). Default false.
+	RetainAsPublished bool `yaml:"retain_as_published"`
+	// RetainHandling is when the broker sends the retained messages of the
+	// filter's topics: 0 at every subscribe (ferry subscribes on every
+	// connection, so after every reconnect), 1 only when the subscription
+	// is new to the session, 2 never. Default 1.
+	RetainHandling int `yaml:"retain_handling"`
 }
 
 // Buffer configures the durable on-disk buffer.

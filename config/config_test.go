@@ -70,13 +70,14 @@ func TestDefaults(t *testing.T) {
 		GatewayID: "testhost",
 		Log:       Log{Level: "info", Format: "text"},
 		MQTT: MQTT{
-			URL:            "tcp://127.0.0.1:1883",
-			ClientID:       "ferry-testhost",
-			KeepAlive:      30 * time.Second,
-			SessionExpiry:  24 * time.Hour,
-			ConnectTimeout: 10 * time.Second,
-			ReceiveMaximum: 1000,
-			Subscriptions:  []Subscription{{Filter: "sensors/#", QoS: 1}},
+			URL:             "tcp://127.0.0.1:1883",
+			ClientID:        "ferry-testhost",
+			KeepAlive:       30 * time.Second,
+			SessionExpiry:   24 * time.Hour,
+			ConnectTimeout:  10 * time.Second,
+			ReceiveMaximum:  1000,
+			MaxPayloadBytes: 1 << 20,
+			Subscriptions:   []Subscription{{Filter: "sensors/#", QoS: 1, RetainHandling: 1}},
 		},
 		Buffer: Buffer{Path: "./ferry-buffer.db", Sync: "delayed", WriteDelay: 100 * time.Millisecond, SyncInterval: 100 * time.Millisecond, MaxBytes: 1 << 30, MaxDeadLetterBytes: 64 << 20, MaxAge: 7 * 24 * time.Hour, WhenFull: "drop_oldest", OnCorrupt: "move_aside"},
 		Forward: Forward{
@@ -238,6 +239,7 @@ forward:
 	// "#" reaches the telemetry route; $SYS topics are not matched by it.
 	want := []string{
 		`test.yaml:6:15: mqtt.subscriptions[1].filter: no route matches any topic of "alarms/#"`,
+		`test.yaml:7:15: mqtt.subscriptions[2].filter: overlaps mqtt.subscriptions[0].filter "sensors/+/telemetry": a message matching both comes once through each (Mosquitto sends a copy per subscription), and is forwarded twice`,
 		`test.yaml:14:14: forward.routes[1].match: no subscription receives any topic of "$SYS/#"; the route is never used`,
 	}
 	if !reflect.DeepEqual(c.Warnings, want) {
@@ -521,5 +523,51 @@ func TestRedactURL(t *testing.T) {
 		if got := RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// Per-subscription options decode to their values; a shared subscription's
+// filter part is what routes are checked against; mqtt.tls is read for a
+// TLS URL and warns when it verifies nothing.
+func TestSubscriptionOptionsAndMQTTTLS(t *testing.T) {
+	doc := `
+mqtt:
+  url: mqtts://broker.example:8883
+  max_payload_bytes: 64KiB
+  tls:
+    server_name: broker.internal
+    insecure_skip_verify: true
+  subscriptions:
+    - filter: $share/ferry/sensors/+/telemetry
+      qos: 2
+      retain_handling: 2
+    - filter: cmd/#
+      qos: 0
+      no_local: true
+      retain_as_published: true
+      retain_handling: 0
+forward:
+  kafka:
+    brokers: [127.0.0.1:9092]
+  routes:
+    - match: sensors/{device}/telemetry
+      topic: telemetry
+    - match: cmd/#
+      topic: commands
+`
+	c := mustParse(t, doc, testEnv())
+	want := []Subscription{
+		{Filter: "$share/ferry/sensors/+/telemetry", QoS: 2, RetainHandling: 2},
+		{Filter: "cmd/#", QoS: 0, NoLocal: true, RetainAsPublished: true, RetainHandling: 0},
+	}
+	if !reflect.DeepEqual(c.MQTT.Subscriptions, want) {
+		t.Errorf("subscriptions %+v, want %+v", c.MQTT.Subscriptions, want)
+	}
+	if c.MQTT.MaxPayloadBytes != 64<<10 || c.MQTT.TLS.ServerName != "broker.internal" || !c.MQTT.TLS.InsecureSkipVerify {
+		t.Errorf("mqtt %+v", c.MQTT)
+	}
+	wantWarn := []string{`test.yaml:7:27: mqtt.tls.insecure_skip_verify: the MQTT broker's certificate is NOT verified: anyone on the path can read and change the data and learn the password; use only for tests`}
+	if !reflect.DeepEqual(c.Warnings, wantWarn) {
+		t.Errorf("Warnings:\n%s\nwant:\n%s", strings.Join(c.Warnings, "\n"), strings.Join(wantWarn, "\n"))
 	}
 }

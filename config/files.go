@@ -28,6 +28,9 @@ type Files struct {
 	// forward.kafka.tls.cert_file with the private key of key_file; nil
 	// without them.
 	KafkaCertificate *tls.Certificate
+	// MQTTRootCAs and MQTTCertificate are the same for mqtt.tls.
+	MQTTRootCAs     *x509.CertPool
+	MQTTCertificate *tls.Certificate
 }
 
 // Limits on the files a configuration names: far above any real password or
@@ -70,37 +73,51 @@ func readFiles(c *Config, bad func(key string, err error)) *Files {
 		}
 		f.KafkaPassword = pw
 	}
-	t := c.Forward.Kafka.TLS
-	if t.CAFile != "" {
-		_, certs, err := readCertificates(t.CAFile)
+	m := c.MQTT.TLS
+	f.MQTTRootCAs, f.MQTTCertificate = readTLSFiles("mqtt.tls", m.CAFile, m.CertFile, m.KeyFile, bad)
+	k := c.Forward.Kafka.TLS
+	f.KafkaRootCAs, f.KafkaCertificate = readTLSFiles("forward.kafka.tls", k.CAFile, k.CertFile, k.KeyFile, bad)
+	return &f
+}
+
+// readTLSFiles reads the CA file and the client certificate and key of the
+// tls section at key (each "" if not given), calling bad for each that
+// fails.
+func readTLSFiles(key, caFile, certFile, keyFile string, bad func(key string, err error)) (*x509.CertPool, *tls.Certificate) {
+	var (
+		pool *x509.CertPool
+		cert *tls.Certificate
+	)
+	if caFile != "" {
+		_, certs, err := readCertificates(caFile)
 		if err != nil {
-			bad("forward.kafka.tls.ca_file", err)
+			bad(key+".ca_file", err)
 		} else {
-			f.KafkaRootCAs = x509.NewCertPool()
-			for _, cert := range certs {
-				f.KafkaRootCAs.AddCert(cert)
+			pool = x509.NewCertPool()
+			for _, c := range certs {
+				pool.AddCert(c)
 			}
 		}
 	}
-	if t.CertFile != "" && t.KeyFile != "" {
-		certPEM, _, certErr := readCertificates(t.CertFile)
+	if certFile != "" && keyFile != "" {
+		certPEM, _, certErr := readCertificates(certFile)
 		if certErr != nil {
-			bad("forward.kafka.tls.cert_file", certErr)
+			bad(key+".cert_file", certErr)
 		}
-		key, err := readFile(t.KeyFile, maxPEMFile)
+		keyPEM, err := readFile(keyFile, maxPEMFile)
 		switch {
 		case err != nil:
-			bad("forward.kafka.tls.key_file", err)
+			bad(key+".key_file", err)
 		case certErr == nil:
-			pair, err := tls.X509KeyPair(certPEM, key)
+			pair, err := tls.X509KeyPair(certPEM, keyPEM)
 			if err != nil {
-				bad("forward.kafka.tls.key_file", fmt.Errorf("%s is not the key of cert_file %s: %w", t.KeyFile, t.CertFile, err))
+				bad(key+".key_file", fmt.Errorf("%s is not the key of cert_file %s: %w", keyFile, certFile, err))
 			} else {
-				f.KafkaCertificate = &pair
+				cert = &pair
 			}
 		}
 	}
-	return &f
+	return pool, cert
 }
 
 // readPassword reads a password file: its content less a trailing newline,

@@ -16,13 +16,19 @@ import (
 
 // Defaults, as documented on the fields.
 const (
-	defaultLogLevel           = "info"
-	defaultLogFormat          = "text"
-	defaultKeepAlive          = 30 * time.Second
-	defaultSessionExpiry      = 24 * time.Hour
-	defaultConnectTimeout     = 10 * time.Second
-	defaultReceiveMaximum     = 1000
-	defaultQoS                = 1
+	defaultLogLevel        = "info"
+	defaultLogFormat       = "text"
+	defaultKeepAlive       = 30 * time.Second
+	defaultSessionExpiry   = 24 * time.Hour
+	defaultConnectTimeout  = 10 * time.Second
+	defaultReceiveMaximum  = 1000
+	defaultQoS             = 1
+	defaultRetainHandling  = 1
+	defaultMaxPayloadBytes = 1 << 20
+	minMaxPayloadBytes     = 1 << 10
+	// maxMaxPayloadBytes leaves room for the topic and properties within
+	// MQTT's largest packet (268,435,455 bytes).
+	maxMaxPayloadBytes        = 255 << 20
 	defaultCompression        = "none"
 	defaultMaxBufferedRecords = 20000
 	defaultMaxBufferedBytes   = 16 << 20
@@ -87,8 +93,10 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 	setIfAbsent(src, "mqtt.session_expiry", &m.SessionExpiry, defaultSessionExpiry)
 	setIfAbsent(src, "mqtt.connect_timeout", &m.ConnectTimeout, defaultConnectTimeout)
 	setIfAbsent(src, "mqtt.receive_maximum", &m.ReceiveMaximum, defaultReceiveMaximum)
+	setIfAbsent(src, "mqtt.max_payload_bytes", &m.MaxPayloadBytes, defaultMaxPayloadBytes)
 	for i := range m.Subscriptions {
 		setIfAbsent(src, fmt.Sprintf("mqtt.subscriptions[%d].qos", i), &m.Subscriptions[i].QoS, defaultQoS)
+		setIfAbsent(src, fmt.Sprintf("mqtt.subscriptions[%d].retain_handling", i), &m.Subscriptions[i].RetainHandling, defaultRetainHandling)
 	}
 
 	bu := &c.Buffer
@@ -223,6 +231,21 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	if m.ReceiveMaximum < 1 || m.ReceiveMaximum > math.MaxUint16 {
 		bad("mqtt.receive_maximum", "must be from 1 to 65535, got %d", m.ReceiveMaximum)
 	}
+	if m.MaxPayloadBytes < minMaxPayloadBytes || m.MaxPayloadBytes > maxMaxPayloadBytes {
+		bad("mqtt.max_payload_bytes", "must be from %v to %v, got %v", ByteSize(minMaxPayloadBytes), ByteSize(maxMaxPayloadBytes), m.MaxPayloadBytes)
+	}
+	if m.TLS != (MQTTTLS{}) {
+		if scheme, _, _ := strings.Cut(m.URL, ":"); m.URL != "" && !isTLSScheme(scheme) {
+			bad("mqtt.tls", "is set, but mqtt.url's scheme %s is not TLS: use ssl://, tls://, mqtts:// or wss://, or remove mqtt.tls", scheme)
+		}
+	}
+	if (m.TLS.CertFile == "") != (m.TLS.KeyFile == "") {
+		bad("mqtt.tls", "cert_file and key_file go together: set both for mutual TLS, or neither")
+	}
+	if m.TLS.InsecureSkipVerify {
+		c.Warnings = append(c.Warnings, src.errorAt("mqtt.tls.insecure_skip_verify",
+			"the MQTT broker's certificate is NOT verified: anyone on the path can read and change the data and learn the password; use only for tests").Error())
+	}
 	if len(m.Subscriptions) == 0 {
 		bad("mqtt.subscriptions", "at least one subscription is required")
 	} else if len(m.Subscriptions) > maxSubscriptions {
@@ -234,9 +257,15 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 		if s.QoS < 0 || s.QoS > 2 {
 			bad(path+".qos", "must be 0, 1 or 2, got %d", s.QoS)
 		}
+		if s.RetainHandling < 0 || s.RetainHandling > 2 {
+			bad(path+".retain_handling", "must be 0 (retained messages at every subscribe), 1 (only for a new subscription) or 2 (never), got %d", s.RetainHandling)
+		}
+		if _, _, shared := topic.SplitShared(s.Filter); shared && s.NoLocal {
+			bad(path+".no_local", "must be false on a shared subscription (MQTT forbids it)")
+		}
 		if s.Filter == "" {
 			bad(path+".filter", "required")
-		} else if err := topic.ValidFilter(s.Filter); err != nil {
+		} else if err := topic.ValidSubscription(s.Filter); err != nil {
 			bad(path+".filter", "%v", err)
 		} else if j, dup := filters[s.Filter]; dup {
 			bad(path+".filter", "duplicate of mqtt.subscriptions[%d].filter %q", j, s.Filter)
@@ -351,13 +380,24 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	warn := func(path, format string, args ...any) {
 		c.Warnings = append(c.Warnings, src.errorAt(path, format, args...).Error())
 	}
+	// Routes match topics, so a shared subscription's filter part counts.
+	plain := func(f string) string { _, p, _ := topic.SplitShared(f); return p }
 	for i, s := range m.Subscriptions {
-		if j, valid := filters[s.Filter]; !valid || j != i || len(routes) == 0 {
+		if j, valid := filters[s.Filter]; !valid || j != i {
+			continue
+		}
+		for j, o := range m.Subscriptions[:i] {
+			if k, valid := filters[o.Filter]; valid && k == j && topic.Overlap(plain(s.Filter), plain(o.Filter)) {
+				warn(fmt.Sprintf("mqtt.subscriptions[%d].filter", i), "overlaps mqtt.subscriptions[%d].filter %q: a message matching both comes once through each (Mosquitto sends a copy per subscription), and is forwarded twice", j, o.Filter)
+				break
+			}
+		}
+		if len(routes) == 0 {
 			continue
 		}
 		matched := false
 		for _, f := range routes {
-			matched = matched || topic.Overlap(s.Filter, f)
+			matched = matched || topic.Overlap(plain(s.Filter), f)
 		}
 		if !matched {
 			warn(fmt.Sprintf("mqtt.subscriptions[%d].filter", i), "no route matches any topic of %q", s.Filter)
@@ -370,12 +410,21 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 		}
 		reached := false
 		for s := range filters {
-			reached = reached || topic.Overlap(s, f)
+			reached = reached || topic.Overlap(plain(s), f)
 		}
 		if !reached {
 			warn(fmt.Sprintf("forward.routes[%d].match", i), "no subscription receives any topic of %q; the route is never used", r.Match)
 		}
 	}
+}
+
+// isTLSScheme reports whether an mqtt.url scheme connects over TLS.
+func isTLSScheme(scheme string) bool {
+	switch scheme {
+	case "ssl", "tls", "mqtts", "wss":
+		return true
+	}
+	return false
 }
 
 func checkMQTTURL(s string) string {

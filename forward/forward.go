@@ -139,6 +139,9 @@ type Config struct {
 	// own, so it never holds up the data.
 	StatusTopic    string
 	StatusInterval time.Duration // default 1m
+	// Ingest, if set, tells the status record what the MQTT side lost
+	// (see IngestStatus).
+	Ingest func() IngestStatus
 	// Observers are franz-go hooks (kgo.Hook: connections, produce
 	// requests) added to the data client, for metrics. They observe; no
 	// hook can change what is produced or how it is acknowledged.

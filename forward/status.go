@@ -46,6 +46,18 @@ type Status struct {
 	Unrouted  uint64 `json:"unrouted"`
 	Delivered uint64 `json:"delivered"`
 	LastError string `json:"last_error,omitempty"`
+	// MQTTSessionsLost counts, since ferry started, the connections on
+	// which the MQTT broker no longer had ferry's session: what it had
+	// queued for ferry was lost there.
+	MQTTSessionsLost uint64 `json:"mqtt_sessions_lost"`
+}
+
+// IngestStatus is what the status record tells of the MQTT side, since
+// ferry started: messages acknowledged and dropped, by reason (they join
+// Status.Dropped), and sessions the broker lost.
+type IngestStatus struct {
+	Dropped      map[string]uint64
+	SessionsLost uint64
 }
 
 // reportStatus sends a Status record every StatusInterval, and within
@@ -58,10 +70,10 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 	var sent Status
 	var last time.Time
 	for {
-		bs := f.src.Stats()
-		changed := !maps.Equal(bs.Dropped, sent.Dropped) || !maps.Equal(bs.DeadLettered, sent.DeadLettered) || bs.DiskFull != sent.DiskFull
+		st := f.status(f.src.Stats())
+		changed := !maps.Equal(st.Dropped, sent.Dropped) || !maps.Equal(st.DeadLettered, sent.DeadLettered) || st.DiskFull != sent.DiskFull ||
+			st.MQTTSessionsLost != sent.MQTTSessionsLost
 		if last.IsZero() || changed || time.Since(last) >= f.cfg.StatusInterval {
-			st := f.status(bs)
 			if err := f.sendStatus(ctx, cl, st); err != nil {
 				if ctx.Err() != nil {
 					return
@@ -84,12 +96,24 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 
 func (f *Forwarder) status(bs buffer.Stats) Status {
 	fs := f.Stats()
+	var in IngestStatus
+	if f.cfg.Ingest != nil {
+		in = f.cfg.Ingest()
+	}
+	dropped := bs.Dropped
+	if len(in.Dropped) > 0 {
+		dropped = maps.Clone(bs.Dropped)
+		if dropped == nil {
+			dropped = map[string]uint64{}
+		}
+		maps.Copy(dropped, in.Dropped)
+	}
 	return Status{
 		GatewayID:         f.cfg.GatewayID,
 		Time:              time.Now().UTC(),
 		BufferedRecords:   bs.Records,
 		BufferedBytes:     bs.Bytes,
-		Dropped:           bs.Dropped,
+		Dropped:           dropped,
 		DeadLettered:      bs.DeadLettered,
 		DeadLetterRecords: bs.DeadLetterRecords,
 		DeadLetterBytes:   bs.DeadLetterBytes,
@@ -100,6 +124,7 @@ func (f *Forwarder) status(bs buffer.Stats) Status {
 		Unrouted:          fs.Unrouted,
 		Delivered:         fs.Delivered,
 		LastError:         fs.LastError,
+		MQTTSessionsLost:  in.SessionsLost,
 	}
 }
 

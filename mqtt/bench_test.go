@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/ferry-edge/ferry/buffer"
 	"github.com/ferry-edge/ferry/internal/testenv"
@@ -135,39 +138,82 @@ func (s *commitSink) commit() {
 
 func (s *commitSink) close() { close(s.quit); <-s.exited }
 
+// subscriber is what a benchmark measures: it subscribes to bench/# at
+// qos and closes the returned channel once n messages were taken.
+type subscriber func(b *testing.B, brokerURL string, qos QoS, n int) (reached <-chan struct{}, stop func())
+
+// ingestSubscriber is ingest with a sink without a disk (commitSink).
+func ingestSubscriber(b *testing.B, brokerURL string, qos QoS, n int) (<-chan struct{}, func()) {
+	sink := newCommitSink(n)
+	u, _ := url.Parse(brokerURL)
+	in, err := New(Config{
+		URL: u, ClientID: "ferry-bench", SessionExpiry: time.Hour,
+		Subscriptions: []Subscription{{Filter: "bench/#", QoS: qos}},
+	}, sink)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- in.Run(ctx) }()
+	for !in.Stats().Subscribed {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return sink.reached, func() {
+		cancel()
+		if err := <-runDone; err != nil {
+			b.Error(err)
+		}
+		sink.close()
+	}
+}
+
+// plainSubscriber is the baseline: a paho client that acknowledges each
+// message as soon as its handler returns, keeping nothing.
+func plainSubscriber(b *testing.B, brokerURL string, qos QoS, n int) (<-chan struct{}, func()) {
+	u, _ := url.Parse(brokerURL)
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		b.Fatal(err)
+	}
+	reached := make(chan struct{})
+	var got int
+	c := paho.NewClient(paho.ClientConfig{Conn: conn, ClientID: "plain-bench", OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+		func(paho.PublishReceived) (bool, error) {
+			if got++; got == n {
+				close(reached)
+			}
+			return true, nil
+		}}})
+	rm := uint16(1000)
+	if _, err := c.Connect(context.Background(), &paho.Connect{ClientID: "plain-bench", CleanStart: true, KeepAlive: 30,
+		Properties: &paho.ConnectProperties{ReceiveMaximum: &rm}}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := c.Subscribe(context.Background(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "bench/#", QoS: byte(qos)}}}); err != nil {
+		b.Fatal(err)
+	}
+	return reached, func() { c.Disconnect(&paho.Disconnect{}) }
+}
+
 // benchIngest has mosquitto_pub (a process of its own, so that its work
-// is not counted) publish b.N QoS 1 messages of 64 bytes to Mosquitto,
+// is not counted) publish b.N messages of 64 bytes at qos to Mosquitto,
 // rate a second (0: as fast as it goes, up to 1000 in flight), and
-// reports what this process (ingest, paho, a sink without a disk) spent
-// per message until every message was acknowledged.
-func benchIngest(b *testing.B, rate int) {
+// reports what this process (sub: ingest with a sink without a disk, or
+// the plain subscriber) spent per message until every message was taken.
+func benchIngest(b *testing.B, rate int, qos QoS, sub subscriber) {
 	broker := testenv.NewBroker(b)
 	testenv.RequireMosquitto(b, broker, "the broker must be a process of its own to count what ingest spends")
 	pub, err := exec.LookPath("mosquitto_pub")
 	if err != nil {
 		b.Skip("needs mosquitto_pub (Debian: mosquitto-clients)")
 	}
-	sink := newCommitSink(b.N)
-	defer sink.close()
-	u, _ := url.Parse(broker.URL())
-	in, err := New(Config{
-		URL: u, ClientID: "ferry-bench", SessionExpiry: time.Hour,
-		Subscriptions: []Subscription{{Filter: "bench/#", QoS: 1}},
-	}, sink)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	runDone := make(chan error, 1)
-	go func() { runDone <- in.Run(ctx) }()
-	for !in.Stats().Subscribed {
-		time.Sleep(10 * time.Millisecond)
-	}
+	reached, stop := sub(b, broker.URL(), qos, b.N)
+	defer stop()
 
 	payload := fmt.Sprintf(`{"device":"dev-01","seq":0,"t":21.5,"pad":"%s"}`, strings.Repeat("x", 13))
 	args := []string{"-h", "127.0.0.1", "-p", broker.Addr[strings.LastIndexByte(broker.Addr, ':')+1:],
-		"-V", "mqttv5", "-q", "1", "-i", "ferry-bench-pub", "-t", "bench/dev-01/telemetry", "-l", "-M", "1000"}
+		"-V", "mqttv5", "-q", strconv.Itoa(int(qos)), "-i", "ferry-bench-pub", "-t", "bench/dev-01/telemetry", "-l", "-M", "1000"}
 	cmd := exec.Command(pub, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -204,9 +250,9 @@ func benchIngest(b *testing.B, rate int) {
 		cmd.Stdin.(*os.File).Close()
 	}
 	select {
-	case <-sink.reached:
+	case <-reached:
 	case <-time.After(time.Duration(b.N)*time.Millisecond + time.Minute):
-		b.Fatalf("%d of %d messages stored", in.Stats().Stored, b.N)
+		b.Fatalf("not all of %d messages taken", b.N)
 	}
 	elapsed := time.Since(start)
 	time.Sleep(50 * time.Millisecond) // the last acknowledgements go out
@@ -221,10 +267,6 @@ func benchIngest(b *testing.B, rate int) {
 		b.Fatalf("mosquitto_pub: %v\n%s", err, out.Bytes())
 	}
 	report(b, from, to, b.N, elapsed)
-	cancel()
-	if err := <-runDone; err != nil {
-		b.Fatal(err)
-	}
 }
 
 // pacerScript prints its third argument as a line, as many times as its
@@ -233,12 +275,21 @@ const pacerScript = `$| = 1; my ($n, $rate, $line) = @ARGV; my $t0 = time;
 for my $i (1 .. $n) { my $d = $t0 + $i / $rate - time; sleep($d) if $d > 0; print "$line\n" }`
 
 // BenchmarkIngest measures what ingest spends per message as fast as
-// Mosquitto delivers and at 1,000 messages a second:
+// Mosquitto delivers and at 1,000 messages a second, at QoS 1; and, flat
+// out at QoS 0, 1 and 2, ingest next to a plain subscriber that
+// acknowledges each message at once and keeps nothing:
 //
 //	go test -run '^$' -bench Ingest -benchtime 20000x ./mqtt
+//
+// With QoS 0 the publisher does not wait for the broker, so the rate is
+// the subscriber's (or the broker's) with the broker queueing the rest.
 func BenchmarkIngest(b *testing.B) {
-	b.Run("flat", func(b *testing.B) { benchIngest(b, 0) })
-	b.Run("1000/s", func(b *testing.B) { benchIngest(b, 1000) })
+	b.Run("flat", func(b *testing.B) { benchIngest(b, 0, AtLeastOnce, ingestSubscriber) })
+	b.Run("1000/s", func(b *testing.B) { benchIngest(b, 1000, AtLeastOnce, ingestSubscriber) })
+	for _, qos := range []QoS{AtMostOnce, AtLeastOnce, ExactlyOnce} {
+		b.Run(fmt.Sprintf("qos%d/ingest", qos), func(b *testing.B) { benchIngest(b, 0, qos, ingestSubscriber) })
+		b.Run(fmt.Sprintf("qos%d/plain", qos), func(b *testing.B) { benchIngest(b, 0, qos, plainSubscriber) })
+	}
 }
 
 // BenchmarkIdle measures the CPU a connected ingest spends without

@@ -4,13 +4,19 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"io"
 	"net"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/packets"
+	"github.com/eclipse/paho.golang/paho"
 	"golang.org/x/net/proxy"
 )
 
@@ -88,15 +94,34 @@ func (in *Ingest) attemptConnection(ctx context.Context, cfg autopaho.ClientConf
 		if tc.ServerName == "" {
 			tc.ServerName = u.Hostname()
 		}
+		// A broker that wants a client certificate ferry does not have
+		// refuses the connection after the handshake (TLS 1.3), with an
+		// alert or a reset that reads like a network failure: tell it
+		// here, as the refusal it is.
+		var asked bool
+		if len(tc.Certificates) == 0 && tc.GetClientCertificate == nil {
+			tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				asked = true
+				return &tls.Certificate{}, nil
+			}
+		}
 		tlsConn := tls.Client(c, tc)
-		if err := tlsConn.HandshakeContext(ctx); err != nil {
+		err := tlsConn.HandshakeContext(ctx)
+		if err == nil && asked {
+			err = errNoClientCertificate
+		}
+		if err != nil {
 			raw.Close()
 			return nil, err
 		}
 		c = tlsConn
 	}
-	return newBufConn(c), nil
+	return newBufConn(c, in.cfg.MaxPayload), nil
 }
+
+// errNoClientCertificate: the broker asks for a client certificate and
+// the configuration has none.
+var errNoClientCertificate = errors.New("the broker asks for a client certificate (mutual TLS) and none is configured (mqtt.tls.cert_file, key_file)")
 
 // pacedConn paces reads from the socket: after a read that took everything
 // there was (fewer bytes than asked for), the next read waits until
@@ -148,6 +173,16 @@ type bufConn struct {
 	net.Conn
 	r *bufio.Reader
 
+	// Reads, on paho's reading goroutine (see Read).
+	limit int    // largest payload passed on; 0: any
+	rem   int    // bytes of the packet being read still to pass on
+	stub  []byte // what is left of a stub being passed on instead of a packet
+	// readSince is when the Read in progress began (unix nanoseconds), 0
+	// while paho is not reading (it waits to hand a message on): the
+	// keep-alive tells a silent broker from a reader held up by the sink
+	// with it (see pinger).
+	readSince atomic.Int64
+
 	pkt sync.Mutex // Lock and Unlock: one writer's packet at a time
 
 	mu      sync.Mutex // guards what follows; held while writing to Conn
@@ -155,14 +190,175 @@ type bufConn struct {
 	frame   framer
 }
 
-func newBufConn(c net.Conn) *bufConn {
-	return &bufConn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize)}
+func newBufConn(c net.Conn, limit int) *bufConn {
+	return &bufConn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize), limit: limit}
 }
 
 func (c *bufConn) Lock()   { c.pkt.Lock() }
 func (c *bufConn) Unlock() { c.pkt.Unlock() }
 
-func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+// Read passes the broker's packets on, whole, except a PUBLISH whose
+// payload is larger than limit: it is read through (in pieces, never held
+// whole) and a stub takes its place, which ingest acknowledges and counts
+// (see stubSize). Read follows the packets' framing to tell where each
+// begins: a packet's fixed header is peeked at, not copied, and the rest
+// passes through as before.
+func (c *bufConn) Read(p []byte) (int, error) {
+	c.readSince.Store(time.Now().UnixNano())
+	defer c.readSince.Store(0)
+	if c.limit <= 0 {
+		return c.r.Read(p)
+	}
+	if len(c.stub) == 0 && c.rem == 0 {
+		if err := c.nextPacket(); err != nil {
+			return 0, err
+		}
+	}
+	if len(c.stub) > 0 {
+		n := copy(p, c.stub)
+		c.stub = c.stub[n:]
+		return n, nil
+	}
+	if len(p) > c.rem {
+		p = p[:c.rem]
+	}
+	n, err := c.r.Read(p)
+	c.rem -= n
+	return n, err
+}
+
+// waitingSince reports whether paho's reader is in a Read now, and since
+// when.
+func (c *bufConn) waitingSince() (time.Time, bool) {
+	ns := c.readSince.Load()
+	if ns == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, ns), true
+}
+
+// nextPacket looks at the packet that comes next: one to pass on sets rem
+// to its length; an oversized PUBLISH is read through and replaced by a
+// stub.
+func (c *bufConn) nextPacket() error {
+	hdr, length, err := c.peekFixedHeader()
+	if err != nil {
+		return err
+	}
+
+	c.rem = hdr + length
+	if length <= c.limit {
+		return nil
+	}
+	b, err := c.r.Peek(hdr + 2)
+	if err != nil || b[0]>>4 != packets.PUBLISH {
+		return nil // not a PUBLISH, or too short for one: paho says what is wrong
+	}
+	first, qos := b[0], b[0]>>1&3
+	// What follows the topic and packet identifier: properties and payload.
+	fixed := 2 + int(binary.BigEndian.Uint16(b[hdr:]))
+	if qos > 0 {
+		fixed += 2
+	}
+	rest := length - fixed
+	if rest <= c.limit || rest < 0 {
+		return nil
+	}
+	// The properties' length, where the buffer can show it; else the
+	// payload is taken to be all the rest.
+	payload := rest
+	if at := hdr + fixed; at+4 <= c.r.Size() {
+		if b, err := c.r.Peek(min(at+4, hdr+length)); err == nil {
+			if n, props, ok := uvarint(b[at:]); ok {
+				payload = rest - n - props
+			}
+		}
+	}
+	if payload <= c.limit {
+		return nil
+	}
+	// Too large: read the topic and packet identifier, skip the rest.
+	c.rem = 0
+	if _, err := c.r.Discard(hdr); err != nil {
+		return err
+	}
+	head := make([]byte, fixed)
+	if _, err := io.ReadFull(c.r, head); err != nil {
+		return err
+	}
+	if _, err := c.r.Discard(rest); err != nil {
+		return err
+	}
+	c.stub = appendStub(c.stub[:0], first, head, payload)
+	return nil
+}
+
+// peekFixedHeader returns the length of the next packet's fixed header and
+// its remaining length, without reading them.
+func (c *bufConn) peekFixedHeader() (hdr, length int, err error) {
+	for n := 2; n <= 5; n++ {
+		b, err := c.r.Peek(n)
+		if err != nil {
+			return 0, 0, err
+		}
+		if b[n-1]&0x80 == 0 {
+			_, length, _ := uvarint(b[1:n])
+			return n, length, nil
+		}
+	}
+	return 0, 0, errors.New("malformed packet: remaining length longer than 4 bytes")
+}
+
+// uvarint decodes an MQTT variable byte integer at the start of b: its
+// length in bytes and its value; ok is false if b ends before it does.
+func uvarint(b []byte) (n, v int, ok bool) {
+	shift := 0
+	for i := 0; i < len(b) && i < 4; i++ {
+		v |= int(b[i]&0x7f) << shift
+		shift += 7
+		if b[i]&0x80 == 0 {
+			return i + 1, v, true
+		}
+	}
+	return 0, 0, false
+}
+
+// stubMarker is the property list of a stub: Subscription Identifier 0,
+// which a broker may never send (MQTT 5.0 section 3.3.2.3.8: it is a
+// protocol error), so no message can pass for a stub.
+var stubMarker = []byte{2, packets.PropSubscriptionIdentifier, 0}
+
+// appendStub appends the stub of an oversized PUBLISH to b: the same first
+// byte (QoS, retain and DUP flags), topic and packet identifier (head, as
+// the packet has them),
+// the stub marker, and the payload's size in 8 bytes as payload.
+func appendStub(b []byte, first byte, head []byte, payload int) []byte {
+	length := len(head) + len(stubMarker) + 8
+	b = append(b, first)
+	for {
+		d := byte(length & 0x7f)
+		length >>= 7
+		if length > 0 {
+			b = append(b, d|0x80)
+			continue
+		}
+		b = append(b, d)
+		break
+	}
+	b = append(b, head...)
+	b = append(b, stubMarker...)
+	return binary.BigEndian.AppendUint64(b, uint64(payload))
+}
+
+// stubSize tells a stub from a message: for a stub it returns the size of
+// the payload it stands for.
+func stubSize(p *paho.Publish) (int, bool) {
+	pp := p.Properties
+	if pp == nil || pp.SubscriptionIdentifier == nil || *pp.SubscriptionIdentifier != 0 || len(p.Payload) != 8 {
+		return 0, false
+	}
+	return int(binary.BigEndian.Uint64(p.Payload)), true
+}
 
 // maxPartialCap bounds the capacity partial keeps between packets.
 const maxPartialCap = 64 << 10

@@ -120,7 +120,7 @@ func TestFramerFindsPacketEnds(t *testing.T) {
 // is one write too, in order with what paho writes.
 func TestBufConnWritesWholePackets(t *testing.T) {
 	rc := &recordConn{}
-	c := newBufConn(rc)
+	c := newBufConn(rc, 0)
 
 	ping := packets.NewControlPacket(packets.PINGREQ)
 	sub := &packets.Subscribe{PacketID: 3, Subscriptions: []packets.SubOptions{{Topic: "sensors/#", QoS: 1}}, Properties: &packets.Properties{}}
@@ -181,7 +181,7 @@ func TestBufConnReadsBuffered(t *testing.T) {
 		p := &packets.Publish{Topic: "sensors/dev-01/telemetry", QoS: 1, PacketID: id, Payload: []byte(`{"t":21.5}`), Properties: &packets.Properties{}}
 		rc.in.Write(wire(t, p))
 	}
-	c := newBufConn(rc)
+	c := newBufConn(rc, 0)
 	for id := uint16(1); id <= 100; id++ {
 		cp, err := packets.ReadPacket(c)
 		if err != nil {

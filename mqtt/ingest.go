@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,12 +46,6 @@ type Sink interface {
 	Append(rec *buffer.Record, done func(seq uint64, err error)) error
 }
 
-// Subscription is one topic filter ferry subscribes to.
-type Subscription struct {
-	Filter string
-	QoS    byte
-}
-
 // Config says how to reach the broker and what to subscribe to.
 type Config struct {
 	URL            *url.URL // tcp://, mqtt://, ssl://, tls://, mqtts://, ws://, wss://
@@ -62,9 +57,19 @@ type Config struct {
 	SessionExpiry  time.Duration // how long the broker keeps the session while ferry is away
 	ConnectTimeout time.Duration
 	ReceiveMaximum uint16 // unacknowledged messages the broker may send at once
-	Subscriptions  []Subscription
-	GatewayID      string // not sent; for logs
-	Logger         *slog.Logger
+	// MaxPayload bounds a message's payload, in bytes (default 1 MiB):
+	// CONNECT asks the broker for packets of at most this plus room for
+	// the topic and properties, and a larger message that comes anyway is
+	// acknowledged and dropped (Stats.DroppedTooLarge), never read whole.
+	MaxPayload    int
+	Subscriptions []Subscription
+	// StateFile keeps, across restarts, the filters ferry's session was
+	// subscribed to, so that a filter removed from the configuration is
+	// unsubscribed (the broker keeps the session's subscriptions longer
+	// than ferry keeps its configuration). "": not kept.
+	StateFile string
+	GatewayID string // not sent; for logs
+	Logger    *slog.Logger
 }
 
 const (
@@ -75,6 +80,14 @@ const (
 	// stops, and how long Run waits for the ack goroutine once it gave up
 	// on the sink.
 	disconnectWait = 2 * time.Second
+	// defaultMaxPayload is Config.MaxPayload's default.
+	defaultMaxPayload = 1 << 20
+	// maxPacketSize is the largest packet MQTT can frame.
+	maxPacketSize = 268_435_455
+	// packetHeadroom is what CONNECT's Maximum Packet Size allows beyond
+	// MaxPayload: the fixed header, the topic (up to 65535 bytes, in
+	// practice far less), packet identifier and properties.
+	packetHeadroom = 64 << 10
 )
 
 // Stats are ingest counters since Run started.
@@ -86,6 +99,18 @@ type Stats struct {
 	// Subscribed is true once the broker granted the subscriptions on the
 	// current connection.
 	Subscribed bool
+	// SessionsLost counts connections on which the broker had no session
+	// for ferry although it had one before (session present false on a
+	// reconnect, or at startup after earlier subscriptions): what the
+	// broker queued for ferry meanwhile is lost.
+	SessionsLost uint64
+	// DroppedUnsubscribed counts messages acknowledged and dropped because
+	// no subscription of the configuration matches their topic: they came
+	// through a subscription the configuration no longer has.
+	DroppedUnsubscribed uint64
+	// DroppedTooLarge counts messages acknowledged and dropped because
+	// their payload is larger than Config.MaxPayload.
+	DroppedTooLarge uint64
 }
 
 // Ingest is a running MQTT subscription feeding a sink.
@@ -105,6 +130,18 @@ type Ingest struct {
 	received, stored, acked atomic.Uint64
 	connected               atomic.Bool
 	subscribed              atomic.Bool
+	sessionsLost            atomic.Uint64
+	droppedUnsubscribed     atomic.Uint64
+	droppedTooLarge         atomic.Uint64
+
+	subs    *subscriptions // what the session is subscribed to
+	backoff backoff        // reconnection delays
+	// On autopaho's connection goroutine only (OnConnectionUp):
+	connections int      // connections that came up
+	warned      []string // the CONNACK warnings logged last
+
+	unsubscribedLog logEvery // on paho's router goroutine
+	tooLargeLog     logEvery // likewise
 
 	rec   buffer.Record     // reused by onPublish (paho's router goroutine)
 	props []buffer.Property // rec's user properties, reused
@@ -136,6 +173,9 @@ type pending struct {
 	id    uint16 // packet identifier
 	qos   byte
 	ok    bool // durable: the sink's done came with a nil error
+	// bypass: not handed to the sink (dropped, counted): acknowledged in
+	// its turn without waiting for a done.
+	bypass bool
 }
 
 // New checks cfg and returns an Ingest ready to Run.
@@ -151,6 +191,9 @@ func New(cfg Config, sink Sink) (*Ingest, error) {
 	}
 	if cfg.ReceiveMaximum == 0 {
 		cfg.ReceiveMaximum = 1000
+	}
+	if cfg.MaxPayload <= 0 {
+		cfg.MaxPayload = defaultMaxPayload
 	}
 	if cfg.KeepAlive <= 0 {
 		cfg.KeepAlive = 30 * time.Second
@@ -173,6 +216,7 @@ func New(cfg Config, sink Sink) (*Ingest, error) {
 		stopWait: stopWait,
 		wake:     make(chan struct{}, 1),
 		fatal:    make(chan error, 1),
+		subs:     newSubscriptions(cfg.Subscriptions),
 	}
 	in.settleFunc = in.settle
 	return in, nil
@@ -186,6 +230,10 @@ func (in *Ingest) Stats() Stats {
 		Acknowledged: in.acked.Load(),
 		Connected:    in.connected.Load(),
 		Subscribed:   in.subscribed.Load(),
+
+		SessionsLost:        in.sessionsLost.Load(),
+		DroppedUnsubscribed: in.droppedUnsubscribed.Load(),
+		DroppedTooLarge:     in.droppedTooLarge.Load(),
 	}
 }
 
@@ -199,8 +247,14 @@ func (in *Ingest) Run(ctx context.Context) error {
 	connCtx, cancelConn := context.WithCancel(context.Background())
 	defer cancelConn()
 
+	in.loadState()
+	hadSession := in.subs.known && len(in.subs.session) > 0
+
 	ackStop, ackAbandon, ackExited := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go in.sendAcks(ackStop, ackAbandon, ackExited)
+	// up wakes the subscriber goroutine for each connection; one slot: a
+	// connection that came up while it was busy is handled once.
+	up := make(chan struct{}, 1)
 
 	var lastErr atomic.Value // string: log connect errors on change only
 	cc := autopaho.ClientConfig{
@@ -209,7 +263,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 		KeepAlive:                     uint16(in.cfg.KeepAlive / time.Second),
 		CleanStartOnInitialConnection: false,
 		SessionExpiryInterval:         uint32(in.cfg.SessionExpiry / time.Second),
-		ReconnectBackoff:              autopaho.NewExponentialBackoff(500*time.Millisecond, 30*time.Second, time.Second, 2),
+		ReconnectBackoff:              in.backoff.delay,
 		ConnectTimeout:                in.cfg.ConnectTimeout,
 		ConnectUsername:               in.cfg.Username,
 		ConnectPassword:               in.cfg.Password,
@@ -219,23 +273,46 @@ func (in *Ingest) Run(ctx context.Context) error {
 			}
 			rm := in.cfg.ReceiveMaximum
 			c.Properties.ReceiveMaximum = &rm
+			// The broker does not send ferry a larger packet (it drops
+			// it for ferry, as delivered); one that comes anyway is
+			// replaced by a stub as it is read (see bufConn.Read).
+			mps := uint32(min(in.cfg.MaxPayload+packetHeadroom, maxPacketSize))
+			c.Properties.MaximumPacketSize = &mps
 			return c, nil
 		},
-		OnConnectionUp: func(cm *autopaho.ConnectionManager, ca *paho.Connack) {
+		OnConnectionUp: func(_ *autopaho.ConnectionManager, ca *paho.Connack) {
+			in.backoff.up()
 			in.connected.Store(true)
 			lastErr.Store("")
+			in.connections++
 			in.log.Info("connected to broker", "url", in.cfg.URL.Redacted(), "client_id", in.cfg.ClientID, "session_present", ca.SessionPresent)
-			go in.subscribe(connCtx, cm)
+			if !ca.SessionPresent && (in.connections > 1 || hadSession) {
+				in.sessionsLost.Add(1)
+				in.log.Warn("the broker has no session for ferry although it had one: what it queued for ferry meanwhile is lost (broker restarted without persistence, or the session expired)",
+					"url", in.cfg.URL.Redacted(), "client_id", in.cfg.ClientID, "session_expiry", in.cfg.SessionExpiry)
+			}
+			if w := in.connackWarnings(ca); !slices.Equal(w, in.warned) {
+				for _, msg := range w {
+					in.log.Warn(msg, "url", in.cfg.URL.Redacted())
+				}
+				in.warned = w
+			}
+			select {
+			case up <- struct{}{}:
+			default:
+			}
 		},
 		OnConnectionDown: func() bool {
+			in.backoff.down()
 			in.connected.Store(false)
 			in.subscribed.Store(false)
 			in.log.Warn("connection to broker lost; reconnecting", "url", in.cfg.URL.Redacted())
 			return true
 		},
 		OnConnectError: func(err error) {
-			if msg := err.Error(); lastErr.Swap(msg) != msg {
-				in.log.Warn("cannot connect to broker; retrying with backoff", "url", in.cfg.URL.Redacted(), "err", err)
+			in.backoff.failed(err)
+			if key := errorKey(err); lastErr.Swap(key) != key {
+				in.log.Warn("cannot connect to broker; retrying with backoff", "url", in.cfg.URL.Redacted(), "err", describeConnectError(err))
 			}
 		},
 		ClientConfig: paho.ClientConfig{
@@ -244,6 +321,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 			// Ack paho makes when onPublish returns, and the ack goroutine
 			// acknowledges once the record is durable.
 			Session:           in.sess,
+			PingHandler:       &pinger{},
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){in.onPublish},
 			OnClientError: func(err error) {
 				in.log.Warn("broker connection error", "err", err)
@@ -262,6 +340,12 @@ func (in *Ingest) Run(ctx context.Context) error {
 		<-ackExited
 		return fmt.Errorf("mqtt: connect to %s: %w", in.cfg.URL.Redacted(), err)
 	}
+	subCtx, stopSubscriber := context.WithCancel(connCtx)
+	subscriberExited := make(chan struct{})
+	go func() {
+		defer close(subscriberExited)
+		in.subscriber(subCtx, cm, up)
+	}()
 
 	var runErr error
 	select {
@@ -294,6 +378,8 @@ func (in *Ingest) Run(ctx context.Context) error {
 	in.sess.setWriteDeadline(time.Now().Add(disconnectWait))
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	stopSubscriber()
+	<-subscriberExited // a SUBSCRIBE in progress ends with its context
 	if err := cm.Disconnect(dctx); err != nil && !errors.Is(err, context.Canceled) {
 		in.log.Warn("disconnect from broker", "err", err)
 	}
@@ -301,36 +387,29 @@ func (in *Ingest) Run(ctx context.Context) error {
 	return runErr
 }
 
-func (in *Ingest) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) {
-	s := &paho.Subscribe{}
-	for _, sub := range in.cfg.Subscriptions {
-		// RetainHandling 1: retained messages only for a new subscription, so
-		// a reconnect does not bring the same retained messages again.
-		s.Subscriptions = append(s.Subscriptions, paho.SubscribeOptions{Topic: sub.Filter, QoS: sub.QoS, RetainHandling: 1})
+// errorKey is what tells connection errors apart for logging on change:
+// the text without the addresses of a network error (a new local port
+// each attempt).
+func errorKey(err error) string {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Op + ": " + op.Err.Error()
 	}
-	sa, err := cm.Subscribe(ctx, s)
-	if err != nil {
-		if ctx.Err() == nil {
-			in.log.Error("subscribe failed", "err", err)
+	return err.Error()
+}
+
+// describeConnectError words a failed connection attempt for the log: a
+// refusal by the broker names its reason.
+func describeConnectError(err error) string {
+	var ca *autopaho.ConnackError
+	if errors.As(err, &ca) {
+		msg := fmt.Sprintf("the broker refused the connection: %s (reason code 0x%02x)", reasonName(ca.ReasonCode), ca.ReasonCode)
+		if ca.Reason != "" {
+			msg += ": " + ca.Reason
 		}
-		return
+		return msg
 	}
-	granted := true
-	for i, code := range sa.Reasons {
-		if i >= len(in.cfg.Subscriptions) {
-			break
-		}
-		sub := in.cfg.Subscriptions[i]
-		if code >= 0x80 {
-			granted = false
-			in.log.Error("broker refused subscription", "filter", sub.Filter, "reason_code", code)
-		} else if code < sub.QoS {
-			in.log.Warn("broker granted a lower QoS than asked", "filter", sub.Filter, "asked", sub.QoS, "granted", code)
-		} else {
-			in.log.Info("subscribed", "filter", sub.Filter, "qos", code)
-		}
-	}
-	in.subscribed.Store(granted)
+	return err.Error()
 }
 
 // onPublish runs on paho's router goroutine, once per message in arrival
@@ -340,6 +419,22 @@ func (in *Ingest) subscribe(ctx context.Context, cm *autopaho.ConnectionManager)
 func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 	p := pr.Packet
 	l := in.sess.current()
+	if size, stub := stubSize(p); stub {
+		in.droppedTooLarge.Add(1)
+		if n, ok := in.tooLargeLog.due(); ok {
+			in.log.Warn("messages dropped: payload larger than mqtt.max_payload_bytes (acknowledged, not stored)", "topic", p.Topic, "bytes", size, "limit", in.cfg.MaxPayload, "messages", n)
+		}
+		in.bypass(pending{link: l, topic: p.Topic, id: p.PacketID, qos: p.QoS})
+		return true, nil
+	}
+	if in.subs.check && !in.subs.matches(p.Topic) {
+		in.droppedUnsubscribed.Add(1)
+		if n, ok := in.unsubscribedLog.due(); ok {
+			in.log.Warn("messages dropped: no configured subscription matches their topic (they came through a filter removed from the configuration)", "topic", p.Topic, "messages", n)
+		}
+		in.bypass(pending{link: l, topic: p.Topic, id: p.PacketID, qos: p.QoS})
+		return true, nil
+	}
 	in.mu.Lock()
 	if in.stopping {
 		in.mu.Unlock()
@@ -384,6 +479,38 @@ func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 	return true, nil
 }
 
+// bypass queues the acknowledgement of a message that is not handed to the
+// sink: it goes out in its turn, after those of the messages before it.
+func (in *Ingest) bypass(e pending) {
+	e.ok, e.bypass = true, true
+	in.mu.Lock()
+	if in.stopping {
+		in.mu.Unlock()
+		return
+	}
+	in.queue = append(in.queue, e)
+	wake := in.settled == len(in.queue)-1 && !in.woken
+	in.skipBypassed()
+	if wake {
+		in.woken = true
+	}
+	in.mu.Unlock()
+	if wake {
+		select {
+		case in.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// skipBypassed counts the bypassed entries at the front of the unsettled
+// part of the queue as settled. in.mu is held.
+func (in *Ingest) skipBypassed() {
+	for in.settled < len(in.queue) && in.queue[in.settled].bypass {
+		in.settled++
+	}
+}
+
 // settle is the sink's done for every record. The sink calls it once per
 // record, in append order, so it concerns the oldest entry without its
 // done. It only marks the entry and wakes the ack goroutine: it never waits
@@ -399,6 +526,7 @@ func (in *Ingest) settle(_ uint64, err error) {
 	in.settled++
 	e.ok = err == nil
 	topic := e.topic
+	in.skipBypassed()
 	wake := !in.woken
 	in.woken = true
 	in.mu.Unlock()
@@ -525,4 +653,25 @@ func reasonString(d *paho.Disconnect) string {
 		return d.Properties.ReasonString
 	}
 	return ""
+}
+
+// logEvery rate-limits a log line about repeated events to one every
+// logInterval, counting the events in between. It is for one goroutine.
+type logEvery struct {
+	last time.Time
+	n    uint64
+}
+
+const logInterval = 10 * time.Second
+
+// due counts an event and reports whether to log now, with the events
+// since the last line.
+func (l *logEvery) due() (uint64, bool) {
+	l.n++
+	if now := time.Now(); now.Sub(l.last) >= logInterval {
+		n := l.n
+		l.last, l.n = now, 0
+		return n, true
+	}
+	return 0, false
 }

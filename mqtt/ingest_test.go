@@ -105,12 +105,24 @@ func startIngestWith(t *testing.T, cfg Config, sink Sink, setup func(*Ingest)) (
 
 func publisher(t *testing.T, addr string) *paho.Client {
 	t.Helper()
+	return publisherAs(t, addr, "", "")
+}
+
+// publisherAs is publisher logged in as user with password (none if user
+// is "").
+func publisherAs(t *testing.T, addr, user, password string) *paho.Client {
+	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := paho.NewClient(paho.ClientConfig{Conn: conn, ClientID: "pub"})
-	if _, err := c.Connect(context.Background(), &paho.Connect{ClientID: "pub", CleanStart: true, KeepAlive: 30}); err != nil {
+	cp := &paho.Connect{ClientID: "pub", CleanStart: true, KeepAlive: 30}
+	if user != "" {
+		cp.Username, cp.UsernameFlag = user, true
+		cp.Password, cp.PasswordFlag = []byte(password), true
+	}
+	if _, err := c.Connect(context.Background(), cp); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Disconnect(&paho.Disconnect{}) })

@@ -94,6 +94,9 @@ func writeStatus(w io.Writer, r statusReport, now time.Time) {
 	} else if !f.MQTTSubscribed {
 		mqtt = "connected, NOT subscribed"
 	}
+	if f.MQTTSessionsLost > 0 {
+		mqtt += fmt.Sprintf(", %d SESSIONS LOST by the broker (what it had queued for ferry is gone)", f.MQTTSessionsLost)
+	}
 	oldest := ""
 	if !r.Oldest.IsZero() {
 		oldest = ", oldest " + now.Sub(r.Oldest).Truncate(time.Second).String()

@@ -87,6 +87,10 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: log}
 	a.health = health{limit: cmp.Or(opts.StallLimit, 30*time.Second), block: cfg.Buffer.WhenFull == "block"}
 	fc.Observers = append(fc.Observers, kafkaHooks{a: a, produce: opts.Hooks.ProduceLatency})
+	fc.Ingest = func() forward.IngestStatus {
+		m := a.ingest.Stats()
+		return forward.IngestStatus{Dropped: ingestDropped(m), SessionsLost: m.SessionsLost}
+	}
 	buf, err := openBuffer(cfg.Buffer, cfg.MQTT.ReceiveMaximum, log)
 	if err != nil {
 		return nil, err
@@ -179,13 +183,39 @@ func mqttConfig(cfg *config.Config, files *config.Files, log *slog.Logger) (mqtt
 		SessionExpiry:  cfg.MQTT.SessionExpiry,
 		ConnectTimeout: cfg.MQTT.ConnectTimeout,
 		ReceiveMaximum: uint16(cfg.MQTT.ReceiveMaximum),
+		MaxPayload:     int(cfg.MQTT.MaxPayloadBytes),
+		TLS:            mqttTLS(cfg.MQTT.TLS, files),
+		StateFile:      mqttStateFile(cfg.Buffer.Path),
 		GatewayID:      cfg.GatewayID,
 		Logger:         log,
 	}
 	for _, s := range cfg.MQTT.Subscriptions {
-		mc.Subscriptions = append(mc.Subscriptions, mqtt.Subscription{Filter: s.Filter, QoS: byte(s.QoS)})
+		mc.Subscriptions = append(mc.Subscriptions, mqtt.Subscription{
+			Filter:         s.Filter,
+			QoS:            mqtt.QoS(s.QoS),
+			NoLocal:        s.NoLocal,
+			RetainAsPub:    s.RetainAsPublished,
+			RetainHandling: mqtt.RetainHandling(s.RetainHandling),
+		})
 	}
 	return mc, nil
+}
+
+// mqttStateFile is where ingest keeps the filters its session is
+// subscribed to: next to the buffer, which is on the durable storage ferry
+// owns (systemd's StateDirectory), and so moves with it.
+func mqttStateFile(bufferPath string) string { return bufferPath + ".subscriptions" }
+
+// mqttTLS builds the TLS client config for a TLS broker URL: system roots
+// unless a CA file is given, a client certificate for mutual TLS if one is.
+// The server name defaults to the URL's host (ingest sets it).
+func mqttTLS(c config.MQTTTLS, files *config.Files) *tls.Config {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify}
+	tc.RootCAs = files.MQTTRootCAs
+	if files.MQTTCertificate != nil {
+		tc.Certificates = []tls.Certificate{*files.MQTTCertificate}
+	}
+	return tc
 }
 
 // forwardConfig maps the configuration to the forwarder's; files holds

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"maps"
 	"net"
 	"time"
 
@@ -8,6 +9,7 @@ import (
 
 	"github.com/ferry-edge/ferry/buffer"
 	"github.com/ferry-edge/ferry/forward"
+	"github.com/ferry-edge/ferry/mqtt"
 )
 
 // This file is the one place that reads the stages' Stats for monitoring:
@@ -16,10 +18,14 @@ import (
 
 // Snapshot is the agent's state in plain numbers.
 type Snapshot struct {
-	MQTTConnected  bool   `json:"mqtt_connected"`
-	MQTTSubscribed bool   `json:"mqtt_subscribed"`
-	Received       uint64 `json:"received"`  // messages taken from the broker
-	Committed      uint64 `json:"committed"` // of those, durable (fsynced, or acknowledged by Kafka) and so acknowledged
+	MQTTConnected  bool `json:"mqtt_connected"`
+	MQTTSubscribed bool `json:"mqtt_subscribed"`
+	// MQTTSessionsLost counts connections on which the broker had lost
+	// ferry's session (what it queued for ferry meanwhile is lost), since
+	// start.
+	MQTTSessionsLost uint64 `json:"mqtt_sessions_lost"`
+	Received         uint64 `json:"received"`  // messages taken from the broker
+	Committed        uint64 `json:"committed"` // of those, durable (fsynced, or acknowledged by Kafka) and so acknowledged
 
 	BufferRecords  uint64 `json:"buffer_records"`   // records waiting in the buffer, in flight included
 	BufferBytes    uint64 `json:"buffer_bytes"`     // their encoded size
@@ -36,8 +42,11 @@ type Snapshot struct {
 
 	// Dropped counts records given up on purpose, by reason: the buffer's
 	// limits ("max_bytes", "max_age"), "purged" by ferry buffer purge (all
-	// since the buffer file was created), and "unrouted" (no route
-	// matched, since start).
+	// since the buffer file was created), "unrouted" (no route matched),
+	// and messages ingest acknowledged without storing them:
+	// "too_large" (payload over mqtt.max_payload_bytes) and
+	// "unsubscribed" (through a filter removed from the configuration),
+	// these three since start.
 	Dropped map[string]uint64 `json:"dropped"`
 	// DeadLettered counts records set aside in the buffer's dead-letter
 	// bucket since the file was created, by reason (buffer.Reason:
@@ -58,26 +67,28 @@ type Snapshot struct {
 func (a *Agent) Snapshot() Snapshot {
 	m, b, f := a.ingest.Stats(), a.buf.Stats(), a.fwd.Stats()
 	s := Snapshot{
-		MQTTConnected:  m.Connected,
-		MQTTSubscribed: m.Subscribed,
-		Received:       m.Received,
-		Committed:      m.Stored,
-		BufferRecords:  b.Records,
-		BufferBytes:    b.Bytes,
-		BufferInMemory: b.TailRecords,
-		BufferCommits:  b.Commits,
-		CorruptFiles:   b.CorruptFiles,
-		CommitError:    b.CommitError,
-		DiskFull:       b.DiskFull,
-		CommitFailures: b.CommitFailures,
-		Dropped:        map[string]uint64{"unrouted": f.Unrouted},
-		DeadLettered:   map[string]uint64{},
-		Delivered:      f.Delivered,
-		InFlight:       f.InFlight,
-		KafkaRetries:   f.Retries,
-		KafkaError:     f.LastError,
-		KafkaConns:     a.kafkaConns.Load(),
+		MQTTConnected:    m.Connected,
+		MQTTSubscribed:   m.Subscribed,
+		MQTTSessionsLost: m.SessionsLost,
+		Received:         m.Received,
+		Committed:        m.Stored,
+		BufferRecords:    b.Records,
+		BufferBytes:      b.Bytes,
+		BufferInMemory:   b.TailRecords,
+		BufferCommits:    b.Commits,
+		CorruptFiles:     b.CorruptFiles,
+		CommitError:      b.CommitError,
+		DiskFull:         b.DiskFull,
+		CommitFailures:   b.CommitFailures,
+		Dropped:          map[string]uint64{"unrouted": f.Unrouted},
+		DeadLettered:     map[string]uint64{},
+		Delivered:        f.Delivered,
+		InFlight:         f.InFlight,
+		KafkaRetries:     f.Retries,
+		KafkaError:       f.LastError,
+		KafkaConns:       a.kafkaConns.Load(),
 	}
+	maps.Copy(s.Dropped, ingestDropped(m))
 	for _, r := range []string{buffer.DropMaxBytes, buffer.DropMaxAge, buffer.DropPurged, buffer.DropDeadLetterLimit, buffer.DropDeadLetterPurged, buffer.DropCorrupt} {
 		s.Dropped[r] = b.Dropped[r]
 	}
@@ -98,6 +109,11 @@ func (a *Agent) Snapshot() Snapshot {
 	s.forwardedDone = f.Delivered + f.Unrouted + dead
 	s.bufferFull = b.Full
 	return s
+}
+
+// ingestDropped is what ingest acknowledged without storing it, by reason.
+func ingestDropped(m mqtt.Stats) map[string]uint64 {
+	return map[string]uint64{"too_large": m.DroppedTooLarge, "unsubscribed": m.DroppedUnsubscribed}
 }
 
 // BufferInfo is what a read transaction on the buffer tells: the oldest

@@ -30,7 +30,8 @@ var (
 	mReceived     = newMetric("ferry_mqtt_messages_received_total", "Messages received from the MQTT broker.", counter)
 	mCommitted    = newMetric("ferry_buffer_messages_committed_total", "Received messages made durable (fsynced in the buffer, or acknowledged by Kafka first with sync: delayed), and so acknowledged to the broker.", counter)
 	mForwarded    = newMetric("ferry_kafka_records_forwarded_total", "Records Kafka acknowledged.", counter)
-	mDropped      = newMetric("ferry_records_dropped_total", "Records given up on purpose, by reason: max_bytes, max_age and purged (since the buffer file was created), unrouted (since start).", counter, "reason")
+	mDropped      = newMetric("ferry_records_dropped_total", "Records given up on purpose, by reason: max_bytes, max_age and purged (since the buffer file was created); unrouted, and MQTT messages acknowledged without storing them: too_large (over mqtt.max_payload_bytes), unsubscribed (through a filter removed from the configuration) (since start).", counter, "reason")
+	mSessionLost  = newMetric("ferry_mqtt_sessions_lost_total", "Connections on which the MQTT broker no longer had ferry's session: what it had queued for ferry meanwhile is lost (broker restarted without persistence, or the session expired).", counter)
 	mDeadLettered = newMetric("ferry_records_dead_lettered_total", "Records set aside in the buffer's dead-letter bucket since the file was created, by reason (undecodable, broken_batch, message_too_large, invalid_record, invalid_topic, topic_authorization_failed, policy_violation, unknown_topic).", counter, "reason")
 	mRecords      = newMetric("ferry_buffer_records", "Records waiting in the buffer, in flight to Kafka included.", gauge)
 	mBytes        = newMetric("ferry_buffer_bytes", "Encoded size of the records waiting in the buffer.", gauge)
@@ -53,7 +54,7 @@ var (
 )
 
 var all = []metric{mReceived, mCommitted, mForwarded, mDropped, mDeadLettered, mRecords, mBytes, mInMemory, mOldest, mFileBytes,
-	mUsedBytes, mCommits, mCorrupt, mDiskFull, mCommitFails, mMQTTConn, mMQTTSub, mKafkaConns, mKafkaError, mInFlight, mRetries, mReady, mHealthy}
+	mUsedBytes, mCommits, mCorrupt, mDiskFull, mCommitFails, mMQTTConn, mMQTTSub, mSessionLost, mKafkaConns, mKafkaError, mInFlight, mRetries, mReady, mHealthy}
 
 // collector reads a Source at every scrape.
 type collector struct{ src Source }
@@ -94,6 +95,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	put(mCommitFails, float64(s.CommitFailures))
 	put(mMQTTConn, b2f(s.MQTTConnected))
 	put(mMQTTSub, b2f(s.MQTTSubscribed))
+	put(mSessionLost, float64(s.MQTTSessionsLost))
 	put(mKafkaConns, float64(s.KafkaConns))
 	put(mKafkaError, b2f(s.KafkaError != ""))
 	put(mInFlight, float64(s.InFlight))

@@ -138,7 +138,7 @@ func TestMetricNames(t *testing.T) {
 		"ferry_kafka_in_flight_records", "ferry_kafka_produce_latency_seconds", "ferry_kafka_produce_latency_seconds_bucket",
 		"ferry_kafka_produce_latency_seconds_count", "ferry_kafka_produce_latency_seconds_sum",
 		"ferry_kafka_records_forwarded_total", "ferry_kafka_retries_total", "ferry_mqtt_connected",
-		"ferry_mqtt_messages_received_total", "ferry_mqtt_subscribed", "ferry_ready", "ferry_records_dead_lettered_total",
+		"ferry_mqtt_messages_received_total", "ferry_mqtt_sessions_lost_total", "ferry_mqtt_subscribed", "ferry_ready", "ferry_records_dead_lettered_total",
 		"ferry_records_dropped_total",
 	}
 	if !slices.Equal(got, want) {

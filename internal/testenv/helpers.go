@@ -81,3 +81,30 @@ func RequireMosquitto(t testing.TB, b *Broker, why string) {
 	}
 	t.Skipf("needs Mosquitto (install the mosquitto package): %s", why)
 }
+
+// NewMosquitto starts Mosquitto with opts for a test (TLS listener,
+// users), in t.TempDir(), and stops it when the test ends. Where the tests
+// run on the embedded broker (no Mosquitto, or FERRY_TEST_BROKER=mochi),
+// the test is skipped, or fails with EnvRequireMosquitto set; why says what
+// mochi lacks.
+func NewMosquitto(t testing.TB, opts MosquittoOptions, why string) *Broker {
+	t.Helper()
+	_, err := FindMosquitto()
+	if err != nil || os.Getenv(EnvBroker) == KindMochi {
+		if os.Getenv(EnvRequireMosquitto) == "1" {
+			t.Fatalf("%s=1 but Mosquitto is not used (%v); this test needs it: %s", EnvRequireMosquitto, err, why)
+		}
+		t.Skipf("needs Mosquitto (install the mosquitto package): %s", why)
+	}
+	b, err := StartMosquittoWith(t.TempDir(), nil, opts)
+	if err != nil {
+		t.Fatalf("start Mosquitto: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("close mosquitto: %v", err)
+		}
+	})
+	t.Logf("MQTT broker: mosquitto at %s (TLS %q)", b.URL(), b.TLSAddr)
+	return b
+}

@@ -257,3 +257,73 @@ func validName(s string) bool {
 	}
 	return true
 }
+
+// sharePrefix starts a shared subscription's filter (MQTT 5.0 section
+// 4.8.2): "$share/{group}/{filter}".
+const sharePrefix = "$share/"
+
+// SplitShared splits a shared subscription's filter "$share/group/filter"
+// into its group and the plain filter that topics are matched against. For
+// any other filter it returns "", f, false. It does not validate either
+// part (see ValidSubscription).
+func SplitShared(f string) (group, filter string, shared bool) {
+	rest, ok := strings.CutPrefix(f, sharePrefix)
+	if !ok {
+		return "", f, false
+	}
+	group, filter, _ = strings.Cut(rest, "/")
+	return group, filter, true
+}
+
+// ValidSubscription is ValidFilter for what a SUBSCRIBE may carry: a plain
+// filter, or a shared subscription "$share/group/filter" whose group is not
+// empty and holds no '/', '+' or '#', and whose filter is valid.
+func ValidSubscription(f string) error {
+	group, filter, shared := SplitShared(f)
+	if !shared {
+		return ValidFilter(f)
+	}
+	switch {
+	case group == "" && filter == "":
+		return fmt.Errorf("invalid shared subscription %q: want $share/<group>/<filter>", f)
+	case group == "" || strings.ContainsAny(group, "+#"):
+		return fmt.Errorf("invalid shared subscription %q: the group name must not be empty or hold '+' or '#'", f)
+	case filter == "":
+		return fmt.Errorf("invalid shared subscription %q: no filter after the group name", f)
+	}
+	if err := ValidFilter(filter); err != nil {
+		return fmt.Errorf("shared subscription %q: %w", f, err)
+	}
+	return nil
+}
+
+// MatchFilter reports whether topic, an MQTT topic name, matches the plain
+// MQTT filter f (valid, see ValidFilter), as a broker matches it. It does
+// not allocate.
+func MatchFilter(f, topic string) bool {
+	if topic == "" {
+		return false
+	}
+	if topic[0] == '$' && (f[0] == '+' || f[0] == '#') {
+		return false
+	}
+	for {
+		fl, frest, fend := cut(f)
+		if fl == "#" {
+			return true
+		}
+		tl, trest, tend := cut(topic)
+		if fl != "+" && fl != tl {
+			return false
+		}
+		switch {
+		case fend && tend:
+			return true
+		case fend:
+			return false // the topic has more levels
+		case tend:
+			return frest == "#" // "a/#" matches "a"
+		}
+		f, topic = frest, trest
+	}
+}

@@ -307,3 +307,66 @@ func BenchmarkMatch(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(topic)*b.N)/b.Elapsed().Seconds()/1e6, "MB/s")
 }
+
+func TestMatchFilter(t *testing.T) {
+	tests := []struct {
+		f, topic string
+		want     bool
+	}{
+		{"#", "a/b", true},
+		{"#", "$SYS/x", false},
+		{"+/b", "$SYS/b", false},
+		{"$SYS/#", "$SYS/x", true},
+		{"a/#", "a", true},
+		{"a/#", "a/b/c", true},
+		{"a/+", "a/b", true},
+		{"a/+", "a/", true},
+		{"a/+", "a", false},
+		{"a/+", "a/b/c", false},
+		{"a/b", "a/b", true},
+		{"a/b", "a/c", false},
+		{"a/b", "a/b/c", false},
+		{"sensors/+/telemetry", "sensors/x/telemetry", true},
+		{"sensors/+/telemetry", "legacy/secret/x", false},
+		{"+", "", false},
+	}
+	for _, tt := range tests {
+		if got := MatchFilter(tt.f, tt.topic); got != tt.want {
+			t.Errorf("MatchFilter(%q, %q) = %v, want %v", tt.f, tt.topic, got, tt.want)
+		}
+		// It agrees with a pattern of the same filter.
+		if p, err := ParsePattern(tt.f); err == nil && tt.topic != "" {
+			if _, m := p.Match(tt.topic, nil); m != tt.want {
+				t.Errorf("Pattern(%q).Match(%q) = %v, MatchFilter says %v", tt.f, tt.topic, m, tt.want)
+			}
+		}
+	}
+}
+
+func TestSharedSubscriptions(t *testing.T) {
+	tests := []struct {
+		in            string
+		group, filter string
+		shared        bool
+		wantErr       string
+	}{
+		{in: "sensors/#", filter: "sensors/#"},
+		{in: "$share/ferry/sensors/+/telemetry", group: "ferry", filter: "sensors/+/telemetry", shared: true},
+		{in: "$share/g/#", group: "g", filter: "#", shared: true},
+		{in: "$share//a", filter: "a", shared: true, wantErr: "group name must not be empty"},
+		{in: "$share/g+/a", group: "g+", filter: "a", shared: true, wantErr: "group name"},
+		{in: "$share/g", group: "g", shared: true, wantErr: "no filter after the group name"},
+		{in: "$share/g/a/#/b", group: "g", filter: "a/#/b", shared: true, wantErr: "'#' must be the last level"},
+		{in: "$shared/g/a", filter: "$shared/g/a"},
+	}
+	for _, tt := range tests {
+		g, f, s := SplitShared(tt.in)
+		if g != tt.group || f != tt.filter || s != tt.shared {
+			t.Errorf("SplitShared(%q) = %q, %q, %v; want %q, %q, %v", tt.in, g, f, s, tt.group, tt.filter, tt.shared)
+		}
+		err := ValidSubscription(tt.in)
+		if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("ValidSubscription(%q) = %v, want %q", tt.in, err, tt.wantErr)
+		}
+	}
+}
