@@ -72,8 +72,8 @@ func TestCountLimits(t *testing.T) {
 	}
 	doc := strings.Replace(minimal, "    - filter: sensors/#\n", subs.String(), 1)
 	doc = strings.Replace(doc, "    - match: sensors/#\n      topic: telemetry\n", routes.String(), 1)
-	if c := mustParse(t, doc, testEnv()); len(c.MQTT.Subscriptions) != 1000 || len(c.Forward.Routes) != 1000 || len(c.Warnings) != 0 {
-		t.Errorf("%d subscriptions, %d routes, warnings %q", len(c.MQTT.Subscriptions), len(c.Forward.Routes), c.Warnings)
+	if c := mustParse(t, doc, testEnv()); len(c.MQTT[0].Subscriptions) != 1000 || len(c.Forward.Routes) != 1000 || len(c.Warnings) != 0 {
+		t.Errorf("%d subscriptions, %d routes, warnings %q", len(c.MQTT[0].Subscriptions), len(c.Forward.Routes), c.Warnings)
 	}
 }
 

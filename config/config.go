@@ -43,12 +43,12 @@ import (
 type Config struct {
 	// GatewayID identifies this gateway and is stamped on every record.
 	// Default: the host name.
-	GatewayID string  `yaml:"gateway_id"`
-	Log       Log     `yaml:"log"`
-	MQTT      MQTT    `yaml:"mqtt"`
-	Buffer    Buffer  `yaml:"buffer"`
-	Forward   Forward `yaml:"forward"`
-	Admin     Admin   `yaml:"admin"`
+	GatewayID string      `yaml:"gateway_id"`
+	Log       Log         `yaml:"log"`
+	MQTT      Connections `yaml:"mqtt"`
+	Buffer    Buffer      `yaml:"buffer"`
+	Forward   Forward     `yaml:"forward"`
+	Admin     Admin       `yaml:"admin"`
 
 	// Warnings holds non-fatal findings, each "file:line:column: key.path:
 	// message", such as a subscription that no route can ever match.
@@ -61,16 +61,33 @@ type Log struct {
 	Format string `yaml:"format"` // text or json; default text
 }
 
-// MQTT configures the connection to the MQTT broker ferry subscribes to.
+// Connections are the MQTT brokers ferry subscribes to, each on its own
+// connection, all feeding the one buffer. In the file, mqtt is one
+// connection's mapping, or a sequence of them (mqtt[0], mqtt[1], ...).
+type Connections []MQTT
+
+// MarshalYAML writes a single connection as the mapping it was read from.
+func (c Connections) MarshalYAML() (any, error) {
+	if len(c) == 1 {
+		return c[0], nil
+	}
+	return []MQTT(c), nil
+}
+
+// MQTT configures a connection to an MQTT broker ferry subscribes to.
 // Ferry uses a persistent session, so messages published while it is
 // disconnected are queued by the broker for up to SessionExpiry.
 type MQTT struct {
+	// Name names the connection in logs and status. Default: the host
+	// and port of URL. Names must be unique.
+	Name string `yaml:"name"`
 	// URL of the broker; required. Schemes tcp, mqtt (plain TCP), ssl,
 	// tls, mqtts (TLS), ws and wss (WebSocket); the host and port are
 	// required.
 	URL string `yaml:"url"`
 	// ClientID must stay the same across restarts for the broker to find
-	// the persistent session. Default: "ferry-" + GatewayID.
+	// the persistent session. Default: "ferry-" + GatewayID for the first
+	// connection, with "-" + Name for the others.
 	ClientID string `yaml:"client_id"`
 	Username string `yaml:"username"`
 	Password Secret `yaml:"password"`
@@ -416,7 +433,7 @@ func load(path string, env Env, check bool) (*Config, error) {
 	}
 	c, src, errs := parse(path, data, env)
 	if check && c != nil {
-		readFiles(c, func(key string, err error) { errs = append(errs, src.errorAt(key, "%v", err)) })
+		readFiles(c, func(i int) string { return mqttPath(src, i) }, func(key string, err error) { errs = append(errs, src.errorAt(key, "%v", err)) })
 		errs.sort()
 	}
 	if errs != nil {

@@ -69,7 +69,8 @@ func TestDefaults(t *testing.T) {
 	want := &Config{
 		GatewayID: "testhost",
 		Log:       Log{Level: "info", Format: "text"},
-		MQTT: MQTT{
+		MQTT: Connections{{
+			Name:            "127.0.0.1:1883",
 			URL:             "tcp://127.0.0.1:1883",
 			ClientID:        "ferry-testhost",
 			KeepAlive:       30 * time.Second,
@@ -78,7 +79,7 @@ func TestDefaults(t *testing.T) {
 			ReceiveMaximum:  1000,
 			MaxPayloadBytes: 1 << 20,
 			Subscriptions:   []Subscription{{Filter: "sensors/#", QoS: 1, RetainHandling: 1}},
-		},
+		}},
 		Buffer: Buffer{Path: "./ferry-buffer.db", Sync: "delayed", WriteDelay: 100 * time.Millisecond, SyncInterval: 100 * time.Millisecond, MaxBytes: 1 << 30, MaxDeadLetterBytes: 64 << 20, MaxAge: 7 * 24 * time.Hour, WhenFull: "drop_oldest", OnCorrupt: "move_aside"},
 		Forward: Forward{
 			Kafka: Kafka{
@@ -112,8 +113,8 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("Kafka = %+v", c.Forward.Kafka)
 	}
 	c = mustParse(t, strings.Replace(minimal, "- filter: sensors/#", "- {filter: sensors/#, qos: 0}", 1), testEnv())
-	if c.MQTT.Subscriptions[0].QoS != 0 {
-		t.Errorf("explicit qos 0 became %d", c.MQTT.Subscriptions[0].QoS)
+	if c.MQTT[0].Subscriptions[0].QoS != 0 {
+		t.Errorf("explicit qos 0 became %d", c.MQTT[0].Subscriptions[0].QoS)
 	}
 	_, err := Parse("test.yaml", []byte(strings.Replace(minimal, "mqtt:\n", "mqtt:\n  keep_alive: 0s\n", 1)), testEnv())
 	if err == nil || !strings.Contains(err.Error(), "test.yaml:3:15: mqtt.keep_alive: must be from 1s to 65535s, got 0s") {
@@ -165,16 +166,16 @@ func TestExpand(t *testing.T) {
 			t.Errorf("%s: %v", tt.in, err)
 			continue
 		}
-		if c.MQTT.Username != tt.want || c.MQTT.URL != "tcp://broker:8883" {
-			t.Errorf("%s: username %q, url %q; want %q", tt.in, c.MQTT.Username, c.MQTT.URL, tt.want)
+		if c.MQTT[0].Username != tt.want || c.MQTT[0].URL != "tcp://broker:8883" {
+			t.Errorf("%s: username %q, url %q; want %q", tt.in, c.MQTT[0].Username, c.MQTT[0].URL, tt.want)
 		}
 	}
 
 	// Unquoted numbers and durations are typed after expansion; quoted
 	// ones stay strings.
 	c := mustParse(t, strings.Replace(minimal, "mqtt:\n", "mqtt:\n  receive_maximum: ${RM}\n  keep_alive: ${KA}\n", 1), env)
-	if c.MQTT.ReceiveMaximum != 250 || c.MQTT.KeepAlive != time.Minute {
-		t.Errorf("ReceiveMaximum = %d, KeepAlive = %v", c.MQTT.ReceiveMaximum, c.MQTT.KeepAlive)
+	if c.MQTT[0].ReceiveMaximum != 250 || c.MQTT[0].KeepAlive != time.Minute {
+		t.Errorf("ReceiveMaximum = %d, KeepAlive = %v", c.MQTT[0].ReceiveMaximum, c.MQTT[0].KeepAlive)
 	}
 	_, err := Parse("test.yaml", []byte(strings.Replace(minimal, "mqtt:\n", "mqtt:\n  receive_maximum: \"${RM}\"\n", 1)), env)
 	if err == nil || err.Error() != `test.yaml:3:20: mqtt.receive_maximum: must be an integer, got string "250"` {
@@ -182,15 +183,15 @@ func TestExpand(t *testing.T) {
 	}
 	// A variable that expands to nothing leaves the key unset.
 	c = mustParse(t, strings.Replace(minimal, "mqtt:\n", "mqtt:\n  receive_maximum: ${EMPTY}\n", 1), env)
-	if c.MQTT.ReceiveMaximum != 1000 {
-		t.Errorf("ReceiveMaximum = %d from an empty variable", c.MQTT.ReceiveMaximum)
+	if c.MQTT[0].ReceiveMaximum != 1000 {
+		t.Errorf("ReceiveMaximum = %d from an empty variable", c.MQTT[0].ReceiveMaximum)
 	}
 }
 
 func TestMasked(t *testing.T) {
 	c := mustParse(t, strings.Replace(minimal, "mqtt:\n", "mqtt:\n  username: ferry\n  password: hunter2\n", 1), testEnv())
-	if c.MQTT.Password != "hunter2" {
-		t.Fatalf("Password = %q", string(c.MQTT.Password))
+	if c.MQTT[0].Password != "hunter2" {
+		t.Fatalf("Password = %q", string(c.MQTT[0].Password))
 	}
 	out, err := c.Masked()
 	if err != nil {
@@ -209,7 +210,7 @@ func TestMasked(t *testing.T) {
 	if err != nil {
 		t.Fatalf("parse Masked output: %v\n%s", err, out)
 	}
-	back.MQTT.Password = c.MQTT.Password
+	back.MQTT[0].Password = c.MQTT[0].Password
 	if !reflect.DeepEqual(back, c) {
 		t.Errorf("round trip:\ngot  %+v\nwant %+v", back, c)
 	}
@@ -333,7 +334,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(string(out), "$") || c.MQTT.Password != "" {
+		if strings.Contains(string(out), "$") || c.MQTT[0].Password != "" {
 			return
 		}
 		back, err := Parse("masked.yaml", out, testEnv())
@@ -560,10 +561,10 @@ forward:
 		{Filter: "$share/ferry/sensors/+/telemetry", QoS: 2, RetainHandling: 2},
 		{Filter: "cmd/#", QoS: 0, NoLocal: true, RetainAsPublished: true, RetainHandling: 0},
 	}
-	if !reflect.DeepEqual(c.MQTT.Subscriptions, want) {
-		t.Errorf("subscriptions %+v, want %+v", c.MQTT.Subscriptions, want)
+	if !reflect.DeepEqual(c.MQTT[0].Subscriptions, want) {
+		t.Errorf("subscriptions %+v, want %+v", c.MQTT[0].Subscriptions, want)
 	}
-	if c.MQTT.MaxPayloadBytes != 64<<10 || c.MQTT.TLS.ServerName != "broker.internal" || !c.MQTT.TLS.InsecureSkipVerify {
+	if c.MQTT[0].MaxPayloadBytes != 64<<10 || c.MQTT[0].TLS.ServerName != "broker.internal" || !c.MQTT[0].TLS.InsecureSkipVerify {
 		t.Errorf("mqtt %+v", c.MQTT)
 	}
 	wantWarn := []string{`test.yaml:7:27: mqtt.tls.insecure_skip_verify: the MQTT broker's certificate is NOT verified: anyone on the path can read and change the data and learn the password; use only for tests`}

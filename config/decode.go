@@ -260,8 +260,9 @@ func join(path, key string) string {
 }
 
 var (
-	durationType = reflect.TypeFor[time.Duration]()
-	byteSizeType = reflect.TypeFor[ByteSize]()
+	durationType    = reflect.TypeFor[time.Duration]()
+	byteSizeType    = reflect.TypeFor[ByteSize]()
+	connectionsType = reflect.TypeFor[Connections]()
 )
 
 // durationSyntax is what time.ParseDuration reads: when it refuses text of
@@ -357,6 +358,11 @@ func decode(src *source, n *yaml.Node, path string, v reflect.Value, errs *Error
 			return
 		}
 		v.SetInt(b)
+	case v.Type() == connectionsType && n.Kind == yaml.MappingNode:
+		// One connection, written as a mapping: its keys keep the path
+		// mqtt.url (a sequence's are mqtt[0].url, ...).
+		v.Set(reflect.MakeSlice(v.Type(), 1, 1))
+		decodeStruct(src, n, path, v.Index(0), errs)
 	case v.Kind() == reflect.Struct:
 		if n.Kind != yaml.MappingNode {
 			fail("must be a mapping, got %s", describe(n))

@@ -16,9 +16,9 @@ import (
 // Files is what the files a configuration names hold, read and checked by
 // ReadFiles.
 type Files struct {
-	// MQTTPassword is mqtt.password_file's content less a trailing
-	// newline; "" without the key.
-	MQTTPassword Secret
+	// MQTT holds the files of each connection, in the order of
+	// Config.MQTT.
+	MQTT []MQTTFiles
 	// KafkaPassword is forward.kafka.sasl.password_file's, likewise.
 	KafkaPassword Secret
 	// KafkaRootCAs holds the certificates of forward.kafka.tls.ca_file;
@@ -28,9 +28,17 @@ type Files struct {
 	// forward.kafka.tls.cert_file with the private key of key_file; nil
 	// without them.
 	KafkaCertificate *tls.Certificate
-	// MQTTRootCAs and MQTTCertificate are the same for mqtt.tls.
-	MQTTRootCAs     *x509.CertPool
-	MQTTCertificate *tls.Certificate
+}
+
+// MQTTFiles is what the files of one MQTT connection hold.
+type MQTTFiles struct {
+	// Password is password_file's content less a trailing newline; ""
+	// without the key.
+	Password Secret
+	// RootCAs and Certificate are as Files.KafkaRootCAs and
+	// KafkaCertificate, for the connection's tls section.
+	RootCAs     *x509.CertPool
+	Certificate *tls.Certificate
 }
 
 // Limits on the files a configuration names: far above any real password or
@@ -48,7 +56,13 @@ const (
 // same problems at their keys' positions in the configuration file.
 func (c *Config) ReadFiles() (*Files, error) {
 	var errs []error
-	f := readFiles(c, func(key string, err error) { errs = append(errs, fmt.Errorf("%s: %w", key, err)) })
+	path := func(i int) string { // as the file most likely gave them
+		if len(c.MQTT) == 1 {
+			return "mqtt"
+		}
+		return fmt.Sprintf("mqtt[%d]", i)
+	}
+	f := readFiles(c, path, func(key string, err error) { errs = append(errs, fmt.Errorf("%s: %w", key, err)) })
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -57,14 +71,19 @@ func (c *Config) ReadFiles() (*Files, error) {
 
 // readFiles reads the files c names, calling bad for each key whose file
 // fails, and returns what the others hold.
-func readFiles(c *Config, bad func(key string, err error)) *Files {
+func readFiles(c *Config, mqttPath func(i int) string, bad func(key string, err error)) *Files {
 	var f Files
-	if path := c.MQTT.PasswordFile; path != "" {
-		pw, err := readPassword(path)
-		if err != nil {
-			bad("mqtt.password_file", err)
+	f.MQTT = make([]MQTTFiles, len(c.MQTT))
+	for i, m := range c.MQTT {
+		p, mf := mqttPath(i), &f.MQTT[i]
+		if path := m.PasswordFile; path != "" {
+			pw, err := readPassword(path)
+			if err != nil {
+				bad(p+".password_file", err)
+			}
+			mf.Password = pw
 		}
-		f.MQTTPassword = pw
+		mf.RootCAs, mf.Certificate = readTLSFiles(p+".tls", m.TLS.CAFile, m.TLS.CertFile, m.TLS.KeyFile, bad)
 	}
 	if path := c.Forward.Kafka.SASL.PasswordFile; path != "" {
 		pw, err := readPassword(path)
@@ -73,8 +92,6 @@ func readFiles(c *Config, bad func(key string, err error)) *Files {
 		}
 		f.KafkaPassword = pw
 	}
-	m := c.MQTT.TLS
-	f.MQTTRootCAs, f.MQTTCertificate = readTLSFiles("mqtt.tls", m.CAFile, m.CertFile, m.KeyFile, bad)
 	k := c.Forward.Kafka.TLS
 	f.KafkaRootCAs, f.KafkaCertificate = readTLSFiles("forward.kafka.tls", k.CAFile, k.CertFile, k.KeyFile, bad)
 	return &f

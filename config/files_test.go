@@ -99,7 +99,7 @@ func TestNamedFiles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if f.MQTTPassword != "s3cret" || f.KafkaPassword != "s3cret" || f.KafkaRootCAs == nil ||
+		if f.MQTT[0].Password != "s3cret" || f.KafkaPassword != "s3cret" || f.KafkaRootCAs == nil ||
 			f.KafkaCertificate == nil || len(f.KafkaCertificate.Certificate) != 1 {
 			t.Errorf("files: %+v", f)
 		}

@@ -87,16 +87,26 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 	setString(&c.Log.Format, defaultLogFormat)
 	setIfAbsent(src, "admin.listen", &c.Admin.Listen, defaultAdminListen) // "" is off
 
-	m := &c.MQTT
-	setString(&m.ClientID, "ferry-"+c.GatewayID)
-	setIfAbsent(src, "mqtt.keep_alive", &m.KeepAlive, defaultKeepAlive)
-	setIfAbsent(src, "mqtt.session_expiry", &m.SessionExpiry, defaultSessionExpiry)
-	setIfAbsent(src, "mqtt.connect_timeout", &m.ConnectTimeout, defaultConnectTimeout)
-	setIfAbsent(src, "mqtt.receive_maximum", &m.ReceiveMaximum, defaultReceiveMaximum)
-	setIfAbsent(src, "mqtt.max_payload_bytes", &m.MaxPayloadBytes, defaultMaxPayloadBytes)
-	for i := range m.Subscriptions {
-		setIfAbsent(src, fmt.Sprintf("mqtt.subscriptions[%d].qos", i), &m.Subscriptions[i].QoS, defaultQoS)
-		setIfAbsent(src, fmt.Sprintf("mqtt.subscriptions[%d].retain_handling", i), &m.Subscriptions[i].RetainHandling, defaultRetainHandling)
+	if len(c.MQTT) == 0 {
+		c.MQTT = Connections{{}} // absent: one connection, whose url is missing
+	}
+	for i := range c.MQTT {
+		m, p := &c.MQTT[i], mqttPath(src, i)
+		setString(&m.Name, hostPort(m.URL))
+		if i == 0 {
+			setString(&m.ClientID, "ferry-"+c.GatewayID)
+		} else {
+			setString(&m.ClientID, "ferry-"+c.GatewayID+"-"+m.Name)
+		}
+		setIfAbsent(src, p+".keep_alive", &m.KeepAlive, defaultKeepAlive)
+		setIfAbsent(src, p+".session_expiry", &m.SessionExpiry, defaultSessionExpiry)
+		setIfAbsent(src, p+".connect_timeout", &m.ConnectTimeout, defaultConnectTimeout)
+		setIfAbsent(src, p+".receive_maximum", &m.ReceiveMaximum, defaultReceiveMaximum)
+		setIfAbsent(src, p+".max_payload_bytes", &m.MaxPayloadBytes, defaultMaxPayloadBytes)
+		for j := range m.Subscriptions {
+			setIfAbsent(src, fmt.Sprintf("%s.subscriptions[%d].qos", p, j), &m.Subscriptions[j].QoS, defaultQoS)
+			setIfAbsent(src, fmt.Sprintf("%s.subscriptions[%d].retain_handling", p, j), &m.Subscriptions[j].RetainHandling, defaultRetainHandling)
+		}
 	}
 
 	bu := &c.Buffer
@@ -195,82 +205,23 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	oneOf("buffer.when_full", bu.WhenFull, "drop_oldest", "block")
 	oneOf("buffer.on_corrupt", bu.OnCorrupt, "move_aside", "fail")
 
-	m := &c.MQTT
-	if m.URL == "" {
-		bad("mqtt.url", "required, e.g. tcp://127.0.0.1:1883")
-	} else if msg := checkMQTTURL(m.URL); msg != "" {
-		bad("mqtt.url", "%s", msg)
-	}
-	if m.Password != "" && m.PasswordFile != "" {
-		bad("mqtt.password_file", "cannot be set together with mqtt.password; use one")
-	}
-	if m.Password != "" || m.PasswordFile != "" {
-		if host := plainTextPassword(m.URL); host != "" {
-			which := "mqtt.password"
-			if m.Password == "" {
-				which = "mqtt.password_file's password"
+	names := map[string]int{}
+	sessions := map[string]int{} // broker and client id -> connection
+	filters := make([]map[string]int, len(c.MQTT))
+	for i := range c.MQTT {
+		m, p := &c.MQTT[i], mqttPath(src, i)
+		filters[i] = validateMQTT(c, src, m, p, bad)
+		if j, dup := names[m.Name]; dup && src.isSet(p+".name") {
+			bad(p+".name", "%q is the name of %s too: give each connection its own name", m.Name, mqttPath(src, j))
+		} else if dup {
+			bad(p, "connects to %s as %s does: set name on each (it names the connection in logs and status, and its session's client id)", m.Name, mqttPath(src, j))
+		}
+		names[m.Name] = i
+		if session := hostPort(m.URL) + " " + m.ClientID; m.URL != "" {
+			if j, dup := sessions[session]; dup {
+				bad(p+".client_id", "%q is the client id of %s too, on the same broker: the two would take each other's session", m.ClientID, mqttPath(src, j))
 			}
-			scheme, _, _ := strings.Cut(m.URL, ":")
-			c.Warnings = append(c.Warnings, src.errorAt("mqtt.url",
-				"%s:// sends %s in clear text to %s, which is not this host: anyone on the network path can read it; use ssl://, mqtts:// or wss://", scheme, which, host).Error())
-		}
-	}
-	seconds := func(path string, d, lo, hi time.Duration, why string) {
-		switch {
-		case d < lo || d > hi:
-			bad(path, "must be from %ds to %ds%s, got %v", lo/time.Second, hi/time.Second, why, d)
-		case d%time.Second != 0:
-			bad(path, "must be a whole number of seconds, got %v", d)
-		}
-	}
-	seconds("mqtt.keep_alive", m.KeepAlive, time.Second, math.MaxUint16*time.Second, "")
-	seconds("mqtt.session_expiry", m.SessionExpiry, time.Second, math.MaxUint32*time.Second, " (ferry needs a persistent session)")
-	if m.ConnectTimeout <= 0 {
-		bad("mqtt.connect_timeout", "must be more than 0s, got %v", m.ConnectTimeout)
-	}
-	if m.ReceiveMaximum < 1 || m.ReceiveMaximum > math.MaxUint16 {
-		bad("mqtt.receive_maximum", "must be from 1 to 65535, got %d", m.ReceiveMaximum)
-	}
-	if m.MaxPayloadBytes < minMaxPayloadBytes || m.MaxPayloadBytes > maxMaxPayloadBytes {
-		bad("mqtt.max_payload_bytes", "must be from %v to %v, got %v", ByteSize(minMaxPayloadBytes), ByteSize(maxMaxPayloadBytes), m.MaxPayloadBytes)
-	}
-	if m.TLS != (MQTTTLS{}) {
-		if scheme, _, _ := strings.Cut(m.URL, ":"); m.URL != "" && !isTLSScheme(scheme) {
-			bad("mqtt.tls", "is set, but mqtt.url's scheme %s is not TLS: use ssl://, tls://, mqtts:// or wss://, or remove mqtt.tls", scheme)
-		}
-	}
-	if (m.TLS.CertFile == "") != (m.TLS.KeyFile == "") {
-		bad("mqtt.tls", "cert_file and key_file go together: set both for mutual TLS, or neither")
-	}
-	if m.TLS.InsecureSkipVerify {
-		c.Warnings = append(c.Warnings, src.errorAt("mqtt.tls.insecure_skip_verify",
-			"the MQTT broker's certificate is NOT verified: anyone on the path can read and change the data and learn the password; use only for tests").Error())
-	}
-	if len(m.Subscriptions) == 0 {
-		bad("mqtt.subscriptions", "at least one subscription is required")
-	} else if len(m.Subscriptions) > maxSubscriptions {
-		bad("mqtt.subscriptions", "at most %d subscriptions, got %d: use wildcards (sensors/+/telemetry, sensors/#)", maxSubscriptions, len(m.Subscriptions))
-	}
-	filters := map[string]int{} // valid filter -> index
-	for i, s := range m.Subscriptions {
-		path := fmt.Sprintf("mqtt.subscriptions[%d]", i)
-		if s.QoS < 0 || s.QoS > 2 {
-			bad(path+".qos", "must be 0, 1 or 2, got %d", s.QoS)
-		}
-		if s.RetainHandling < 0 || s.RetainHandling > 2 {
-			bad(path+".retain_handling", "must be 0 (retained messages at every subscribe), 1 (only for a new subscription) or 2 (never), got %d", s.RetainHandling)
-		}
-		if _, _, shared := topic.SplitShared(s.Filter); shared && s.NoLocal {
-			bad(path+".no_local", "must be false on a shared subscription (MQTT forbids it)")
-		}
-		if s.Filter == "" {
-			bad(path+".filter", "required")
-		} else if err := topic.ValidSubscription(s.Filter); err != nil {
-			bad(path+".filter", "%v", err)
-		} else if j, dup := filters[s.Filter]; dup {
-			bad(path+".filter", "duplicate of mqtt.subscriptions[%d].filter %q", j, s.Filter)
-		} else {
-			filters[s.Filter] = i
+			sessions[session] = i
 		}
 	}
 
@@ -374,7 +325,11 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 
 	// Subscriptions and routes that can never meet: every pair is
 	// checked, so only within the bounds above.
-	if len(m.Subscriptions) > maxSubscriptions || len(c.Forward.Routes) > maxRoutes {
+	total := 0
+	for _, m := range c.MQTT {
+		total += len(m.Subscriptions)
+	}
+	if total > maxSubscriptions || len(c.Forward.Routes) > maxRoutes {
 		return
 	}
 	warn := func(path, format string, args ...any) {
@@ -382,35 +337,42 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	// Routes match topics, so a shared subscription's filter part counts.
 	plain := func(f string) string { _, p, _ := topic.SplitShared(f); return p }
-	for i, s := range m.Subscriptions {
-		if j, valid := filters[s.Filter]; !valid || j != i {
-			continue
-		}
-		for j, o := range m.Subscriptions[:i] {
-			if k, valid := filters[o.Filter]; valid && k == j && topic.Overlap(plain(s.Filter), plain(o.Filter)) {
-				warn(fmt.Sprintf("mqtt.subscriptions[%d].filter", i), "overlaps mqtt.subscriptions[%d].filter %q: a message matching both comes once through each (Mosquitto sends a copy per subscription), and is forwarded twice", j, o.Filter)
-				break
+	anyFilter := false
+	for ci, m := range c.MQTT {
+		p := mqttPath(src, ci)
+		for i, s := range m.Subscriptions {
+			if j, valid := filters[ci][s.Filter]; !valid || j != i {
+				continue
 			}
-		}
-		if len(routes) == 0 {
-			continue
-		}
-		matched := false
-		for _, f := range routes {
-			matched = matched || topic.Overlap(plain(s.Filter), f)
-		}
-		if !matched {
-			warn(fmt.Sprintf("mqtt.subscriptions[%d].filter", i), "no route matches any topic of %q", s.Filter)
+			anyFilter = true
+			for j, o := range m.Subscriptions[:i] {
+				if k, valid := filters[ci][o.Filter]; valid && k == j && topic.Overlap(plain(s.Filter), plain(o.Filter)) {
+					warn(fmt.Sprintf("%s.subscriptions[%d].filter", p, i), "overlaps %s.subscriptions[%d].filter %q: a message matching both comes once through each (Mosquitto sends a copy per subscription), and is forwarded twice", p, j, o.Filter)
+					break
+				}
+			}
+			if len(routes) == 0 {
+				continue
+			}
+			matched := false
+			for _, f := range routes {
+				matched = matched || topic.Overlap(plain(s.Filter), f)
+			}
+			if !matched {
+				warn(fmt.Sprintf("%s.subscriptions[%d].filter", p, i), "no route matches any topic of %q", s.Filter)
+			}
 		}
 	}
 	for i, r := range c.Forward.Routes {
 		f, valid := routes[i]
-		if !valid || len(filters) == 0 {
+		if !valid || !anyFilter {
 			continue
 		}
 		reached := false
-		for s := range filters {
-			reached = reached || topic.Overlap(plain(s), f)
+		for _, fs := range filters {
+			for s := range fs {
+				reached = reached || topic.Overlap(plain(s), f)
+			}
 		}
 		if !reached {
 			warn(fmt.Sprintf("forward.routes[%d].match", i), "no subscription receives any topic of %q; the route is never used", r.Match)
@@ -552,4 +514,105 @@ func orList(items []string) string {
 		return items[0]
 	}
 	return strings.Join(items[:len(items)-1], ", ") + " or " + items[len(items)-1]
+}
+
+// validateMQTT checks the connection m, at key path p, and returns its
+// valid filters (filter -> index).
+func validateMQTT(c *Config, src *source, m *MQTT, p string, bad func(path, format string, args ...any)) map[string]int {
+	if m.URL == "" {
+		bad(p+".url", "required, e.g. tcp://127.0.0.1:1883")
+	} else if msg := checkMQTTURL(m.URL); msg != "" {
+		bad(p+".url", "%s", msg)
+	}
+	if m.Password != "" && m.PasswordFile != "" {
+		bad(p+".password_file", "cannot be set together with %s.password; use one", p)
+	}
+	if m.Password != "" || m.PasswordFile != "" {
+		if host := plainTextPassword(m.URL); host != "" {
+			which := p + ".password"
+			if m.Password == "" {
+				which = p + ".password_file's password"
+			}
+			scheme, _, _ := strings.Cut(m.URL, ":")
+			c.Warnings = append(c.Warnings, src.errorAt(p+".url",
+				"%s:// sends %s in clear text to %s, which is not this host: anyone on the network path can read it; use ssl://, mqtts:// or wss://", scheme, which, host).Error())
+		}
+	}
+	seconds := func(path string, d, lo, hi time.Duration, why string) {
+		switch {
+		case d < lo || d > hi:
+			bad(path, "must be from %ds to %ds%s, got %v", lo/time.Second, hi/time.Second, why, d)
+		case d%time.Second != 0:
+			bad(path, "must be a whole number of seconds, got %v", d)
+		}
+	}
+	seconds(p+".keep_alive", m.KeepAlive, time.Second, math.MaxUint16*time.Second, "")
+	seconds(p+".session_expiry", m.SessionExpiry, time.Second, math.MaxUint32*time.Second, " (ferry needs a persistent session)")
+	if m.ConnectTimeout <= 0 {
+		bad(p+".connect_timeout", "must be more than 0s, got %v", m.ConnectTimeout)
+	}
+	if m.ReceiveMaximum < 1 || m.ReceiveMaximum > math.MaxUint16 {
+		bad(p+".receive_maximum", "must be from 1 to 65535, got %d", m.ReceiveMaximum)
+	}
+	if m.MaxPayloadBytes < minMaxPayloadBytes || m.MaxPayloadBytes > maxMaxPayloadBytes {
+		bad(p+".max_payload_bytes", "must be from %v to %v, got %v", ByteSize(minMaxPayloadBytes), ByteSize(maxMaxPayloadBytes), m.MaxPayloadBytes)
+	}
+	if m.TLS != (MQTTTLS{}) {
+		if scheme, _, _ := strings.Cut(m.URL, ":"); m.URL != "" && !isTLSScheme(scheme) {
+			bad(p+".tls", "is set, but %s.url's scheme %s is not TLS: use ssl://, tls://, mqtts:// or wss://, or remove %s.tls", p, scheme, p)
+		}
+	}
+	if (m.TLS.CertFile == "") != (m.TLS.KeyFile == "") {
+		bad(p+".tls", "cert_file and key_file go together: set both for mutual TLS, or neither")
+	}
+	if m.TLS.InsecureSkipVerify {
+		c.Warnings = append(c.Warnings, src.errorAt(p+".tls.insecure_skip_verify",
+			"the MQTT broker's certificate is NOT verified: anyone on the path can read and change the data and learn the password; use only for tests").Error())
+	}
+	if len(m.Subscriptions) == 0 {
+		bad(p+".subscriptions", "at least one subscription is required")
+	} else if len(m.Subscriptions) > maxSubscriptions {
+		bad(p+".subscriptions", "at most %d subscriptions, got %d: use wildcards (sensors/+/telemetry, sensors/#)", maxSubscriptions, len(m.Subscriptions))
+	}
+	filters := map[string]int{} // valid filter -> index
+	for i, s := range m.Subscriptions {
+		path := fmt.Sprintf("%s.subscriptions[%d]", p, i)
+		if s.QoS < 0 || s.QoS > 2 {
+			bad(path+".qos", "must be 0, 1 or 2, got %d", s.QoS)
+		}
+		if s.RetainHandling < 0 || s.RetainHandling > 2 {
+			bad(path+".retain_handling", "must be 0 (retained messages at every subscribe), 1 (only for a new subscription) or 2 (never), got %d", s.RetainHandling)
+		}
+		if _, _, shared := topic.SplitShared(s.Filter); shared && s.NoLocal {
+			bad(path+".no_local", "must be false on a shared subscription (MQTT forbids it)")
+		}
+		if s.Filter == "" {
+			bad(path+".filter", "required")
+		} else if err := topic.ValidSubscription(s.Filter); err != nil {
+			bad(path+".filter", "%v", err)
+		} else if j, dup := filters[s.Filter]; dup {
+			bad(path+".filter", "duplicate of %s.subscriptions[%d].filter %q", p, j, s.Filter)
+		} else {
+			filters[s.Filter] = i
+		}
+	}
+	return filters
+}
+
+// mqttPath is the key path of connection i: "mqtt" when the file gives
+// one connection as a mapping, else "mqtt[i]".
+func mqttPath(src *source, i int) string {
+	if p := fmt.Sprintf("mqtt[%d]", i); src.isSet(p) || i > 0 {
+		return p
+	}
+	return "mqtt"
+}
+
+// hostPort is the host:port of an MQTT URL, or "" if it has none.
+func hostPort(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	return u.Host
 }

@@ -27,7 +27,7 @@ type statusReport struct {
 	NotReady    string         `json:"not_ready,omitempty"`
 	Healthy     bool           `json:"healthy"`
 	Unhealthy   string         `json:"unhealthy,omitempty"`
-	MQTTURL     string         `json:"mqtt_url"`
+	MQTTURL     string         `json:"mqtt_url"` // the first connection's; Flow.MQTT has each
 	Kafka       []string       `json:"kafka"`
 	Buffer      string         `json:"buffer"`
 	Oldest      time.Time      `json:"oldest,omitzero"`
@@ -42,7 +42,7 @@ func statusFunc(cfg *config.Config, a *agent.Agent) func() any {
 	return func() any {
 		r := statusReport{
 			Version: version, Commit: commit, PID: os.Getpid(), Started: started,
-			MQTTURL: config.RedactURL(cfg.MQTT.URL), Kafka: cfg.Forward.Kafka.Brokers, Buffer: cfg.Buffer.Path,
+			MQTTURL: config.RedactURL(cfg.MQTT[0].URL), Kafka: cfg.Forward.Kafka.Brokers, Buffer: cfg.Buffer.Path,
 			AdminListen: cfg.Admin.Listen, Flow: a.Snapshot(),
 		}
 		r.Ready, r.NotReady = a.Ready()
@@ -111,7 +111,14 @@ func writeStatus(w io.Writer, r statusReport, now time.Time) {
 	}
 	fmt.Fprintf(w, "ferry %s (commit %s), pid %d, up %v\n", r.Version, short(r.Commit), r.PID, now.Sub(r.Started).Truncate(time.Second))
 	fmt.Fprintf(w, "state          %s\n", state)
-	fmt.Fprintf(w, "mqtt           %s: %s; received %d, committed %d\n", r.MQTTURL, mqtt, f.Received, f.Committed)
+	if len(f.MQTT) > 1 {
+		// Several connections: one line each.
+		for _, c := range f.MQTT {
+			fmt.Fprintf(w, "mqtt %-9s %s: %s; received %d, committed %d\n", c.Name, c.URL, connState(c), c.Received, c.Committed)
+		}
+	} else {
+		fmt.Fprintf(w, "mqtt           %s: %s; received %d, committed %d\n", r.MQTTURL, mqtt, f.Received, f.Committed)
+	}
 	fmt.Fprintf(w, "buffer         %s: %d records (%s)%s; file %s\n", r.Buffer, f.BufferRecords, humanBytes(f.BufferBytes), oldest, humanBytes(uint64(max(r.FileSize, 0))))
 	fmt.Fprintf(w, "kafka          %s: %d connections; forwarded %d, in flight %d, retries %d; error: %s\n",
 		strings.Join(r.Kafka, ","), f.KafkaConns, f.Delivered, f.InFlight, f.KafkaRetries, kafkaErr)
@@ -148,4 +155,18 @@ func counts(m map[string]uint64) string {
 		return "none"
 	}
 	return strings.Join(parts, ", ")
+}
+
+// connState says how one MQTT connection stands.
+func connState(c agent.MQTTConnection) string {
+	s := "connected, subscribed"
+	if !c.Connected {
+		s = "DISCONNECTED"
+	} else if !c.Subscribed {
+		s = "connected, NOT subscribed"
+	}
+	if c.SessionsLost > 0 {
+		s += fmt.Sprintf(", %d SESSIONS LOST by the broker", c.SessionsLost)
+	}
+	return s
 }

@@ -44,7 +44,14 @@ func TestStatusText(t *testing.T) {
 	trouble.Flow.CorruptFiles = 1
 	trouble.Oldest = now.Add(-50 * time.Hour)
 
-	for name, r := range map[string]statusReport{"status_ok.txt": base, "status_trouble.txt": trouble} {
+	several := base
+	several.Flow.MQTTConnected = false
+	several.Flow.MQTT = []agent.MQTTConnection{
+		{Name: "local", URL: "tcp://127.0.0.1:1883", Connected: true, Subscribed: true, Received: 1204000, Committed: 1204000},
+		{Name: "plant", URL: "ssl://ferry:xxxxx@plant-broker:8883", Received: 332, Committed: 332, SessionsLost: 1},
+	}
+
+	for name, r := range map[string]statusReport{"status_ok.txt": base, "status_trouble.txt": trouble, "status_several.txt": several} {
 		var b bytes.Buffer
 		writeStatus(&b, r, now)
 		golden := filepath.Join("testdata", name)

@@ -34,11 +34,11 @@ import (
 
 // Agent is a configured, runnable ferry.
 type Agent struct {
-	cfg    *config.Config
-	log    *slog.Logger
-	buf    *buffer.Buffer
-	ingest *mqtt.Ingest
-	fwd    *forward.Forwarder
+	cfg     *config.Config
+	log     *slog.Logger
+	buf     *buffer.Buffer
+	ingests []*mqtt.Ingest // one per MQTT connection, in the order of cfg.MQTT
+	fwd     *forward.Forwarder
 
 	health     health       // see Healthy
 	closed     atomic.Bool  // the buffer is closed: not Ready
@@ -47,9 +47,18 @@ type Agent struct {
 
 // Stats is a snapshot of every stage's counters.
 type Stats struct {
-	MQTT    mqtt.Stats
-	Buffer  buffer.Stats
-	Forward forward.Stats
+	// MQTT sums the connections' counters; Connected and Subscribed hold
+	// when they hold for every connection.
+	MQTT        mqtt.Stats
+	Connections []ConnectionStats // each MQTT connection's own
+	Buffer      buffer.Stats
+	Forward     forward.Stats
+}
+
+// ConnectionStats is one MQTT connection's counters.
+type ConnectionStats struct {
+	Name string // config's mqtt name
+	mqtt.Stats
 }
 
 // Options adjust an agent beyond its config; the zero value is fine.
@@ -73,7 +82,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	mc, err := mqttConfig(cfg, files, log)
+	mcs, err := mqttConfigs(cfg, files, log)
 	if err != nil {
 		return nil, err
 	}
@@ -88,10 +97,14 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 	a.health = health{limit: cmp.Or(opts.StallLimit, 30*time.Second), block: cfg.Buffer.WhenFull == "block"}
 	fc.Observers = append(fc.Observers, kafkaHooks{a: a, produce: opts.Hooks.ProduceLatency})
 	fc.Ingest = func() forward.IngestStatus {
-		m := a.ingest.Stats()
+		m := a.mqttStats()
 		return forward.IngestStatus{Dropped: ingestDropped(m), SessionsLost: m.SessionsLost}
 	}
-	buf, err := openBuffer(cfg.Buffer, cfg.MQTT.ReceiveMaximum, log)
+	receiveMaximum := 0
+	for _, m := range cfg.MQTT {
+		receiveMaximum += m.ReceiveMaximum
+	}
+	buf, err := openBuffer(cfg.Buffer, receiveMaximum, log)
 	if err != nil {
 		return nil, err
 	}
@@ -103,17 +116,20 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 		log.Warn("the system clock is not synchronized: records received until it is carry the header ferry.clock: unsynced, and their timestamps may be far off")
 	}
 	sink = &clockSink{next: sink, synced: clockSynced}
-	ingest, err := mqtt.New(mc, sink)
-	if err != nil {
-		buf.Close()
-		return nil, err
+	for _, mc := range mcs {
+		ingest, err := mqtt.New(mc, sink)
+		if err != nil {
+			buf.Close()
+			return nil, err
+		}
+		a.ingests = append(a.ingests, ingest)
 	}
 	fwd, err := forward.New(fc, buf)
 	if err != nil {
 		buf.Close()
 		return nil, err
 	}
-	a.buf, a.ingest, a.fwd = buf, ingest, fwd
+	a.buf, a.fwd = buf, fwd
 	return a, nil
 }
 
@@ -162,34 +178,53 @@ func openBuffer(c config.Buffer, receiveMaximum int, log *slog.Logger) (*buffer.
 	return b, err
 }
 
-// mqttConfig maps the configuration to ingest's; files holds what the
-// files it names hold.
-func mqttConfig(cfg *config.Config, files *config.Files, log *slog.Logger) (mqtt.Config, error) {
-	u, err := url.Parse(cfg.MQTT.URL)
+// mqttConfigs maps the configuration to ingest's, one per connection;
+// files holds what the files it names hold.
+func mqttConfigs(cfg *config.Config, files *config.Files, log *slog.Logger) ([]mqtt.Config, error) {
+	var mcs []mqtt.Config
+	for i := range cfg.MQTT {
+		l := log
+		if len(cfg.MQTT) > 1 {
+			l = log.With("connection", cfg.MQTT[i].Name)
+		}
+		mc, err := mqttConfig(cfg, i, files.MQTT[i], l)
+		if err != nil {
+			return nil, err
+		}
+		mcs = append(mcs, mc)
+	}
+	return mcs, nil
+}
+
+// mqttConfig maps connection i of the configuration to ingest's; files
+// holds what the files it names hold.
+func mqttConfig(cfg *config.Config, i int, files config.MQTTFiles, log *slog.Logger) (mqtt.Config, error) {
+	m := cfg.MQTT[i]
+	u, err := url.Parse(m.URL)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) { // its text quotes the URL, password and all
 			ue.URL = config.RedactURL(ue.URL)
 		}
-		return mqtt.Config{}, fmt.Errorf("mqtt.url: %w", err)
+		return mqtt.Config{}, fmt.Errorf("mqtt %s: url: %w", m.Name, err)
 	}
-	password := []byte(cmp.Or(files.MQTTPassword, cfg.MQTT.Password))
+	password := []byte(cmp.Or(files.Password, m.Password))
 	mc := mqtt.Config{
 		URL:            u,
-		ClientID:       cfg.MQTT.ClientID,
-		Username:       cfg.MQTT.Username,
+		ClientID:       m.ClientID,
+		Username:       m.Username,
 		Password:       password,
-		KeepAlive:      cfg.MQTT.KeepAlive,
-		SessionExpiry:  cfg.MQTT.SessionExpiry,
-		ConnectTimeout: cfg.MQTT.ConnectTimeout,
-		ReceiveMaximum: uint16(cfg.MQTT.ReceiveMaximum),
-		MaxPayload:     int(cfg.MQTT.MaxPayloadBytes),
-		TLS:            mqttTLS(cfg.MQTT.TLS, files),
-		StateFile:      mqttStateFile(cfg.Buffer.Path),
+		KeepAlive:      m.KeepAlive,
+		SessionExpiry:  m.SessionExpiry,
+		ConnectTimeout: m.ConnectTimeout,
+		ReceiveMaximum: uint16(m.ReceiveMaximum),
+		MaxPayload:     int(m.MaxPayloadBytes),
+		TLS:            mqttTLS(m.TLS, files),
+		StateFile:      mqttStateFile(cfg.Buffer.Path, i, m.Name),
 		GatewayID:      cfg.GatewayID,
 		Logger:         log,
 	}
-	for _, s := range cfg.MQTT.Subscriptions {
+	for _, s := range m.Subscriptions {
 		mc.Subscriptions = append(mc.Subscriptions, mqtt.Subscription{
 			Filter:         s.Filter,
 			QoS:            mqtt.QoS(s.QoS),
@@ -201,19 +236,32 @@ func mqttConfig(cfg *config.Config, files *config.Files, log *slog.Logger) (mqtt
 	return mc, nil
 }
 
-// mqttStateFile is where ingest keeps the filters its session is
-// subscribed to: next to the buffer, which is on the durable storage ferry
-// owns (systemd's StateDirectory), and so moves with it.
-func mqttStateFile(bufferPath string) string { return bufferPath + ".subscriptions" }
+// mqttStateFile is where ingest keeps the filters the session of
+// connection i (named name) is subscribed to: next to the buffer, which is
+// on the durable storage ferry owns (systemd's StateDirectory), and so
+// moves with it. The first connection's is buffer.db.subscriptions, the
+// others' buffer.db.<name>.subscriptions.
+func mqttStateFile(bufferPath string, i int, name string) string {
+	if i == 0 {
+		return bufferPath + ".subscriptions"
+	}
+	safe := strings.Map(func(r rune) rune {
+		if r == '/' || r == 0 {
+			return '_'
+		}
+		return r
+	}, name)
+	return bufferPath + "." + safe + ".subscriptions"
+}
 
 // mqttTLS builds the TLS client config for a TLS broker URL: system roots
 // unless a CA file is given, a client certificate for mutual TLS if one is.
 // The server name defaults to the URL's host (ingest sets it).
-func mqttTLS(c config.MQTTTLS, files *config.Files) *tls.Config {
+func mqttTLS(c config.MQTTTLS, files config.MQTTFiles) *tls.Config {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify}
-	tc.RootCAs = files.MQTTRootCAs
-	if files.MQTTCertificate != nil {
-		tc.Certificates = []tls.Certificate{*files.MQTTCertificate}
+	tc.RootCAs = files.RootCAs
+	if files.Certificate != nil {
+		tc.Certificates = []tls.Certificate{*files.Certificate}
 	}
 	return tc
 }
@@ -334,23 +382,35 @@ func (a *Agent) Buffer() *buffer.Buffer { return a.buf }
 
 // Stats returns the counters of every stage.
 func (a *Agent) Stats() Stats {
-	return Stats{MQTT: a.ingest.Stats(), Buffer: a.buf.Stats(), Forward: a.fwd.Stats()}
+	s := Stats{MQTT: a.mqttStats(), Buffer: a.buf.Stats(), Forward: a.fwd.Stats()}
+	for i, in := range a.ingests {
+		s.Connections = append(s.Connections, ConnectionStats{Name: a.cfg.MQTT[i].Name, Stats: in.Stats()})
+	}
+	return s
 }
 
 // Run runs the stages until ctx is done (a clean stop: nil) or a stage fails
 // (its error). Either way it shuts down in order and closes the buffer.
 func (a *Agent) Run(ctx context.Context) error {
 	st := a.buf.Stats()
+	var urls []string
+	for _, m := range a.cfg.MQTT {
+		urls = append(urls, config.RedactURL(m.URL))
+	}
 	a.log.Info("ferry running", "gateway_id", a.cfg.GatewayID, "buffer", a.buf.Path(),
-		"buffered_records", st.Records, "mqtt", config.RedactURL(a.cfg.MQTT.URL), "kafka", strings.Join(a.cfg.Forward.Kafka.Brokers, ","))
+		"buffered_records", st.Records, "mqtt", strings.Join(urls, ","), "kafka", strings.Join(a.cfg.Forward.Kafka.Brokers, ","))
 
 	ingestCtx, stopIngest := context.WithCancel(context.Background())
 	defer stopIngest()
 	fwdCtx, stopFwd := context.WithCancel(context.Background())
 	defer stopFwd()
-	ingestDone := make(chan error, 1)
+	// Every connection's ingest runs until stopped; the first error of
+	// any stops them all (ingestDone reports it, then the rest's).
+	ingestDone := make(chan error, len(a.ingests))
+	for _, in := range a.ingests {
+		go func() { ingestDone <- in.Run(ingestCtx) }()
+	}
 	fwdDone := make(chan error, 1)
-	go func() { ingestDone <- a.ingest.Run(ingestCtx) }()
 	go func() { fwdDone <- a.fwd.Run(fwdCtx) }()
 
 	var ingestErr, fwdErr, damageErr error
@@ -360,9 +420,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("stopping: ingest first, then the forwarder, then the buffer")
 	case <-a.buf.Damaged():
 		// What is in memory is acknowledged only once durable, so
-		// stopping loses nothing; the next start moves the file aside
-		// and salvages it (OpenOrMoveAside).
-		// The next start checks the whole file and salvages it.
+		// stopping loses nothing; the next start checks the whole file,
+		// moves it aside and salvages it (OpenOrMoveAside).
 		damageErr = fmt.Errorf("buffer file damaged while running (ferry exits so that its next start moves it aside and salvages it): %w", a.buf.Damage())
 	case ingestErr = <-ingestDone:
 		ingestStopped = true
@@ -370,8 +429,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		fwdStopped = true
 	}
 	stopIngest()
-	if !ingestStopped {
-		ingestErr = <-ingestDone
+	waiting := len(a.ingests)
+	if ingestStopped {
+		waiting--
+	}
+	for range waiting {
+		ingestErr = errors.Join(ingestErr, <-ingestDone)
 	}
 	stopFwd()
 	if !fwdStopped {
@@ -400,4 +463,22 @@ func (a *Agent) LogStatus(ctx context.Context, interval time.Duration) {
 				"delivered", s.Forward.Delivered, "unrouted", s.Forward.Unrouted, "kafka_error", s.Forward.LastError)
 		}
 	}
+}
+
+// mqttStats sums the connections' counters; Connected and Subscribed
+// hold when they hold for every connection.
+func (a *Agent) mqttStats() mqtt.Stats {
+	sum := mqtt.Stats{Connected: true, Subscribed: true}
+	for _, in := range a.ingests {
+		s := in.Stats()
+		sum.Received += s.Received
+		sum.Stored += s.Stored
+		sum.Acknowledged += s.Acknowledged
+		sum.Connected = sum.Connected && s.Connected
+		sum.Subscribed = sum.Subscribed && s.Subscribed
+		sum.SessionsLost += s.SessionsLost
+		sum.DroppedUnsubscribed += s.DroppedUnsubscribed
+		sum.DroppedTooLarge += s.DroppedTooLarge
+	}
+	return sum
 }

@@ -178,8 +178,8 @@ func TestEndToEndQoS2(t *testing.T) {
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
 	cfg := loadConfig(t, broker, kafka, topic)
-	for i := range cfg.MQTT.Subscriptions {
-		cfg.MQTT.Subscriptions[i].QoS = 2
+	for i := range cfg.MQTT[0].Subscriptions {
+		cfg.MQTT[0].Subscriptions[i].QoS = 2
 	}
 	a, stopAgent := startAgent(t, cfg, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)

@@ -67,8 +67,8 @@ func TestInvalidTopicFromCaptureIsDeadLettered(t *testing.T) {
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
 	cfg := loadConfig(t, broker, kafka, topic)
-	cfg.MQTT.Subscriptions = append(cfg.MQTT.Subscriptions, cfg.MQTT.Subscriptions[0])
-	cfg.MQTT.Subscriptions[1].Filter = "odd/#"
+	cfg.MQTT[0].Subscriptions = append(cfg.MQTT[0].Subscriptions, cfg.MQTT[0].Subscriptions[0])
+	cfg.MQTT[0].Subscriptions[1].Filter = "odd/#"
 	odd := cfg.Forward.Routes[0]
 	odd.Match, odd.Topic = "odd/{device}", "{device}"
 	cfg.Forward.Routes = append(cfg.Forward.Routes, odd)

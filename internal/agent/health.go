@@ -14,12 +14,19 @@ func (a *Agent) Ready() (ok bool, why string) {
 	if a.closed.Load() {
 		return false, "stopping: the buffer is closed"
 	}
-	if s := a.ingest.Stats(); !s.Connected {
-		return false, "not connected to the MQTT broker"
-	} else if !s.Subscribed {
-		return false, "the MQTT broker has not granted the subscriptions"
+	// One connection doing its job is enough: a gateway with two brokers
+	// buffers the one it reaches while the other is down (its state is in
+	// Stats and the status).
+	why = "not connected to the MQTT broker"
+	for _, in := range a.ingests {
+		switch s := in.Stats(); {
+		case s.Connected && s.Subscribed:
+			return true, ""
+		case s.Connected:
+			why = "the MQTT broker has not granted the subscriptions"
+		}
 	}
-	return true, ""
+	return false, why
 }
 
 // Healthy reports whether the pipeline makes progress: false when

@@ -8,6 +8,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ferry-edge/ferry/buffer"
+	"github.com/ferry-edge/ferry/config"
 	"github.com/ferry-edge/ferry/forward"
 	"github.com/ferry-edge/ferry/mqtt"
 )
@@ -18,8 +19,11 @@ import (
 
 // Snapshot is the agent's state in plain numbers.
 type Snapshot struct {
-	MQTTConnected  bool `json:"mqtt_connected"`
-	MQTTSubscribed bool `json:"mqtt_subscribed"`
+	// MQTTConnected and MQTTSubscribed hold when they hold for every
+	// MQTT connection; MQTT has each connection's state.
+	MQTTConnected  bool             `json:"mqtt_connected"`
+	MQTTSubscribed bool             `json:"mqtt_subscribed"`
+	MQTT           []MQTTConnection `json:"mqtt"`
 	// MQTTSessionsLost counts connections on which the broker had lost
 	// ferry's session (what it queued for ferry meanwhile is lost), since
 	// start.
@@ -63,9 +67,20 @@ type Snapshot struct {
 	bufferFull    bool   // when_full: block and at max_bytes: appends wait for room
 }
 
+// MQTTConnection is one MQTT connection's state.
+type MQTTConnection struct {
+	Name         string `json:"name"` // config's mqtt name
+	URL          string `json:"url"`  // without a password
+	Connected    bool   `json:"connected"`
+	Subscribed   bool   `json:"subscribed"`
+	Received     uint64 `json:"received"`
+	Committed    uint64 `json:"committed"`
+	SessionsLost uint64 `json:"sessions_lost"`
+}
+
 // Snapshot reads every stage's counters.
 func (a *Agent) Snapshot() Snapshot {
-	m, b, f := a.ingest.Stats(), a.buf.Stats(), a.fwd.Stats()
+	m, b, f := a.mqttStats(), a.buf.Stats(), a.fwd.Stats()
 	s := Snapshot{
 		MQTTConnected:    m.Connected,
 		MQTTSubscribed:   m.Subscribed,
@@ -108,6 +123,11 @@ func (a *Agent) Snapshot() Snapshot {
 	}
 	s.forwardedDone = f.Delivered + f.Unrouted + dead
 	s.bufferFull = b.Full
+	for i, in := range a.ingests {
+		c := in.Stats()
+		s.MQTT = append(s.MQTT, MQTTConnection{Name: a.cfg.MQTT[i].Name, URL: config.RedactURL(a.cfg.MQTT[i].URL),
+			Connected: c.Connected, Subscribed: c.Subscribed, Received: c.Received, Committed: c.Stored, SessionsLost: c.SessionsLost})
+	}
 	return s
 }
 

@@ -10,8 +10,8 @@ import (
 // TestURLErrorRedacted: an MQTT URL that does not parse is reported without
 // its password (url.Parse's error quotes the whole URL).
 func TestURLErrorRedacted(t *testing.T) {
-	cfg := &config.Config{MQTT: config.MQTT{URL: "tcp://ferry:Hunter2Secret@broker:18 83"}}
-	_, err := mqttConfig(cfg, &config.Files{}, nil)
+	cfg := &config.Config{MQTT: config.Connections{{URL: "tcp://ferry:Hunter2Secret@broker:18 83"}}}
+	_, err := mqttConfig(cfg, 0, config.MQTTFiles{}, nil)
 	if err == nil || strings.Contains(err.Error(), "Hunter2Secret") || !strings.Contains(err.Error(), "ferry:xxxxx@broker") {
 		t.Errorf("mqttConfig: %v", err)
 	}
