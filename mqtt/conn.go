@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/url"
@@ -94,10 +95,12 @@ func (in *Ingest) attemptConnection(ctx context.Context, cfg autopaho.ClientConf
 		if tc.ServerName == "" {
 			tc.ServerName = u.Hostname()
 		}
-		// A broker that wants a client certificate ferry does not have
-		// refuses the connection after the handshake (TLS 1.3), with an
-		// alert or a reset that reads like a network failure: tell it
-		// here, as the refusal it is.
+		// A broker that requires a client certificate ferry does not
+		// have refuses the connection: in the handshake (TLS 1.2) or
+		// after it (TLS 1.3), with an alert or a reset that reads like a
+		// network failure. When the broker asked for one, such a
+		// failure is told as the refusal it likely is; a broker that
+		// only asks (an optional client certificate) is served.
 		var asked bool
 		if len(tc.Certificates) == 0 && tc.GetClientCertificate == nil {
 			tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -106,15 +109,17 @@ func (in *Ingest) attemptConnection(ctx context.Context, cfg autopaho.ClientConf
 			}
 		}
 		tlsConn := tls.Client(c, tc)
-		err := tlsConn.HandshakeContext(ctx)
-		if err == nil && asked {
-			err = errNoClientCertificate
-		}
-		if err != nil {
+		if err := tlsConn.HandshakeContext(ctx); err != nil {
 			raw.Close()
+			if asked {
+				err = fmt.Errorf("%w (%w)", errNoClientCertificate, err)
+			}
 			return nil, err
 		}
 		c = tlsConn
+		if asked {
+			c = &certAskedConn{Conn: tlsConn}
+		}
 	}
 	return newBufConn(c, in.cfg.MaxPayload), nil
 }
@@ -286,8 +291,15 @@ func (c *bufConn) nextPacket() error {
 	if _, err := io.ReadFull(c.r, head); err != nil {
 		return err
 	}
-	if _, err := c.r.Discard(rest); err != nil {
-		return err
+	// In pieces: each one read is news from the broker, so the
+	// keep-alive does not take a long message for a silent broker.
+	for rest > 0 {
+		n, err := c.r.Discard(min(rest, readBufferSize))
+		rest -= n
+		c.readSince.Store(time.Now().UnixNano())
+		if err != nil {
+			return err
+		}
 	}
 	c.stub = appendStub(c.stub[:0], first, head, payload)
 	return nil
@@ -438,4 +450,24 @@ func (f *framer) scan(p []byte) int {
 		}
 	}
 	return end
+}
+
+// certAskedConn is a TLS connection to a broker that asked for a client
+// certificate ferry did not have: if the broker closes it before sending
+// anything (TLS 1.3 refuses the certificate after the handshake), the
+// read error says why.
+type certAskedConn struct {
+	net.Conn
+	read bool // something was read: the broker took the connection
+}
+
+func (c *certAskedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.read = true
+	}
+	if err != nil && !c.read {
+		err = fmt.Errorf("%w (%w)", errNoClientCertificate, err)
+	}
+	return n, err
 }

@@ -419,7 +419,11 @@ func describeConnectError(err error) string {
 func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 	p := pr.Packet
 	l := in.sess.current()
-	if size, stub := stubSize(p); stub {
+	size, stub := stubSize(p)
+	if !stub && in.cfg.MaxPayload > 0 && len(p.Payload) > in.cfg.MaxPayload {
+		stub, size = true, len(p.Payload) // a connection without ferry's reader (WebSocket) reads it whole
+	}
+	if stub {
 		in.droppedTooLarge.Add(1)
 		if n, ok := in.tooLargeLog.due(); ok {
 			in.log.Warn("messages dropped: payload larger than mqtt.max_payload_bytes (acknowledged, not stored)", "topic", p.Topic, "bytes", size, "limit", in.cfg.MaxPayload, "messages", n)
@@ -482,6 +486,9 @@ func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 // bypass queues the acknowledgement of a message that is not handed to the
 // sink: it goes out in its turn, after those of the messages before it.
 func (in *Ingest) bypass(e pending) {
+	if e.qos == 0 {
+		return // nothing to acknowledge
+	}
 	e.ok, e.bypass = true, true
 	in.mu.Lock()
 	if in.stopping {

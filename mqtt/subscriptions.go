@@ -143,9 +143,12 @@ func writeState(path string, st subscriptionState) error {
 type subscriptions struct {
 	wanted []Subscription
 	plain  []string // wanted's plain filters, for matching topics
-	// check: messages whose topic no wanted filter matches may come (the
-	// session may hold filters ferry no longer wants, or holds filters
-	// ferry does not know of), so onPublish drops them.
+	// check: onPublish drops messages whose topic no wanted filter
+	// matches. Always on: a broker sends only messages that match the
+	// session's filters, so such a message came through a filter ferry
+	// no longer wants, or one it never knew of (a session from before
+	// the state file, a lost or moved record), which stays in the
+	// session until unsubscribed.
 	check bool
 	// session is the filters the broker's session may hold, as recorded in
 	// the state file; known is false when nothing was recorded.
@@ -186,8 +189,8 @@ func (s *subscriptions) removed() []string {
 // loadState reads the state file, before Run connects.
 func (in *Ingest) loadState() {
 	subs := in.subs
+	subs.check = true
 	if in.cfg.StateFile == "" {
-		subs.check = true
 		return
 	}
 	filters, known, err := readState(in.cfg.StateFile, in.cfg.ClientID)
@@ -195,7 +198,7 @@ func (in *Ingest) loadState() {
 		in.log.Warn("cannot tell which filters the broker's session holds; filters removed from the configuration will not be unsubscribed", "err", err)
 	}
 	subs.session, subs.known = filters, known
-	subs.check = !known || len(subs.removed()) > 0
+	subs.check = true
 	if !known && err == nil {
 		in.log.Info("no record of earlier subscriptions for this client id; messages of filters not configured are dropped if the session brings any", "state_file", in.cfg.StateFile)
 	}

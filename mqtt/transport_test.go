@@ -60,7 +60,13 @@ func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
 // broker at addr; it stops when the test ends.
 func tlsProxy(t *testing.T, addr string, cert tls.Certificate) string {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	return tlsProxyWith(t, addr, &tls.Config{Certificates: []tls.Certificate{cert}})
+}
+
+// tlsProxyWith is tlsProxy with the server's TLS config.
+func tlsProxyWith(t *testing.T, addr string, cfg *tls.Config) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,6 +197,56 @@ func TestWebSocket(t *testing.T) {
 		}
 	}
 	waitFor(t, 10*time.Second, "the acknowledgements", func() bool { return in.Stats().Acknowledged == n })
+	waitFor(t, 5*time.Second, "the broker to hold nothing in flight", func() bool {
+		cl, ok := srv.Clients.Get("ferry-test")
+		return ok && cl.State.Inflight.Len() == 0
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Over WebSocket (autopaho's connection, not ferry's reader) a message
+// over MaxPayload is still dropped and counted, not stored.
+func TestWebSocketOversizedIsDropped(t *testing.T) {
+	caps := mochi.NewDefaultServerCapabilities()
+	srv := mochi.New(&mochi.Options{Capabilities: caps, InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	if err := srv.AddListener(listeners.NewWebsocket(listeners.Config{ID: "ws", Address: addr})); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+
+	u, _ := url.Parse("ws://" + addr + "/")
+	sink := newCommitterSink(t)
+	in, done, cancel := startIngestWith(t, Config{URL: u, MaxPayload: 1 << 10}, sink, nil)
+	defer cancel()
+	const n = 20
+	for i := range n {
+		payload := []byte("x")
+		if i%2 == 1 {
+			payload = make([]byte, 4<<10) // over MaxPayload: read whole by WebSocket, dropped all the same
+		}
+		if err := srv.Publish("sensors/a", payload, false, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the acknowledgements", func() bool { return in.Stats().Acknowledged == n })
+	if st := in.Stats(); st.DroppedTooLarge != n/2 || st.Stored != n/2 {
+		t.Fatalf("stats %+v: want %d dropped as too large, %d stored", st, n/2, n/2)
+	}
 	waitFor(t, 5*time.Second, "the broker to hold nothing in flight", func() bool {
 		cl, ok := srv.Clients.Get("ferry-test")
 		return ok && cl.State.Inflight.Len() == 0

@@ -76,7 +76,6 @@ func TestDebContents(t *testing.T) {
 			}{
 				{"usr/bin/ferry", 0o755},
 				{"usr/lib/systemd/system/ferry.service", 0o644},
-				{"usr/lib/systemd/system/systemd-time-wait-sync.service.d/ferry.conf", 0o644},
 				{"etc/ferry", fs.ModeDir | 0o755},
 				{"etc/ferry/ferry.yaml", 0o644},
 				{"usr/share/doc/ferry/copyright", 0o644},
@@ -222,10 +221,9 @@ func TestRPMContents(t *testing.T) {
 		"/etc/ferry/ferry.yaml":                 "-rw-r--r-- cn ", // config, noreplace
 		"/usr/bin/ferry":                        "-rwxr-xr-x  ",
 		"/usr/lib/systemd/system/ferry.service": "-rw-r--r--  ",
-		"/usr/lib/systemd/system/systemd-time-wait-sync.service.d/ferry.conf": "-rw-r--r--  ",
-		"/usr/share/doc/ferry/copyright":                                      "-rw-r--r--  ",
-		"/var/lib/private":                                                    "drwx------  ",
-		"/var/lib/private/ferry":                                              "drwx------  ",
+		"/usr/share/doc/ferry/copyright":        "-rw-r--r--  ",
+		"/var/lib/private":                      "drwx------  ",
+		"/var/lib/private/ferry":                "drwx------  ",
 	}
 	for _, pkg := range rpms {
 		t.Run(filepath.Base(pkg), func(t *testing.T) {

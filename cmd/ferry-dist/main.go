@@ -230,9 +230,6 @@ func Contents(bin string) files.Contents {
 	return files.Contents{
 		file(bin, "/usr/bin/ferry", 0o755, ""),
 		file("packaging/ferry.service", "/usr/lib/systemd/system/ferry.service", 0o644, ""),
-		// ferry.service is ordered after time-sync.target: bound the wait
-		// for it (see the file).
-		file("packaging/time-wait-sync-ferry.conf", "/usr/lib/systemd/system/systemd-time-wait-sync.service.d/ferry.conf", 0o644, ""),
 		dir("/etc/ferry", 0o755),
 		// The ferry service's dynamic user must read it: secrets belong in
 		// credentials or password files (see the README).

@@ -7,8 +7,9 @@ import (
 )
 
 // clockSynced asks the kernel whether the system clock is synchronized
-// (adjtimex, reading only). Under systemd's ProtectClock=yes, as in the
-// packaged unit, adjtimex is refused even to read: then it asks
+// (adjtimex, reading only). The packaged unit refuses adjtimex even to
+// read (ProtectClock=yes, and @clock is outside its system call filter,
+// which answers EPERM: SystemCallErrorNumber): then it asks
 // systemd-timesyncd, which creates /run/systemd/timesync/synchronized at
 // its first sync. Without either it cannot tell.
 func clockSynced() (synced, known bool) {

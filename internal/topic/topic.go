@@ -281,6 +281,14 @@ func SplitShared(f string) (group, filter string, shared bool) {
 func ValidSubscription(f string) error {
 	group, filter, shared := SplitShared(f)
 	if !shared {
+		// Brokers' own prefixes (EMQX's $queue/ and $exclusive/) deliver
+		// topics the filter as written does not match: ferry would take
+		// them for messages of a removed filter.
+		for _, prefix := range []string{"$queue/", "$exclusive/"} {
+			if strings.HasPrefix(f, prefix) {
+				return fmt.Errorf("%q: the broker-specific prefix %s is not supported; for a shared subscription use $share/<group>/<filter>", f, prefix)
+			}
+		}
 		return ValidFilter(f)
 	}
 	switch {
