@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"encoding/binary"
+	"slices"
 	"time"
 )
 
@@ -17,11 +18,11 @@ import (
 // records look younger, which delays their expiry at worst: it is logged,
 // not compensated.
 
-// clockStep is a forward step of the wall clock: records with a sequence
-// number below before were received before it.
+// clockStep is a forward step of the wall clock: records received before
+// at (on the clock before the step) were received before it.
 type clockStep struct {
-	before uint64
-	delta  time.Duration
+	at    time.Time
+	delta time.Duration
 }
 
 // stepThreshold is the least difference between wall and monotonic time
@@ -34,40 +35,45 @@ const stepThreshold = time.Second
 // longer, never shorter).
 const maxClockSteps = 16
 
-// adjust is how much younger the record with sequence number seq counts
-// for MaxAge: the steps after it.
-func (s *state) adjust(seq uint64) time.Duration {
+// adjust is how much younger a record received at t counts for MaxAge:
+// the steps after it.
+func (s *state) adjust(t time.Time) time.Duration {
 	var d time.Duration
 	for _, c := range s.steps {
-		if seq < c.before {
+		if t.Before(c.at) {
 			d += c.delta
 		}
 	}
 	return d
 }
 
-// addStep records a step, dropping the ones no record is before any more
-// and merging the oldest when there are too many.
+// ageTime is the receive time MaxAge sees for the encoded record raw:
+// its receive time, younger by the clock steps after it; the zero time
+// (no age) for a record received while the clock was not synchronized.
+func (s *state) ageTime(raw []byte) time.Time {
+	if recordFlags(raw)&flagClockUnsynced != 0 {
+		return time.Time{}
+	}
+	t := recordTime(raw)
+	return t.Add(s.adjust(t))
+}
+
+// addStep records a step, merging the oldest two when there are too
+// many.
 func (s *state) addStep(c clockStep) {
-	kept := s.steps[:0:0]
-	for _, o := range s.steps {
-		if o.before > s.head {
-			kept = append(kept, o)
-		}
+	steps := append(slices.Clone(s.steps), c)
+	for len(steps) > maxClockSteps {
+		steps[1].delta += steps[0].delta
+		steps = steps[1:]
 	}
-	kept = append(kept, c)
-	for len(kept) > maxClockSteps {
-		kept[1].delta += kept[0].delta
-		kept = kept[1:]
-	}
-	s.steps = kept
+	s.steps = steps
 }
 
 // encodeSteps and decodeSteps are the steps' form in the meta bucket.
 func encodeSteps(steps []clockStep) []byte {
 	v := make([]byte, 0, 16*len(steps))
 	for _, c := range steps {
-		v = binary.BigEndian.AppendUint64(v, c.before)
+		v = binary.BigEndian.AppendUint64(v, uint64(c.at.UnixNano()))
 		v = binary.BigEndian.AppendUint64(v, uint64(c.delta))
 	}
 	return v
@@ -76,7 +82,7 @@ func encodeSteps(steps []clockStep) []byte {
 func decodeSteps(v []byte) []clockStep {
 	var steps []clockStep
 	for ; len(v) >= 16; v = v[16:] {
-		steps = append(steps, clockStep{before: binary.BigEndian.Uint64(v), delta: time.Duration(binary.BigEndian.Uint64(v[8:]))})
+		steps = append(steps, clockStep{at: time.Unix(0, int64(binary.BigEndian.Uint64(v))), delta: time.Duration(binary.BigEndian.Uint64(v[8:]))})
 	}
 	return steps
 }
@@ -98,11 +104,12 @@ func (b *Buffer) watchClock() {
 		return
 	}
 	d := wall.Sub(w.wall) - now.Sub(w.mono)
+	before := w.wall.Add(now.Sub(w.mono)) // what the wall clock would read without the step
 	w.wall, w.mono = wall, now
 	switch {
 	case d >= stepThreshold:
 		b.mu.Lock()
-		b.st.addStep(clockStep{before: b.next, delta: d})
+		b.st.addStep(clockStep{at: before, delta: d})
 		if !b.headAt.IsZero() {
 			b.headAt = b.headAt.Add(d)
 		}

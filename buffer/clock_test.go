@@ -79,3 +79,35 @@ func TestClockStepDoesNotExpireRecords(t *testing.T) {
 		t.Fatalf("expired after %v, before max_age", age)
 	}
 }
+
+// A board that boots offline with a stale clock buffers records; it
+// reboots, and NTP syncs before ferry starts again: no watch saw the
+// step. The records received with the clock unsynchronized have no age
+// max_age can trust: they stay (max_bytes still bounds them).
+func TestUnsyncedRecordsDoNotExpire(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := time.Now().Add(-30 * 24 * time.Hour) // the boot's stale clock, as seen after the sync
+	for i := range 10 {
+		r := rec(i)
+		r.ReceivedAt, r.ClockUnsynced = stale.Add(time.Duration(i)*time.Second), true
+		if _, err := b.AppendWait(t.Context(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err = Open(path, Options{MaxAge: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	time.Sleep(1500 * time.Millisecond) // max_age is applied every second
+	if st := b.Stats(); st.Records != 10 || st.Dropped[DropMaxAge] != 0 {
+		t.Fatalf("unsynchronized records: %d left, %d dropped by max_age; want 10 and 0", st.Records, st.Dropped[DropMaxAge])
+	}
+}

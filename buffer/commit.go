@@ -400,8 +400,9 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 				}
 				if lim.MaxAge > 0 && st.count > 0 {
 					cutoff := b.opts.Now().Add(-lim.MaxAge)
-					n, err := dropWhile(tx, &st, func(raw []byte, seq uint64) bool {
-						return recordTime(raw).Add(st.adjust(seq)).Before(cutoff) // a clock step is not age
+					n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
+						t := st.ageTime(raw) // a clock step is not age; an unsynchronized clock gives none
+						return !t.IsZero() && t.Before(cutoff)
 					})
 					if err != nil {
 						return err

@@ -91,7 +91,7 @@ func headTime(tx *bolt.Tx, st state) time.Time {
 		base := binary.BigEndian.Uint64(k)
 		for i, raw := range recs {
 			if seq := base + uint64(i); seq >= st.head && len(raw) > 0 {
-				return recordTime(raw).Add(st.adjust(seq)) // as MaxAge sees it
+				return st.ageTime(raw) // as MaxAge sees it
 			}
 		}
 	}
@@ -149,6 +149,14 @@ func dropWhile(tx *bolt.Tx, st *state, drop func(raw []byte, seq uint64) bool) (
 		st.head = st.next
 	}
 	return removed, nil
+}
+
+// recordFlags reads an encoded record's flags; 0 if it cannot.
+func recordFlags(raw []byte) byte {
+	if len(raw) < 2 {
+		return 0
+	}
+	return raw[1]
 }
 
 // recordTime reads an encoded record's receive time without decoding it
