@@ -13,7 +13,10 @@
 // session expiry interval): while ferry is stopped or disconnected the
 // broker keeps the messages, and after a crash it redelivers the ones that
 // were not acknowledged. Duplicates are possible; loss of an acknowledged
-// message is not.
+// message is not, with two exceptions, both counted in Stats and logged:
+// a message whose payload is over Config.MaxPayload, and one whose topic
+// no configured subscription matches (it came through a filter the
+// configuration no longer has), are acknowledged without being stored.
 //
 // The package knows the buffer's Record type, not what consumes it.
 package mqtt

@@ -219,16 +219,31 @@ func (in *Ingest) saveState(filters []string) {
 }
 
 // subscriber is the goroutine that (re)applies the subscriptions on every
-// connection: up gets a value for each connection that comes up. It ends
-// when ctx is done.
+// connection: up gets a value for each connection that comes up. A
+// SUBSCRIBE or UNSUBSCRIBE that fails (no answer in time) is tried again
+// on the same connection, after 1 s doubling up to 30 s: a connection that
+// stays up must not stay without its subscriptions. It ends when ctx is
+// done.
 func (in *Ingest) subscriber(ctx context.Context, cm *autopaho.ConnectionManager, up <-chan struct{}) {
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	backoff := time.Duration(0)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-up:
+			backoff = 0
+		case <-retry.C:
 		}
-		in.applySubscriptions(ctx, cm)
+		retry.Stop()
+		if in.applySubscriptions(ctx, cm) || ctx.Err() != nil {
+			continue
+		}
+		backoff = min(max(2*backoff, time.Second), 30*time.Second)
+		in.log.Warn("trying the subscriptions again", "in", backoff)
+		retry.Reset(backoff)
 	}
 }
 
@@ -241,7 +256,7 @@ func (in *Ingest) subscriber(ctx context.Context, cm *autopaho.ConnectionManager
 // new), never not at all. The state file records the union first and the
 // wanted filters once the broker confirmed the unsubscription, so a crash
 // in between leaves a record of every filter the session may hold.
-func (in *Ingest) applySubscriptions(ctx context.Context, cm *autopaho.ConnectionManager) {
+func (in *Ingest) applySubscriptions(ctx context.Context, cm *autopaho.ConnectionManager) (done bool) {
 	subs := in.subs
 	removed := subs.removed()
 	wanted := make([]string, 0, len(subs.wanted))
@@ -262,9 +277,9 @@ func (in *Ingest) applySubscriptions(ctx context.Context, cm *autopaho.Connectio
 	cancel()
 	if err != nil {
 		if ctx.Err() == nil {
-			in.log.Error("subscribe failed; trying again on the next connection", "err", err)
+			in.log.Error("subscribe failed", "err", err)
 		}
-		return
+		return false
 	}
 	granted := true
 	for i, code := range sa.Reasons {
@@ -289,9 +304,10 @@ func (in *Ingest) applySubscriptions(ctx context.Context, cm *autopaho.Connectio
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil {
-				in.log.Error("unsubscribe failed; trying again on the next connection", "filters", removed, "err", err)
+				in.log.Error("unsubscribe failed", "filters", removed, "err", err)
 			}
-			return
+			in.subscribed.Store(granted) // the wanted filters are in place
+			return false
 		}
 		left := slices.Clone(wanted)
 		for i, f := range removed {
@@ -310,6 +326,7 @@ func (in *Ingest) applySubscriptions(ctx context.Context, cm *autopaho.Connectio
 		in.saveState(left)
 	}
 	in.subscribed.Store(granted)
+	return true
 }
 
 // reasonName names an MQTT 5 reason code of a CONNACK, SUBACK or UNSUBACK.
