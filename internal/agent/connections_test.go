@@ -17,6 +17,7 @@ import (
 // ferry ready with the other.
 func TestSeveralBrokersFeedOneBuffer(t *testing.T) {
 	a1, b2 := testenv.NewBroker(t), testenv.NewBroker(t)
+	testenv.RequireMosquitto(t, a1, mochiStalls)
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
 	dir := t.TempDir()

@@ -18,6 +18,7 @@ import (
 // restart) finds the damage, moves the file aside and salvages it.
 func TestDamageWhileRunningStopsAndSalvages(t *testing.T) {
 	broker := testenv.NewBroker(t)
+	testenv.RequireMosquitto(t, broker, mochiStalls)
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
 	cfg := loadConfig(t, broker, kafka, topic, "sync: always")
