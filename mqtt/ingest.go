@@ -247,6 +247,7 @@ func (in *Ingest) Stats() Stats {
 // the messages concerned were not acknowledged, so the broker keeps them.
 // Run is called once.
 func (in *Ingest) Run(ctx context.Context) error {
+	ping := &pinger{} // its PINGREQ writes are waited for below
 	connCtx, cancelConn := context.WithCancel(context.Background())
 	defer cancelConn()
 
@@ -324,7 +325,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 			// Ack paho makes when onPublish returns, and the ack goroutine
 			// acknowledges once the record is durable.
 			Session:           in.sess,
-			PingHandler:       &pinger{},
+			PingHandler:       ping,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){in.onPublish},
 			OnClientError: func(err error) {
 				in.log.Warn("broker connection error", "err", err)
@@ -385,6 +386,10 @@ func (in *Ingest) Run(ctx context.Context) error {
 	<-subscriberExited // a SUBSCRIBE in progress ends with its context
 	if err := cm.Disconnect(dctx); err != nil && !errors.Is(err, context.Canceled) {
 		in.log.Warn("disconnect from broker", "err", err)
+	}
+	// The connection is closed: a PINGREQ write still under way ends.
+	if !ping.wait(disconnectWait) {
+		in.log.Error("keep-alive write did not end", "waited", disconnectWait)
 	}
 	in.connected.Store(false)
 	return runErr

@@ -27,6 +27,11 @@ import (
 // paho makes one Client per connection from one ClientConfig, so one
 // pinger serves them all, one Run at a time.
 type pinger struct {
+	// writes are the PINGREQ writes under way, each on a goroutine of its
+	// own (a write may take long on a slow link): closing the connection
+	// ends them, and ingest's Run waits for them (wait) once paho has.
+	writes sync.WaitGroup
+
 	mu       sync.Mutex
 	sent     time.Time // last packet sent
 	received time.Time // last packet received
@@ -85,7 +90,9 @@ func (p *pinger) Run(ctx context.Context, conn net.Conn, keepAlive uint16) error
 				continue
 			}
 			lastPing = now
+			p.writes.Add(1)
 			go func() {
+				defer p.writes.Done()
 				// A write may take long on a slow link; closing the
 				// connection ends it.
 				if _, err := packets.NewControlPacket(packets.PINGREQ).WriteTo(conn); err != nil {
@@ -119,3 +126,16 @@ func (p *pinger) PingResp() {
 }
 
 func (p *pinger) SetDebug(log.Logger) {}
+
+// wait waits up to d for the PINGREQ writes under way to end, and reports
+// whether they did.
+func (p *pinger) wait(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { p.writes.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
