@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -334,7 +335,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(string(out), "$") || c.MQTT[0].Password != "" {
+		if strings.Contains(string(out), "$") || slices.ContainsFunc(c.MQTT, func(m MQTT) bool { return m.Password != "" }) {
 			return
 		}
 		back, err := Parse("masked.yaml", out, testEnv())

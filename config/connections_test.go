@@ -35,8 +35,8 @@ forward:
 	}
 	want := []struct{ name, clientID string }{
 		{"127.0.0.1:1883", "ferry-gw"},
-		{"plant-broker:8883", "ferry-gw-plant-broker:8883"},
-		{"local-2", "ferry-gw-local-2"},
+		{"plant-broker:8883", "ferry-gw"}, // one session per broker: the client id need not differ
+		{"local-2", "ferry-gw"},
 	}
 	for i, w := range want {
 		if m := c.MQTT[i]; m.Name != w.name || m.ClientID != w.clientID {
@@ -48,6 +48,27 @@ forward:
 	}
 	if c.MQTT[2].ReceiveMaximum != defaultReceiveMaximum {
 		t.Errorf("mqtt[2] has no defaults: %+v", c.MQTT[2])
+	}
+	// Two connections to one broker need two sessions: the name tells
+	// their client ids apart.
+	two := mustParse(t, `
+gateway_id: gw
+mqtt:
+  - name: a
+    url: tcp://127.0.0.1:1883
+    subscriptions: [{filter: "a/#"}]
+  - name: b
+    url: tcp://127.0.0.1:1883
+    subscriptions: [{filter: "b/#"}]
+forward:
+  kafka:
+    brokers: [127.0.0.1:9092]
+  routes:
+    - match: "#"
+      topic: telemetry
+`, testEnv())
+	if two.MQTT[0].ClientID != "ferry-gw-a" || two.MQTT[1].ClientID != "ferry-gw-b" {
+		t.Errorf("two connections to one broker: client ids %q, %q", two.MQTT[0].ClientID, two.MQTT[1].ClientID)
 	}
 	// The effective configuration prints them as a sequence again.
 	out, err := c.Masked()

@@ -370,6 +370,10 @@ func decode(src *source, n *yaml.Node, path string, v reflect.Value, errs *Error
 		}
 		decodeStruct(src, n, path, v, errs)
 	case v.Kind() == reflect.Slice:
+		if n.Kind != yaml.SequenceNode && v.Type() == connectionsType {
+			fail("must be a mapping (one connection) or a sequence of them, got %s", describe(n))
+			return
+		}
 		if n.Kind != yaml.SequenceNode {
 			fail("must be a sequence, got %s", describe(n))
 			return

@@ -90,13 +90,21 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 	if len(c.MQTT) == 0 {
 		c.MQTT = Connections{{}} // absent: one connection, whose url is missing
 	}
+	brokers := map[string]int{} // host:port -> connections to it
+	for _, m := range c.MQTT {
+		brokers[hostPort(m.URL)]++
+	}
 	for i := range c.MQTT {
 		m, p := &c.MQTT[i], mqttPath(src, i)
 		setString(&m.Name, hostPort(m.URL))
-		if i == 0 {
-			setString(&m.ClientID, "ferry-"+c.GatewayID)
-		} else {
+		// The session's name on its broker: the same wherever the
+		// connection stands in the list (a connection added before it
+		// must not take its session), with the name added only where two
+		// connections share a broker.
+		if brokers[hostPort(m.URL)] > 1 {
 			setString(&m.ClientID, "ferry-"+c.GatewayID+"-"+m.Name)
+		} else {
+			setString(&m.ClientID, "ferry-"+c.GatewayID)
 		}
 		setIfAbsent(src, p+".keep_alive", &m.KeepAlive, defaultKeepAlive)
 		setIfAbsent(src, p+".session_expiry", &m.SessionExpiry, defaultSessionExpiry)
@@ -211,7 +219,12 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	for i := range c.MQTT {
 		m, p := &c.MQTT[i], mqttPath(src, i)
 		filters[i] = validateMQTT(c, src, m, p, bad)
-		if j, dup := names[m.Name]; dup && src.isSet(p+".name") {
+		if m.Name != "" && !validName(m.Name) {
+			bad(p+".name", "%q: a name is 1 to 64 letters, digits and . _ : - [ ] (it names a file and the session's client id)", m.Name)
+		}
+		if j, dup := names[m.Name]; m.Name == "" {
+			// no URL to name it after: that error is enough
+		} else if dup && src.isSet(p+".name") {
 			bad(p+".name", "%q is the name of %s too: give each connection its own name", m.Name, mqttPath(src, j))
 		} else if dup {
 			bad(p, "connects to %s as %s does: set name on each (it names the connection in logs and status, and its session's client id)", m.Name, mqttPath(src, j))
@@ -615,4 +628,18 @@ func hostPort(raw string) string {
 		return ""
 	}
 	return u.Host
+}
+
+// validName reports whether s can name an MQTT connection: it goes into a
+// file name and a client id.
+func validName(s string) bool {
+	if len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._:-[]", r)) {
+			return false
+		}
+	}
+	return true
 }

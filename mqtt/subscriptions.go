@@ -71,17 +71,17 @@ func (s Subscription) plainFilter() string {
 type subscriptionState struct {
 	Version  int      `json:"version"`
 	ClientID string   `json:"client_id"`
-	Broker   string   `json:"broker"` // informative: the URL, without credentials
+	Broker   string   `json:"broker"` // the URL, without credentials: a record for another broker is another session's
 	Filters  []string `json:"filters"`
 }
 
 const stateVersion = 1
 
-// readState reads the filters recorded for clientID in path. known is false
-// when there is no usable record: no file (the first run, or a ferry from
-// before the file existed), one for another client id (another session), or
-// one that does not parse (reported in err).
-func readState(path, clientID string) (filters []string, known bool, err error) {
+// readState reads the filters recorded for clientID at broker in path.
+// known is false when there is no usable record: no file (the first run,
+// or a ferry from before the file existed), one for another client id or
+// broker (another session), or one that does not parse (reported in err).
+func readState(path, clientID, broker string) (filters []string, known bool, err error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, false, nil
@@ -93,7 +93,7 @@ func readState(path, clientID string) (filters []string, known bool, err error) 
 	if err := json.Unmarshal(data, &st); err != nil || st.Version != stateVersion {
 		return nil, false, fmt.Errorf("subscription state %s is not a version %d record; ignored", path, stateVersion)
 	}
-	if st.ClientID != clientID {
+	if st.ClientID != clientID || st.Broker != broker {
 		return nil, false, nil
 	}
 	return st.Filters, true, nil
@@ -193,7 +193,7 @@ func (in *Ingest) loadState() {
 	if in.cfg.StateFile == "" {
 		return
 	}
-	filters, known, err := readState(in.cfg.StateFile, in.cfg.ClientID)
+	filters, known, err := readState(in.cfg.StateFile, in.cfg.ClientID, in.cfg.URL.Redacted())
 	if err != nil {
 		in.log.Warn("cannot tell which filters the broker's session holds; filters removed from the configuration will not be unsubscribed", "err", err)
 	}

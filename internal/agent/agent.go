@@ -100,9 +100,11 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 		m := a.mqttStats()
 		return forward.IngestStatus{Dropped: ingestDropped(m), SessionsLost: m.SessionsLost}
 	}
-	receiveMaximum := 0
+	// The tail is written once half the smallest connection's window
+	// waits in it: each connection's broker then keeps sending.
+	receiveMaximum := cfg.MQTT[0].ReceiveMaximum
 	for _, m := range cfg.MQTT {
-		receiveMaximum += m.ReceiveMaximum
+		receiveMaximum = min(receiveMaximum, m.ReceiveMaximum)
 	}
 	buf, err := openBuffer(cfg.Buffer, receiveMaximum, log)
 	if err != nil {
@@ -245,13 +247,7 @@ func mqttStateFile(bufferPath string, i int, name string) string {
 	if i == 0 {
 		return bufferPath + ".subscriptions"
 	}
-	safe := strings.Map(func(r rune) rune {
-		if r == '/' || r == 0 {
-			return '_'
-		}
-		return r
-	}, name)
-	return bufferPath + "." + safe + ".subscriptions"
+	return bufferPath + "." + name + ".subscriptions" // config allows only . _ : - [ ] besides letters and digits
 }
 
 // mqttTLS builds the TLS client config for a TLS broker URL: system roots
