@@ -345,124 +345,119 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 	}
 	var dropped [3]uint64 // max_bytes, max_age, dead_letter_limit
 	var requeue map[uint64]deadReq
-	// The path must name the file before records in it count as
-	// durable (see checkPath).
-	err := b.checkPath()
-	if err == nil {
-		err = guard(func() error {
-			return b.db.Update(func(tx *bolt.Tx) error {
-				batches := tx.Bucket(bucketBatches)
-				batches.FillPercent = 0.95 // keys only ever grow: pack pages
-				if bounded {
-					dl.measure(tx, st, time.Now())
-					ratio = diskRatio(tx, st, dl.estimate(st))
-					budget, _ = b.recordBudget(ratio)
+	err := guard(func() error {
+		return b.db.Update(func(tx *bolt.Tx) error {
+			batches := tx.Bucket(bucketBatches)
+			batches.FillPercent = 0.95 // keys only ever grow: pack pages
+			if bounded {
+				dl.measure(tx, st, time.Now())
+				ratio = diskRatio(tx, st, dl.estimate(st))
+				budget, _ = b.recordBudget(ratio)
+			}
+			// The tail's records go in batches of about maxBatchBytes: big
+			// enough to spread bbolt's per-key cost over many records, small
+			// enough that a leaf page holds several, so each commit rewrites
+			// little besides the new data.
+			appended, err := writeBatches(batches, &st, recs)
+			if err != nil {
+				return err
+			}
+			if runs {
+				st.next = max(st.next, next)
+			}
+			for _, seq := range slices.Sorted(maps.Keys(dead)) { // in key order: packed pages
+				if seq >= st.next { // not written yet (Block at max_bytes): later
+					if requeue == nil {
+						requeue = map[uint64]deadReq{}
+					}
+					requeue[seq] = dead[seq]
+					continue
 				}
-				// The tail's records go in batches of about maxBatchBytes: big
-				// enough to spread bbolt's per-key cost over many records, small
-				// enough that a leaf page holds several, so each commit rewrites
-				// little besides the new data.
-				appended, err := writeBatches(batches, &st, recs)
+				if err := deadLetterTx(tx, &st, seq, dead[seq]); err != nil {
+					return err
+				}
+			}
+			slices.Sort(remove)
+			if err := removeTx(tx, &st, remove); err != nil {
+				return err
+			}
+			for _, op := range ops { // after the appends: their callbacks count on the sequence numbers
+				if op.fn == nil {
+					continue
+				}
+				if err := op.fn(tx, &st); err != nil {
+					return err
+				}
+			}
+			if releaseTo >= st.head && st.count > 0 {
+				if _, err := dropPrefix(tx, &st, releaseTo); err != nil {
+					return err
+				}
+			}
+			if lim.MaxAge > 0 && st.count > 0 {
+				cutoff := b.opts.Now().Add(-lim.MaxAge)
+				n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
+					t := st.ageTime(raw) // a clock step is not age; an unsynchronized clock gives none
+					return !t.IsZero() && t.Before(cutoff)
+				})
 				if err != nil {
 					return err
 				}
-				if runs {
-					st.next = max(st.next, next)
-				}
-				for _, seq := range slices.Sorted(maps.Keys(dead)) { // in key order: packed pages
-					if seq >= st.next { // not written yet (Block at max_bytes): later
-						if requeue == nil {
-							requeue = map[uint64]deadReq{}
-						}
-						requeue[seq] = dead[seq]
-						continue
+				dropped[1] = n
+			}
+			if bounded && st.bytes > budget && lim.WhenFull == DropOldest {
+				excess := st.bytes - budget
+				var freed uint64
+				n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
+					if freed >= excess {
+						return false
 					}
-					if err := deadLetterTx(tx, &st, seq, dead[seq]); err != nil {
-						return err
-					}
-				}
-				slices.Sort(remove)
-				if err := removeTx(tx, &st, remove); err != nil {
-					return err
-				}
-				for _, op := range ops { // after the appends: their callbacks count on the sequence numbers
-					if op.fn == nil {
-						continue
-					}
-					if err := op.fn(tx, &st); err != nil {
-						return err
-					}
-				}
-				if releaseTo >= st.head && st.count > 0 {
-					if _, err := dropPrefix(tx, &st, releaseTo); err != nil {
-						return err
-					}
-				}
-				if lim.MaxAge > 0 && st.count > 0 {
-					cutoff := b.opts.Now().Add(-lim.MaxAge)
-					n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
-						t := st.ageTime(raw) // a clock step is not age; an unsynchronized clock gives none
-						return !t.IsZero() && t.Before(cutoff)
-					})
-					if err != nil {
-						return err
-					}
-					dropped[1] = n
-				}
-				if bounded && st.bytes > budget && lim.WhenFull == DropOldest {
-					excess := st.bytes - budget
-					var freed uint64
-					n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
-						if freed >= excess {
-							return false
-						}
-						freed += uint64(len(raw))
-						return true
-					})
-					if err != nil {
-						return err
-					}
-					dropped[0] = n
-				}
-				if dlBounded {
-					n, err := limitDeadLetters(tx, &st, dlLimit)
-					if err != nil {
-						return err
-					}
-					dropped[2] = n
-				}
-				dl.stale = dl.stale || len(dead) > 0 || runs || dropped[2] > 0
-				// Make room for what was appended from retired batches (less what
-				// earlier deletions left free), and bring the live and retired
-				// data within the budget.
-				want := appended - min(appended, credit)
-				if bounded && st.bytes+st.retired > budget {
-					want = max(want, st.bytes+st.retired-budget)
-				}
-				if noTail {
-					// The disk refuses: free the file's pages now, for the
-					// records that wait.
-					want = max(want, st.retired)
-				}
-				freed, err := reclaim(tx, &st, want)
+					freed += uint64(len(raw))
+					return true
+				})
 				if err != nil {
 					return err
 				}
-				credit = credit + freed - min(credit+freed, appended)
-				st.dropBytes += dropped[0]
-				st.dropAge += dropped[1]
-				if top := max(next, st.next); b.reserveLow(top, st) {
-					st.reserved = top + reserveStep
+				dropped[0] = n
+			}
+			if dlBounded {
+				n, err := limitDeadLetters(tx, &st, dlLimit)
+				if err != nil {
+					return err
 				}
-				headAt = headTime(tx, st)
-				if b.writeMapped += appended; b.writeMapped > unmapEvery {
-					b.writeMapped = 0
-					unmapPages(tx)
-				}
-				return st.store(tx.Bucket(bucketMeta))
-			})
+				dropped[2] = n
+			}
+			dl.stale = dl.stale || len(dead) > 0 || runs || dropped[2] > 0
+			// Make room for what was appended from retired batches (less what
+			// earlier deletions left free), and bring the live and retired
+			// data within the budget.
+			want := appended - min(appended, credit)
+			if bounded && st.bytes+st.retired > budget {
+				want = max(want, st.bytes+st.retired-budget)
+			}
+			if noTail {
+				// The disk refuses: free the file's pages now, for the
+				// records that wait.
+				want = max(want, st.retired)
+			}
+			freed, err := reclaim(tx, &st, want)
+			if err != nil {
+				return err
+			}
+			credit = credit + freed - min(credit+freed, appended)
+			st.dropBytes += dropped[0]
+			st.dropAge += dropped[1]
+			if top := max(next, st.next); b.reserveLow(top, st) {
+				st.reserved = top + reserveStep
+			}
+			headAt = headTime(tx, st)
+			if b.writeMapped += appended; b.writeMapped > unmapEvery {
+				b.writeMapped = 0
+				unmapPages(tx)
+			}
+			return st.store(tx.Bucket(bucketMeta))
 		})
-	}
+	})
 	if err != nil {
 		b.markDamaged(err)
 		err = fmt.Errorf("commit to buffer %s: %w", b.path, err)
@@ -487,7 +482,10 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 		b.finish(ops, err)
 		return false
 	}
-	if err := b.checkPath(); err != nil { // deleted while the commit ran
+	// The path must name the file before the records it holds count as
+	// durable: a file deleted before or during the commit is written
+	// back first (see checkPath).
+	if err := b.checkPath(); err != nil {
 		b.log.Error("buffer: records just written are in a file no path names; they are not acknowledged until it is back", "err", err)
 		b.mu.Lock()
 		b.holdFire = true

@@ -38,9 +38,8 @@ func guard(fn func() error) (err error) {
 // says it holds (a truncated file faults on the missing ones), and the
 // whole structure, read from the file (checkPages: every page of the tree,
 // the freelist). The records' own checksums are checked as they are read.
-// Any finding wraps ErrCorruptFile. It reads about the whole file: tens
-// of milliseconds per 100 MB from the page cache, seconds from a cold SD
-// card.
+// Any finding wraps ErrCorruptFile. It reads about the whole file (see
+// Open for what that costs).
 func checkFile(db *bolt.DB, path string) error {
 	return guard(func() error {
 		return db.View(func(tx *bolt.Tx) error { return checkTx(tx, path) })

@@ -13,14 +13,14 @@ import (
 // file it opened: if the path is deleted (rm, a cleanup script) or
 // replaced, commits still succeed, into a file that disappears when
 // ferry stops, with every record in it acknowledged. So the committer
-// checks that the path still names its file before and after each commit
-// that writes, every fileCheckInterval, and at Close, and if not, copies
-// the open file (everything it holds, read through the descriptor that
-// still works) to the path again and goes on with the copy, loudly. A file
-// found in its place is kept as path.replaced-<time>. Until the copy
-// succeeds, commits fail (records wait, unacknowledged; see failure.go),
-// and the callbacks of records a commit wrote into the lost file wait
-// (holdFire); at Close they fail.
+// checks that the path still names its file after each commit that
+// writes (before its records count as durable), every
+// fileCheckInterval, and at Close, and if not, copies the open file
+// (everything it holds, read through the descriptor that still works) to
+// the path again and goes on with the copy, loudly. A file found in its
+// place is kept as path.replaced-<time>. Until the copy succeeds, the
+// callbacks of records written into the lost file wait (holdFire), so
+// nothing more is acknowledged; at Close they fail.
 
 // fileCheckInterval is how often the committer checks the path while
 // idle.

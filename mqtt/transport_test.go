@@ -163,10 +163,10 @@ func TestTLSRefusesAnUntrustedBroker(t *testing.T) {
 	}
 }
 
-// WebSockets are autopaho's own connection; the acknowledgements the ack
-// goroutine writes to it reach the broker, which then holds nothing in
-// flight for ferry.
-func TestWebSocket(t *testing.T) {
+// webSocketBroker starts an embedded broker with a WebSocket listener on
+// loopback and returns it and its URL; it stops when the test ends.
+func webSocketBroker(t *testing.T) (*mochi.Server, *url.URL) {
+	t.Helper()
 	caps := mochi.NewDefaultServerCapabilities()
 	srv := mochi.New(&mochi.Options{Capabilities: caps, InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
@@ -187,6 +187,14 @@ func TestWebSocket(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 
 	u, _ := url.Parse("ws://" + addr + "/")
+	return srv, u
+}
+
+// WebSockets are autopaho's own connection; the acknowledgements the ack
+// goroutine writes to it reach the broker, which then holds nothing in
+// flight for ferry.
+func TestWebSocket(t *testing.T) {
+	srv, u := webSocketBroker(t)
 	sink := newCommitterSink(t)
 	in, done, cancel := startIngestWith(t, Config{URL: u}, sink, nil)
 	defer cancel()
@@ -210,26 +218,7 @@ func TestWebSocket(t *testing.T) {
 // Over WebSocket (autopaho's connection, not ferry's reader) a message
 // over MaxPayload is still dropped and counted, not stored.
 func TestWebSocketOversizedIsDropped(t *testing.T) {
-	caps := mochi.NewDefaultServerCapabilities()
-	srv := mochi.New(&mochi.Options{Capabilities: caps, InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	if err := srv.AddListener(listeners.NewWebsocket(listeners.Config{ID: "ws", Address: addr})); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-
-	u, _ := url.Parse("ws://" + addr + "/")
+	srv, u := webSocketBroker(t)
 	sink := newCommitterSink(t)
 	in, done, cancel := startIngestWith(t, Config{URL: u, MaxPayload: 1 << 10}, sink, nil)
 	defer cancel()
