@@ -455,18 +455,27 @@ func (f *framer) scan(p []byte) int {
 // certAskedConn is a TLS connection to a broker that asked for a client
 // certificate ferry did not have: if the broker closes it before sending
 // anything (TLS 1.3 refuses the certificate after the handshake), the
-// read error says why.
+// read or write error says why. The close can reach ferry first as a reset
+// on writing CONNECT, not only as a failed read of the CONNACK.
 type certAskedConn struct {
 	net.Conn
-	read bool // something was read: the broker took the connection
+	read atomic.Bool // something was read: the broker took the connection (reads and writes come from different goroutines)
 }
 
 func (c *certAskedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
-		c.read = true
+		c.read.Store(true)
 	}
-	if err != nil && !c.read {
+	if err != nil && !c.read.Load() {
+		err = fmt.Errorf("%w (%w)", errNoClientCertificate, err)
+	}
+	return n, err
+}
+
+func (c *certAskedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err != nil && !c.read.Load() {
 		err = fmt.Errorf("%w (%w)", errNoClientCertificate, err)
 	}
 	return n, err
