@@ -6,7 +6,8 @@ import (
 )
 
 // Template is a string with {name} placeholders, e.g. "telemetry.{device}",
-// that Expand fills with values captured by a Pattern. Braces always delimit
+// that Expand fills with values captured by a Pattern ({#} for the rest
+// of the topic that a "#" level matched). Braces always delimit
 // a placeholder; a template cannot produce a literal brace. Create one with
 // ParseTemplate.
 type Template struct {
@@ -43,7 +44,7 @@ func ParseTemplate(s string, names []string) (*Template, error) {
 			return nil, fmt.Errorf("invalid template %q: '{' without '}' at offset %d", s, len(s)-len(rest)+open)
 		}
 		name := rest[open+1 : open+1+end]
-		if !validName(name) {
+		if name != RestName && !validName(name) {
 			return nil, fmt.Errorf("invalid template %q: placeholder {%s}: name must be one or more of [A-Za-z0-9_]", s, name)
 		}
 		idx := -1

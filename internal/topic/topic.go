@@ -3,7 +3,9 @@
 //
 // A Pattern is an MQTT topic filter (MQTT 5.0 section 4.7) in which a level
 // may also be "{name}": it matches exactly one level, like "+", and captures
-// that level under name. Matching follows MQTT: "+" matches one level (which
+// that level under name. A "#" last level captures the rest of the topic
+// (the levels it matched, joined by '/'; "" when it matched none) under the
+// name "#", so a template can use it as {#}. Matching follows MQTT: "+" matches one level (which
 // may be empty), "#" as the last level matches any number of levels including
 // none (so "a/#" matches "a"), and a topic name starting with '$' is never
 // matched by a filter whose first level is a wildcard.
@@ -71,6 +73,7 @@ func ParsePattern(s string) (*Pattern, error) {
 			if i != n-1 {
 				return nil, bad("'#' must be the last level")
 			}
+			p.names = append(p.names, RestName)
 			p.levels = append(p.levels, level{kind: hash})
 			filter.WriteByte('#')
 			continue
@@ -115,8 +118,12 @@ func (p *Pattern) String() string { return p.src }
 // subscribe with it.
 func (p *Pattern) Filter() string { return p.filter }
 
-// Names returns the capture names in level order. The caller must not
-// modify the returned slice.
+// RestName is the name under which a "#" last level captures the rest of
+// the topic: {#} in a template.
+const RestName = "#"
+
+// Names returns the capture names in level order, RestName last when the
+// pattern ends in "#". The caller must not modify the returned slice.
 func (p *Pattern) Names() []string { return p.names }
 
 // Match reports whether topic, an MQTT topic name, matches p. It appends the
@@ -135,7 +142,7 @@ func (p *Pattern) Match(topic string, vals []string) ([]string, bool) {
 	rest, done := topic, false
 	for _, l := range p.levels {
 		if l.kind == hash {
-			return vals, true
+			return append(vals, rest), true // "" when done: "a/#" matched "a"
 		}
 		if done {
 			return vals[:0], false // the topic has fewer levels
@@ -217,6 +224,40 @@ func Overlap(a, b string) bool {
 			return rb == "#" // "a" and "a/#" share the topic "a"
 		case endB:
 			return ra == "#"
+		}
+		a, b = ra, rb
+	}
+}
+
+// Covers reports whether the plain filter a matches every topic name that
+// the plain filter b matches: a route with filter a shadows a later one
+// with filter b completely. Both must be valid (see ValidFilter).
+func Covers(a, b string) bool {
+	first := true
+	for {
+		la, ra, endA := cut(a)
+		lb, rb, endB := cut(b)
+		if first {
+			// b may match topics starting with '$' only through a literal
+			// first level; a leading wildcard never matches those.
+			if isWild(la) && strings.HasPrefix(lb, "$") {
+				return false
+			}
+			first = false
+		}
+		switch {
+		case la == "#":
+			return true
+		case lb == "#", la != "+" && la != lb:
+			return false
+		}
+		switch {
+		case endA && endB:
+			return true
+		case endA:
+			return false // b's topics have more levels
+		case endB:
+			return ra == "#" // "a/#" matches "a"
 		}
 		a, b = ra, rb
 	}

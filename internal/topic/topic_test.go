@@ -14,12 +14,12 @@ func TestParsePattern(t *testing.T) {
 		wantErr string // substring; empty means valid
 	}{
 		{in: "a", filter: "a"},
-		{in: "#", filter: "#"},
+		{in: "#", filter: "#", names: []string{"#"}},
 		{in: "+", filter: "+"},
 		{in: "/", filter: "/"},
 		{in: "a//b", filter: "a//b"},
 		{in: "sensors/{device}/telemetry", filter: "sensors/+/telemetry", names: []string{"device"}},
-		{in: "{site}/+/{dev_1}/#", filter: "+/+/+/#", names: []string{"site", "dev_1"}},
+		{in: "{site}/+/{dev_1}/#", filter: "+/+/+/#", names: []string{"site", "dev_1", "#"}},
 		{in: "$SYS/{x}", filter: "$SYS/+", names: []string{"x"}},
 		{in: "", wantErr: "empty"},
 		{in: "a/#/b", wantErr: `level 2 "#": '#' must be the last level`},
@@ -73,11 +73,11 @@ func TestMatch(t *testing.T) {
 		{"+", "/", nil, false},
 		{"+/+", "/", nil, true}, // two empty levels
 		{"a/+", "a/", nil, true},
-		{"#", "a/b/c", nil, true},
-		{"#", "/", nil, true},
-		{"a/#", "a", nil, true}, // '#' matches the parent level
-		{"a/#", "a/", nil, true},
-		{"a/#", "a/b/c", nil, true},
+		{"#", "a/b/c", []string{"a/b/c"}, true}, // '#' captures the rest as {#}
+		{"#", "/", []string{"/"}, true},
+		{"a/#", "a", []string{""}, true}, // '#' matches the parent level
+		{"a/#", "a/", []string{""}, true},
+		{"a/#", "a/b/c", []string{"b/c"}, true},
 		{"a/#", "ab", nil, false},
 		{"a/#", "b/a", nil, false},
 		{"{d}", "x", []string{"x"}, true},
@@ -85,16 +85,16 @@ func TestMatch(t *testing.T) {
 		{"s/{d}/t", "s//t", []string{""}, true},
 		{"s/{d}/t", "s/dev1/u", nil, false},
 		{"s/{d}/t", "s/dev1", nil, false},
-		{"{a}/+/{b}/#", "x/y/z", []string{"x", "z"}, true},
-		{"{a}/+/{b}/#", "x/y/z/w/v", []string{"x", "z"}, true},
+		{"{a}/+/{b}/#", "x/y/z", []string{"x", "z", ""}, true},
+		{"{a}/+/{b}/#", "x/y/z/w/v", []string{"x", "z", "w/v"}, true},
 		{"{a}/+/{b}/#", "x/y", nil, false},
 		// Topics starting with '$' are not matched by a leading wildcard.
 		{"#", "$SYS/a", nil, false},
 		{"+/a", "$SYS/a", nil, false},
 		{"{x}/a", "$SYS/a", nil, false},
-		{"$SYS/#", "$SYS/a", nil, true},
+		{"$SYS/#", "$SYS/a", []string{"a"}, true},
 		{"$SYS/{x}", "$SYS/a", []string{"a"}, true},
-		{"a/#", "a/$b", nil, true},
+		{"a/#", "a/$b", []string{"$b"}, true},
 		// Wildcards in a topic name are plain characters.
 		{"a/+", "a/+", nil, true},
 		{"a/b", "a/+", nil, false},
@@ -273,7 +273,7 @@ func refMatch(pattern []string, topic string) ([]string, bool) {
 	var vals []string
 	for i, pl := range pattern {
 		if pl == "#" {
-			return vals, true
+			return append(vals, strings.Join(levels[min(i, len(levels)):], "/")), true
 		}
 		if i >= len(levels) {
 			return nil, false
@@ -369,4 +369,61 @@ func TestSharedSubscriptions(t *testing.T) {
 			t.Errorf("ValidSubscription(%q) = %v, want %q", tt.in, err, tt.wantErr)
 		}
 	}
+}
+
+func TestCovers(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"a", "a", true},
+		{"a", "b", false},
+		{"#", "a/b", true},
+		{"#", "#", true},
+		{"#", "$SYS/a", false},
+		{"$SYS/#", "$SYS/a", true},
+		{"+/a", "$SYS/a", false},
+		{"+", "a", true},
+		{"+", "+", true},
+		{"a", "+", false},
+		{"+", "#", false},
+		{"a/#", "a", true},
+		{"a/#", "a/b/c", true},
+		{"a/#", "a/#", true},
+		{"a/+", "a/#", false}, // "a/#" matches "a" and "a/b/c"
+		{"a/+", "a/b", true},
+		{"a/+", "a/b/c", false},
+		{"a/b", "a/b/c", false},
+		{"a/b/c", "a/b", false},
+		{"sensors/+/telemetry", "sensors/dev1/telemetry", true},
+		{"sensors/dev1/telemetry", "sensors/+/telemetry", false},
+		{"sensors/#", "sensors/+/telemetry", true},
+		{"+/+/telemetry", "sensors/+/telemetry", true},
+	}
+	for _, tt := range tests {
+		if got := Covers(tt.a, tt.b); got != tt.want {
+			t.Errorf("Covers(%q, %q) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+		if Covers(tt.a, tt.b) && !Overlap(tt.a, tt.b) {
+			t.Errorf("Covers(%q, %q) without Overlap", tt.a, tt.b)
+		}
+	}
+}
+
+// FuzzCovers checks Covers against MatchFilter: a topic that b matches is
+// matched by every a that covers b.
+func FuzzCovers(f *testing.F) {
+	for _, s := range [][3]string{
+		{"a/#", "a", "a"}, {"a/+", "a/#", "a"}, {"#", "$SYS/a", "$SYS/a"}, {"+/+", "a/b", "a/b"},
+	} {
+		f.Add(s[0], s[1], s[2])
+	}
+	f.Fuzz(func(t *testing.T, a, b, topic string) {
+		if ValidFilter(a) != nil || ValidFilter(b) != nil || topic == "" || strings.ContainsAny(topic, "+#") {
+			return
+		}
+		if Covers(a, b) && MatchFilter(b, topic) && !MatchFilter(a, topic) {
+			t.Fatalf("Covers(%q, %q) but %q matches only %q", a, b, topic, b)
+		}
+	})
 }
