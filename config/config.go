@@ -272,6 +272,11 @@ type Forward struct {
 	// does not exist before they are dead-lettered (records of other
 	// topics go on meanwhile); 0s: wait for ever. Default 1m.
 	UnknownTopicTimeout time.Duration `yaml:"unknown_topic_timeout"`
+	// LateAfter: a record produced more than LateAfter after ferry
+	// received it (it waited out an outage or a backlog) carries the
+	// header ferry.late_ms with how long it waited; its timestamp stays
+	// the receive time. 0s: never. Default 1m.
+	LateAfter time.Duration `yaml:"late_after"`
 }
 
 // Kafka configures the Kafka producer.
@@ -332,19 +337,69 @@ type SASL struct {
 	PasswordFile string `yaml:"password_file"`
 }
 
-// Route sends the messages whose topic matches Match to a Kafka topic.
+// Route sends the messages whose topic matches Match to a Kafka topic, or
+// drops them.
 type Route struct {
 	// Match is an MQTT topic filter in which a level may be "{name}": it
-	// matches one level like "+" and captures it (see topic.ParsePattern).
+	// matches one level like "+" and captures it, and a "#" last level
+	// captures the rest of the topic as {#} (see topic.ParsePattern).
+	// Required, unless Default is set.
 	Match string `yaml:"match"`
-	// Topic is the Kafka topic; required. It may use {name} placeholders
-	// captured by Match (see topic.ParseTemplate). Its literal text must
+	// Default makes the route match every topic (also those that start
+	// with '$'), with the whole topic as {#}; it has no Match and must be
+	// the last route.
+	Default bool `yaml:"default"`
+	// Drop drops the matching messages, counted as dropped by reason
+	// "route" (not as unrouted); such a route has no Topic, Key, Headers
+	// or Format.
+	Drop bool `yaml:"drop"`
+	// Topic is the Kafka topic; required unless Drop. It may use {name}
+	// placeholders captured by Match, {#} and {gateway_id} (see
+	// topic.ParseTemplate and topic.TemplateNames). Its literal text must
 	// use only [a-zA-Z0-9._-]; a static Topic must also be a valid Kafka
-	// topic name.
+	// topic name. An expanded name Kafka would refuse dead-letters the
+	// record (reason invalid_topic).
 	Topic string `yaml:"topic"`
 	// Key is the record key template, like Topic; empty means no key.
 	Key string `yaml:"key"`
+	// Headers are Kafka record headers the route adds, each a template
+	// like Key (static text is a template too), in file order. Names
+	// starting with "ferry." or "mqtt." are ferry's own.
+	Headers RouteHeaders `yaml:"headers"`
+	// Format is how the record's value is written: raw (the MQTT payload
+	// unchanged; the default) or envelope (a JSON object with the payload
+	// and the message's MQTT metadata).
+	Format RecordFormat `yaml:"format"`
 }
+
+// RouteHeaders are a route's headers, in file order: a YAML mapping of
+// header name to value template.
+type RouteHeaders []RouteHeader
+
+// RouteHeader is one header of a route.
+type RouteHeader struct {
+	Name, Value string
+}
+
+// MarshalYAML writes h as the mapping it was read from.
+func (h RouteHeaders) MarshalYAML() (any, error) {
+	n := &yaml.Node{Kind: yaml.MappingNode}
+	for _, x := range h {
+		n.Content = append(n.Content,
+			&yaml.Node{Kind: yaml.ScalarNode, Value: x.Name},
+			&yaml.Node{Kind: yaml.ScalarNode, Value: x.Value})
+	}
+	return n, nil
+}
+
+// RecordFormat is how a route writes a record's value.
+type RecordFormat string
+
+// The record formats.
+const (
+	FormatRaw      RecordFormat = "raw"
+	FormatEnvelope RecordFormat = "envelope"
+)
 
 // Admin configures ferry's HTTP endpoint for monitoring.
 type Admin struct {

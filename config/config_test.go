@@ -91,10 +91,11 @@ func TestDefaults(t *testing.T) {
 				MaxBufferedBytes:   16 << 20,
 				DialTimeout:        10 * time.Second,
 			},
-			Routes:              []Route{{Match: "sensors/#", Topic: "telemetry"}},
+			Routes:              []Route{{Match: "sensors/#", Topic: "telemetry", Format: FormatRaw}},
 			StatusTopic:         "ferry.status",
 			StatusInterval:      time.Minute,
 			UnknownTopicTimeout: time.Minute,
+			LateAfter:           time.Minute,
 		},
 		Admin: Admin{Listen: "127.0.0.1:9464"},
 	}
@@ -246,6 +247,55 @@ forward:
 	}
 	if !reflect.DeepEqual(c.Warnings, want) {
 		t.Errorf("Warnings:\n%s\nwant:\n%s", strings.Join(c.Warnings, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// Routes that an earlier route shadows completely are warned about; a
+// default route, {#}, {gateway_id}, headers, formats and drop routes
+// pass.
+func TestRouteWarnings(t *testing.T) {
+	doc := `
+mqtt:
+  url: tcp://127.0.0.1:1883
+  subscriptions:
+    - filter: "#"
+forward:
+  kafka:
+    brokers: [127.0.0.1:9092]
+  routes:
+    - match: sensors/debug/#
+      drop: true
+    - match: sensors/+/telemetry
+      topic: telemetry
+      key: "{gateway_id}"
+      headers:
+        site: hall-3
+        source: "{gateway_id}"
+      format: envelope
+    - match: sensors/dev1/telemetry
+      topic: dev1
+    - match: sensors/debug/x
+      topic: x
+    - match: sensors/{device}/#
+      topic: sensors.{device}
+      key: "{#}"
+    - default: true
+      topic: unmatched
+`
+	c := mustParse(t, doc, testEnv())
+	want := []string{
+		`test.yaml:19:14: forward.routes[2].match: never used: forward.routes[1] (match "sensors/+/telemetry") comes first and matches every topic this route does`,
+		`test.yaml:21:14: forward.routes[3].match: never used: forward.routes[0] (match "sensors/debug/#") comes first and matches every topic this route does`,
+	}
+	if !reflect.DeepEqual(c.Warnings, want) {
+		t.Errorf("Warnings:\n%s\nwant:\n%s", strings.Join(c.Warnings, "\n"), strings.Join(want, "\n"))
+	}
+	r := c.Forward.Routes[1]
+	if r.Format != FormatEnvelope || len(r.Headers) != 2 || r.Headers[0] != (RouteHeader{"site", "hall-3"}) || r.Headers[1] != (RouteHeader{"source", "{gateway_id}"}) {
+		t.Errorf("route 1: %+v", r)
+	}
+	if !c.Forward.Routes[0].Drop || c.Forward.Routes[0].Format != "" || !c.Forward.Routes[5].Default {
+		t.Errorf("routes: %+v", c.Forward.Routes)
 	}
 }
 

@@ -260,9 +260,10 @@ func join(path, key string) string {
 }
 
 var (
-	durationType    = reflect.TypeFor[time.Duration]()
-	byteSizeType    = reflect.TypeFor[ByteSize]()
-	connectionsType = reflect.TypeFor[Connections]()
+	durationType     = reflect.TypeFor[time.Duration]()
+	byteSizeType     = reflect.TypeFor[ByteSize]()
+	connectionsType  = reflect.TypeFor[Connections]()
+	routeHeadersType = reflect.TypeFor[RouteHeaders]()
 )
 
 // durationSyntax is what time.ParseDuration reads: when it refuses text of
@@ -358,6 +359,35 @@ func decode(src *source, n *yaml.Node, path string, v reflect.Value, errs *Error
 			return
 		}
 		v.SetInt(b)
+	case v.Type() == routeHeadersType:
+		if n.Kind != yaml.MappingNode {
+			fail("must be a mapping of header names to values, got %s", describe(n))
+			return
+		}
+		seen := map[string]int{}
+		var hs RouteHeaders
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			kp := join(path, k.Value)
+			at := func(nd *yaml.Node, format string, args ...any) {
+				*errs = append(*errs, &Error{File: src.file, Line: nd.Line, Column: nd.Column, Path: kp, Msg: fmt.Sprintf(format, args...)})
+			}
+			switch {
+			case k.Kind != yaml.ScalarNode || k.ShortTag() != "!!str":
+				at(k, "header names must be strings, got %s", describe(k))
+				continue
+			case seen[k.Value] > 0:
+				at(k, "duplicate header (first at line %d)", seen[k.Value])
+				continue
+			case val.Kind != yaml.ScalarNode || val.ShortTag() == "!!null":
+				at(val, "must be a string, got %s", describe(val))
+				continue
+			}
+			seen[k.Value] = k.Line
+			src.pos[kp] = pos{line: val.Line, col: val.Column, keyLine: k.Line, keyCol: k.Column, set: true}
+			hs = append(hs, RouteHeader{Name: k.Value, Value: val.Value})
+		}
+		v.Set(reflect.ValueOf(hs))
 	case v.Type() == connectionsType && n.Kind == yaml.MappingNode:
 		// One connection, written as a mapping: its keys keep the path
 		// mqtt.url (a sequence's are mqtt[0].url, ...).

@@ -30,6 +30,7 @@ const (
 	// MQTT's largest packet (268,435,455 bytes).
 	maxMaxPayloadBytes        = 255 << 20
 	defaultCompression        = "none"
+	defaultLateAfter          = time.Minute
 	defaultMaxBufferedRecords = 20000
 	defaultMaxBufferedBytes   = 16 << 20
 	minMaxBufferedBytes       = 64 << 10
@@ -150,6 +151,12 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 	setIfAbsent(src, "forward.status_topic", &c.Forward.StatusTopic, "ferry.status")
 	setIfAbsent(src, "forward.status_interval", &c.Forward.StatusInterval, time.Minute)
 	setIfAbsent(src, "forward.unknown_topic_timeout", &c.Forward.UnknownTopicTimeout, defaultUnknownTopicWait)
+	setIfAbsent(src, "forward.late_after", &c.Forward.LateAfter, defaultLateAfter)
+	for i := range c.Forward.Routes {
+		if r := &c.Forward.Routes[i]; r.Format == "" && !r.Drop {
+			r.Format = FormatRaw
+		}
+	}
 }
 
 func setString(s *string, def string) {
@@ -300,40 +307,17 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	if c.Forward.UnknownTopicTimeout < 0 {
 		bad("forward.unknown_topic_timeout", "must be 0s (wait for ever) or more, got %v", c.Forward.UnknownTopicTimeout)
 	}
+	if c.Forward.LateAfter < 0 {
+		bad("forward.late_after", "must be 0s (never) or more, got %v", c.Forward.LateAfter)
+	}
 	if len(c.Forward.Routes) == 0 {
 		bad("forward.routes", "at least one route is required")
 	} else if len(c.Forward.Routes) > maxRoutes {
 		bad("forward.routes", "at most %d routes, got %d: use wildcards and {name} captures (sensors/{device}/telemetry)", maxRoutes, len(c.Forward.Routes))
 	}
-	routes := map[int]string{} // index of a valid route -> its filter
+	routes := map[int]string{} // index of a valid route -> its filter ("#" for a default route)
 	for i, r := range c.Forward.Routes {
-		path := fmt.Sprintf("forward.routes[%d]", i)
-		var names []string
-		ok := true
-		if r.Match == "" {
-			bad(path+".match", "required")
-			ok = false
-		} else if p, err := topic.ParsePattern(r.Match); err != nil {
-			bad(path+".match", "%v", err)
-			ok = false
-		} else {
-			names = p.Names()
-			routes[i] = p.Filter()
-		}
-		if r.Topic == "" {
-			bad(path+".topic", "required")
-		} else if t, err := topic.ParseTemplate(r.Topic, names); err != nil {
-			if ok {
-				bad(path+".topic", "%v", err)
-			}
-		} else if msg := checkKafkaTopic(r.Topic, t.IsStatic()); msg != "" {
-			bad(path+".topic", "%s", msg)
-		}
-		if r.Key != "" {
-			if _, err := topic.ParseTemplate(r.Key, names); err != nil && ok {
-				bad(path+".key", "%v", err)
-			}
-		}
+		checkRoute(c, i, r, bad, routes)
 	}
 
 	// Subscriptions and routes that can never meet: every pair is
@@ -378,7 +362,16 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	for i, r := range c.Forward.Routes {
 		f, valid := routes[i]
-		if !valid || !anyFilter {
+		if !valid {
+			continue
+		}
+		for j := range c.Forward.Routes[:i] {
+			if g, ok := routes[j]; ok && topic.Covers(g, f) && !c.Forward.Routes[j].Default {
+				warn(fmt.Sprintf("forward.routes[%d].match", i), "never used: forward.routes[%d] (match %q) comes first and matches every topic this route does", j, c.Forward.Routes[j].Match)
+				break
+			}
+		}
+		if !anyFilter || r.Default {
 			continue
 		}
 		reached := false
@@ -642,4 +635,79 @@ func validName(s string) bool {
 		}
 	}
 	return true
+}
+
+// checkRoute checks route i, reporting with bad, and records its filter in
+// filters when its match is valid.
+func checkRoute(c *Config, i int, r Route, bad func(path, format string, args ...any), filters map[int]string) {
+	path := fmt.Sprintf("forward.routes[%d]", i)
+	var match *topic.Pattern
+	ok := true
+	switch {
+	case r.Default && r.Match != "":
+		bad(path+".match", "a default route matches every topic; it has no match")
+		ok = false
+	case r.Default && i != len(c.Forward.Routes)-1:
+		bad(path+".default", "the default route must be the last route: the routes after it would never be used")
+		ok = false
+	case r.Default:
+		filters[i] = "#"
+	case r.Match == "":
+		bad(path+".match", "required (or default: true for a route that matches every topic)")
+		ok = false
+	default:
+		p, err := topic.ParsePattern(r.Match)
+		switch {
+		case err != nil:
+			bad(path+".match", "%v", err)
+			ok = false
+		case slices.Contains(p.Names(), topic.GatewayName):
+			bad(path+".match", "{%s} names the gateway id in templates; capture the level under another name", topic.GatewayName)
+			ok = false
+		default:
+			match = p
+			filters[i] = p.Filter()
+		}
+	}
+	if r.Drop {
+		for key, set := range map[string]bool{"topic": r.Topic != "", "key": r.Key != "", "headers": len(r.Headers) > 0, "format": r.Format != ""} {
+			if set {
+				bad(path+"."+key, "a route with drop: true forwards nothing; remove %s", key)
+			}
+		}
+		return
+	}
+	names := topic.TemplateNames(match)
+	if r.Topic == "" {
+		bad(path+".topic", "required (or drop: true to drop what the route matches)")
+	} else if t, err := topic.ParseTemplate(r.Topic, names); err != nil {
+		if ok {
+			bad(path+".topic", "%v", err)
+		}
+	} else if msg := checkKafkaTopic(r.Topic, t.IsStatic()); msg != "" {
+		bad(path+".topic", "%s", msg)
+	}
+	if r.Key != "" {
+		if _, err := topic.ParseTemplate(r.Key, names); err != nil && ok {
+			bad(path+".key", "%v", err)
+		}
+	}
+	for _, h := range r.Headers {
+		hp := path + ".headers." + h.Name
+		switch {
+		case h.Name == "":
+			bad(hp, "a header needs a name")
+		case strings.HasPrefix(h.Name, "ferry.") || strings.HasPrefix(h.Name, "mqtt."):
+			bad(hp, "header names starting with ferry. or mqtt. are ferry's own")
+		default:
+			if _, err := topic.ParseTemplate(h.Value, names); err != nil && ok {
+				bad(hp, "%v", err)
+			}
+		}
+	}
+	switch r.Format {
+	case FormatRaw, FormatEnvelope:
+	default:
+		bad(path+".format", "must be %s or %s, got %q", FormatRaw, FormatEnvelope, r.Format)
+	}
 }

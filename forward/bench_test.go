@@ -88,7 +88,7 @@ func benchPlain(b *testing.B, rtt time.Duration) {
 	var vals []string
 	for i := range recs {
 		recs[i] = new(kgo.Record)
-		_, vals = f.route(*f.routes.Load(), benchRecord(i), recs[i], nil, nil, vals)
+		_, vals = f.route(*f.routes.Load(), benchRecord(i), time.Now(), recs[i], nil, nil, vals)
 	}
 	codec, err := compression(benchCompression)
 	if err != nil {

@@ -184,8 +184,9 @@ func (p *pass) fill(ctx context.Context, prefetch bool) error {
 		}
 		p.followRoutes() // records read now follow the routes in force now
 		kept, setAside := p.kept[:0], false
+		now := time.Now()
 		for i := range p.recs {
-			switch s := p.admit(&p.recs[i]); {
+			switch s := p.admit(&p.recs[i], now); {
 			case s == nil:
 				setAside = true
 			case s.state == pending:
@@ -214,18 +215,19 @@ func (p *pass) linger(ctx context.Context) error {
 }
 
 // admit routes rec into the window and returns its slot. A record that
-// matches no route, is too large or would go to an invalid topic is
-// settled at once; one for a parked topic joins that topic's list instead
-// (nil).
-func (p *pass) admit(rec *buffer.Record) *slot {
+// matches no route or a Drop route, is too large or would go to an
+// invalid topic is settled at once; one for a parked topic joins that
+// topic's list instead (nil).
+func (p *pass) admit(rec *buffer.Record, now time.Time) *slot {
 	f := p.f
 	p.after = rec.Seq
 	if len(p.slab) == 0 {
 		p.slab = make([]slot, slabSize) // one allocation for many records
 	}
 	s := &p.slab[0] // taken only if the record enters the window
-	routed, vals := f.route(p.routes, rec, &s.rec, s.hdrs[:0], s.buf[:0], p.vals)
+	res, vals := f.route(p.routes, rec, now, &s.rec, s.hdrs[:0], s.buf[:0], p.vals)
 	p.vals = vals
+	routed := res == routed
 	if routed && len(p.parked) > 0 {
 		pt := p.parked[rerouteKey] // while a reroute drains, everything waits behind it
 		if pt == nil && validTopic(s.rec.Topic) == nil {
@@ -247,6 +249,9 @@ func (p *pass) admit(rec *buffer.Record) *slot {
 	}
 	p.w.add(s)
 	switch {
+	case res == dropped:
+		s.state = settled
+		f.droppedByRoute.Add(1)
 	case kr == nil:
 		s.state = settled
 		p.countUnrouted(rec)

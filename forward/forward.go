@@ -109,6 +109,9 @@ type Config struct {
 	// alone. Defaults 20,000 and 16 MiB.
 	MaxBufferedRecords int
 	MaxBufferedBytes   int
+	// LateAfter: a record produced more than LateAfter after it was
+	// received carries HeaderLate. Default 1m; negative: never.
+	LateAfter time.Duration
 	// MaxRecordBytes is the largest record (value, key, topic and headers)
 	// the forwarder produces; larger ones are dead-lettered
 	// (ReasonTooLarge). Default 1,000,000 (Kafka's default
@@ -152,6 +155,8 @@ type Config struct {
 type Stats struct {
 	Delivered uint64 // records Kafka acknowledged
 	Unrouted  uint64 // records that matched no route and were dropped
+	// DroppedByRoute counts records a route with Drop dropped.
+	DroppedByRoute uint64
 	// DeadLettered counts records set aside as undeliverable, by reason.
 	DeadLettered map[buffer.Reason]uint64
 	Chunks       uint64 // chunks produced
@@ -168,7 +173,7 @@ type Forwarder struct {
 	gateway  []byte
 	bufferID []byte
 
-	delivered, unrouted, chunks, retries atomic.Uint64
+	delivered, unrouted, droppedByRoute, chunks, retries atomic.Uint64
 	inflight, parkedTopics               atomic.Int64
 	lastAck                              atomic.Int64 // monoNow of the last acknowledgement
 	lastErr                              atomic.Value // string
@@ -198,6 +203,9 @@ func New(cfg Config, src Source) (*Forwarder, error) {
 	}
 	if cfg.MaxRecordBytes <= 0 {
 		cfg.MaxRecordBytes = 1_000_000
+	}
+	if cfg.LateAfter == 0 {
+		cfg.LateAfter = time.Minute
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 10 * time.Second
@@ -258,6 +266,7 @@ func (f *Forwarder) Stats() Stats {
 	return Stats{
 		Delivered:    f.delivered.Load(),
 		Unrouted:     f.unrouted.Load(),
+		DroppedByRoute: f.droppedByRoute.Load(),
 		DeadLettered: dead,
 		Chunks:       f.chunks.Load(),
 		Retries:      f.retries.Load(),

@@ -70,11 +70,11 @@ func route(t *testing.T, match, topicT, key string) Route {
 		t.Fatal(err)
 	}
 	r := Route{Match: p}
-	if r.Topic, err = topic.ParseTemplate(topicT, p.Names()); err != nil {
+	if r.Topic, err = topic.ParseTemplate(topicT, topic.TemplateNames(p)); err != nil {
 		t.Fatal(err)
 	}
 	if key != "" {
-		if r.Key, err = topic.ParseTemplate(key, p.Names()); err != nil {
+		if r.Key, err = topic.ParseTemplate(key, topic.TemplateNames(p)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -239,11 +239,16 @@ func (p *pass) slotFor(rec *buffer.Record) *slot {
 		p.slab = make([]slot, slabSize)
 	}
 	s := &p.slab[0]
-	routed, vals := p.f.route(p.routes, rec, &s.rec, s.hdrs[:0], s.buf[:0], p.vals)
+	res, vals := p.f.route(p.routes, rec, time.Now(), &s.rec, s.hdrs[:0], s.buf[:0], p.vals)
 	p.vals = vals
-	if !routed { // the routes changed (a reload) and match it no more
+	switch res {
+	case unrouted: // the routes changed (a reload) and match it no more
 		s.rec = kgo.Record{}
 		p.countUnrouted(rec)
+		return nil
+	case dropped: // the routes changed and drop it now
+		s.rec = kgo.Record{}
+		p.f.droppedByRoute.Add(1)
 		return nil
 	}
 	if err := validTopic(s.rec.Topic); err != nil {

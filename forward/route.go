@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -34,6 +35,15 @@ const (
 	// for example after a damaged one was moved aside, starts a new log).
 	HeaderBufferID = "ferry.buffer_id"
 	HeaderSeq      = "ferry.seq"
+
+	// HeaderLate is set on a record that waited in the buffer longer than
+	// Config.LateAfter: how long, in milliseconds (decimal), from its
+	// receipt to when the forwarder read it to produce it. The record's
+	// timestamp stays its receive time. The records the producer already
+	// held when the uplink failed (at most the window) keep no header: a
+	// header cannot change once produced, and producing them again would
+	// make duplicates.
+	HeaderLate = "ferry.late_ms"
 )
 
 // SetRoutes replaces the routes while the forwarder runs (a configuration
@@ -47,54 +57,131 @@ func (f *Forwarder) SetRoutes(routes []Route) error {
 	if len(routes) == 0 {
 		return errors.New("forward: no routes")
 	}
+	for i, r := range routes {
+		switch {
+		case !r.Drop && r.Topic == nil:
+			return fmt.Errorf("forward: route %d has no topic", i)
+		case r.Match != nil && slices.Contains(r.Match.Names(), topic.GatewayName):
+			return fmt.Errorf("forward: route %d: the pattern %q captures {%s}, which names the gateway id", i, r.Match, topic.GatewayName)
+		}
+	}
 	routes = slices.Clone(routes)
 	f.routes.Store(&routes)
 	f.routesGen.Add(1)
 	return nil
 }
 
-// Route sends records whose MQTT topic matches Match to Topic, keyed by Key.
+// Route sends records whose MQTT topic matches Match to Topic, keyed by
+// Key, with Headers beside ferry's own, in Format; or, with Drop, drops
+// them (counted in Stats.DroppedByRoute). Templates are parsed with
+// topic.TemplateNames(Match): Match's captures ({#} for what a "#" level
+// matched), then {gateway_id}.
 type Route struct {
-	Match *topic.Pattern
-	Topic *topic.Template
-	Key   *topic.Template // nil: no key (records are partitioned by MQTT topic)
+	// Match selects the records by MQTT topic; nil makes a default route,
+	// which matches every topic, '$' topics too, and captures the whole
+	// topic as {#}.
+	Match   *topic.Pattern
+	Drop    bool
+	Topic   *topic.Template
+	Key     *topic.Template // nil: no key (records are partitioned by MQTT topic)
+	Headers []Header
+	Format  Format
 }
 
+// Header is a Kafka record header a route adds: Name with Value expanded.
+type Header struct {
+	Name  string
+	Value *topic.Template
+}
+
+// Format is how a route writes a record's value.
+type Format uint8
+
+const (
+	// FormatRaw: the MQTT payload, unchanged.
+	FormatRaw Format = iota
+	// FormatEnvelope: one JSON object with the payload and the message's
+	// MQTT metadata (see appendEnvelope).
+	FormatEnvelope
+)
+
+func (f Format) String() string {
+	if f == FormatEnvelope {
+		return "envelope"
+	}
+	return "raw"
+}
+
+// routeResult is what routing made of a record.
+type routeResult uint8
+
+const (
+	unrouted routeResult = iota // no route matched
+	routed                      // kr holds the Kafka record
+	dropped                     // a Drop route matched
+)
+
 // route fills kr with the Kafka record for rec by the first of routes that
-// matches, and reports whether one did. vals is scratch space for captures. The headers go into hdrs and
-// the short header values and key into buf when they fit (a slot's own
-// arrays: no allocation for the common record), else into new memory.
-func (f *Forwarder) route(routes []Route, rec *buffer.Record, kr *kgo.Record, hdrs []kgo.RecordHeader, buf []byte, vals []string) (bool, []string) {
+// matches. now decides whether the record is late (HeaderLate). vals is
+// scratch space for captures. The headers go into hdrs and the short
+// header values and key into buf when they fit (a slot's own arrays: no
+// allocation for the common record), else into new memory.
+func (f *Forwarder) route(routes []Route, rec *buffer.Record, now time.Time, kr *kgo.Record, hdrs []kgo.RecordHeader, buf []byte, vals []string) (routeResult, []string) {
 	for i := range routes {
 		r := &routes[i]
-		var ok bool
-		vals, ok = r.Match.Match(rec.Topic, vals)
-		if !ok {
-			continue
+		if r.Match == nil {
+			vals = append(vals[:0], rec.Topic)
+		} else {
+			var ok bool
+			if vals, ok = r.Match.Match(rec.Topic, vals); !ok {
+				continue
+			}
 		}
+		if r.Drop {
+			return dropped, vals
+		}
+		vals = append(vals, f.cfg.GatewayID)
 		*kr = kgo.Record{
 			Topic:     r.Topic.Expand(vals),
 			Value:     rec.Payload,
 			Timestamp: rec.ReceivedAt,
 		}
+		if r.Format == FormatEnvelope {
+			kr.Value = appendEnvelope(nil, rec, f.cfg.GatewayID)
+		}
 		var key string
 		if r.Key != nil {
 			key = r.Key.Expand(vals)
 		}
-		// The MQTT topic, the sequence number and the key share buf.
-		if need := len(rec.Topic) + 20 + len(key); cap(buf) < need {
+		var late time.Duration
+		if !rec.ClockUnsynced && f.cfg.LateAfter > 0 {
+			// A record received before the clock was set has no
+			// trustworthy wait: it carries HeaderClock instead.
+			if late = now.Sub(rec.ReceivedAt); late <= f.cfg.LateAfter {
+				late = 0
+			}
+		}
+		// The MQTT topic, the sequence number, the wait and the key share
+		// buf.
+		if need := len(rec.Topic) + 40 + len(key); cap(buf) < need {
 			buf = make([]byte, 0, need)
 		}
 		buf = append(buf[:0], rec.Topic...)
 		topicVal := buf[:len(rec.Topic):len(rec.Topic)]
 		buf = strconv.AppendUint(buf, rec.Seq, 10)
 		seqVal := buf[len(topicVal):len(buf):len(buf)]
+		var lateVal []byte
+		if late > 0 {
+			n := len(buf)
+			buf = strconv.AppendInt(buf, late.Milliseconds(), 10)
+			lateVal = buf[n:len(buf):len(buf)]
+		}
 		if r.Key != nil {
 			buf = append(buf, key...)
 			kr.Key = buf[len(buf)-len(key) : len(buf) : len(buf)]
 		}
-		n := 5 + len(rec.UserProperties)
-		for _, set := range [...]bool{rec.ContentType != "", rec.ResponseTopic != "", rec.CorrelationData != nil, rec.PayloadUTF8, rec.ClockUnsynced} {
+		n := 5 + len(rec.UserProperties) + len(r.Headers)
+		for _, set := range [...]bool{rec.ContentType != "", rec.ResponseTopic != "", rec.CorrelationData != nil, rec.PayloadUTF8, rec.ClockUnsynced, late > 0} {
 			if set {
 				n++
 			}
@@ -125,13 +212,19 @@ func (f *Forwarder) route(routes []Route, rec *buffer.Record, kr *kgo.Record, hd
 		if rec.ClockUnsynced {
 			h = append(h, kgo.RecordHeader{Key: HeaderClock, Value: unsyncedValue})
 		}
+		if late > 0 {
+			h = append(h, kgo.RecordHeader{Key: HeaderLate, Value: lateVal})
+		}
+		for _, rh := range r.Headers {
+			h = append(h, kgo.RecordHeader{Key: rh.Name, Value: []byte(rh.Value.Expand(vals))})
+		}
 		for _, p := range rec.UserProperties {
 			h = append(h, kgo.RecordHeader{Key: p.Key, Value: []byte(p.Value)})
 		}
 		kr.Headers = h
-		return true, vals
+		return routed, vals
 	}
-	return false, vals
+	return unrouted, vals
 }
 
 // Header values shared by every record (franz-go only reads them).

@@ -285,6 +285,9 @@ func forwardConfig(cfg *config.Config, files *config.Files, log *slog.Logger) (f
 	if fc.UnknownTopicTimeout == 0 {
 		fc.UnknownTopicTimeout = -1 // the config's 0s: wait for ever
 	}
+	if fc.LateAfter = cfg.Forward.LateAfter; fc.LateAfter == 0 {
+		fc.LateAfter = -1 // the config's 0s: never
+	}
 	fc.TLS = kafkaTLS(k.TLS, files)
 	var err error
 	if fc.SASL, err = kafkaSASL(k.SASL, files); err != nil {
@@ -298,19 +301,36 @@ func forwardConfig(cfg *config.Config, files *config.Files, log *slog.Logger) (f
 func routes(rs []config.Route) ([]forward.Route, error) {
 	var out []forward.Route
 	for i, r := range rs {
-		m, err := topic.ParsePattern(r.Match)
-		if err != nil {
-			return nil, fmt.Errorf("forward.routes[%d].match: %w", i, err)
+		var route forward.Route
+		var err error
+		if !r.Default {
+			if route.Match, err = topic.ParsePattern(r.Match); err != nil {
+				return nil, fmt.Errorf("forward.routes[%d].match: %w", i, err)
+			}
 		}
-		t, err := topic.ParseTemplate(r.Topic, m.Names())
-		if err != nil {
+		if r.Drop {
+			route.Drop = true
+			out = append(out, route)
+			continue
+		}
+		names := topic.TemplateNames(route.Match)
+		if route.Topic, err = topic.ParseTemplate(r.Topic, names); err != nil {
 			return nil, fmt.Errorf("forward.routes[%d].topic: %w", i, err)
 		}
-		route := forward.Route{Match: m, Topic: t}
 		if r.Key != "" {
-			if route.Key, err = topic.ParseTemplate(r.Key, m.Names()); err != nil {
+			if route.Key, err = topic.ParseTemplate(r.Key, names); err != nil {
 				return nil, fmt.Errorf("forward.routes[%d].key: %w", i, err)
 			}
+		}
+		for _, h := range r.Headers {
+			v, err := topic.ParseTemplate(h.Value, names)
+			if err != nil {
+				return nil, fmt.Errorf("forward.routes[%d].headers.%s: %w", i, h.Name, err)
+			}
+			route.Headers = append(route.Headers, forward.Header{Name: h.Name, Value: v})
+		}
+		if r.Format == config.FormatEnvelope {
+			route.Format = forward.FormatEnvelope
 		}
 		out = append(out, route)
 	}

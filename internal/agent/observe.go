@@ -47,10 +47,10 @@ type Snapshot struct {
 	// Dropped counts records given up on purpose, by reason: the buffer's
 	// limits ("max_bytes", "max_age"), "purged" by ferry buffer purge (all
 	// since the buffer file was created), "unrouted" (no route matched),
-	// and messages ingest acknowledged without storing them:
-	// "too_large" (payload over mqtt.max_payload_bytes) and
-	// "unsubscribed" (through a filter removed from the configuration),
-	// these three since start.
+	// "route" (a route with drop: true matched), and messages ingest
+	// acknowledged without storing them: "too_large" (payload over
+	// mqtt.max_payload_bytes) and "unsubscribed" (through a filter removed
+	// from the configuration), these four since start.
 	Dropped map[string]uint64 `json:"dropped"`
 	// DeadLettered counts records set aside in the buffer's dead-letter
 	// bucket since the file was created, by reason (buffer.Reason:
@@ -95,7 +95,7 @@ func (a *Agent) Snapshot() Snapshot {
 		CommitError:      b.CommitError,
 		DiskFull:         b.DiskFull,
 		CommitFailures:   b.CommitFailures,
-		Dropped:          map[string]uint64{"unrouted": f.Unrouted},
+		Dropped:          map[string]uint64{"unrouted": f.Unrouted, "route": f.DroppedByRoute},
 		DeadLettered:     map[string]uint64{},
 		Delivered:        f.Delivered,
 		InFlight:         f.InFlight,
@@ -121,7 +121,7 @@ func (a *Agent) Snapshot() Snapshot {
 	for _, n := range f.DeadLettered {
 		dead += n
 	}
-	s.forwardedDone = f.Delivered + f.Unrouted + dead
+	s.forwardedDone = f.Delivered + f.Unrouted + f.DroppedByRoute + dead
 	s.bufferFull = b.Full
 	for i, in := range a.ingests {
 		c := in.Stats()

@@ -121,3 +121,18 @@ func (t *Template) Expand(vals []string) string {
 	}
 	return b.String()
 }
+
+// GatewayName is the placeholder for the gateway id in ferry's route
+// templates: {gateway_id}. A pattern whose templates use it must not
+// capture a level under that name.
+const GatewayName = "gateway_id"
+
+// TemplateNames are the names a route's templates may use with match:
+// its captures, then GatewayName. A nil match stands for a default route,
+// which matches every topic and captures all of it as {#}.
+func TemplateNames(match *Pattern) []string {
+	if match == nil {
+		return []string{RestName, GatewayName}
+	}
+	return append(match.Names()[:len(match.Names()):len(match.Names())], GatewayName)
+}
