@@ -174,11 +174,11 @@ type Forwarder struct {
 	bufferID []byte
 
 	delivered, unrouted, droppedByRoute, chunks, retries atomic.Uint64
-	inflight, parkedTopics               atomic.Int64
-	lastAck                              atomic.Int64 // monoNow of the last acknowledgement
-	lastErr                              atomic.Value // string
-	lastKey                              atomic.Value // string: errKey of lastErr
-	statusErr                            atomic.Value // string: errKey of the last status send failure
+	inflight, parkedTopics                               atomic.Int64
+	lastAck                                              atomic.Int64 // monoNow of the last acknowledgement
+	lastErr                                              atomic.Value // string
+	lastKey                                              atomic.Value // string: errKey of lastErr
+	statusErr                                            atomic.Value // string: errKey of the last status send failure
 
 	deadMu sync.Mutex
 	dead   map[buffer.Reason]uint64
@@ -264,14 +264,14 @@ func (f *Forwarder) Stats() Stats {
 	dead := maps.Clone(f.dead)
 	f.deadMu.Unlock()
 	return Stats{
-		Delivered:    f.delivered.Load(),
-		Unrouted:     f.unrouted.Load(),
+		Delivered:      f.delivered.Load(),
+		Unrouted:       f.unrouted.Load(),
 		DroppedByRoute: f.droppedByRoute.Load(),
-		DeadLettered: dead,
-		Chunks:       f.chunks.Load(),
-		Retries:      f.retries.Load(),
-		InFlight:     int(f.inflight.Load()),
-		LastError:    f.lastErr.Load().(string),
+		DeadLettered:   dead,
+		Chunks:         f.chunks.Load(),
+		Retries:        f.retries.Load(),
+		InFlight:       int(f.inflight.Load()),
+		LastError:      f.lastErr.Load().(string),
 	}
 }
 
