@@ -348,11 +348,11 @@ type Route struct {
 	// Default makes the route match every topic (also those that start
 	// with '$'), with the whole topic as {#}; it has no Match and must be
 	// the last route.
-	Default bool `yaml:"default"`
+	Default bool `yaml:"default,omitempty"`
 	// Drop drops the matching messages, counted as dropped by reason
 	// "route" (not as unrouted); such a route has no Topic, Key, Headers
 	// or Format.
-	Drop bool `yaml:"drop"`
+	Drop bool `yaml:"drop,omitempty"`
 	// Topic is the Kafka topic; required unless Drop. It may use {name}
 	// placeholders captured by Match, {#} and {gateway_id} (see
 	// topic.ParseTemplate and topic.TemplateNames). Its literal text must
@@ -365,7 +365,7 @@ type Route struct {
 	// Headers are Kafka record headers the route adds, each a template
 	// like Key (static text is a template too), in file order. Names
 	// starting with "ferry." or "mqtt." are ferry's own.
-	Headers RouteHeaders `yaml:"headers"`
+	Headers RouteHeaders `yaml:"headers,omitempty"`
 	// Format is how the record's value is written: raw (the MQTT payload
 	// unchanged; the default) or envelope (a JSON object with the payload
 	// and the message's MQTT metadata).

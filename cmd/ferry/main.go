@@ -136,6 +136,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	stdout.Write(out)
+	writeRoutes(stdout, cfg)
 	return exitOK
 }
 

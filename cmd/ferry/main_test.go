@@ -70,6 +70,9 @@ func TestCheck(t *testing.T) {
 	if strings.Contains(out.String(), "hunter2") || !strings.Contains(out.String(), "gw-test") {
 		t.Fatalf("effective config leaks the password or lacks the gateway:\n%s", out.String())
 	}
+	if !strings.Contains(out.String(), "# Effective routes, tried in this order") || !strings.Contains(out.String(), "#   1. ") {
+		t.Fatalf("check prints no route table:\n%s", out.String())
+	}
 
 	bad := filepath.Join(dir, "bad.yaml")
 	if err := os.WriteFile(bad, []byte("gateway_id: x\nmqtt:\n  url: tcp://127.0.0.1:1883\n  subscriptons: []\n"), 0o600); err != nil {
