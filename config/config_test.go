@@ -86,7 +86,8 @@ func TestDefaults(t *testing.T) {
 			Kafka: Kafka{
 				Brokers:            []string{"127.0.0.1:9092"},
 				ClientID:           "ferry-testhost",
-				Compression:        "none",
+				Compression:        "zstd",
+				MaxBatchBytes:      1 << 20,
 				MaxBufferedRecords: 20000,
 				MaxBufferedBytes:   16 << 20,
 				DialTimeout:        10 * time.Second,

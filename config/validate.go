@@ -29,10 +29,13 @@ const (
 	// maxMaxPayloadBytes leaves room for the topic and properties within
 	// MQTT's largest packet (268,435,455 bytes).
 	maxMaxPayloadBytes        = 255 << 20
-	defaultCompression        = "none"
+	defaultCompression        = "zstd"
 	defaultLateAfter          = time.Minute
 	defaultMaxBufferedRecords = 20000
 	defaultMaxBufferedBytes   = 16 << 20
+	defaultMaxBatchBytes      = 1 << 20 // Kafka's default message.max.bytes (1048588), rounded down
+	minMaxBatchBytes          = 64 << 10
+	maxMaxBatchBytes          = 64 << 20
 	minMaxBufferedBytes       = 64 << 10
 	// The forwarder's window is memory: its bounds stay well within what
 	// a gateway has (about 700 bytes a record plus the records' bytes),
@@ -146,6 +149,7 @@ func setDefaults(c *Config, src *source, env Env, errs *Errors) {
 	setString(&k.Compression, defaultCompression)
 	setIfAbsent(src, "forward.kafka.max_buffered_records", &k.MaxBufferedRecords, defaultMaxBufferedRecords)
 	setIfAbsent(src, "forward.kafka.max_buffered_bytes", &k.MaxBufferedBytes, ByteSize(defaultMaxBufferedBytes))
+	setIfAbsent(src, "forward.kafka.max_batch_bytes", &k.MaxBatchBytes, ByteSize(defaultMaxBatchBytes))
 	setIfAbsent(src, "forward.kafka.dial_timeout", &k.DialTimeout, defaultDialTimeout)
 	setIfAbsent(src, "forward.kafka.tls.enabled", &k.TLS.Enabled, src.isSet("forward.kafka.tls"))
 	setIfAbsent(src, "forward.status_topic", &c.Forward.StatusTopic, "ferry.status")
@@ -260,6 +264,9 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	if k.MaxBufferedRecords < 1 || k.MaxBufferedRecords > maxMaxBufferedRecords {
 		bad("forward.kafka.max_buffered_records", "must be from 1 to %d (the forwarder holds them in memory), got %d", maxMaxBufferedRecords, k.MaxBufferedRecords)
+	}
+	if k.MaxBatchBytes < minMaxBatchBytes || k.MaxBatchBytes > maxMaxBatchBytes {
+		bad("forward.kafka.max_batch_bytes", "must be from %v to %v (at most the topics' max.message.bytes), got %v", ByteSize(minMaxBatchBytes), ByteSize(maxMaxBatchBytes), k.MaxBatchBytes)
 	}
 	if k.MaxBufferedBytes < minMaxBufferedBytes || k.MaxBufferedBytes > maxMaxBufferedBytes {
 		bad("forward.kafka.max_buffered_bytes", "must be from %v to %v (the forwarder holds them in memory), got %v", ByteSize(minMaxBufferedBytes), ByteSize(maxMaxBufferedBytes), k.MaxBufferedBytes)

@@ -45,8 +45,9 @@ func benchKafka(b *testing.B, rtt time.Duration) *testenv.Kafka {
 	return k
 }
 
-// benchCompression is the codec both producers use: ferry's default.
-const benchCompression = ""
+// benchCompression is the codec both producers use: ferry's default
+// (forward.kafka.compression).
+const benchCompression = "zstd"
 
 // benchWriteDelay is ferry's default buffer.write_delay.
 const benchWriteDelay = 100 * time.Millisecond

@@ -94,8 +94,14 @@ type Config struct {
 	ClientID  string
 	GatewayID string
 	Routes    []Route
-	// Compression: none, gzip, snappy, lz4 or zstd. Default none.
+	// Compression: none, gzip, snappy, lz4 or zstd. Default none
+	// (ferry's configuration defaults to zstd).
 	Compression string
+	// MaxBatchBytes is the largest record batch produced (Kafka's
+	// max.message.bytes for the topics). Default MaxRecordBytes plus
+	// room for the batch's overhead; a smaller value lowers
+	// MaxRecordBytes to fit.
+	MaxBatchBytes int
 	// Linger is how long the forwarder waits for more records before it
 	// produces a chunk that does not fill the window. Default 0: produce
 	// what there is; records that arrive meanwhile go with the next chunk.
@@ -204,6 +210,13 @@ func New(cfg Config, src Source) (*Forwarder, error) {
 	if cfg.MaxRecordBytes <= 0 {
 		cfg.MaxRecordBytes = 1_000_000
 	}
+	if cfg.MaxBatchBytes <= 0 {
+		cfg.MaxBatchBytes = cfg.MaxRecordBytes + batchOverhead
+	}
+	if cfg.MaxBatchBytes < 2*batchOverhead {
+		return nil, fmt.Errorf("forward: MaxBatchBytes %d is below %d", cfg.MaxBatchBytes, 2*batchOverhead)
+	}
+	cfg.MaxRecordBytes = min(cfg.MaxRecordBytes, cfg.MaxBatchBytes-batchOverhead)
 	if cfg.LateAfter == 0 {
 		cfg.LateAfter = time.Minute
 	}
@@ -290,9 +303,9 @@ func (f *Forwarder) clientOpts() []kgo.Opt {
 		kgo.ProducerBatchCompression(codec),
 		kgo.DialTimeout(f.cfg.DialTimeout),
 		kgo.RetryBackoffFn(backoff(100*time.Millisecond, 5*time.Second)),
-		// A record that passes the MaxRecordBytes check always fits a batch,
-		// overhead included, and stays under Kafka's default 1 MiB limit.
-		kgo.ProducerBatchMaxBytes(int32(f.cfg.MaxRecordBytes + batchOverhead)),
+		// A record that passes the MaxRecordBytes check always fits a
+		// batch, overhead included.
+		kgo.ProducerBatchMaxBytes(int32(f.cfg.MaxBatchBytes)),
 	}
 	if f.cfg.ClientID != "" {
 		opts = append(opts, kgo.ClientID(f.cfg.ClientID))
@@ -321,7 +334,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		// The window bounds what is produced; the client's own bounds
 		// only need to be above it.
 		kgo.MaxBufferedRecords(f.cfg.MaxBufferedRecords+1),
-		kgo.MaxBufferedBytes(f.cfg.MaxBufferedBytes+f.cfg.MaxRecordBytes+batchOverhead),
+		kgo.MaxBufferedBytes(f.cfg.MaxBufferedBytes+f.cfg.MaxBatchBytes),
 	)...)
 	if err != nil {
 		return fmt.Errorf("forward: kafka client: %w", err)

@@ -271,6 +271,7 @@ func forwardConfig(cfg *config.Config, files *config.Files, log *slog.Logger) (f
 		ClientID:           k.ClientID,
 		GatewayID:          cfg.GatewayID,
 		Compression:        k.Compression,
+		MaxBatchBytes:      int(k.MaxBatchBytes),
 		Linger:             k.Linger,
 		MaxBufferedRecords: k.MaxBufferedRecords,
 		MaxBufferedBytes:   int(k.MaxBufferedBytes),
