@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-edge/ferry/config"
 	"github.com/ferry-edge/ferry/forward"
 	"github.com/ferry-edge/ferry/internal/testenv"
 )
@@ -102,6 +103,56 @@ func TestInvalidTopicFromCaptureIsDeadLettered(t *testing.T) {
 	}
 	if strings.Contains(st.Forward.LastError, "topic") {
 		t.Errorf("forwarding reports %q after the bad records were set aside", st.Forward.LastError)
+	}
+	stopAgent()
+}
+
+// A record Kafka refuses as INVALID_RECORD (here: without a key, to a
+// compacted topic) is dead-lettered, reason invalid_record, and every other
+// message arrives in per-device order and exactly once. kfake does not
+// check keys on compacted topics: this runs on the real broker (CI runs
+// this package against one, see scripts/kafka-test-broker).
+func TestInvalidRecordIsDeadLetteredInOrder(t *testing.T) {
+	kafka := testenv.NewKafka(t)
+	if !kafka.IsReal() {
+		t.Skip("kfake takes a record without a key on a compacted topic; needs the real broker (" + testenv.EnvKafka + ")")
+	}
+	broker := testenv.NewBroker(t)
+	testenv.RequireMosquitto(t, broker, mochiStalls)
+	topic := testenv.UniqueTopic("compacted")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := kafka.CreateTopicWith(ctx, topic, map[string]string{"cleanup.policy": "compact"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := loadConfig(t, broker, kafka, topic)
+	nokey := cfg.Forward.Routes[0]
+	nokey.Match, nokey.Key = "sensors/nokey/telemetry", "" // before the keyed route
+	cfg.Forward.Routes = append([]config.Route{nokey}, cfg.Forward.Routes...)
+	a, stopAgent := startAgent(t, cfg, Options{})
+	collector := startCollector(t, kafka, topic)
+
+	sensors := testenv.StartSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 8, PerDevice: 500, QoS: 1})
+	waitFor(t, "a third of the messages", 30*time.Second, func() bool { return sensors.Sent() > 8*500/3 })
+	for range 3 {
+		if err := testenv.Publish(ctx, broker.URL(), "sensors/nokey/telemetry", 1, []byte(`{"no":"key"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := sensors.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 90*time.Second)
+	defer wcancel()
+	rep := collector.WaitFor(wctx, res)
+	t.Logf("report: %s", rep)
+	if !rep.OK() || rep.Duplicates != 0 {
+		t.Fatalf("not delivered intact and once: %s", rep)
+	}
+	waitFor(t, "the buffer to drain", 30*time.Second, func() bool { return a.Stats().Buffer.Records == 0 })
+	if n := a.Stats().Buffer.DeadLettered[forward.ReasonInvalidRecord]; n != 3 {
+		t.Fatalf("dead-lettered %v, want 3 for %s", a.Stats().Buffer.DeadLettered, forward.ReasonInvalidRecord)
 	}
 	stopAgent()
 }
