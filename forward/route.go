@@ -31,8 +31,9 @@ const (
 	// produced twice (after a crash, or a stop while Kafka was silent)
 	// carries the same three values both times, so a consumer can drop
 	// the second copy. HeaderSeq is the buffer's sequence number in
-	// decimal; HeaderBufferID names the buffer file's log (a new file,
-	// for example after a damaged one was moved aside, starts a new log).
+	// decimal; HeaderBufferID names the buffer file's log (a buffer
+	// salvaged from a damaged file keeps it and numbers on; a new file
+	// whose predecessor's counters were unreadable starts a new log).
 	HeaderBufferID = "ferry.buffer_id"
 	HeaderSeq      = "ferry.seq"
 
