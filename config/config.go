@@ -272,6 +272,10 @@ type Forward struct {
 	// does not exist before they are dead-lettered (records of other
 	// topics go on meanwhile); 0s: wait for ever. Default 1m.
 	UnknownTopicTimeout time.Duration `yaml:"unknown_topic_timeout"`
+	// MaxBytesPerSecond caps what the forwarder sends to Kafka, in bytes a
+	// second as they go on the wire (after compression), e.g. 50KB for a
+	// metered cellular link: 0 or from 1KiB to 1GiB. Default 0: no cap.
+	MaxBytesPerSecond ByteSize `yaml:"max_bytes_per_second"`
 }
 
 // Kafka configures the Kafka producer.
