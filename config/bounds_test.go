@@ -131,3 +131,41 @@ func TestAliases(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxBytesPerSecond: the byte-rate cap is a size a second, off by
+// default; a number without a unit below 1KiB is taken for a unit left
+// out, and errors name the key with its position.
+func TestMaxBytesPerSecond(t *testing.T) {
+	for _, tc := range []struct {
+		value string // "" for none
+		want  ByteSize
+		err   string
+	}{
+		{value: "", want: 0},
+		{value: "0", want: 0},
+		{value: "50KB", want: 50_000},
+		{value: "256KiB", want: 256 << 10},
+		{value: "1024", want: 1024},
+		{value: "1GiB", want: 1 << 30},
+		{value: "1023", err: "f.yaml:9:25: forward.max_bytes_per_second: must be 0 (no cap) or from 1KiB to 1GiB (bytes a second: 50KB, 256KiB), got 1023B"},
+		{value: "2GiB", err: "f.yaml:9:25: forward.max_bytes_per_second: must be 0 (no cap) or from 1KiB to 1GiB (bytes a second: 50KB, 256KiB), got 2GiB"},
+		{value: "-1KiB", err: `f.yaml:9:25: forward.max_bytes_per_second: must be a size such as 512MiB or 1GiB, got "-1KiB"`},
+	} {
+		doc := minimal
+		if tc.value != "" {
+			doc = strings.Replace(minimal, "  routes:", "  max_bytes_per_second: "+tc.value+"\n  routes:", 1)
+		}
+		c, err := Parse("f.yaml", []byte(doc), testEnv())
+		if tc.err != "" {
+			if err == nil || err.Error() != tc.err {
+				t.Errorf("%q: error %v\nwant %s", tc.value, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.value, err)
+		} else if c.Forward.MaxBytesPerSecond != tc.want {
+			t.Errorf("%q: %v, want %v", tc.value, c.Forward.MaxBytesPerSecond, tc.want)
+		}
+	}
+}

@@ -277,6 +277,10 @@ type Forward struct {
 	// header ferry.late_ms with how long it waited; its timestamp stays
 	// the receive time. 0s: never. Default 1m.
 	LateAfter time.Duration `yaml:"late_after"`
+	// MaxBytesPerSecond caps what the forwarder sends to Kafka, in bytes a
+	// second as they go on the wire (after compression), e.g. 50KB for a
+	// metered cellular link: 0 or from 1KiB to 1GiB. Default 0: no cap.
+	MaxBytesPerSecond ByteSize `yaml:"max_bytes_per_second"`
 }
 
 // Kafka configures the Kafka producer.

@@ -42,6 +42,11 @@ const (
 	// and within an int once franz-go's own margins are added.
 	maxMaxBufferedBytes   = 1 << 30
 	maxMaxBufferedRecords = 1_000_000
+	// forward.max_bytes_per_second: below 1KiB is a unit left out (50
+	// for 50KB), and 1GiB a second is beyond any link the cap is for
+	// while it fits an int on a 32-bit system.
+	minBytesPerSecond = 1 << 10
+	maxBytesPerSecond = 1 << 30
 	// minMaxBytes is the smallest bounded buffer that works: it must hold
 	// one record as large as Kafka takes (1,000,000 bytes with its key,
 	// topic and headers) with room to spare. Below it, drop_oldest
@@ -316,6 +321,9 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 	}
 	if c.Forward.LateAfter < 0 {
 		bad("forward.late_after", "must be 0s (never) or more, got %v", c.Forward.LateAfter)
+	}
+	if r := c.Forward.MaxBytesPerSecond; r != 0 && (r < minBytesPerSecond || r > maxBytesPerSecond) {
+		bad("forward.max_bytes_per_second", "must be 0 (no cap) or from %v to %v (bytes a second: 50KB, 256KiB), got %v", ByteSize(minBytesPerSecond), ByteSize(maxBytesPerSecond), r)
 	}
 	if len(c.Forward.Routes) == 0 {
 		bad("forward.routes", "at least one route is required")

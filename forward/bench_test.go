@@ -63,7 +63,7 @@ func benchRecord(i int) *buffer.Record {
 	return &buffer.Record{Topic: fmt.Sprintf("s/dev-%03d", i%benchDevices), Payload: p, QoS: 1, ReceivedAt: time.Now(), Seq: uint64(i + 1)}
 }
 
-func benchRoutes(b *testing.B) []Route {
+func benchRoutes(b testing.TB) []Route {
 	b.Helper()
 	m, err := topic.ParsePattern("s/{device}")
 	if err != nil {

@@ -72,6 +72,8 @@ type pass struct {
 
 	attempt int       // consecutive chunks that failed with a retriable error
 	waitTil time.Time // no chunk before this (backoff)
+
+	capped capChunks // chunks measured for the byte-rate cap (see ratelimit.go)
 }
 
 func newPass(f *Forwarder, cl *kgo.Client) *pass {
@@ -132,7 +134,7 @@ func (p *pass) run(ctx context.Context) error {
 			}
 			continue
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || !p.pace(ctx) {
 			return nil
 		}
 		if !p.produce(ctx) {
@@ -286,7 +288,8 @@ func (p *pass) hasWork() bool {
 // pick chooses the chunk: the pending records in window order (a parked
 // topic's are not in the window), during a search only up to the
 // candidate it is at; at most half the window, so that the next chunk is
-// read while this one is in flight.
+// read while this one is in flight, and with a byte-rate cap at most about
+// half a second of it.
 func (p *pass) pick() {
 	p.chunk = p.chunk[:0]
 	cut := ^uint64(0)
@@ -299,6 +302,9 @@ func (p *pass) pick() {
 		cut = c[k-1]
 	}
 	maxRecords, maxBytes := max(p.w.maxRecords/2, 1), p.w.maxBytes/2
+	if p.f.rate != nil {
+		maxBytes = min(maxBytes, p.capBytes())
+	}
 	bytes := 0
 	for _, s := range p.w.slots {
 		if s.seq > cut || len(p.chunk) == maxRecords || len(p.chunk) > 0 && bytes+s.size > maxBytes {

@@ -151,6 +151,16 @@ type Config struct {
 	// Ingest, if set, tells the status record what the MQTT side lost
 	// (see IngestStatus).
 	Ingest func() IngestStatus
+	// MaxBytesPerSecond caps what the forwarder writes to Kafka, for
+	// metered links: the produce requests as they go on the wire (after
+	// compression; TCP/IP and TLS framing not counted), metadata and the
+	// status record's requests included. It is a token bucket charged
+	// with what was written (see ratelimit.go): over any 10 s of a backlog
+	// drain the bytes stay within 10% of the cap. Chunks are then at most
+	// about half a second of it; a record larger than that goes alone.
+	// Stats.RateLimited and the log say when the cap is what limits
+	// forwarding. Default 0: no cap.
+	MaxBytesPerSecond int
 	// Observers are franz-go hooks (kgo.Hook: connections, produce
 	// requests) added to the data client, for metrics. They observe; no
 	// hook can change what is produced or how it is acknowledged.
@@ -169,6 +179,9 @@ type Stats struct {
 	Retries      uint64 // chunks produced again after a failure
 	InFlight     int    // records produced and not yet answered
 	LastError    string // the error forwarding is retrying, "" when healthy
+	// RateLimited is true while MaxBytesPerSecond is what holds records
+	// back: the cap delayed a chunk within the last 5 seconds.
+	RateLimited bool
 }
 
 // Forwarder moves records from a Source to Kafka.
@@ -191,6 +204,8 @@ type Forwarder struct {
 
 	routes    atomic.Pointer[[]Route] // cfg.Routes, or what SetRoutes set since
 	routesGen atomic.Uint64           // SetRoutes calls
+
+	rate *rateCap // nil: no MaxBytesPerSecond
 }
 
 // New checks cfg and returns a Forwarder ready to Run.
@@ -246,6 +261,9 @@ func New(cfg Config, src Source) (*Forwarder, error) {
 		gateway: []byte(cfg.GatewayID), bufferID: []byte(src.ID()),
 		dead: map[buffer.Reason]uint64{},
 	}
+	if cfg.MaxBytesPerSecond > 0 {
+		f.rate = newRateCap(cfg.MaxBytesPerSecond, time.Now())
+	}
 	f.lastErr.Store("")
 	f.lastKey.Store("")
 	f.statusErr.Store("")
@@ -285,6 +303,7 @@ func (f *Forwarder) Stats() Stats {
 		Retries:        f.retries.Load(),
 		InFlight:       int(f.inflight.Load()),
 		LastError:      f.lastErr.Load().(string),
+		RateLimited:    f.rateCapped(),
 	}
 }
 
@@ -318,6 +337,9 @@ func (f *Forwarder) clientOpts() []kgo.Opt {
 	}
 	if f.cfg.AllowAutoTopicCreation {
 		opts = append(opts, kgo.AllowAutoTopicCreation())
+	}
+	if f.rate != nil {
+		opts = append(opts, kgo.WithHooks(f.rate)) // both clients' writes count against the cap
 	}
 	return opts
 }

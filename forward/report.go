@@ -22,6 +22,7 @@ func (f *Forwarder) watch(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			f.checkRateCap()
 			n := f.inflight.Load()
 			since := time.Duration(monoNow() - f.lastAck.Load())
 			if n > 0 && since >= f.cfg.StallTimeout {

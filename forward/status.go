@@ -50,6 +50,10 @@ type Status struct {
 	// which the MQTT broker no longer had ferry's session: what it had
 	// queued for ferry was lost there.
 	MQTTSessionsLost uint64 `json:"mqtt_sessions_lost"`
+	// RateLimited is true while the byte-rate cap, MaxBytesPerSecond
+	// (omitted when there is none), is what holds records back.
+	RateLimited       bool `json:"rate_limited"`
+	MaxBytesPerSecond int  `json:"max_bytes_per_second,omitempty"`
 }
 
 // IngestStatus is what the status record tells of the MQTT side, since
@@ -125,6 +129,8 @@ func (f *Forwarder) status(bs buffer.Stats) Status {
 		Delivered:         fs.Delivered,
 		LastError:         fs.LastError,
 		MQTTSessionsLost:  in.SessionsLost,
+		RateLimited:       fs.RateLimited,
+		MaxBytesPerSecond: f.cfg.MaxBytesPerSecond,
 	}
 }
 

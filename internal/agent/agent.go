@@ -282,6 +282,7 @@ func forwardConfig(cfg *config.Config, files *config.Files, log *slog.Logger) (f
 		StatusTopic:            cfg.Forward.StatusTopic,
 		StatusInterval:         cfg.Forward.StatusInterval,
 		UnknownTopicTimeout:    cfg.Forward.UnknownTopicTimeout,
+		MaxBytesPerSecond:      int(cfg.Forward.MaxBytesPerSecond), // at most 1GiB: fits a 32-bit int
 	}
 	if fc.UnknownTopicTimeout == 0 {
 		fc.UnknownTopicTimeout = -1 // the config's 0s: wait for ever

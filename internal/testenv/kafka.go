@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -76,6 +77,16 @@ func (k *Kafka) Brokers() []string {
 	return k.Cluster.ListenAddrs()
 }
 
+// Received is how many bytes the cluster has read from its clients'
+// connections (what they sent up the wire, less TCP/IP framing); 0 for a
+// real broker.
+func (k *Kafka) Received() int64 {
+	if k.real != nil {
+		return 0
+	}
+	return k.gate.received.Load()
+}
+
 // SetReachable simulates an uplink outage and its end. With up false, every
 // open client connection is reset (closed with SO_LINGER 0, so the client
 // sees "connection reset by peer") and every new connection is reset right
@@ -113,6 +124,8 @@ type gate struct {
 	up    bool
 	conns map[*gatedConn]struct{}
 	rtt   time.Duration
+
+	received atomic.Int64 // bytes read from clients
 }
 
 func (g *gate) listen(network, address string) (net.Listener, error) {
@@ -189,6 +202,13 @@ func (l *gatedListener) Accept() (net.Conn, error) {
 type gatedConn struct {
 	net.Conn
 	g *gate
+}
+
+// Read counts what the cluster reads from its clients.
+func (c *gatedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.g.received.Add(int64(n))
+	return n, err
 }
 
 // Close closes the connection and stops tracking it.
