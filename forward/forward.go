@@ -225,10 +225,10 @@ func New(cfg Config, src Source) (*Forwarder, error) {
 	if cfg.MaxRecordBytes <= 0 {
 		cfg.MaxRecordBytes = 1_000_000
 	}
-	if cfg.MaxBatchBytes <= 0 {
+	switch {
+	case cfg.MaxBatchBytes <= 0:
 		cfg.MaxBatchBytes = cfg.MaxRecordBytes + batchOverhead
-	}
-	if cfg.MaxBatchBytes < 2*batchOverhead {
+	case cfg.MaxBatchBytes < 2*batchOverhead:
 		return nil, fmt.Errorf("forward: MaxBatchBytes %d is below %d", cfg.MaxBatchBytes, 2*batchOverhead)
 	}
 	cfg.MaxRecordBytes = min(cfg.MaxRecordBytes, cfg.MaxBatchBytes-batchOverhead)
