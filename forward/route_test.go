@@ -2,6 +2,7 @@ package forward
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strconv"
 	"testing"
@@ -47,10 +48,12 @@ func TestRouteTable(t *testing.T) {
 	debug := pattern(t, "sensors/debug/#")
 	dev := pattern(t, "sensors/{device}/#")
 	other := pattern(t, "plant/{line}/+")
+	env := pattern(t, "plant/{line}/status")
 	routes := []Route{
 		{Match: debug, Drop: true},
 		{Match: dev, Topic: tmpl(t, dev, "sensors.{device}"), Key: tmpl(t, dev, "{gateway_id}/{device}/{#}"),
 			Headers: []Header{{Name: "site", Value: tmpl(t, dev, "hall-3")}, {Name: "rest", Value: tmpl(t, dev, "{#}")}}},
+		{Match: env, Topic: tmpl(t, env, "status"), Format: FormatEnvelope},
 		{Match: other, Topic: tmpl(t, other, "plant.{gateway_id}.{line}")},
 		{Topic: tmpl(t, nil, "unmatched"), Key: tmpl(t, nil, "{#}")},
 	}
@@ -69,6 +72,7 @@ func TestRouteTable(t *testing.T) {
 		{topic: "sensors/dev1/temp/c", result: routed, kafka: "sensors.dev1", key: "gw-7/dev1/temp/c",
 			headers: map[string]string{"site": "hall-3", "rest": "temp/c", HeaderLate: ""}},
 		{topic: "sensors/dev1", result: routed, kafka: "sensors.dev1", key: "gw-7/dev1/", headers: map[string]string{"rest": ""}},
+		{topic: "plant/l2/status", result: routed, kafka: "status"},
 		{topic: "plant/l2/x", result: routed, kafka: "plant.gw-7.l2", headers: map[string]string{"site": ""}},
 		{topic: "$SYS/broker/load", result: routed, kafka: "unmatched", key: "$SYS/broker/load"},
 		{topic: "elsewhere", late: 90 * time.Second, result: routed, kafka: "unmatched", key: "elsewhere",
@@ -85,6 +89,18 @@ func TestRouteTable(t *testing.T) {
 		}
 		if res != routed {
 			continue
+		}
+		if tt.kafka == "status" {
+			var e struct {
+				Topic     string `json:"topic"`
+				GatewayID string `json:"gateway_id"`
+				Payload   string `json:"payload"`
+			}
+			if err := json.Unmarshal(kr.Value, &e); err != nil || e.Topic != tt.topic || e.GatewayID != "gw-7" || e.Payload != "p" {
+				t.Errorf("%q: envelope %s (%v)", tt.topic, kr.Value, err)
+			}
+		} else if string(kr.Value) != "p" {
+			t.Errorf("%q: value %q, want the raw payload", tt.topic, kr.Value)
 		}
 		h := headerMap(kr.Headers)
 		if kr.Topic != tt.kafka || tt.key != "" && string(kr.Key) != tt.key || h[HeaderSeq] != "42" || h[HeaderGateway] != "gw-7" {
