@@ -238,6 +238,13 @@ type Stats struct {
 	// memory only: appended, not written (nor delivered) yet.
 	TailRecords, TailBytes uint64
 	FirstSeq               uint64 // sequence number of the head; 0 when empty
+	// OldestAge is how long the head, the oldest record held, has waited
+	// since it was received, as MaxAge counts it (a forward step of the
+	// wall clock since is not age); for a head held in memory only, since
+	// it was appended. 0 when the buffer is empty or the head's receive
+	// time is unknown (received while the clock was not synchronized).
+	// It is kept in memory: reading it costs no read transaction.
+	OldestAge time.Duration
 	// LastSeq is the highest sequence number given out; 0 if none. After
 	// a restart with WriteDelay it is the top of the last run's
 	// reservation: every number below may have been given out.
@@ -596,8 +603,12 @@ func (b *Buffer) Stats() Stats {
 	}
 	if b.st.count > 0 {
 		s.FirstSeq = b.st.head
+		if !b.headAt.IsZero() {
+			s.OldestAge = max(b.opts.Now().Sub(b.headAt), 0)
+		}
 	} else if e := b.tl.firstPending(); e != nil {
 		s.FirstSeq = e.seq
+		s.OldestAge = max(time.Since(b.born)-e.at, 0)
 	}
 	return s
 }

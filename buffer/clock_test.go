@@ -53,8 +53,8 @@ func TestClockStepDoesNotExpireRecords(t *testing.T) {
 	wall.step(7 * 24 * time.Hour)
 	time.Sleep(1500 * time.Millisecond) // it notices; max_age is applied every second
 	appendNow(10, 5)
-	if got := b.Stats(); got.Records != 15 || got.Dropped[DropMaxAge] != 0 {
-		t.Fatalf("after a 7-day step: %d records, %d dropped by max_age; want 15 and 0", got.Records, got.Dropped[DropMaxAge])
+	if got := b.Stats(); got.Records != 15 || got.Dropped[DropMaxAge] != 0 || got.OldestAge > maxAge {
+		t.Fatalf("after a 7-day step: %d records, %d dropped by max_age, the oldest %v old; want 15, 0 and seconds", got.Records, got.Dropped[DropMaxAge], got.OldestAge)
 	}
 	if err := b.Close(); err != nil {
 		t.Fatal(err)

@@ -229,6 +229,53 @@ func TestMaxBytesBlockHoldsAppends(t *testing.T) {
 	}
 }
 
+// Stats.OldestAge is how long the head has waited since it was received:
+// on disk by its receive time, in memory since it was appended; 0 when
+// the buffer is empty.
+func TestStatsOldestAge(t *testing.T) {
+	now := time.Unix(1700000000, 0)
+	b, err := Open(filepath.Join(t.TempDir(), "b.db"), Options{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if age := b.Stats().OldestAge; age != 0 {
+		t.Fatalf("empty buffer: oldest age %v, want 0", age)
+	}
+	var seqs []uint64
+	for _, ago := range []time.Duration{90 * time.Minute, 30 * time.Minute} {
+		r := rec(len(seqs))
+		r.ReceivedAt = now.Add(-ago)
+		seq, err := b.AppendWait(t.Context(), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, seq)
+	}
+	if age := b.Stats().OldestAge; age != 90*time.Minute {
+		t.Fatalf("oldest age %v, want 1h30m", age)
+	}
+	b.Release(seqs[0])
+	waitUntil(t, "the head to move to the 30-minute-old record", func() bool { return b.Stats().OldestAge == 30*time.Minute })
+	b.Release(seqs[1])
+	waitUntil(t, "the buffer to be empty", func() bool { return b.Stats().Records == 0 })
+	if age := b.Stats().OldestAge; age != 0 {
+		t.Fatalf("drained buffer: oldest age %v, want 0", age)
+	}
+
+	// A head held in memory only has waited since it was appended.
+	mem, _ := openTestWith(t, Options{WriteDelay: time.Hour})
+	r := rec(0)
+	r.ReceivedAt = time.Now()
+	if err := mem.Append(r, func(uint64, error) {}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if st := mem.Stats(); st.TailRecords != 1 || st.OldestAge < 50*time.Millisecond || st.OldestAge > 10*time.Second {
+		t.Fatalf("tail %d records, oldest age %v: want 1 record, 50ms to 10s old", st.TailRecords, st.OldestAge)
+	}
+}
+
 func TestMaxAgeDropsOldRecords(t *testing.T) {
 	now := time.Unix(1700000000, 0)
 	var mu = make(chan struct{}, 1)
