@@ -136,7 +136,8 @@ func (d *countingDialer) dial(ctx context.Context, network, addr string) (net.Co
 }
 
 // refusedFor runs an ingest of cfg that the broker refuses for 3.5 s and
-// returns its log and how many times it tried to connect.
+// returns its log and how many times it tried to connect; it checks that
+// Stats said so meanwhile.
 func refusedFor(t *testing.T, cfg Config) (string, int) {
 	t.Helper()
 	var log logBuffer
@@ -151,8 +152,20 @@ func refusedFor(t *testing.T, cfg Config) (string, int) {
 	in.dial = d.dial
 	ctx, cancel := context.WithTimeout(context.Background(), 3500*time.Millisecond)
 	defer cancel()
+	start := time.Now()
+	seenc := make(chan Stats, 1)
+	go func() {
+		time.Sleep(3 * time.Second)
+		seenc <- in.Stats()
+	}()
 	if err := in.Run(ctx); err != nil {
 		t.Fatal(err)
+	}
+	seen := <-seenc
+	if seen.State != StateRefused || !strings.Contains(seen.LastError, "refused") && !strings.Contains(seen.LastError, "certificate") ||
+		seen.Since.Before(start) || seen.Since.After(start.Add(time.Second)) {
+		t.Errorf("while refused: state %v since %v (started %v), last error %q; want refused since the start, and why",
+			seen.State, seen.Since, start, seen.LastError)
 	}
 	if in.Stats().Received != 0 {
 		t.Fatal("a refused ingest received messages")

@@ -114,6 +114,12 @@ type Stats struct {
 	// DroppedTooLarge counts messages acknowledged and dropped because
 	// their payload is larger than Config.MaxPayload.
 	DroppedTooLarge uint64
+	// State is what the connection is doing; Since is when it came up or
+	// went down (when Run started, if it never came up); LastError is the
+	// last error since it was last up: why it is down.
+	State     ConnState
+	Since     time.Time
+	LastError string
 }
 
 // Ingest is a running MQTT subscription feeding a sink.
@@ -133,6 +139,7 @@ type Ingest struct {
 	received, stored, acked atomic.Uint64
 	connected               atomic.Bool
 	subscribed              atomic.Bool
+	conn                    connState // for Stats: State, Since, LastError
 	sessionsLost            atomic.Uint64
 	droppedUnsubscribed     atomic.Uint64
 	droppedTooLarge         atomic.Uint64
@@ -227,7 +234,11 @@ func New(cfg Config, sink Sink) (*Ingest, error) {
 
 // Stats returns the ingest counters.
 func (in *Ingest) Stats() Stats {
+	state, since, lastErr := in.conn.load()
 	return Stats{
+		State:        state,
+		Since:        since,
+		LastError:    lastErr,
 		Received:     in.received.Load(),
 		Stored:       in.stored.Load(),
 		Acknowledged: in.acked.Load(),
@@ -251,6 +262,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 	connCtx, cancelConn := context.WithCancel(context.Background())
 	defer cancelConn()
 
+	in.conn.set(StateConnecting, "")
 	in.loadState()
 	hadSession := in.subs.known && len(in.subs.session) > 0
 
@@ -287,6 +299,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 		OnConnectionUp: func(_ *autopaho.ConnectionManager, ca *paho.Connack) {
 			in.backoff.up()
 			in.connected.Store(true)
+			in.conn.set(StateConnected, "")
 			lastErr.Store("")
 			in.connections++
 			in.log.Info("connected to broker", "url", in.cfg.URL.Redacted(), "client_id", in.cfg.ClientID, "session_present", ca.SessionPresent)
@@ -310,11 +323,19 @@ func (in *Ingest) Run(ctx context.Context) error {
 			in.backoff.down()
 			in.connected.Store(false)
 			in.subscribed.Store(false)
+			in.conn.lost()
 			in.log.Warn("connection to broker lost; reconnecting", "url", in.cfg.URL.Redacted())
 			return true
 		},
 		OnConnectError: func(err error) {
 			in.backoff.failed(err)
+			// Once refused, a streak of failures stays refused, as for
+			// the backoff.
+			if state, _, _ := in.conn.load(); isRefusal(err) || state == StateRefused {
+				in.conn.set(StateRefused, describeConnectError(err))
+			} else {
+				in.conn.set(StateUnreachable, describeConnectError(err))
+			}
 			if key := errorKey(err); lastErr.Swap(key) != key {
 				in.log.Warn("cannot connect to broker; retrying with backoff", "url", in.cfg.URL.Redacted(), "err", describeConnectError(err))
 			}
@@ -328,9 +349,15 @@ func (in *Ingest) Run(ctx context.Context) error {
 			PingHandler:       ping,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){in.onPublish},
 			OnClientError: func(err error) {
+				in.conn.failed(err.Error())
 				in.log.Warn("broker connection error", "err", err)
 			},
 			OnServerDisconnect: func(d *paho.Disconnect) {
+				msg := fmt.Sprintf("the broker closed the connection: %s (reason code 0x%02x)", reasonName(d.ReasonCode), d.ReasonCode)
+				if r := reasonString(d); r != "" {
+					msg += ": " + r
+				}
+				in.conn.failed(msg)
 				in.log.Warn("broker closed the connection", "reason_code", d.ReasonCode, "reason", reasonString(d))
 			},
 		},
@@ -392,6 +419,7 @@ func (in *Ingest) Run(ctx context.Context) error {
 		in.log.Error("keep-alive write did not end", "waited", disconnectWait)
 	}
 	in.connected.Store(false)
+	in.conn.set(StateStopped, "")
 	return runErr
 }
 

@@ -164,6 +164,39 @@ func TestLostSessionIsCountedAndReconnectIsQuick(t *testing.T) {
 	stopIngest(t, done, cancel)
 }
 
+// Stats tell the connection's state, since when, and why it is down.
+func TestConnectionStateInStats(t *testing.T) {
+	broker := testenv.NewBroker(t)
+	u, _ := url.Parse(broker.URL())
+	start := time.Now()
+	in, done, cancel := startIngestWith(t, Config{URL: u}, &topicSink{}, nil)
+	defer cancel()
+	st := in.Stats()
+	if st.State != StateConnected || st.Since.Before(start) || st.Since.After(time.Now()) || st.LastError != "" {
+		t.Fatalf("subscribed: state %v since %v, last error %q; want connected since it came up, no error", st.State, st.Since, st.LastError)
+	}
+	up := st.Since
+	if err := broker.Close(); err != nil {
+		t.Fatal(err)
+	}
+	down := time.Now()
+	waitFor(t, 10*time.Second, "a failed attempt to reconnect", func() bool { return in.Stats().State == StateUnreachable })
+	st = in.Stats()
+	if !st.Since.After(up) || st.Since.After(down.Add(5*time.Second)) || st.LastError == "" || st.Connected {
+		t.Fatalf("broker gone: since %v (up since %v, closed at %v), last error %q, connected %v; want down since the close, and why",
+			st.Since, up, down, st.LastError, st.Connected)
+	}
+	t.Logf("broker gone: %v since %v: %s", st.State, st.Since.Sub(down), st.LastError)
+	time.Sleep(300 * time.Millisecond)
+	if again := in.Stats(); again.Since != st.Since {
+		t.Fatalf("since moved from %v to %v while the broker stayed away", st.Since, again.Since)
+	}
+	stopIngest(t, done, cancel)
+	if st := in.Stats(); st.State != StateStopped || st.State.String() != "stopped" {
+		t.Fatalf("after Run: state %v, want stopped", st.State)
+	}
+}
+
 // QoS 2: the PUBREC waits for the record to be durable, as PUBACK does.
 func TestQoS2WaitsForDurableRecord(t *testing.T) {
 	broker := testenv.NewBroker(t)
