@@ -144,12 +144,14 @@ type Config struct {
 	Logger       *slog.Logger
 	// StatusTopic receives a Status record (JSON, keyed by gateway id)
 	// every StatusInterval and soon after records are dropped or
-	// dead-lettered; "" turns it off. It is produced by a client of its
+	// dead-lettered or a connection's state changes; "" turns it off. It is produced by a client of its
 	// own, so it never holds up the data.
 	StatusTopic    string
 	StatusInterval time.Duration // default 1m
+	// Version is ferry's version, told in the status record.
+	Version string
 	// Ingest, if set, tells the status record what the MQTT side lost
-	// (see IngestStatus).
+	// and the state of its connections (see IngestStatus).
 	Ingest func() IngestStatus
 	// MaxBytesPerSecond caps what the forwarder writes to Kafka, for
 	// metered links: the produce requests as they go on the wire (after
@@ -191,6 +193,8 @@ type Forwarder struct {
 	log      *slog.Logger
 	gateway  []byte
 	bufferID []byte
+	started  time.Time  // New's time, for the status record's uptime
+	kafka    *kafkaLink // the status record's Kafka state
 
 	delivered, unrouted, droppedByRoute, chunks, retries atomic.Uint64
 	inflight, parkedTopics                               atomic.Int64
@@ -259,7 +263,8 @@ func New(cfg Config, src Source) (*Forwarder, error) {
 	f := &Forwarder{
 		cfg: cfg, src: src, log: cfg.Logger.With("component", "forward"),
 		gateway: []byte(cfg.GatewayID), bufferID: []byte(src.ID()),
-		dead: map[buffer.Reason]uint64{},
+		dead:    map[buffer.Reason]uint64{},
+		started: time.Now(), kafka: newKafkaLink(),
 	}
 	if cfg.MaxBytesPerSecond > 0 {
 		f.rate = newRateCap(cfg.MaxBytesPerSecond, time.Now())
@@ -376,7 +381,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	}()
 	helpers.Go(func() { f.watch(helperCtx) })
 	if f.cfg.StatusTopic != "" {
-		statusCl, err = kgo.NewClient(append(f.clientOpts(), kgo.MaxBufferedRecords(4))...)
+		statusCl, err = kgo.NewClient(append(f.clientOpts(), kgo.MaxBufferedRecords(4), kgo.WithHooks(statusHooks{f}))...)
 		if err != nil {
 			return fmt.Errorf("forward: kafka client for status records: %w", err)
 		}

@@ -35,10 +35,19 @@ func (f *Forwarder) watch(ctx context.Context) {
 // errStalled marks the error watch reports.
 var errStalled = errors.New("no acknowledgement from Kafka")
 
+// errConnect marks the error of a failed connection to a broker.
+var errConnect = errors.New("connect to Kafka broker")
+
+// connectError is the error of a failed connection to the broker meta.
+func connectError(meta kgo.BrokerMetadata, err error) error {
+	return fmt.Errorf("%w %s: %w", errConnect, net.JoinHostPort(meta.Host, strconv.Itoa(int(meta.Port))), err)
+}
+
 // setError records the problem forwarding is waiting on, logging it when
 // it changes.
 func (f *Forwarder) setError(err error) {
 	f.lastErr.Store(err.Error())
+	f.kafka.set(kafkaState(err), err.Error())
 	if key := errKey(err); f.lastKey.Swap(key) != key {
 		f.log.Error("cannot deliver to Kafka; records wait in the buffer", "err", err)
 	}
@@ -66,6 +75,7 @@ func (f *Forwarder) clearError() {
 	if f.parkedTopics.Load() > 0 {
 		return
 	}
+	f.kafka.acknowledged()
 	if f.lastErr.Load().(string) != "" && f.lastErr.Swap("") != "" {
 		f.lastKey.Store("")
 		f.log.Info("Kafka is accepting records again")
@@ -73,13 +83,16 @@ func (f *Forwarder) clearError() {
 }
 
 // hooks watch the producer's connections, so an unreachable Kafka shows in
-// the log and in Stats even while the producer retries on its own.
+// the log, in Stats and in the status record even while the producer
+// retries on its own.
 type hooks struct{ f *Forwarder }
 
 func (h hooks) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
 	if err != nil {
-		h.f.setError(fmt.Errorf("connect to Kafka broker %s: %w", net.JoinHostPort(meta.Host, strconv.Itoa(int(meta.Port))), err))
+		h.f.setError(connectError(meta, err))
+		return
 	}
+	h.f.kafka.connected()
 }
 
 // monoBase and monoNow measure time on the monotonic clock, which a step

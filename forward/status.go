@@ -3,8 +3,13 @@ package forward
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -13,14 +18,27 @@ import (
 )
 
 // Status is the record the forwarder sends to Config.StatusTopic, keyed by
-// gateway id: what the gateway holds and, above all, what it lost or set
-// aside, so the data centre knows.
+// gateway id: which ferry runs and for how long, whether its connections
+// are up, what the gateway holds and, above all, what it lost or set
+// aside, so the data centre knows. The README documents it field by field.
 type Status struct {
-	GatewayID string    `json:"gateway_id"`
-	Time      time.Time `json:"time"`
+	GatewayID string `json:"gateway_id"`
+	// Version is ferry's version (Config.Version).
+	Version string    `json:"version"`
+	Time    time.Time `json:"time"`
+	// UptimeSeconds is how long ferry has run (since New).
+	UptimeSeconds int64 `json:"uptime_seconds"`
+	// MQTT has each MQTT connection's state, in the configuration's order
+	// (from Config.Ingest); Kafka the state of ferry's Kafka clients.
+	MQTT  []MQTTConnection `json:"mqtt"`
+	Kafka KafkaConnection  `json:"kafka"`
 	// Buffered is what waits in the buffer.
 	BufferedRecords uint64 `json:"buffered_records"`
 	BufferedBytes   uint64 `json:"buffered_bytes"`
+	// OldestRecordAgeSeconds is how long the oldest record waiting has
+	// waited since ferry received it (buffer.Stats.OldestAge); 0 when
+	// nothing waits.
+	OldestRecordAgeSeconds int64 `json:"oldest_record_age_seconds"`
 	// Dropped counts records a configured limit removed, by reason
 	// ("max_bytes", "max_age", "purged", "dead_letter_limit",
 	// "dead_letter_purged"), since the buffer file was created.
@@ -58,14 +76,148 @@ type Status struct {
 
 // IngestStatus is what the status record tells of the MQTT side, since
 // ferry started: messages acknowledged and dropped, by reason (they join
-// Status.Dropped), and sessions the broker lost.
+// Status.Dropped), sessions the broker lost, and each connection's state.
 type IngestStatus struct {
 	Dropped      map[string]uint64
 	SessionsLost uint64
+	Connections  []MQTTConnection
+}
+
+// ConnState is what a connection is doing, as the status record tells it.
+type ConnState string
+
+const (
+	// ConnConnecting: not connected, and nothing failed yet since ferry
+	// started or the connection went down.
+	ConnConnecting ConnState = "connecting"
+	// ConnConnected: MQTT: the connection is up. Kafka: what ferry last
+	// heard from Kafka was good: records acknowledged, or, with none to
+	// send, a connection made.
+	ConnConnected ConnState = "connected"
+	// ConnUnreachable: the last attempt to connect failed (network, TLS,
+	// timeout); it is retried with backoff.
+	ConnUnreachable ConnState = "unreachable"
+	// ConnRefused (MQTT): the broker refused ferry (credentials,
+	// authorization, a certificate); retried, far less often.
+	ConnRefused ConnState = "refused"
+	// ConnNotAcknowledging (Kafka): records are in flight and none was
+	// acknowledged for Config.StallTimeout: a silent uplink or broker.
+	// The producer keeps retrying them.
+	ConnNotAcknowledging ConnState = "not_acknowledging"
+	// ConnFailing (Kafka): Kafka answers but fails records (a topic that
+	// does not exist, too few in-sync replicas, authorization...); they
+	// wait in the buffer and are retried.
+	ConnFailing ConnState = "failing"
+	// ConnStopped (MQTT): the connection's ingest stopped (ferry is
+	// stopping).
+	ConnStopped ConnState = "stopped"
+)
+
+// MQTTConnection is one MQTT connection's state in the status record.
+type MQTTConnection struct {
+	Name       string    `json:"name"` // the configuration's mqtt name
+	URL        string    `json:"url"`  // the broker's, without credentials
+	State      ConnState `json:"state"`
+	Subscribed bool      `json:"subscribed"` // the broker granted the subscriptions on this connection
+	// Since is when the connection came up or went down (when ferry
+	// started, if it never came up); moving between the states of a
+	// connection that is down does not move it.
+	Since time.Time `json:"since"`
+	// LastError is why the connection is down: the last error since it
+	// was up.
+	LastError string `json:"last_error,omitempty"`
+}
+
+// KafkaConnection is the state of ferry's Kafka clients in the status
+// record: the forwarder's (its errors, acknowledgements and connections)
+// and the status record's own (its connections).
+type KafkaConnection struct {
+	State ConnState `json:"state"`
+	// Since is when the state became or stopped being ConnConnected
+	// (when ferry started, if it never was).
+	Since time.Time `json:"since"`
+	// LastError is why the state is not ConnConnected.
+	LastError string `json:"last_error,omitempty"`
+}
+
+// kafkaLink tracks KafkaConnection.
+type kafkaLink struct {
+	up    atomic.Bool // state is ConnConnected: an acknowledgement takes no lock
+	mu    sync.Mutex
+	state ConnState
+	since time.Time
+	err   string
+}
+
+func newKafkaLink() *kafkaLink {
+	return &kafkaLink{state: ConnConnecting, since: time.Now()}
+}
+
+// set puts the link in state s, for the reason err ("" when connected).
+func (k *kafkaLink) set(s ConnState, err string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.setLocked(s, err)
+}
+
+func (k *kafkaLink) setLocked(s ConnState, err string) {
+	if (k.state == ConnConnected) != (s == ConnConnected) {
+		k.since = time.Now()
+	}
+	k.state, k.err = s, err
+	k.up.Store(s == ConnConnected)
+}
+
+// acknowledged notes records Kafka acknowledged.
+func (k *kafkaLink) acknowledged() {
+	if !k.up.Load() {
+		k.set(ConnConnected, "")
+	}
+}
+
+// connected notes a connection made to a broker: it tells that Kafka is
+// reachable, not that it takes records, so it ends only the states
+// nothing but a connection ends.
+func (k *kafkaLink) connected() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.state == ConnConnecting || k.state == ConnUnreachable {
+		k.setLocked(ConnConnected, "")
+	}
+}
+
+func (k *kafkaLink) load() KafkaConnection {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return KafkaConnection{State: k.state, Since: k.since.UTC(), LastError: k.err}
+}
+
+// kafkaState is the link state the error forwarding waits on stands for.
+func kafkaState(err error) ConnState {
+	switch {
+	case errors.Is(err, errStalled):
+		return ConnNotAcknowledging
+	case errors.Is(err, errConnect):
+		return ConnUnreachable
+	}
+	return ConnFailing
+}
+
+// statusHooks watch the status client's connections: a status record
+// sent while no records wait tells that Kafka is reachable, or not.
+type statusHooks struct{ f *Forwarder }
+
+func (h statusHooks) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
+	if err != nil {
+		h.f.kafka.set(ConnUnreachable, connectError(meta, err).Error())
+		return
+	}
+	h.f.kafka.connected()
 }
 
 // reportStatus sends a Status record every StatusInterval, and within
-// seconds when the drop or dead-letter counters change, until ctx is done.
+// seconds when the drop or dead-letter counters or a connection's state
+// change, until ctx is done.
 // A failed send is logged (once per kind) and retried with the next one;
 // it never holds up the data: cl is a client of its own.
 func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
@@ -76,7 +228,7 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 	for {
 		st := f.status(f.src.Stats())
 		changed := !maps.Equal(st.Dropped, sent.Dropped) || !maps.Equal(st.DeadLettered, sent.DeadLettered) || st.DiskFull != sent.DiskFull ||
-			st.MQTTSessionsLost != sent.MQTTSessionsLost
+			st.MQTTSessionsLost != sent.MQTTSessionsLost || !sameStates(st, sent)
 		if last.IsZero() || changed || time.Since(last) >= f.cfg.StatusInterval {
 			if err := f.sendStatus(ctx, cl, st); err != nil {
 				if ctx.Err() != nil {
@@ -98,6 +250,13 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 	}
 }
 
+// sameStates reports whether a and b tell the same connection states.
+func sameStates(a, b Status) bool {
+	return a.Kafka.State == b.Kafka.State && slices.EqualFunc(a.MQTT, b.MQTT, func(x, y MQTTConnection) bool {
+		return x.State == y.State && x.Subscribed == y.Subscribed
+	})
+}
+
 func (f *Forwarder) status(bs buffer.Stats) Status {
 	fs := f.Stats()
 	var in IngestStatus
@@ -112,25 +271,35 @@ func (f *Forwarder) status(bs buffer.Stats) Status {
 		}
 		maps.Copy(dropped, in.Dropped)
 	}
+	mqtt := make([]MQTTConnection, len(in.Connections))
+	for i, c := range in.Connections {
+		c.Since = c.Since.UTC()
+		mqtt[i] = c
+	}
 	return Status{
-		GatewayID:         f.cfg.GatewayID,
-		Time:              time.Now().UTC(),
-		BufferedRecords:   bs.Records,
-		BufferedBytes:     bs.Bytes,
-		Dropped:           dropped,
-		DeadLettered:      bs.DeadLettered,
-		DeadLetterRecords: bs.DeadLetterRecords,
-		DeadLetterBytes:   bs.DeadLetterBytes,
-		CorruptFiles:      bs.CorruptFiles,
-		DiskFull:          bs.DiskFull,
-		CommitError:       bs.CommitError,
-		BufferID:          bs.ID,
-		Unrouted:          fs.Unrouted,
-		Delivered:         fs.Delivered,
-		LastError:         fs.LastError,
-		MQTTSessionsLost:  in.SessionsLost,
-		RateLimited:       fs.RateLimited,
-		MaxBytesPerSecond: f.cfg.MaxBytesPerSecond,
+		GatewayID:              f.cfg.GatewayID,
+		Version:                f.cfg.Version,
+		Time:                   time.Now().UTC(),
+		UptimeSeconds:          int64(time.Since(f.started) / time.Second),
+		MQTT:                   mqtt,
+		Kafka:                  f.kafka.load(),
+		BufferedRecords:        bs.Records,
+		BufferedBytes:          bs.Bytes,
+		OldestRecordAgeSeconds: int64(bs.OldestAge / time.Second),
+		Dropped:                dropped,
+		DeadLettered:           bs.DeadLettered,
+		DeadLetterRecords:      bs.DeadLetterRecords,
+		DeadLetterBytes:        bs.DeadLetterBytes,
+		CorruptFiles:           bs.CorruptFiles,
+		DiskFull:               bs.DiskFull,
+		CommitError:            bs.CommitError,
+		BufferID:               bs.ID,
+		Unrouted:               fs.Unrouted,
+		Delivered:              fs.Delivered,
+		LastError:              fs.LastError,
+		MQTTSessionsLost:       in.SessionsLost,
+		RateLimited:            fs.RateLimited,
+		MaxBytesPerSecond:      f.cfg.MaxBytesPerSecond,
 	}
 }
 
