@@ -44,8 +44,9 @@ type Status struct {
 	// "dead_letter_purged"), since the buffer file was created.
 	Dropped map[string]uint64 `json:"dropped"`
 	// DeadLettered counts records set aside as undeliverable, by reason
-	// (see the Reason constants; "undecodable" for damaged records), since
-	// the buffer file was created. DeadLetterRecords and DeadLetterBytes
+	// (see the Reason constants; "undecodable" and "broken_batch" for
+	// damaged records; every reason is there, zero until it happens),
+	// since the buffer file was created. DeadLetterRecords and DeadLetterBytes
 	// are what the dead-letter bucket holds now.
 	DeadLettered      map[buffer.Reason]uint64 `json:"dead_lettered"`
 	DeadLetterRecords uint64                   `json:"dead_letter_records"`
@@ -250,6 +251,11 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 	}
 }
 
+// deadLetterReasons are the reasons a record is dead-lettered for: the
+// buffer's and the forwarder's.
+var deadLetterReasons = []buffer.Reason{buffer.ReasonUndecodable, buffer.ReasonBrokenBatch,
+	ReasonTooLarge, ReasonInvalidRecord, ReasonInvalidTopic, ReasonTopicAuthorization, ReasonPolicyViolation, ReasonUnknownTopic}
+
 // sameStates reports whether a and b tell the same connection states.
 func sameStates(a, b Status) bool {
 	return a.Kafka.State == b.Kafka.State && slices.EqualFunc(a.MQTT, b.MQTT, func(x, y MQTTConnection) bool {
@@ -271,6 +277,12 @@ func (f *Forwarder) status(bs buffer.Stats) Status {
 		}
 		maps.Copy(dropped, in.Dropped)
 	}
+	// Every reason has a count, zero until it happens.
+	deadLettered := map[buffer.Reason]uint64{}
+	for _, r := range deadLetterReasons {
+		deadLettered[r] = 0
+	}
+	maps.Copy(deadLettered, bs.DeadLettered)
 	mqtt := make([]MQTTConnection, len(in.Connections))
 	for i, c := range in.Connections {
 		c.Since = c.Since.UTC()
@@ -287,7 +299,7 @@ func (f *Forwarder) status(bs buffer.Stats) Status {
 		BufferedBytes:          bs.Bytes,
 		OldestRecordAgeSeconds: int64(bs.OldestAge / time.Second),
 		Dropped:                dropped,
-		DeadLettered:           bs.DeadLettered,
+		DeadLettered:           deadLettered,
 		DeadLetterRecords:      bs.DeadLetterRecords,
 		DeadLetterBytes:        bs.DeadLetterBytes,
 		CorruptFiles:           bs.CorruptFiles,

@@ -116,8 +116,8 @@ func TestStatusRecordTellsVersionBacklogAndConnections(t *testing.T) {
 	if st.BufferedRecords != 3 || st.OldestRecordAgeSeconds < 90 || st.OldestRecordAgeSeconds > 90+int64(time.Since(start)/time.Second)+1 {
 		t.Errorf("%d records buffered, the oldest %ds old; want 3 records from 90s ago", st.BufferedRecords, st.OldestRecordAgeSeconds)
 	}
-	if st.DeadLettered[ReasonTooLarge] != 1 {
-		t.Errorf("dead lettered %v, want 1 %s", st.DeadLettered, ReasonTooLarge)
+	if st.DeadLettered[ReasonTooLarge] != 1 || len(st.DeadLettered) != len(deadLetterReasons) {
+		t.Errorf("dead lettered %v, want 1 %s and every other reason at 0", st.DeadLettered, ReasonTooLarge)
 	}
 	if len(st.MQTT) != 2 || st.MQTT[0] != (MQTTConnection{Name: "plant", URL: "mqtts://broker.plant:8883", State: ConnConnected, Subscribed: true, Since: up.UTC()}) ||
 		st.MQTT[1].State != ConnRefused || st.MQTT[1].LastError != mqtt[1].LastError || !st.MQTT[1].Since.Equal(up) {
