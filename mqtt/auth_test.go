@@ -144,6 +144,7 @@ func refusedFor(t *testing.T, cfg Config) (string, int) {
 	cfg.Logger = slog.New(slog.NewTextHandler(&log, nil))
 	cfg.ClientID = "ferry-test"
 	cfg.Subscriptions = []Subscription{{Filter: "sensors/#", QoS: 1}}
+	start := time.Now()
 	in, err := New(cfg, &topicSink{})
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +153,6 @@ func refusedFor(t *testing.T, cfg Config) (string, int) {
 	in.dial = d.dial
 	ctx, cancel := context.WithTimeout(context.Background(), 3500*time.Millisecond)
 	defer cancel()
-	start := time.Now()
 	seenc := make(chan Stats, 1)
 	go func() {
 		time.Sleep(3 * time.Second)

@@ -115,7 +115,7 @@ type Stats struct {
 	// their payload is larger than Config.MaxPayload.
 	DroppedTooLarge uint64
 	// State is what the connection is doing; Since is when it came up or
-	// went down (when Run started, if it never came up); LastError is the
+	// went down (when New made it, if it never came up); LastError is the
 	// last error since it was last up: why it is down.
 	State     ConnState
 	Since     time.Time
@@ -229,6 +229,7 @@ func New(cfg Config, sink Sink) (*Ingest, error) {
 		subs:     newSubscriptions(cfg.Subscriptions),
 	}
 	in.settleFunc = in.settle
+	in.conn.set(StateConnecting, "") // since now
 	return in, nil
 }
 
@@ -262,7 +263,6 @@ func (in *Ingest) Run(ctx context.Context) error {
 	connCtx, cancelConn := context.WithCancel(context.Background())
 	defer cancelConn()
 
-	in.conn.set(StateConnecting, "")
 	in.loadState()
 	hadSession := in.subs.known && len(in.subs.session) > 0
 

@@ -9,8 +9,8 @@ import (
 type ConnState uint8
 
 const (
-	// StateConnecting: not connected, and no attempt failed since Run
-	// started or the connection went down.
+	// StateConnecting: not connected, and no attempt failed since the
+	// start or since the connection went down.
 	StateConnecting ConnState = iota
 	// StateConnected: the connection is up (Stats.Subscribed says
 	// whether the broker granted the subscriptions on it yet).
@@ -48,7 +48,7 @@ func (s ConnState) String() string {
 type connState struct {
 	mu    sync.Mutex
 	state ConnState
-	since time.Time // when it came up or went down (or Run started or ended)
+	since time.Time // when it came up or went down (or New made it, or Run ended)
 	err   string    // the last error since the connection was last up
 }
 

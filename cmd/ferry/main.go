@@ -166,7 +166,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	// time while it runs.
 	opened, extended := make(chan struct{}), make(chan struct{})
 	go func() { extendStartWhile(opened); close(extended) }()
-	a, err := agent.New(cfg, log, agent.Options{Hooks: m.Hooks(), StallLimit: watchdog})
+	a, err := agent.New(cfg, log, agent.Options{Hooks: m.Hooks(), StallLimit: watchdog, Version: version})
 	close(opened)
 	<-extended
 	if err != nil {

@@ -71,6 +71,8 @@ type Options struct {
 	// StallLimit is how long a stage may make no progress before Healthy
 	// reports false. Default 30s.
 	StallLimit time.Duration
+	// Version is ferry's version, for the status record.
+	Version string
 }
 
 // New opens the buffer and prepares the stages. It does not connect yet.
@@ -90,16 +92,14 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	fc.Version = opts.Version
 	if opts.Forward != nil {
 		opts.Forward(&fc)
 	}
 	a := &Agent{cfg: cfg, log: log}
 	a.health = health{limit: cmp.Or(opts.StallLimit, 30*time.Second), block: cfg.Buffer.WhenFull == "block"}
 	fc.Observers = append(fc.Observers, kafkaHooks{a: a, produce: opts.Hooks.ProduceLatency})
-	fc.Ingest = func() forward.IngestStatus {
-		m := a.mqttStats()
-		return forward.IngestStatus{Dropped: ingestDropped(m), SessionsLost: m.SessionsLost}
-	}
+	fc.Ingest = a.ingestStatus
 	// The tail is written once half the smallest connection's window
 	// waits in it: each connection's broker then keeps sending.
 	receiveMaximum := cfg.MQTT[0].ReceiveMaximum

@@ -131,6 +131,37 @@ func (a *Agent) Snapshot() Snapshot {
 	return s
 }
 
+// ingestStatus is what the status record tells of the MQTT side.
+func (a *Agent) ingestStatus() forward.IngestStatus {
+	m := a.mqttStats()
+	st := forward.IngestStatus{Dropped: ingestDropped(m), SessionsLost: m.SessionsLost}
+	for i, in := range a.ingests {
+		c := in.Stats()
+		st.Connections = append(st.Connections, forward.MQTTConnection{
+			Name: a.cfg.MQTT[i].Name, URL: config.RedactURL(a.cfg.MQTT[i].URL),
+			State: mqttState(c.State), Subscribed: c.Subscribed, Since: c.Since, LastError: c.LastError,
+		})
+	}
+	return st
+}
+
+// mqttState is an MQTT connection's state as the status record tells it.
+func mqttState(s mqtt.ConnState) forward.ConnState {
+	switch s {
+	case mqtt.StateConnecting:
+		return forward.ConnConnecting
+	case mqtt.StateConnected:
+		return forward.ConnConnected
+	case mqtt.StateUnreachable:
+		return forward.ConnUnreachable
+	case mqtt.StateRefused:
+		return forward.ConnRefused
+	case mqtt.StateStopped:
+		return forward.ConnStopped
+	}
+	return forward.ConnState(s.String())
+}
+
 // ingestDropped is what ingest acknowledged without storing it, by reason.
 func ingestDropped(m mqtt.Stats) map[string]uint64 {
 	return map[string]uint64{"too_large": m.DroppedTooLarge, "unsubscribed": m.DroppedUnsubscribed}
