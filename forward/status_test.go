@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,4 +198,57 @@ func TestKafkaStateOfError(t *testing.T) {
 	if got := connectError(kgo.BrokerMetadata{Host: "127.0.0.1", Port: 9092}, syscall.ECONNREFUSED).Error(); got != "connect to Kafka broker 127.0.0.1:9092: connection refused" {
 		t.Errorf("connect error reads %q", got)
 	}
+}
+
+// The README's section on the status record names every field, and its
+// example is a status record.
+func TestREADMEDocumentsStatusRecord(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(readme), "\n### The status record\n")
+	if !ok {
+		t.Fatal("README.md has no section \"### The status record\"")
+	}
+	if end := strings.Index(sec, "\n#"); end >= 0 {
+		sec = sec[:end]
+	}
+	_, example, _ := strings.Cut(sec, "```json\n")
+	example, _, _ = strings.Cut(example, "```")
+	dec := json.NewDecoder(strings.NewReader(example))
+	dec.DisallowUnknownFields()
+	var st Status
+	if err := dec.Decode(&st); err != nil || st.GatewayID == "" {
+		t.Errorf("the README's example is not a status record: %v\n%s", err, example)
+	}
+	for _, name := range jsonFields(reflect.TypeFor[Status](), "") {
+		if !strings.Contains(sec, "| `"+name+"`") && !strings.Contains(sec, ", `"+name+"`") {
+			t.Errorf("the README's status record table does not name `%s`", name)
+		}
+	}
+}
+
+// jsonFields lists the JSON names of t's fields: an array of objects as
+// name[] and its fields as name[].field, an object's fields as
+// name.field.
+func jsonFields(t reflect.Type, prefix string) []string {
+	var out []string
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		name = prefix + name
+		switch ft := f.Type; {
+		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
+			out = append(out, name+"[]")
+			out = append(out, jsonFields(ft.Elem(), name+"[].")...)
+		case ft.Kind() == reflect.Struct && ft != reflect.TypeFor[time.Time]():
+			out = append(out, jsonFields(ft, name+".")...)
+		default:
+			out = append(out, name)
+		}
+	}
+	return out
 }
