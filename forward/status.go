@@ -39,9 +39,12 @@ type Status struct {
 	// waited since ferry received it (buffer.Stats.OldestAge); 0 when
 	// nothing waits.
 	OldestRecordAgeSeconds int64 `json:"oldest_record_age_seconds"`
-	// Dropped counts records a configured limit removed, by reason
-	// ("max_bytes", "max_age", "purged", "dead_letter_limit",
-	// "dead_letter_purged"), since the buffer file was created.
+	// Dropped counts records given up on purpose, by reason: what a
+	// configured limit or a purge removed ("max_bytes", "max_age",
+	// "purged", "dead_letter_limit", "dead_letter_purged", "corrupt"),
+	// since the buffer file was created; what a route with Drop dropped
+	// (DropRoute) and what IngestStatus.Dropped tells, since ferry
+	// started.
 	Dropped map[string]uint64 `json:"dropped"`
 	// DeadLettered counts records set aside as undeliverable, by reason
 	// (see the Reason constants; "undecodable" and "broken_batch" for
@@ -251,6 +254,10 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 	}
 }
 
+// DropRoute is the reason Status.Dropped counts the records a route with
+// Drop dropped under.
+const DropRoute = "route"
+
 // deadLetterReasons are the reasons a record is dead-lettered for: the
 // buffer's and the forwarder's.
 var deadLetterReasons = []buffer.Reason{buffer.ReasonUndecodable, buffer.ReasonBrokenBatch,
@@ -269,14 +276,9 @@ func (f *Forwarder) status(bs buffer.Stats) Status {
 	if f.cfg.Ingest != nil {
 		in = f.cfg.Ingest()
 	}
-	dropped := bs.Dropped
-	if len(in.Dropped) > 0 {
-		dropped = maps.Clone(bs.Dropped)
-		if dropped == nil {
-			dropped = map[string]uint64{}
-		}
-		maps.Copy(dropped, in.Dropped)
-	}
+	dropped := map[string]uint64{DropRoute: fs.DroppedByRoute}
+	maps.Copy(dropped, bs.Dropped)
+	maps.Copy(dropped, in.Dropped)
 	// Every reason has a count, zero until it happens.
 	deadLettered := map[buffer.Reason]uint64{}
 	for _, r := range deadLetterReasons {

@@ -76,13 +76,16 @@ func holdProduce(t *testing.T, c *kfake.Cluster, mark []byte) (release func()) {
 }
 
 // The status record tells ferry's version and uptime, the age of the
-// oldest record waiting, dead letters by reason, and the state of the MQTT
-// connections and of Kafka; a change of state sends one within seconds,
-// without waiting for the interval.
+// oldest record waiting, drops and dead letters by reason, and the state
+// of the MQTT connections and of Kafka; a change of state sends one
+// within seconds, without waiting for the interval.
 func TestStatusRecordTellsVersionBacklogAndConnections(t *testing.T) {
 	c := newCluster(t, "t", "ferry.status")
 	b := newBuffer(t)
 	received := time.Now().Add(-90 * time.Second)
+	if _, err := b.AppendWait(t.Context(), &buffer.Record{Topic: "s/drop", Payload: []byte("x"), ReceivedAt: received}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := b.AppendWait(t.Context(), &buffer.Record{Topic: "s/big", Payload: make([]byte, 2000), ReceivedAt: received}); err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +100,9 @@ func TestStatusRecordTellsVersionBacklogAndConnections(t *testing.T) {
 		{Name: "plant", URL: "mqtts://broker.plant:8883", State: ConnConnected, Subscribed: true, Since: up},
 		{Name: "lab", URL: "tcp://10.0.0.7:1883", State: ConnRefused, Since: up, LastError: "the broker refused the connection: not authorized (reason code 0x87)"},
 	}
-	f, err := New(Config{Brokers: c.ListenAddrs(), GatewayID: "gw-7", Version: "1.4.0", Routes: []Route{route(t, "s/+", "t", "")},
+	drop := route(t, "s/drop", "t", "")
+	drop.Topic, drop.Drop = nil, true
+	f, err := New(Config{Brokers: c.ListenAddrs(), GatewayID: "gw-7", Version: "1.4.0", Routes: []Route{drop, route(t, "s/+", "t", "")},
 		MaxRecordBytes: 1000, StallTimeout: 300 * time.Millisecond,
 		StatusTopic: "ferry.status", StatusInterval: time.Hour,
 		Ingest: func() IngestStatus { return IngestStatus{Connections: mqtt} }}, b)
@@ -120,6 +125,9 @@ func TestStatusRecordTellsVersionBacklogAndConnections(t *testing.T) {
 	}
 	if st.DeadLettered[ReasonTooLarge] != 1 || len(st.DeadLettered) != len(deadLetterReasons) {
 		t.Errorf("dead lettered %v, want 1 %s and every other reason at 0", st.DeadLettered, ReasonTooLarge)
+	}
+	if st.Dropped[DropRoute] != 1 || st.Dropped[buffer.DropMaxBytes] != 0 {
+		t.Errorf("dropped %v, want 1 by a drop route and the buffer's reasons at 0", st.Dropped)
 	}
 	if len(st.MQTT) != 2 || st.MQTT[0] != (MQTTConnection{Name: "plant", URL: "mqtts://broker.plant:8883", State: ConnConnected, Subscribed: true, Since: up.UTC()}) ||
 		st.MQTT[1].State != ConnRefused || st.MQTT[1].LastError != mqtt[1].LastError || !st.MQTT[1].Since.Equal(up) {

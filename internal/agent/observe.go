@@ -95,7 +95,7 @@ func (a *Agent) Snapshot() Snapshot {
 		CommitError:      b.CommitError,
 		DiskFull:         b.DiskFull,
 		CommitFailures:   b.CommitFailures,
-		Dropped:          map[string]uint64{"unrouted": f.Unrouted, "route": f.DroppedByRoute},
+		Dropped:          map[string]uint64{"unrouted": f.Unrouted, forward.DropRoute: f.DroppedByRoute},
 		DeadLettered:     map[string]uint64{},
 		Delivered:        f.Delivered,
 		InFlight:         f.InFlight,
