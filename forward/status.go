@@ -232,7 +232,7 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 	for {
 		st := f.status(f.src.Stats())
 		changed := !maps.Equal(st.Dropped, sent.Dropped) || !maps.Equal(st.DeadLettered, sent.DeadLettered) || st.DiskFull != sent.DiskFull ||
-			st.MQTTSessionsLost != sent.MQTTSessionsLost || !sameStates(st, sent)
+			st.MQTTSessionsLost != sent.MQTTSessionsLost || st.RateLimited != sent.RateLimited || !sameStates(st, sent)
 		if last.IsZero() || changed || time.Since(last) >= f.cfg.StatusInterval {
 			if err := f.sendStatus(ctx, cl, st); err != nil {
 				if ctx.Err() != nil {
