@@ -280,6 +280,8 @@ forward:
     - match: sensors/{device}/#
       topic: sensors.{device}
       key: "{#}"
+    - match: "#"
+      topic: all.{#}
     - default: true
       topic: unmatched
 `
@@ -287,6 +289,7 @@ forward:
 	want := []string{
 		`test.yaml:19:14: forward.routes[2].match: never used: forward.routes[1] (match "sensors/+/telemetry") comes first and matches every topic this route does`,
 		`test.yaml:21:14: forward.routes[3].match: never used: forward.routes[0] (match "sensors/debug/#") comes first and matches every topic this route does`,
+		`test.yaml:27:14: forward.routes[5].topic: {#} holds a '/' whenever it matched more than one level, which a Kafka topic name cannot: those records are dead-lettered (invalid_topic)`,
 	}
 	if !reflect.DeepEqual(c.Warnings, want) {
 		t.Errorf("Warnings:\n%s\nwant:\n%s", strings.Join(c.Warnings, "\n"), strings.Join(want, "\n"))
@@ -295,7 +298,7 @@ forward:
 	if r.Format != FormatEnvelope || len(r.Headers) != 2 || r.Headers[0] != (RouteHeader{"site", "hall-3"}) || r.Headers[1] != (RouteHeader{"source", "{gateway_id}"}) {
 		t.Errorf("route 1: %+v", r)
 	}
-	if !c.Forward.Routes[0].Drop || c.Forward.Routes[0].Format != "" || !c.Forward.Routes[5].Default {
+	if !c.Forward.Routes[0].Drop || c.Forward.Routes[0].Format != "" || !c.Forward.Routes[6].Default {
 		t.Errorf("routes: %+v", c.Forward.Routes)
 	}
 }

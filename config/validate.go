@@ -367,8 +367,9 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 				continue
 			}
 			matched := false
-			for _, f := range routes {
-				matched = matched || topic.Overlap(plain(s.Filter), f)
+			for ri, f := range routes {
+				// A default route matches every topic, '$' ones too.
+				matched = matched || c.Forward.Routes[ri].Default || topic.Overlap(plain(s.Filter), f)
 			}
 			if !matched {
 				warn(fmt.Sprintf("%s.subscriptions[%d].filter", p, i), "no route matches any topic of %q", s.Filter)
@@ -380,8 +381,13 @@ func validate(c *Config, src *source, env Env, errs *Errors) {
 		if !valid {
 			continue
 		}
+		if !r.Drop && strings.Contains(r.Topic, "{"+topic.RestName+"}") {
+			warn(fmt.Sprintf("forward.routes[%d].topic", i), "{#} holds a '/' whenever it matched more than one level, which a Kafka topic name cannot: those records are dead-lettered (invalid_topic)")
+		}
 		for j := range c.Forward.Routes[:i] {
-			if g, ok := routes[j]; ok && topic.Covers(g, f) && !c.Forward.Routes[j].Default {
+			// A default route still catches the '$' topics an earlier "#"
+			// leaves: never shadowed.
+			if g, ok := routes[j]; ok && topic.Covers(g, f) && !r.Default {
 				warn(fmt.Sprintf("forward.routes[%d].match", i), "never used: forward.routes[%d] (match %q) comes first and matches every topic this route does", j, c.Forward.Routes[j].Match)
 				break
 			}
@@ -698,6 +704,12 @@ func checkRoute(c *Config, i int, r Route, bad func(path, format string, args ..
 	} else if t, err := topic.ParseTemplate(r.Topic, names); err != nil {
 		if ok {
 			bad(path+".topic", "%v", err)
+		}
+	} else if gw := strings.ReplaceAll(r.Topic, "{"+topic.GatewayName+"}", c.GatewayID); gw != r.Topic {
+		// The gateway id is known now: a topic it makes invalid would
+		// dead-letter every record.
+		if msg := checkKafkaTopic(gw, !strings.Contains(gw, "{")); msg != "" {
+			bad(path+".topic", "with gateway_id %q: %s", c.GatewayID, msg)
 		}
 	} else if msg := checkKafkaTopic(r.Topic, t.IsStatic()); msg != "" {
 		bad(path+".topic", "%s", msg)

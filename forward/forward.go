@@ -99,8 +99,9 @@ type Config struct {
 	Compression string
 	// MaxBatchBytes is the largest record batch produced (Kafka's
 	// max.message.bytes for the topics). Default MaxRecordBytes plus
-	// room for the batch's overhead; a smaller value lowers
-	// MaxRecordBytes to fit.
+	// room for the batch's overhead (16 KiB); given without
+	// MaxRecordBytes, it sets MaxRecordBytes to what fits, and a smaller
+	// value than MaxRecordBytes needs lowers MaxRecordBytes to fit.
 	MaxBatchBytes int
 	// Linger is how long the forwarder waits for more records before it
 	// produces a chunk that does not fill the window. Default 0: produce
@@ -226,14 +227,16 @@ func New(cfg Config, src Source) (*Forwarder, error) {
 	if cfg.MaxBufferedBytes <= 0 {
 		cfg.MaxBufferedBytes = 16 << 20
 	}
-	if cfg.MaxRecordBytes <= 0 {
+	switch {
+	case cfg.MaxBatchBytes > 0 && cfg.MaxBatchBytes < 2*batchOverhead:
+		return nil, fmt.Errorf("forward: MaxBatchBytes %d is below %d", cfg.MaxBatchBytes, 2*batchOverhead)
+	case cfg.MaxBatchBytes > 0 && cfg.MaxRecordBytes <= 0:
+		cfg.MaxRecordBytes = cfg.MaxBatchBytes - batchOverhead
+	case cfg.MaxRecordBytes <= 0:
 		cfg.MaxRecordBytes = 1_000_000
 	}
-	switch {
-	case cfg.MaxBatchBytes <= 0:
+	if cfg.MaxBatchBytes <= 0 {
 		cfg.MaxBatchBytes = cfg.MaxRecordBytes + batchOverhead
-	case cfg.MaxBatchBytes < 2*batchOverhead:
-		return nil, fmt.Errorf("forward: MaxBatchBytes %d is below %d", cfg.MaxBatchBytes, 2*batchOverhead)
 	}
 	cfg.MaxRecordBytes = min(cfg.MaxRecordBytes, cfg.MaxBatchBytes-batchOverhead)
 	if cfg.LateAfter == 0 {

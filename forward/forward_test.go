@@ -399,3 +399,24 @@ func TestRunStopsWhileKafkaIsSilent(t *testing.T) {
 		t.Fatalf("%d records left in the buffer, want all 5 (none acknowledged)", n)
 	}
 }
+
+// MaxBatchBytes given alone sets the largest record to what fits a batch;
+// MaxRecordBytes never exceeds it.
+func TestMaxBatchBytesSetsTheRecordLimit(t *testing.T) {
+	b := newBuffer(t)
+	routes := []Route{route(t, "s/+", "t", "")}
+	for _, tt := range []struct{ batch, record, want int }{
+		{8 << 20, 0, 8<<20 - batchOverhead},
+		{0, 0, 1_000_000},
+		{1 << 20, 2 << 20, 1<<20 - batchOverhead},
+		{1 << 20, 500_000, 500_000},
+	} {
+		f, err := New(Config{Brokers: []string{"127.0.0.1:1"}, Routes: routes, MaxBatchBytes: tt.batch, MaxRecordBytes: tt.record}, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.cfg.MaxRecordBytes != tt.want || f.cfg.MaxBatchBytes < f.cfg.MaxRecordBytes+batchOverhead {
+			t.Errorf("batch %d, record %d: MaxRecordBytes %d, MaxBatchBytes %d; want record %d", tt.batch, tt.record, f.cfg.MaxRecordBytes, f.cfg.MaxBatchBytes, tt.want)
+		}
+	}
+}

@@ -42,6 +42,7 @@ type rateCap struct {
 	// limiting is set while the cap is what holds the drain back (see
 	// hold and check); since is when it last let a chunk go after holding
 	// it back, from when it started to limit (monoNow times).
+	spell       sync.Mutex // hold and check, so that a spell ends only after its last hold
 	limiting    atomic.Bool
 	since, from atomic.Int64
 }
@@ -97,23 +98,26 @@ func (c *rateCap) OnBrokerWrite(_ kgo.BrokerMetadata, _ int16, n int, _, _ time.
 // hold notes that the cap holds a chunk back from now to until (monoNow
 // times); true if it did not limit the drain before.
 func (c *rateCap) hold(now, until int64) bool {
+	c.spell.Lock()
+	defer c.spell.Unlock()
 	c.since.Store(until)
-	if c.limiting.CompareAndSwap(false, true) {
-		c.from.Store(now)
-		return true
+	if c.limiting.Load() {
+		return false
 	}
-	return false
+	c.limiting.Store(true)
+	c.from.Store(now)
+	return true
 }
 
 // check ends a spell of limiting once the cap has not held a chunk back
 // for capHold; it returns how long the spell lasted, 0 if none ended.
 func (c *rateCap) check(mono int64) time.Duration {
+	c.spell.Lock()
+	defer c.spell.Unlock()
 	if !c.limiting.Load() || time.Duration(mono-c.since.Load()) < capHold {
 		return 0
 	}
-	if !c.limiting.CompareAndSwap(true, false) {
-		return 0
-	}
+	c.limiting.Store(false)
 	return max(time.Duration(c.since.Load()-c.from.Load()), time.Nanosecond)
 }
 
@@ -134,9 +138,17 @@ func (p *pass) capBytes() int {
 		m.ratio = 1
 	}
 	if wire := c.written.Load() - m.mark; m.sent > 0 && wire > 0 {
-		// Half the last chunk, half those before; what the clients wrote
+		// Pessimistic: a chunk that compressed worse than the estimate
+		// sets it at once, one that compressed better moves it a
+		// quarter of the way, so that data turning incompressible
+		// overshoots by one chunk at most. What the clients wrote
 		// meanwhile beside the chunk counts too, to be safe.
-		m.ratio = (m.ratio + min(max(float64(wire)/float64(m.sent), 1.0/64), 4)) / 2
+		last := min(max(float64(wire)/float64(m.sent), 1.0/64), 4)
+		if last >= m.ratio {
+			m.ratio = last
+		} else {
+			m.ratio = (3*m.ratio + last) / 4
+		}
 	}
 	m.sent = 0
 	return c.chunkBytes(m.ratio)

@@ -231,7 +231,7 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 	var last time.Time
 	for {
 		st := f.status(f.src.Stats())
-		changed := !maps.Equal(st.Dropped, sent.Dropped) || !maps.Equal(st.DeadLettered, sent.DeadLettered) || st.DiskFull != sent.DiskFull ||
+		changed := !sameDrops(st.Dropped, sent.Dropped) || !maps.Equal(st.DeadLettered, sent.DeadLettered) || st.DiskFull != sent.DiskFull ||
 			st.MQTTSessionsLost != sent.MQTTSessionsLost || st.RateLimited != sent.RateLimited || !sameStates(st, sent)
 		if last.IsZero() || changed || time.Since(last) >= f.cfg.StatusInterval {
 			if err := f.sendStatus(ctx, cl, st); err != nil {
@@ -252,6 +252,23 @@ func (f *Forwarder) reportStatus(ctx context.Context, cl *kgo.Client) {
 		case <-check.C:
 		}
 	}
+}
+
+// sameDrops reports whether a and b count the same drops, but for
+// DropRoute: a drop route drops on purpose all the time, and that is no
+// news worth an early status record (on a metered link, least of all).
+func sameDrops(a, b map[string]uint64) bool {
+	for k, v := range a {
+		if k != DropRoute && b[k] != v {
+			return false
+		}
+	}
+	for k, v := range b {
+		if k != DropRoute && a[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // DropRoute is the reason Status.Dropped counts the records a route with

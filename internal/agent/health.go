@@ -78,7 +78,10 @@ func (h *health) observe(s Snapshot, now time.Time) (bool, string) {
 	if waiting == 0 || s.Committed != h.last.Committed || s.BufferCommits != h.last.BufferCommits || retrying || (h.block && s.bufferFull && kafkaDown) {
 		h.commitAt = now
 	}
-	if s.BufferRecords == 0 || s.forwardedDone != h.last.forwardedDone || kafkaDown {
+	// A forwarder the byte-rate cap holds back is paced, not stuck: a
+	// large record's debt can hold the next chunk for longer than the
+	// watchdog's limit.
+	if s.BufferRecords == 0 || s.forwardedDone != h.last.forwardedDone || kafkaDown || s.RateLimited {
 		h.forwardAt = now
 	}
 	h.last = s

@@ -24,6 +24,7 @@ func TestHealthJudgement(t *testing.T) {
 	}
 	stuckForward := Snapshot{BufferRecords: 10, forwardedDone: 3}
 	kafkaDown := Snapshot{BufferRecords: 10, forwardedDone: 3, KafkaError: "dial tcp: connection refused"}
+	rateLimited := Snapshot{BufferRecords: 10, forwardedDone: 3, RateLimited: true} // a large record's debt
 	fullBlocked := Snapshot{Received: 500, Committed: 400, BufferCommits: 7, BufferRecords: 400, KafkaError: "dial tcp: connection refused", bufferFull: true}
 	notFull := fullBlocked // block, Kafka down, but room in the buffer: a hung disk
 	notFull.bufferFull = false
@@ -41,6 +42,7 @@ func TestHealthJudgement(t *testing.T) {
 		{"forwarder moving", false, forwarding, ""},
 		{"forwarder stuck", false, func(int) Snapshot { return stuckForward }, "forwarder stuck: 10 records buffered"},
 		{"Kafka down is buffering, not stuck", false, func(int) Snapshot { return kafkaDown }, ""},
+		{"paced by the byte-rate cap, not stuck", false, func(int) Snapshot { return rateLimited }, ""},
 		{"block at max_bytes while Kafka is down", true, func(int) Snapshot { return fullBlocked }, ""},
 		{"no block: the same is a stuck committer", false, func(int) Snapshot { return fullBlocked }, "buffer committer stuck"},
 		{"block, Kafka down, room left: a stuck committer", true, func(int) Snapshot { return notFull }, "buffer committer stuck"},

@@ -58,11 +58,13 @@ type Snapshot struct {
 	// "message_too_large" or "unknown_topic").
 	DeadLettered map[string]uint64 `json:"dead_lettered"`
 
-	Delivered     uint64 `json:"delivered"`     // records Kafka acknowledged, since start
-	InFlight      int    `json:"in_flight"`     // records produced, not yet acknowledged
-	KafkaRetries  uint64 `json:"kafka_retries"` // times forwarding restarted after an error
-	KafkaError    string `json:"kafka_error"`   // what forwarding is retrying; "" when healthy
-	KafkaConns    int64  `json:"kafka_conns"`   // open connections to brokers (needs Hooks.Kafka: set by New)
+	Delivered    uint64 `json:"delivered"`     // records Kafka acknowledged, since start
+	InFlight     int    `json:"in_flight"`     // records produced, not yet acknowledged
+	KafkaRetries uint64 `json:"kafka_retries"` // times forwarding restarted after an error
+	KafkaError   string `json:"kafka_error"`   // what forwarding is retrying; "" when healthy
+	// RateLimited: forward.max_bytes_per_second holds the drain back.
+	RateLimited   bool   `json:"rate_limited"`
+	KafkaConns    int64  `json:"kafka_conns"` // open connections to brokers (needs Hooks.Kafka: set by New)
 	forwardedDone uint64 // delivered + unrouted + dead-lettered: records the forwarder finished
 	bufferFull    bool   // when_full: block and at max_bytes: appends wait for room
 }
@@ -101,6 +103,7 @@ func (a *Agent) Snapshot() Snapshot {
 		InFlight:         f.InFlight,
 		KafkaRetries:     f.Retries,
 		KafkaError:       f.LastError,
+		RateLimited:      f.RateLimited,
 		KafkaConns:       a.kafkaConns.Load(),
 	}
 	maps.Copy(s.Dropped, ingestDropped(m))
