@@ -182,7 +182,7 @@ func (f *Forwarder) route(routes []Route, rec *buffer.Record, now time.Time, kr 
 			kr.Key = buf[len(buf)-len(key) : len(buf) : len(buf)]
 		}
 		n := 5 + len(rec.UserProperties) + len(r.Headers)
-		for _, set := range [...]bool{rec.ContentType != "", rec.ResponseTopic != "", rec.CorrelationData != nil, rec.PayloadUTF8, rec.ClockUnsynced, late > 0} {
+		for _, set := range [...]bool{rec.ContentType != "", rec.ResponseTopic != "", len(rec.CorrelationData) > 0, rec.PayloadUTF8, rec.ClockUnsynced, late > 0} {
 			if set {
 				n++
 			}
@@ -204,7 +204,7 @@ func (f *Forwarder) route(routes []Route, rec *buffer.Record, now time.Time, kr 
 		if rec.ResponseTopic != "" {
 			h = append(h, kgo.RecordHeader{Key: HeaderResponseTopic, Value: []byte(rec.ResponseTopic)})
 		}
-		if rec.CorrelationData != nil {
+		if len(rec.CorrelationData) > 0 {
 			h = append(h, kgo.RecordHeader{Key: HeaderCorrelationData, Value: rec.CorrelationData})
 		}
 		if rec.PayloadUTF8 {
