@@ -116,8 +116,9 @@ type Config struct {
 	// alone. Defaults 20,000 and 16 MiB.
 	MaxBufferedRecords int
 	MaxBufferedBytes   int
-	// LateAfter: a record produced more than LateAfter after it was
-	// received carries HeaderLate. Default 1m; negative: never.
+	// LateAfter: a record read from the buffer to be produced more than
+	// LateAfter after it was received carries HeaderLate. Default 1m;
+	// negative: never.
 	LateAfter time.Duration
 	// MaxRecordBytes is the largest record (value, key, topic and headers)
 	// the forwarder produces; larger ones are dead-lettered
@@ -145,8 +146,8 @@ type Config struct {
 	Logger       *slog.Logger
 	// StatusTopic receives a Status record (JSON, keyed by gateway id)
 	// every StatusInterval and soon after records are dropped or
-	// dead-lettered or a connection's state changes; "" turns it off. It is produced by a client of its
-	// own, so it never holds up the data.
+	// dead-lettered or a connection's state changes; "" turns it off. It
+	// is produced by a client of its own, so it never holds up the data.
 	StatusTopic    string
 	StatusInterval time.Duration // default 1m
 	// Version is ferry's version, told in the status record.
