@@ -216,9 +216,10 @@ type pageScan struct {
 // batchCopy is where a batch was found: its value's offset and length in
 // the file, and how many live records it holds.
 type batchCopy struct {
-	off  int64
-	n    int
-	live int
+	off   int64
+	n     int
+	live  int
+	count int // records, live or removed: the sequence numbers it spans
 }
 
 // scanPages reads f page by page. The page size is the first meta page's
@@ -245,6 +246,7 @@ func scanPages(f *os.File) (*pageScan, error) {
 	ps := int64(sc.pageSize)
 	pages := fi.Size() / ps
 	buf := make([]byte, ps)
+	var cands []pageBatch
 	for id := int64(2); id < pages; id++ { // every page: a flipped overflow count must not hide the next ones
 		if _, err := f.ReadAt(buf[:ps], id*ps); err != nil {
 			break
@@ -264,6 +266,7 @@ func scanPages(f *os.File) (*pageScan, error) {
 				continue
 			}
 		}
+		cands = cands[:0]
 		for i := range count {
 			e := page[16+i*16:]
 			flags, pos, ksize, vsize := le.Uint32(e), int(le.Uint32(e[4:])), int(le.Uint32(e[8:])), int(le.Uint32(e[12:]))
@@ -280,7 +283,7 @@ func scanPages(f *os.File) (*pageScan, error) {
 			if ksize != 8 {
 				continue
 			}
-			recs, _, perr := parseBatch(v)
+			recs, nrecs, perr := parseBatch(v)
 			if perr != nil {
 				continue
 			}
@@ -290,13 +293,48 @@ func scanPages(f *os.File) (*pageScan, error) {
 					live++
 				}
 			}
-			base := binary.BigEndian.Uint64(k)
-			if c, ok := sc.batches[base]; !ok || live < c.live {
-				sc.batches[base] = batchCopy{off: id*ps + int64(start+ksize), n: vsize, live: live}
+			cands = append(cands, pageBatch{base: binary.BigEndian.Uint64(k), batchCopy: batchCopy{off: id*ps + int64(start+ksize), n: vsize, live: live, count: nrecs}})
+		}
+		for i, c := range cands {
+			if flippedKey(cands, i) {
+				continue // its records' sequence numbers are not known: lost, not misplaced
+			}
+			if old, ok := sc.batches[c.base]; !ok || c.live < old.live {
+				sc.batches[c.base] = c.batchCopy
 			}
 		}
 	}
 	return sc, nil
+}
+
+// pageBatch is a batch found in a leaf page, under its key.
+type pageBatch struct {
+	base uint64
+	batchCopy
+}
+
+// flippedKey reports whether the key of cs[i], the batches of one leaf
+// page in its order, is out of order where its neighbours are not: a
+// damaged key. The key is the only record of the batch's sequence
+// numbers (the batch's checksum does not cover it), and a batch taken
+// under a wrong one would deliver its records out of order. Where two
+// keys disagree and nothing tells which is wrong, both are.
+func flippedKey(cs []pageBatch, i int) bool {
+	n := len(cs)
+	prevOK := i == 0 || cs[i-1].base < cs[i].base
+	nextOK := i == n-1 || cs[i].base < cs[i+1].base
+	if prevOK && nextOK {
+		return false
+	}
+	switch {
+	case i > 0 && i < n-1: // its neighbours agree with each other without it, or one of them is the odd one
+		return cs[i-1].base < cs[i+1].base
+	case i == 0 && n > 2:
+		return cs[1].base < cs[2].base
+	case i == n-1 && n > 2:
+		return cs[n-3].base < cs[n-2].base
+	}
+	return true
 }
 
 // inlineBucket takes the meta values of a bucket stored inline: its
@@ -340,11 +378,23 @@ func (sc *pageScan) metaValue(k, v []byte) {
 }
 
 // each calls fn for every batch found, in key order, from the head on,
-// reading each from f again.
+// reading each from f again. Batches never overlap in a sound file (each
+// is written once under its first sequence number): two that do, one of
+// them under a damaged key, are both left out, their records lost rather
+// than delivered out of order.
 func (sc *pageScan) each(f *os.File, fn func(base uint64, v []byte) error) error {
 	keys := slices.Sorted(maps.Keys(sc.batches))
+	overlaps := map[uint64]bool{}
+	for i := 1; i < len(keys); i++ {
+		if prev := keys[i-1]; prev+uint64(sc.batches[prev].count) > keys[i] {
+			overlaps[prev], overlaps[keys[i]] = true, true
+		}
+	}
 	var v []byte
 	for _, base := range keys {
+		if overlaps[base] {
+			continue
+		}
 		c := sc.batches[base]
 		v = slices.Grow(v[:0], c.n)[:c.n]
 		if _, err := f.ReadAt(v, c.off); err != nil {
@@ -375,6 +425,11 @@ type salvager struct {
 	run      [][]byte // contiguous intact records not yet in a batch
 	runSize  int
 	lastSeq  uint64 // highest sequence number seen in the old file
+	// taken is the lowest sequence number a record may still have:
+	// batches come in key order, and a stale copy found page by page
+	// can reach past the key of the next batch; a record already taken
+	// from one copy is not taken again, so batches never overlap.
+	taken uint64
 }
 
 // createBuckets creates a buffer's buckets in a new file.
@@ -435,9 +490,10 @@ func (s *salvager) batch(batches *bolt.Bucket, base uint64, v []byte) error {
 	for i, raw := range raws {
 		seq := base + uint64(i)
 		s.lastSeq = max(s.lastSeq, seq)
-		if seq < s.old.head || len(raw) == 0 {
+		if seq < s.old.head || seq < s.taken || len(raw) == 0 {
 			continue
 		}
+		s.taken = seq + 1
 		if _, err := decode(raw); err != nil {
 			if err := s.setAside(seqKey(seq), &deadEntry{reason: ReasonUndecodable, detail: err.Error(), records: 1, body: raw}); err != nil {
 				return err
