@@ -416,7 +416,7 @@ func TestBrokenBatchLeavesNoBytesWhenEmpty(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.Release(5)
-	waitStats(t, b, func(st Stats) bool { return st.Records == 0 && st.Bytes == 0 })
+	waitUntil(t, "no records and no bytes", func() bool { st := b.Stats(); return st.Records == 0 && st.Bytes == 0 })
 	b.Close()
 	ro := openReadOnlyTest(t, path)
 	defer ro.Close()
@@ -669,18 +669,6 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// waitStats waits up to 10 s for the buffer's stats to satisfy ok.
-func waitStats(t *testing.T, b *Buffer, ok func(Stats) bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for st := b.Stats(); !ok(st); st = b.Stats() {
-		if time.Now().After(deadline) {
-			t.Fatalf("stats %+v", st)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -128,25 +128,33 @@ func benchPlain(b *testing.B, rtt time.Duration) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
 }
 
-func benchFerry(b *testing.B, rtt time.Duration) {
-	k := benchKafka(b, rtt)
-	buf, err := buffer.Open(filepath.Join(b.TempDir(), "buffer.db"), buffer.Options{WriteDelay: benchWriteDelay})
+// benchBacklog opens a buffer with ferry's default write delay and n
+// records of benchRecord in it, durable; it is closed when tb ends.
+func benchBacklog(tb testing.TB, n int) *buffer.Buffer {
+	tb.Helper()
+	buf, err := buffer.Open(filepath.Join(tb.TempDir(), "buffer.db"), buffer.Options{WriteDelay: benchWriteDelay})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer buf.Close()
-	for i := range b.N {
+	tb.Cleanup(func() { buf.Close() })
+	for i := range n {
 		if err := buf.Append(benchRecord(i), func(_ uint64, err error) {
 			if err != nil {
 				panic(err)
 			}
 		}); err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
-	for buf.Stats().Records < uint64(b.N) {
+	for buf.Stats().Records < uint64(n) {
 		time.Sleep(10 * time.Millisecond)
 	}
+	return buf
+}
+
+func benchFerry(b *testing.B, rtt time.Duration) {
+	k := benchKafka(b, rtt)
+	buf := benchBacklog(b, b.N)
 	f, err := New(Config{Brokers: k.Brokers(), Routes: benchRoutes(b), GatewayID: "gw", Compression: benchCompression}, buf)
 	if err != nil {
 		b.Fatal(err)

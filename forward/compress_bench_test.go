@@ -2,15 +2,12 @@ package forward
 
 import (
 	"context"
-	"path/filepath"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-
-	"github.com/ferry-edge/ferry/buffer"
 )
 
 // batchBytes counts what produce batches put on the wire: after
@@ -40,19 +37,7 @@ func BenchmarkCompression(b *testing.B) {
 
 func benchCodec(b *testing.B, codec string, rtt time.Duration) {
 	k := benchKafka(b, rtt)
-	buf, err := buffer.Open(filepath.Join(b.TempDir(), "buffer.db"), buffer.Options{WriteDelay: benchWriteDelay})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer buf.Close()
-	for i := range b.N {
-		if err := buf.Append(benchRecord(i), func(uint64, error) {}); err != nil {
-			b.Fatal(err)
-		}
-	}
-	for buf.Stats().Records < uint64(b.N) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	buf := benchBacklog(b, b.N)
 	var counted batchBytes
 	f, err := New(Config{Brokers: k.Brokers(), Routes: benchRoutes(b), GatewayID: "gw", Compression: codec, Observers: []kgo.Hook{&counted}}, buf)
 	if err != nil {

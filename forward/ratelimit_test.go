@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -190,23 +189,7 @@ func capDrain(tb testing.TB, cfg capDrainConfig) capDrainResult {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(k.Close)
-	buf, err := buffer.Open(filepath.Join(tb.TempDir(), "buffer.db"), buffer.Options{WriteDelay: benchWriteDelay})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { buf.Close() })
-	for i := range cfg.backlog {
-		if err := buf.Append(benchRecord(i), func(_ uint64, err error) {
-			if err != nil {
-				panic(err)
-			}
-		}); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	for buf.Stats().Records < uint64(cfg.backlog) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	buf := benchBacklog(tb, cfg.backlog)
 	fc := Config{Brokers: k.Brokers(), Routes: benchRoutes(tb), GatewayID: "gw", Compression: cfg.compression,
 		MaxBytesPerSecond: cfg.limit, Logger: cfg.log}
 	if cfg.status {

@@ -67,6 +67,15 @@ func (f *Forwarder) SetRoutes(routes []Route) error {
 		}
 	}
 	routes = slices.Clone(routes)
+	for i := range routes {
+		hs := slices.Clone(routes[i].Headers)
+		for j := range hs {
+			if hs[j].Value.IsStatic() { // once, not once per record
+				hs[j].static = []byte(hs[j].Value.Expand(nil))
+			}
+		}
+		routes[i].Headers = hs
+	}
 	f.routes.Store(&routes)
 	f.routesGen.Add(1)
 	return nil
@@ -93,6 +102,8 @@ type Route struct {
 type Header struct {
 	Name  string
 	Value *topic.Template
+
+	static []byte // Value's text when it has no placeholders (see SetRoutes)
 }
 
 // Format is how a route writes a record's value.
@@ -217,7 +228,11 @@ func (f *Forwarder) route(routes []Route, rec *buffer.Record, now time.Time, kr 
 			h = append(h, kgo.RecordHeader{Key: HeaderLate, Value: lateVal})
 		}
 		for _, rh := range r.Headers {
-			h = append(h, kgo.RecordHeader{Key: rh.Name, Value: []byte(rh.Value.Expand(vals))})
+			v := rh.static // shared by every record: franz-go only reads it
+			if v == nil {
+				v = []byte(rh.Value.Expand(vals))
+			}
+			h = append(h, kgo.RecordHeader{Key: rh.Name, Value: v})
 		}
 		for _, p := range rec.UserProperties {
 			h = append(h, kgo.RecordHeader{Key: p.Key, Value: []byte(p.Value)})

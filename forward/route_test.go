@@ -58,6 +58,10 @@ func TestRouteTable(t *testing.T) {
 		{Topic: tmpl(t, nil, "unmatched"), Key: tmpl(t, nil, "{#}")},
 	}
 	f := &Forwarder{cfg: Config{GatewayID: "gw-7", LateAfter: time.Minute}, gateway: []byte("gw-7"), bufferID: []byte("id")}
+	if err := f.SetRoutes(routes); err != nil {
+		t.Fatal(err)
+	}
+	routes = *f.routes.Load() // as Run uses them: static header values made once
 	now := time.Now()
 	tests := []struct {
 		topic   string
