@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -258,6 +259,40 @@ func TestFlippedKey(t *testing.T) {
 			if got := flippedKey(cs, i); got != tt.want[i] {
 				t.Errorf("keys %v: flippedKey(%d) = %v, want %v", tt.keys, i, got, tt.want[i])
 			}
+		}
+	}
+}
+
+// Of two overlapping batches in a page-by-page salvage, the one that
+// tiles with its neighbours is kept: a layout a crashed commit left in
+// freed pages (or a batch under a damaged key) is left out, the live one
+// is not lost; when nothing tells, both are left out.
+func TestOverlappingBatchesTile(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		counts map[uint64]int // key -> records
+		want   []uint64       // keys kept
+	}{
+		{"sound", map[uint64]int{100: 5, 105: 40, 145: 20}, []uint64{100, 105, 145}},
+		{"a stale layout after the live one", map[uint64]int{100: 5, 105: 40, 145: 20, 151: 30}, []uint64{100, 105, 145}},
+		{"a key flipped into its neighbour", map[uint64]int{100: 10, 114: 10, 120: 10, 130: 10}, []uint64{100, 120, 130}},
+		{"two alone", map[uint64]int{100: 10, 105: 10}, nil},
+	} {
+		sc := &pageScan{batches: map[uint64]batchCopy{}}
+		for k, n := range tt.counts {
+			sc.batches[k] = batchCopy{count: n}
+		}
+		f, err := os.Create(filepath.Join(t.TempDir(), "empty"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		var got []uint64
+		if err := sc.each(f, func(base uint64, _ []byte) error { got = append(got, base); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("%s: kept %v, want %v", tt.name, got, tt.want)
 		}
 	}
 }

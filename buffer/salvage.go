@@ -189,6 +189,9 @@ func salvageRaw(src, dst string, old *state) (copied int, err error) {
 		return 0, fmt.Errorf("salvage %s: create %s: %w", src, dst, err)
 	}
 	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}, old: *old, expect: expect}
+	if sc.end > 0 {
+		s.lastSeq = sc.end - 1 // every number a batch found used, kept or left out
+	}
 	err = sc.each(f, func(base uint64, v []byte) error { return s.batch(nil, base, v) })
 	if err == nil {
 		err = s.finish()
@@ -211,6 +214,7 @@ type pageScan struct {
 	pageSize int
 	batches  map[uint64]batchCopy
 	meta     state
+	end      uint64 // past the last sequence number of every batch found
 }
 
 // batchCopy is where a batch was found: its value's offset and length in
@@ -299,6 +303,7 @@ func scanPages(f *os.File) (*pageScan, error) {
 			if flippedKey(cands, i) {
 				continue // its records' sequence numbers are not known: lost, not misplaced
 			}
+			sc.end = max(sc.end, c.base+uint64(c.count))
 			if old, ok := sc.batches[c.base]; !ok || c.live < old.live {
 				sc.batches[c.base] = c.batchCopy
 			}
@@ -378,21 +383,33 @@ func (sc *pageScan) metaValue(k, v []byte) {
 }
 
 // each calls fn for every batch found, in key order, from the head on,
-// reading each from f again. Batches never overlap in a sound file (each
-// is written once under its first sequence number): two that do, one of
-// them under a damaged key, are both left out, their records lost rather
-// than delivered out of order.
+// reading each from f again. Of two batches that overlap (one under a
+// damaged key, or a layout a crashed or failed commit left in freed
+// pages), the one whose other side tiles with its neighbour is kept and
+// the other left out; when that does not tell, both are: records lost
+// rather than delivered out of order.
 func (sc *pageScan) each(f *os.File, fn func(base uint64, v []byte) error) error {
 	keys := slices.Sorted(maps.Keys(sc.batches))
-	overlaps := map[uint64]bool{}
+	end := func(i int) uint64 { return keys[i] + uint64(sc.batches[keys[i]].count) }
+	left := map[uint64]bool{}
 	for i := 1; i < len(keys); i++ {
-		if prev := keys[i-1]; prev+uint64(sc.batches[prev].count) > keys[i] {
-			overlaps[prev], overlaps[keys[i]] = true, true
+		if end(i-1) <= keys[i] {
+			continue
+		}
+		curTiles := i+1 < len(keys) && end(i) == keys[i+1]
+		prevTiles := i >= 2 && end(i-2) == keys[i-1]
+		switch {
+		case prevTiles && !curTiles:
+			left[keys[i]] = true
+		case curTiles && !prevTiles:
+			left[keys[i-1]] = true
+		default:
+			left[keys[i-1]], left[keys[i]] = true, true
 		}
 	}
 	var v []byte
 	for _, base := range keys {
-		if overlaps[base] {
+		if left[base] {
 			continue
 		}
 		c := sc.batches[base]
