@@ -141,6 +141,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdRun(args []string, stderr io.Writer) int {
+	rt := runtimeDefaults(os.Getenv)
 	cfg, path, ok := loadConfigPath("run", args, config.LoadAndCheck, stderr)
 	if !ok {
 		return exitUsage
@@ -153,6 +154,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		log.Warn("config: " + w)
 	}
+	log.Info("go runtime", rt...)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// The first signal starts a clean stop; a second one ends the process
