@@ -58,9 +58,12 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ferry-edge/ferry/internal/rawsock"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -343,9 +346,7 @@ func (f *Forwarder) clientOpts() []kgo.Opt {
 	if f.cfg.ClientID != "" {
 		opts = append(opts, kgo.ClientID(f.cfg.ClientID))
 	}
-	if f.cfg.TLS != nil {
-		opts = append(opts, kgo.DialTLSConfig(f.cfg.TLS))
-	}
+	opts = append(opts, kgo.Dialer(f.dial))
 	if f.cfg.SASL != nil {
 		opts = append(opts, kgo.SASL(f.cfg.SASL))
 	}
@@ -356,6 +357,36 @@ func (f *Forwarder) clientOpts() []kgo.Opt {
 		opts = append(opts, kgo.WithHooks(f.rate)) // both clients' writes count against the cap
 	}
 	return opts
+}
+
+// dial connects to a broker as franz-go would (DialTimeout, TLS with the
+// host's name unless the configuration names one), but the connection
+// reads and writes with raw system calls (see internal/rawsock): at the
+// rates a gateway runs that halves what Go's runtime spends around them.
+func (f *Forwarder) dial(ctx context.Context, network, host string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.cfg.DialTimeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, host)
+	if err != nil {
+		return nil, err
+	}
+	if f.cfg.TLS == nil {
+		return rawsock.Wrap(c), nil
+	}
+	cfg := f.cfg.TLS.Clone()
+	if cfg.ServerName == "" {
+		if cfg.ServerName, _, err = net.SplitHostPort(host); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("unable to split host:port for dialing: %w", err)
+		}
+	}
+	tc := tls.Client(rawsock.Wrap(c), cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return tc, nil
 }
 
 // Run forwards until ctx is done, then waits up to ShutdownTimeout for the

@@ -19,6 +19,8 @@ import (
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"golang.org/x/net/proxy"
+
+	"github.com/ferry-edge/ferry/internal/rawsock"
 )
 
 // The connection to the broker. paho reads a packet's fixed header a byte at
@@ -144,7 +146,7 @@ type pacedConn struct {
 }
 
 func newPacedConn(c net.Conn) *pacedConn {
-	return &pacedConn{Conn: c, lowat: newLowat(c)}
+	return &pacedConn{Conn: rawsock.Wrap(c), lowat: newLowat(c)}
 }
 
 func (c *pacedConn) Read(p []byte) (int, error) {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"unsafe"
 )
 
 // lowat raises a TCP socket's receive low water mark (SO_RCVLOWAT) while
@@ -62,6 +63,9 @@ func (l *lowat) read(c net.Conn, p []byte) (int, error) {
 	if l == nil {
 		return c.Read(p)
 	}
+	if len(p) == 0 {
+		return 0, nil
+	}
 	l.p, l.n, l.err = p, 0, nil
 	err := l.rc.Read(l.readFn)
 	n, rerr := l.n, l.err
@@ -81,15 +85,16 @@ func (l *lowat) read(c net.Conn, p []byte) (int, error) {
 // returning false waits until the socket is readable.
 func (l *lowat) readFD(fd uintptr) bool {
 	for {
-		n, err := syscall.Read(int(fd), l.p)
+		// A raw call, as rawsock's: the socket is non-blocking.
+		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&l.p[0])), uintptr(len(l.p)))
 		switch {
-		case err == syscall.EINTR:
+		case errno == syscall.EINTR:
 			continue
-		case err == nil:
-			l.n = n
+		case errno == 0:
+			l.n = int(n)
 			return true
-		case err != syscall.EAGAIN:
-			l.err = err
+		case errno != syscall.EAGAIN:
+			l.err = errno
 			return true
 		case !l.raised:
 			return false

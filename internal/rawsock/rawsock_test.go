@@ -1,0 +1,141 @@
+package rawsock
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// pair returns a wrapped client connection and the server's end of it, on
+// loopback.
+func pair(t *testing.T) (c, srv net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		s, _ := ln.Accept()
+		accepted <- s
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv = <-accepted
+	if srv == nil {
+		t.Fatal("accept failed")
+	}
+	c = Wrap(raw)
+	t.Cleanup(func() { c.Close(); srv.Close() })
+	return c, srv
+}
+
+func TestWrapOnlyLinuxTCP(t *testing.T) {
+	c, _ := pair(t)
+	if _, tcp := c.(*net.TCPConn); tcp == (runtime.GOOS == "linux") {
+		t.Errorf("Wrap of a TCP connection on %s returned a %T", runtime.GOOS, c)
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if Wrap(a) != a {
+		t.Error("Wrap of a pipe is not the pipe itself")
+	}
+}
+
+// A write larger than the socket buffers waits for the reader (EAGAIN, then
+// the poller), and every byte arrives, in order, both ways.
+func TestLargeWritesBothWays(t *testing.T) {
+	c, srv := pair(t)
+	want := make([]byte, 8<<20)
+	rand.Read(want)
+	for _, dir := range []struct {
+		name string
+		w, r net.Conn
+	}{{"wrapped writes", c, srv}, {"wrapped reads", srv, c}} {
+		errc := make(chan error, 1)
+		go func() {
+			n, err := dir.w.Write(want)
+			if err == nil && n != len(want) {
+				err = io.ErrShortWrite
+			}
+			errc <- err
+		}()
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(dir.r, got); err != nil {
+			t.Fatalf("%s: read: %v", dir.name, err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatalf("%s: write: %v", dir.name, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: the bytes read differ from those written", dir.name)
+		}
+	}
+}
+
+func TestReadDeadline(t *testing.T) {
+	c, _ := pair(t)
+	c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	n, err := c.Read(make([]byte, 10))
+	var ne net.Error
+	if n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("read past the deadline: %d, %v; want 0 and a timeout", n, err)
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "read" {
+		t.Errorf("error %v (%T) is not a read OpError", err, err)
+	}
+}
+
+func TestWriteDeadline(t *testing.T) {
+	c, _ := pair(t)
+	c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	// Nobody reads: the socket buffers fill and the write waits until its
+	// deadline, having written part.
+	n, err := c.Write(make([]byte, 64<<20))
+	if !errors.Is(err, os.ErrDeadlineExceeded) || n == 0 || n == 64<<20 {
+		t.Fatalf("write past the deadline: %d bytes, %v; want some bytes and a timeout", n, err)
+	}
+}
+
+func TestEOFAndClose(t *testing.T) {
+	c, srv := pair(t)
+	srv.Write([]byte("last"))
+	srv.Close()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "last" {
+		t.Fatalf("read to the peer's close: %q, %v; want \"last\" and EOF", got, err)
+	}
+	c.Close()
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read after Close: %v, want net.ErrClosed", err)
+	}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("write after Close: %v, want net.ErrClosed", err)
+	}
+}
+
+func TestWriteToAResetPeer(t *testing.T) {
+	c, srv := pair(t)
+	srv.(*net.TCPConn).SetLinger(0)
+	srv.Close() // RST
+	var err error
+	for i := 0; i < 100 && err == nil; i++ {
+		_, err = c.Write([]byte("x"))
+		time.Sleep(time.Millisecond)
+	}
+	var se *os.SyscallError
+	if !errors.As(err, &se) || se.Syscall != "write" {
+		t.Fatalf("write to a reset connection: %v, want a write syscall error", err)
+	}
+}
