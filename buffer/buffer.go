@@ -433,8 +433,10 @@ type Buffer struct {
 	dequeued chan struct{} // if not nil, an append waits: closed when the tail shrinks
 	blocked  atomic.Bool   // an append waits for room in the tail: commit it now
 
-	readMapped  atomic.Int64 // bytes Read took from the memory map since the last unmapPages
-	writeMapped uint64       // the committer's own: the same for commits
+	// mapped is the bytes of records that readers and the committer went
+	// through in the file's memory map since the last unmapPages (see
+	// unmapEvery): one count, as one unmapPages drops every page.
+	mapped atomic.Int64
 
 	fireMu  sync.Mutex // held while callbacks run: one caller at a time keeps them in order
 	fireBuf []entry    // guarded by fireMu: the entries being fired

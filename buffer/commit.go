@@ -362,6 +362,7 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 			if err != nil {
 				return err
 			}
+			held := st.bytes // what a release, removal, dead letter or limit takes off is read first
 			if runs {
 				st.next = max(st.next, next)
 			}
@@ -451,10 +452,7 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 				st.reserved = top + reserveStep
 			}
 			headAt = headTime(tx, st)
-			if b.writeMapped += appended; b.writeMapped > unmapEvery {
-				b.writeMapped = 0
-				unmapPages(tx)
-			}
+			b.touched(tx, int(appended+freed+held-min(held, st.bytes)))
 			return st.store(tx.Bucket(bucketMeta))
 		})
 	})

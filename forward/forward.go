@@ -342,6 +342,12 @@ func (f *Forwarder) clientOpts() []kgo.Opt {
 		// A record that passes the MaxRecordBytes check always fits a
 		// batch, overhead included.
 		kgo.ProducerBatchMaxBytes(int32(f.cfg.MaxBatchBytes)),
+		// No KIP-714 client metrics: a push compresses them with a
+		// codec the broker picks, and lz4's is two 4 MiB blocks, 8 MB
+		// of heap at every push of each client (kfake and Kafka 3.7+
+		// with a metrics plugin ask for them), more than the whole
+		// window of a drain at a small window size.
+		kgo.DisableClientMetrics(),
 	}
 	if f.cfg.ClientID != "" {
 		opts = append(opts, kgo.ClientID(f.cfg.ClientID))

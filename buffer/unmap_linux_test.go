@@ -1,0 +1,70 @@
+package buffer
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// mappedRSS is how much of path the process has mapped and resident, in
+// bytes (the Rss of its mappings in /proc/self/smaps).
+func mappedRSS(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Skipf("no smaps: %v", err)
+	}
+	defer f.Close()
+	total, in := 0, false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		switch {
+		case len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":"):
+			in = len(fields) >= 6 && fields[len(fields)-1] == path
+		case in && len(fields) >= 2 && fields[0] == "Rss:":
+			kb, _ := strconv.Atoi(fields[1])
+			total += kb << 10
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return total
+}
+
+// A drain goes through the whole backlog twice in the memory map: Read
+// copies the records out, and the release's commit parses the batches it
+// retires. Neither may leave what it went through resident: the map's
+// pages are dropped every unmapEvery bytes, the committer's included.
+func TestDrainKeepsMappedPagesFew(t *testing.T) {
+	b, path := openTest(t)
+	appendRounds(t, b, 20, 1000, 500) // about 10 MB of records, in 20 commits
+	var after uint64
+	var recs []Record
+	peak := 0
+	for after < b.Stats().LastSeq {
+		var err error
+		recs, err = b.Read(context.Background(), after, 1000, 0, recs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		after = recs[len(recs)-1].Seq
+		b.Release(after)
+		// Measured with no commit under way: what stays resident.
+		waitUntil(t, "the release committed", func() bool {
+			st := b.Stats()
+			return st.Records == 0 || st.FirstSeq > after
+		})
+		peak = max(peak, mappedRSS(t, path))
+	}
+	// What went through the map since the last unmapPages (less than
+	// unmapEvery), one Read's or one release's records on top, and the
+	// pages around them that the kernel maps with each fault.
+	if limit := unmapEvery + 1<<20; peak > limit {
+		t.Errorf("up to %d bytes of the buffer file resident during a 10 MB drain, want at most %d", peak, limit)
+	}
+}
