@@ -58,12 +58,9 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/ferry-edge/ferry/internal/rawsock"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -337,7 +334,6 @@ func (f *Forwarder) clientOpts() []kgo.Opt {
 		kgo.SeedBrokers(f.cfg.Brokers...),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerBatchCompression(codec),
-		kgo.DialTimeout(f.cfg.DialTimeout),
 		kgo.RetryBackoffFn(backoff(100*time.Millisecond, 5*time.Second)),
 		// A record that passes the MaxRecordBytes check always fits a
 		// batch, overhead included.
@@ -363,36 +359,6 @@ func (f *Forwarder) clientOpts() []kgo.Opt {
 		opts = append(opts, kgo.WithHooks(f.rate)) // both clients' writes count against the cap
 	}
 	return opts
-}
-
-// dial connects to a broker as franz-go would (DialTimeout, TLS with the
-// host's name unless the configuration names one), but the connection
-// reads and writes with raw system calls (see internal/rawsock): at the
-// rates a gateway runs that halves what Go's runtime spends around them.
-func (f *Forwarder) dial(ctx context.Context, network, host string) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, f.cfg.DialTimeout)
-	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, network, host)
-	if err != nil {
-		return nil, err
-	}
-	if f.cfg.TLS == nil {
-		return rawsock.Wrap(c), nil
-	}
-	cfg := f.cfg.TLS.Clone()
-	if cfg.ServerName == "" {
-		if cfg.ServerName, _, err = net.SplitHostPort(host); err != nil {
-			c.Close()
-			return nil, fmt.Errorf("unable to split host:port for dialing: %w", err)
-		}
-	}
-	tc := tls.Client(rawsock.Wrap(c), cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return tc, nil
 }
 
 // Run forwards until ctx is done, then waits up to ShutdownTimeout for the

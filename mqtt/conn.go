@@ -31,7 +31,8 @@ import (
 // packets written at once, in one call; underneath, a pacedConn reads from
 // the socket at most every readLinger while messages trickle in, so that a
 // steady stream is read, stored and acknowledged several messages at a
-// time. WebSocket connections (ws://, wss://) are autopaho's own: their
+// time, and reads and writes the TCP socket with raw system calls
+// (internal/rawsock). WebSocket connections (ws://, wss://) are autopaho's own: their
 // reads are buffered by the WebSocket library and each write is one frame.
 
 const (

@@ -5,7 +5,8 @@ import (
 	"net"
 	"os"
 	"syscall"
-	"unsafe"
+
+	"github.com/ferry-edge/ferry/internal/rawsock"
 )
 
 // lowat raises a TCP socket's receive low water mark (SO_RCVLOWAT) while
@@ -85,13 +86,12 @@ func (l *lowat) read(c net.Conn, p []byte) (int, error) {
 // returning false waits until the socket is readable.
 func (l *lowat) readFD(fd uintptr) bool {
 	for {
-		// A raw call, as rawsock's: the socket is non-blocking.
-		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&l.p[0])), uintptr(len(l.p)))
+		n, errno := rawsock.ReadFD(fd, l.p) // a raw call, as the connection's writes (see newPacedConn)
 		switch {
 		case errno == syscall.EINTR:
 			continue
 		case errno == 0:
-			l.n = int(n)
+			l.n = n
 			return true
 		case errno != syscall.EAGAIN:
 			l.err = errno

@@ -1,12 +1,11 @@
 package main
 
 import (
-	"log/slog"
 	"runtime"
 )
 
-// ferry's defaults for the Go runtime, which `ferry run` applies unless the
-// environment sets the variable (GOMAXPROCS, in the unit's Environment= or a
+// ferry's defaults for the Go runtime, which main applies (for every
+// command; `ferry run` logs them) unless the environment sets the variable (GOMAXPROCS, in the unit's Environment= or a
 // drop-in) to let an operator choose otherwise.
 //
 // One P: at the rates gateways run, ferry's goroutines hand each message
@@ -23,10 +22,9 @@ import (
 const defaultMaxProcs = 1
 
 // runtimeDefaults applies ferry's runtime defaults where getenv (os.Getenv)
-// leaves them to ferry, and returns what is in force, for the log.
-func runtimeDefaults(getenv func(string) string) []any {
+// leaves them to ferry.
+func runtimeDefaults(getenv func(string) string) {
 	if getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(defaultMaxProcs)
 	}
-	return []any{slog.Int("gomaxprocs", runtime.GOMAXPROCS(0))}
 }

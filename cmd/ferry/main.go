@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -50,6 +51,7 @@ commands:
 `
 
 func main() {
+	runtimeDefaults(os.Getenv)
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -141,7 +143,6 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdRun(args []string, stderr io.Writer) int {
-	rt := runtimeDefaults(os.Getenv)
 	cfg, path, ok := loadConfigPath("run", args, config.LoadAndCheck, stderr)
 	if !ok {
 		return exitUsage
@@ -154,7 +155,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		log.Warn("config: " + w)
 	}
-	log.Info("go runtime", rt...)
+	log.Info("go runtime", "gomaxprocs", runtime.GOMAXPROCS(0))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// The first signal starts a clean stop; a second one ends the process

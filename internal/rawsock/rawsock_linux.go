@@ -4,8 +4,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
-	"unsafe"
 )
 
 // Wrap returns c with raw reads and writes if it is a *net.TCPConn, else c.
@@ -23,18 +23,20 @@ func Wrap(c net.Conn) net.Conn {
 	return r
 }
 
-// conn is a TCP connection with raw reads and writes. One Read and one
-// Write may run at once (net.Conn's contract: the fd's locks order them);
-// each keeps its state in its own fields, and the functions handed to rc
-// are made once, so that neither allocates.
+// conn is a TCP connection with raw reads and writes. A Read keeps its
+// state in the r fields under rmu, a Write in the w fields under wmu, and
+// the functions handed to rc are made once, so that neither allocates.
 type conn struct {
 	net.Conn
 	rc syscall.RawConn
 
-	rp      []byte
-	rn      int
-	rerr    syscall.Errno
-	readFn  func(fd uintptr) bool
+	rmu    sync.Mutex
+	rp     []byte
+	rn     int
+	rerr   syscall.Errno
+	readFn func(fd uintptr) bool
+
+	wmu     sync.Mutex
 	wp      []byte
 	wn      int
 	werr    syscall.Errno
@@ -45,6 +47,8 @@ func (c *conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	c.rp, c.rn, c.rerr = p, 0, 0
 	err := c.rc.Read(c.readFn)
 	n, errno := c.rn, c.rerr
@@ -62,14 +66,14 @@ func (c *conn) Read(p []byte) (int, error) {
 
 func (c *conn) readFD(fd uintptr) bool {
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rp[0])), uintptr(len(c.rp)))
+		n, e := ReadFD(fd, c.rp)
 		switch e {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
 			return false // wait until readable
 		case 0:
-			c.rn = int(n)
+			c.rn = n
 		default:
 			c.rerr = e
 		}
@@ -81,6 +85,8 @@ func (c *conn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.wp, c.wn, c.werr = p, 0, 0
 	err := c.rc.Write(c.writeFn)
 	n, errno := c.wn, c.werr
@@ -96,15 +102,14 @@ func (c *conn) Write(p []byte) (int, error) {
 
 func (c *conn) writeFD(fd uintptr) bool {
 	for c.wn < len(c.wp) {
-		rest := c.wp[c.wn:]
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
+		n, e := writeFD(fd, c.wp[c.wn:])
 		switch e {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
 			return false // wait until writable
 		case 0:
-			c.wn += int(n)
+			c.wn += n
 		default:
 			c.werr = e
 			return true

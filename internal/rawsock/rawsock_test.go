@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -137,5 +138,67 @@ func TestWriteToAResetPeer(t *testing.T) {
 	var se *os.SyscallError
 	if !errors.As(err, &se) || se.Syscall != "write" {
 		t.Fatalf("write to a reset connection: %v, want a write syscall error", err)
+	}
+}
+
+// Reads, and writes, from several goroutines at once: each call gets its
+// own bytes (the bug to catch: state of one call shared with another).
+func TestConcurrentReadsAndWrites(t *testing.T) {
+	c, srv := pair(t)
+	const size = 4 << 20
+
+	// Two writers on c: whole writes, one after the other, nothing lost.
+	errc := make(chan error, 2)
+	for _, v := range []byte{'a', 'b'} {
+		go func() {
+			n, err := c.Write(bytes.Repeat([]byte{v}, size))
+			if err == nil && n != size {
+				err = io.ErrShortWrite
+			}
+			errc <- err
+		}()
+	}
+	got := make([]byte, 2*size)
+	srv.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if n, err := io.ReadFull(srv, got); err != nil {
+		t.Fatalf("two concurrent writes of %d bytes: %d arrived: %v", size, n, err)
+	}
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, second := got[0], got[size]
+	if first == second || !bytes.Equal(got[:size], bytes.Repeat([]byte{first}, size)) || !bytes.Equal(got[size:], bytes.Repeat([]byte{second}, size)) {
+		t.Fatal("two concurrent writes interleaved or lost bytes")
+	}
+
+	// Two readers on c: every byte read lands in the reader's own buffer.
+	go srv.Write(bytes.Repeat([]byte{'z'}, 2*size))
+	total := make(chan int, 2)
+	var left atomic.Int64
+	left.Store(2 * size)
+	giveUp := time.Now().Add(20 * time.Second)
+	for range 2 {
+		go func() {
+			buf, sum := make([]byte, 32<<10), 0
+			for left.Load() > 0 && time.Now().Before(giveUp) {
+				c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+				n, err := c.Read(buf)
+				if n > 0 && !bytes.Equal(buf[:n], bytes.Repeat([]byte{'z'}, n)) {
+					t.Error("a read's buffer does not hold what it read")
+				}
+				sum += n
+				left.Add(-int64(n))
+				if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Error(err)
+					break
+				}
+			}
+			total <- sum
+		}()
+	}
+	if sum := <-total + <-total; sum != 2*size {
+		t.Fatalf("two concurrent readers read %d bytes of %d", sum, 2*size)
 	}
 }
