@@ -32,8 +32,9 @@ import (
 // the socket at most every readLinger while messages trickle in, so that a
 // steady stream is read, stored and acknowledged several messages at a
 // time, and reads and writes the TCP socket with raw system calls
-// (internal/rawsock). WebSocket connections (ws://, wss://) are autopaho's own: their
-// reads are buffered by the WebSocket library and each write is one frame.
+// (internal/rawsock). WebSocket connections (ws://, wss://) are autopaho's
+// own: their reads are buffered by the WebSocket library and each write is
+// one frame.
 
 const (
 	// readBufferSize is the bufio.Reader's size: what one read from the

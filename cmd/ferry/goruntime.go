@@ -1,12 +1,11 @@
 package main
 
-import (
-	"runtime"
-)
+import "runtime"
 
 // ferry's defaults for the Go runtime, which main applies (for every
-// command; `ferry run` logs them) unless the environment sets the variable (GOMAXPROCS, in the unit's Environment= or a
-// drop-in) to let an operator choose otherwise.
+// command; `ferry run` logs them) unless the environment sets the variable
+// (GOMAXPROCS, in the unit's Environment= or a drop-in) to let an operator
+// choose otherwise.
 //
 // One P: at the rates gateways run, ferry's goroutines hand each message
 // batch from one to the next (reader, ingest, forwarder, Kafka client,
