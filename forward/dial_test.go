@@ -2,13 +2,7 @@ package forward
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"net"
 	"strings"
 	"testing"
@@ -17,35 +11,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
-)
 
-// selfSigned returns a server certificate for the given addresses and a
-// pool that trusts it.
-func selfSigned(t *testing.T, ips []net.IP, names []string) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kafka"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: ips, DNSNames: names,
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, IsCA: true, BasicConstraintsValid: true,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(c)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
-}
+	"github.com/ferry-edge/ferry/internal/testenv"
+)
 
 // ferry dials Kafka itself (dial): TLS checks the broker's certificate
 // against the broker's host when the configuration names no server, and
@@ -61,7 +29,7 @@ func TestKafkaOverTLSAndSASL(t *testing.T) {
 		{"certificate for another name", nil, []string{"elsewhere.example"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cert, pool := selfSigned(t, tc.ips, tc.names)
+			cert, pool := testenv.SelfSignedCert(t, tc.ips, tc.names)
 			c := newClusterWith(t, 1, []kfake.Opt{
 				kfake.TLS(&tls.Config{Certificates: []tls.Certificate{cert}}),
 				kfake.EnableSASL(), kfake.Superuser("PLAIN", "gw", "secret"),

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
+	"github.com/ferry-edge/ferry/internal/testenv"
 )
 
 // recordConn is a net.Conn that records each Write and serves reads from a
@@ -199,37 +200,12 @@ func TestBufConnReadsBuffered(t *testing.T) {
 	}
 }
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-accepted
-	if server == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return client, server
-}
-
 // After a read that took everything, the next read waits out readLinger
 // and then takes what came meanwhile in one read; a message that comes
 // alone after that is read as soon as it comes, although the socket's low
 // water mark was raised for the wait.
 func TestPacedConnLingersAndStillReadsALoneByte(t *testing.T) {
-	client, server := tcpPair(t)
+	client, server := testenv.TCPPair(t)
 	pc := newPacedConn(client)
 	buf := make([]byte, 64)
 	write := func(s string) {

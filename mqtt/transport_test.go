@@ -1,16 +1,11 @@
 package mqtt
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/url"
 	"sync"
@@ -24,37 +19,6 @@ import (
 
 	"github.com/ferry-edge/ferry/internal/testenv"
 )
-
-// selfSigned returns a certificate for 127.0.0.1 and a pool that trusts it.
-func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "ferry test broker"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
-}
 
 // tlsProxy terminates TLS on 127.0.0.1 and passes the bytes on to the
 // broker at addr; it stops when the test ends.
@@ -126,7 +90,7 @@ func tlsProxyWith(t *testing.T, addr string, cfg *tls.Config) string {
 // acknowledged; the server name comes from the URL.
 func TestTLS(t *testing.T) {
 	broker := testenv.NewBroker(t)
-	cert, pool := selfSigned(t)
+	cert, pool := testenv.SelfSignedCert(t, []net.IP{net.IPv4(127, 0, 0, 1)}, nil)
 	for _, scheme := range []string{"ssl", "tls", "mqtts"} {
 		t.Run(scheme, func(t *testing.T) {
 			u, _ := url.Parse(scheme + "://" + tlsProxy(t, broker.Addr, cert))
@@ -147,7 +111,7 @@ func TestTLS(t *testing.T) {
 // A certificate the config does not trust fails the connection.
 func TestTLSRefusesAnUntrustedBroker(t *testing.T) {
 	broker := testenv.NewBroker(t)
-	cert, _ := selfSigned(t)
+	cert, _ := testenv.SelfSignedCert(t, []net.IP{net.IPv4(127, 0, 0, 1)}, nil)
 	u, _ := url.Parse("ssl://" + tlsProxy(t, broker.Addr, cert))
 	in, err := New(Config{URL: u, ClientID: "ferry-test", Subscriptions: []Subscription{{Filter: "sensors/#", QoS: 1}}}, newCommitterSink(t))
 	if err != nil {

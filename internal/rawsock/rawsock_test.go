@@ -11,33 +11,16 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ferry-edge/ferry/internal/testenv"
 )
 
 // pair returns a wrapped client connection and the server's end of it, on
 // loopback.
 func pair(t *testing.T) (c, srv net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		s, _ := ln.Accept()
-		accepted <- s
-	}()
-	raw, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv = <-accepted
-	if srv == nil {
-		t.Fatal("accept failed")
-	}
-	c = Wrap(raw)
-	t.Cleanup(func() { c.Close(); srv.Close() })
-	return c, srv
+	raw, srv := testenv.TCPPair(t)
+	return Wrap(raw), srv
 }
 
 func TestWrapOnlyLinuxTCP(t *testing.T) {
