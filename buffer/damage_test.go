@@ -132,6 +132,17 @@ var damageCases = []struct {
 		}
 		t.Fatal("no leaf page of sequence numbers")
 	}, 0.9},
+	// Bit 29 of the key of a leaf page's last batch (as the chaos suite
+	// flipped it): in order within its page, but not with the next
+	// leaf's keys. Trusted, the reader's cursor stalled on it.
+	{"last key of a leaf flipped up", func(t *testing.T, path string) {
+		flipLastKey(t, path, false)
+	}, 0.9},
+	// The same in the tree's last leaf: in order everywhere, but beyond
+	// every sequence number the buffer gave out.
+	{"last key of the file flipped up", func(t *testing.T, path string) {
+		flipLastKey(t, path, true)
+	}, 0.9},
 	{"meta page 0 zeroed", func(t *testing.T, path string) {
 		f, err := os.OpenFile(path, os.O_WRONLY, 0)
 		if err != nil {
@@ -296,5 +307,46 @@ func TestInterruptedMoveAsideIsFinished(t *testing.T) {
 	}
 	if _, err := os.Stat(path + ".salvage"); !os.IsNotExist(err) {
 		t.Fatalf("the salvage is still there: %v", err)
+	}
+}
+
+// flipLastKey sets bit 29 of the last key of the batches' first leaf
+// page, or of their last (last), in every copy of it in the file (a freed
+// copy of the leaf may hold an older version).
+func flipLastKey(t *testing.T, path string, last bool) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le, be := binary.LittleEndian, binary.BigEndian
+	// A leaf of the batches: sequence-number keys, more than two of them.
+	leaf := func(id int) (p []byte, first uint64, ok bool) {
+		p = data[id*4096 : (id+1)*4096]
+		if int(le.Uint64(p)) != id || le.Uint16(p[8:])&0x02 == 0 || le.Uint16(p[10:]) < 3 || le.Uint32(p[16+8:]) != 8 {
+			return nil, 0, false
+		}
+		e := p[16:]
+		return p, be.Uint64(e[le.Uint32(e[4:]):]), true
+	}
+	var want uint64
+	found := false
+	for id := 2; (id+1)*4096 <= len(data); id++ {
+		if _, first, ok := leaf(id); ok && (!found || last && first > want || !last && first < want) {
+			want, found = first, true
+		}
+	}
+	if !found {
+		t.Fatal("no leaf page of sequence numbers")
+	}
+	for id := 2; (id+1)*4096 <= len(data); id++ {
+		if p, first, ok := leaf(id); ok && first == want {
+			off := 16 + (int(le.Uint16(p[10:]))-1)*16
+			k := p[off+int(le.Uint32(p[off+4:])):]
+			be.PutUint64(k, be.Uint64(k)|1<<29)
+		}
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

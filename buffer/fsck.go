@@ -17,9 +17,12 @@ import (
 //
 // From the meta page in use it walks the tree of every bucket: each page
 // lies below the high-water mark, says its own ID, is referenced once,
-// and holds elements whose keys and values lie within it, in strictly
-// ascending key order; the batches and dead-letter buckets are keyed by
-// sequence number. Then the freelist: no page freed twice, none both
+// and holds elements whose keys and values lie within it; the keys of a
+// bucket ascend strictly across its pages too, each page's within the
+// range its parent's branch element gives it (as bbolt's own check has
+// them since 1.3.7: a key in order within its page but not with the next
+// page's misleads every cursor that passes it); the batches and
+// dead-letter buckets are keyed by sequence number. Then the freelist: no page freed twice, none both
 // free and in use, none neither (a leak). It reads every page of the tree
 // once, which is about the whole file.
 func checkPages(path string) error {
@@ -51,7 +54,7 @@ func checkPages(path string) error {
 	c := &pageChecker{r: f, ps: ps, hwm: m.pgid, used: make([]bool, m.pgid)}
 	c.use(0, 0)
 	c.use(1, 0)
-	if err := c.walk(m.root, nil, false); err != nil {
+	if _, err := c.walk(m.root, nil, false, keyRange{}); err != nil {
 		return err
 	}
 	if m.freelist == ^uint64(0) { // not stored: nothing to compare
@@ -143,29 +146,36 @@ func (c *pageChecker) page(id uint64) ([]byte, error) {
 	return p, nil
 }
 
-// walk checks the tree whose root is page id. name is the bucket's (nil
-// for the root bucket, whose keys name buckets); seqKeys requires
-// sequence-number keys.
-func (c *pageChecker) walk(id uint64, name []byte, seqKeys bool) error {
+// keyRange is where the keys of a page must lie: after prev, the last
+// key of the pages before it in the bucket (nil: none), at or after lo,
+// its parent's branch key (nil: none), and before hi, the parent's next
+// branch key (nil: none).
+type keyRange struct{ prev, lo, hi []byte }
+
+// walk checks the tree whose root is page id and returns its last key.
+// name is the bucket's (nil for the root bucket, whose keys name
+// buckets); seqKeys requires sequence-number keys; its keys must lie in r.
+func (c *pageChecker) walk(id uint64, name []byte, seqKeys bool, r keyRange) ([]byte, error) {
 	p, err := c.page(id)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return c.elements(p, id, name, seqKeys)
+	return c.elements(p, id, name, seqKeys, r)
 }
 
 // elements checks the elements of page p (a page of the file, id, or an
-// inline bucket's page, id 0) and walks on to the pages they reference.
-func (c *pageChecker) elements(p []byte, id uint64, name []byte, seqKeys bool) error {
+// inline bucket's page, id 0), their keys in r, and walks on to the pages
+// they reference. It returns the last key of the page's subtree.
+func (c *pageChecker) elements(p []byte, id uint64, name []byte, seqKeys bool, r keyRange) ([]byte, error) {
 	le := binary.LittleEndian
 	if len(p) < pageHeader {
-		return fmt.Errorf("%w: page %d is too short", ErrCorruptFile, id)
+		return nil, fmt.Errorf("%w: page %d is too short", ErrCorruptFile, id)
 	}
 	flags, count := le.Uint16(p[8:]), int(le.Uint16(p[10:]))
 	if pageHeader+count*elementSize > len(p) {
-		return fmt.Errorf("%w: page %d: %d elements do not fit", ErrCorruptFile, id, count)
+		return nil, fmt.Errorf("%w: page %d: %d elements do not fit", ErrCorruptFile, id, count)
 	}
-	var prev []byte
+	prev := r.prev
 	for i := range count {
 		off := pageHeader + i*elementSize
 		e := p[off : off+elementSize]
@@ -176,45 +186,65 @@ func (c *pageChecker) elements(p []byte, id uint64, name []byte, seqKeys bool) e
 		case flags&leafPageFlag != 0:
 			pos, ksize, vsize = int(le.Uint32(e[4:])), int(le.Uint32(e[8:])), int(le.Uint32(e[12:]))
 		default:
-			return fmt.Errorf("%w: page %d has type %#x, not a branch or a leaf", ErrCorruptFile, id, flags)
+			return nil, fmt.Errorf("%w: page %d has type %#x, not a branch or a leaf", ErrCorruptFile, id, flags)
 		}
 		start := off + pos
 		end := start + ksize + vsize
 		if pos < 0 || ksize < 0 || vsize < 0 || end > len(p) || end < start {
-			return fmt.Errorf("%w: page %d: element %d lies outside the page", ErrCorruptFile, id, i)
+			return nil, fmt.Errorf("%w: page %d: element %d lies outside the page", ErrCorruptFile, id, i)
 		}
 		k, v := p[start:start+ksize], p[start+ksize:end]
-		if prev != nil && bytes.Compare(prev, k) >= 0 {
-			return fmt.Errorf("%w: page %d: keys out of order at element %d", ErrCorruptFile, id, i)
+		switch {
+		case prev != nil && bytes.Compare(prev, k) >= 0 && i > 0:
+			return nil, fmt.Errorf("%w: page %d: keys out of order at element %d", ErrCorruptFile, id, i)
+		case prev != nil && bytes.Compare(prev, k) >= 0,
+			r.lo != nil && bytes.Compare(k, r.lo) < 0,
+			r.hi != nil && bytes.Compare(k, r.hi) >= 0:
+			return nil, fmt.Errorf("%w: page %d: element %d's key is out of order with the keys of the pages beside it", ErrCorruptFile, id, i)
 		}
 		prev = k
 		if flags&branchPageFlag != 0 {
-			if err := c.walk(le.Uint64(e[8:]), name, seqKeys); err != nil {
-				return err
+			hi := r.hi
+			if i+1 < count {
+				next := p[off+elementSize:]
+				pos, ksize := int(le.Uint32(next)), int(le.Uint32(next[4:]))
+				if start := off + elementSize + pos; pos >= 0 && ksize >= 0 && start+ksize <= len(p) && start+ksize >= start {
+					hi = p[start : start+ksize]
+				}
 			}
+			last, err := c.walk(le.Uint64(e[8:]), name, seqKeys, keyRange{prev: r.prev, lo: k, hi: hi})
+			if err != nil {
+				return nil, err
+			}
+			r.prev = last
 			continue
 		}
 		bucket := le.Uint32(e)&bucketLeafFlag != 0
 		if seqKeys && (len(k) != 8 || bucket) {
-			return fmt.Errorf("%w: bucket %q holds a key of %d bytes: a damaged page", ErrCorruptFile, name, len(k))
+			return nil, fmt.Errorf("%w: bucket %q holds a key of %d bytes: a damaged page", ErrCorruptFile, name, len(k))
 		}
 		if !bucket {
 			continue
 		}
 		if len(v) < bucketHeader {
-			return fmt.Errorf("%w: page %d: bucket %q has a short header", ErrCorruptFile, id, k)
+			return nil, fmt.Errorf("%w: page %d: bucket %q has a short header", ErrCorruptFile, id, k)
 		}
 		sub := string(k) == string(bucketBatches) || string(k) == string(bucketDeadLetters)
 		sub = sub && name == nil
+		var err error
 		if root := le.Uint64(v); root != 0 {
-			if err := c.walk(root, k, sub); err != nil {
-				return err
-			}
-		} else if err := c.elements(v[bucketHeader:], 0, k, sub); err != nil {
-			return err
+			_, err = c.walk(root, k, sub, keyRange{})
+		} else {
+			_, err = c.elements(v[bucketHeader:], 0, k, sub, keyRange{})
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
-	return nil
+	if flags&branchPageFlag != 0 {
+		return r.prev, nil
+	}
+	return prev, nil
 }
 
 // freelist reads the free page IDs from the freelist page id.

@@ -180,6 +180,7 @@ func salvageRaw(src, dst string, old *state) (copied int, err error) {
 	} else {
 		old = &sc.meta
 	}
+	sc.dropBeyond(max(old.next, sc.meta.next))
 	out, err := bolt.Open(dst, 0o600, &bolt.Options{Timeout: offlineLockTimeout, FreelistType: bolt.FreelistMapType, NoSync: true})
 	if err != nil {
 		return 0, fmt.Errorf("salvage %s: create %s: %w", src, dst, err)
@@ -223,7 +224,8 @@ type batchCopy struct {
 	off   int64
 	n     int
 	live  int
-	count int // records, live or removed: the sequence numbers it spans
+	count int    // records, live or removed: the sequence numbers it spans
+	pred  uint64 // the key of the batch before it in its page; 0: none
 }
 
 // scanPages reads f page by page. The page size is the first meta page's
@@ -303,13 +305,51 @@ func scanPages(f *os.File) (*pageScan, error) {
 			if flippedKey(cands, i) {
 				continue // its records' sequence numbers are not known: lost, not misplaced
 			}
-			sc.end = max(sc.end, c.base+uint64(c.count))
+			if i > 0 {
+				c.pred = cands[i-1].base
+			}
 			if old, ok := sc.batches[c.base]; !ok || c.live < old.live {
 				sc.batches[c.base] = c.batchCopy
 			}
 		}
 	}
+	for base, c := range sc.batches {
+		sc.end = max(sc.end, base+uint64(c.count))
+	}
 	return sc, nil
+}
+
+// dropBeyond leaves out the batches whose keys are at or beyond next, the
+// damaged file's next sequence number: a key with a high bit flipped that
+// was in order within its page (so flippedKey kept it) but not with the
+// pages after it. Their records' sequence numbers are not known: lost, not
+// delivered after later ones. One such batch is kept if it is the last,
+// its page's batch before it the last batch below next: a flip of the
+// file's last key leaves its records in order, only renumbered. next 0:
+// not known, nothing is left out.
+func (sc *pageScan) dropBeyond(next uint64) {
+	if next <= 1 {
+		return
+	}
+	var beyond []uint64
+	var below uint64 // the last key below next
+	for base := range sc.batches {
+		if base >= next {
+			beyond = append(beyond, base)
+		} else {
+			below = max(below, base)
+		}
+	}
+	if len(beyond) == 1 && sc.batches[beyond[0]].pred == below && below > 0 {
+		return
+	}
+	for _, base := range beyond {
+		delete(sc.batches, base)
+	}
+	sc.end = 0
+	for base, c := range sc.batches {
+		sc.end = max(sc.end, base+uint64(c.count))
+	}
 }
 
 // pageBatch is a batch found in a leaf page, under its key.
