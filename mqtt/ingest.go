@@ -128,6 +128,7 @@ type Ingest struct {
 	sink Sink
 	log  *slog.Logger
 	sess *session
+	ping *pinger // the keep-alive of Run's connections
 	// settleFunc is in.settle, made once: Append gets it for every record.
 	settleFunc func(uint64, error)
 	// dial opens the network connection under MQTT (and TLS) for the
@@ -150,11 +151,10 @@ type Ingest struct {
 	connections int      // connections that came up
 	warned      []string // the CONNACK warnings logged last
 
-	unsubscribedLog logEvery // on paho's router goroutine
+	unsubscribedLog logEvery // in receive
 	tooLargeLog     logEvery // likewise
 
-	rec   buffer.Record     // reused by onPublish (paho's router goroutine)
-	props []buffer.Property // rec's user properties, reused
+	fromPaho inbound // reused by onPublish (paho's router goroutine)
 
 	// The acknowledgement queue. onPublish appends an entry for each
 	// message it hands to the sink; done (settle) marks the oldest entry
@@ -260,6 +260,7 @@ func (in *Ingest) Stats() Stats {
 // Run is called once.
 func (in *Ingest) Run(ctx context.Context) error {
 	ping := &pinger{} // its PINGREQ writes are waited for below
+	in.ping = ping
 	connCtx, cancelConn := context.WithCancel(context.Background())
 	defer cancelConn()
 
@@ -448,62 +449,76 @@ func describeConnectError(err error) string {
 	return err.Error()
 }
 
-// onPublish runs on paho's router goroutine, once per message in arrival
-// order. It queues the message for its acknowledgement and hands the record
-// to the sink, whose done (settle) says when it is durable; it does not
-// wait for that.
+// onPublish runs on paho's router goroutine, once per message paho read,
+// in arrival order: the messages bufConn does not read itself (see
+// bufConn.readPublish), and all of them on a WebSocket connection.
 func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 	p := pr.Packet
 	l := in.sess.current()
-	size, stub := stubSize(p)
-	if !stub && in.cfg.MaxPayload > 0 && len(p.Payload) > in.cfg.MaxPayload {
-		stub, size = true, len(p.Payload) // a connection without ferry's reader (WebSocket) reads it whole
+	if l != nil {
+		if c, ok := l.w.(*bufConn); ok {
+			defer c.passed.Add(-1) // after the message is queued: bufConn may take the next itself
+		}
+	}
+	m := &in.fromPaho
+	m.topic, m.payload, m.id, m.qos = p.Topic, p.Payload, p.PacketID, p.QoS
+	m.rec = buffer.Record{Retain: p.Retain}
+	m.size, m.stub = stubSize(p)
+	if pp := p.Properties; pp != nil {
+		m.rec.ContentType = pp.ContentType
+		m.rec.ResponseTopic = pp.ResponseTopic
+		m.rec.CorrelationData = pp.CorrelationData
+		m.rec.PayloadUTF8 = pp.PayloadFormat != nil && *pp.PayloadFormat == 1
+		if len(pp.User) > 0 {
+			props := m.props[:0]
+			for _, u := range pp.User {
+				props = append(props, buffer.Property{Key: u.Key, Value: u.Value})
+			}
+			m.rec.UserProperties, m.props = props, props[:0]
+		}
+	}
+	in.receive(l, m)
+	return true, nil
+}
+
+// receive takes a message that came on l: it queues it for its
+// acknowledgement and hands its record to the sink, whose done (settle)
+// says when it is durable; it does not wait for that. It runs once per
+// message, in arrival order, on paho's router goroutine (onPublish) or on
+// its reading goroutine (bufConn), never on both at once (bufConn takes a
+// message itself only once onPublish has returned for every message it
+// passed to paho before it). m is reused once it returns.
+func (in *Ingest) receive(l *link, m *inbound) {
+	size, stub := m.size, m.stub
+	if !stub && in.cfg.MaxPayload > 0 && len(m.payload) > in.cfg.MaxPayload {
+		stub, size = true, len(m.payload) // a connection without ferry's reader (WebSocket) reads it whole
 	}
 	if stub {
 		in.droppedTooLarge.Add(1)
 		if n, ok := in.tooLargeLog.due(); ok {
-			in.log.Warn("messages dropped: payload larger than mqtt.max_payload_bytes (acknowledged, not stored)", "topic", p.Topic, "bytes", size, "limit", in.cfg.MaxPayload, "messages", n)
+			in.log.Warn("messages dropped: payload larger than mqtt.max_payload_bytes (acknowledged, not stored)", "topic", m.topic, "bytes", size, "limit", in.cfg.MaxPayload, "messages", n)
 		}
-		in.bypass(pending{link: l, topic: p.Topic, id: p.PacketID, qos: p.QoS})
-		return true, nil
+		in.bypass(pending{link: l, topic: m.topic, id: m.id, qos: m.qos})
+		return
 	}
-	if in.subs.check && !in.subs.matches(p.Topic) {
+	if in.subs.check && !in.subs.matches(m.topic) {
 		in.droppedUnsubscribed.Add(1)
 		if n, ok := in.unsubscribedLog.due(); ok {
-			in.log.Warn("messages dropped: no configured subscription matches their topic (they came through a filter removed from the configuration)", "topic", p.Topic, "messages", n)
+			in.log.Warn("messages dropped: no configured subscription matches their topic (they came through a filter removed from the configuration)", "topic", m.topic, "messages", n)
 		}
-		in.bypass(pending{link: l, topic: p.Topic, id: p.PacketID, qos: p.QoS})
-		return true, nil
+		in.bypass(pending{link: l, topic: m.topic, id: m.id, qos: m.qos})
+		return
 	}
 	in.mu.Lock()
 	if in.stopping {
 		in.mu.Unlock()
-		return true, nil // not acknowledged: the broker keeps it for the next session
+		return // not acknowledged: the broker keeps it for the next session
 	}
-	in.queue = append(in.queue, pending{link: l, topic: p.Topic, id: p.PacketID, qos: p.QoS})
+	in.queue = append(in.queue, pending{link: l, topic: m.topic, id: m.id, qos: m.qos})
 	in.mu.Unlock()
 
-	rec := &in.rec
-	*rec = buffer.Record{
-		Topic:      p.Topic,
-		Payload:    p.Payload,
-		QoS:        p.QoS,
-		Retain:     p.Retain,
-		ReceivedAt: time.Now(),
-	}
-	if pp := p.Properties; pp != nil {
-		rec.ContentType = pp.ContentType
-		rec.ResponseTopic = pp.ResponseTopic
-		rec.CorrelationData = pp.CorrelationData
-		rec.PayloadUTF8 = pp.PayloadFormat != nil && *pp.PayloadFormat == 1
-		if len(pp.User) > 0 {
-			props := in.props[:0]
-			for _, u := range pp.User {
-				props = append(props, buffer.Property{Key: u.Key, Value: u.Value})
-			}
-			rec.UserProperties, in.props = props, props[:0]
-		}
-	}
+	rec := &m.rec
+	rec.Topic, rec.Payload, rec.QoS, rec.ReceivedAt = m.topic, m.payload, m.qos, time.Now()
 	in.received.Add(1)
 	err := in.sink.Append(rec, in.settleFunc)
 	clear(rec.UserProperties) // keep no message alive
@@ -514,9 +529,8 @@ func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 		in.queue[len(in.queue)-1] = pending{}
 		in.queue = in.queue[:len(in.queue)-1]
 		in.mu.Unlock()
-		in.fail(fmt.Errorf("mqtt: store message from %s: %w", p.Topic, err))
+		in.fail(fmt.Errorf("mqtt: store message from %s: %w", m.topic, err))
 	}
-	return true, nil
 }
 
 // bypass queues the acknowledgement of a message that is not handed to the
