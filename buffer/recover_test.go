@@ -3,6 +3,7 @@ package buffer
 import (
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -293,6 +294,41 @@ func TestOverlappingBatchesTile(t *testing.T) {
 		}
 		if !slices.Equal(got, tt.want) {
 			t.Errorf("%s: kept %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// In a page-by-page salvage, a batch keyed at or beyond the file's next
+// sequence number is out of place (a high bit of its key flipped): left
+// out, unless it is the file's last batch, follows the last one below
+// next in its page, and keeps numbers beyond every reservation.
+func TestDropBeyond(t *testing.T) {
+	type b struct{ key, pred uint64 }
+	for _, tt := range []struct {
+		name           string
+		batches        []b
+		next, reserved uint64
+		want           []uint64 // keys kept
+	}{
+		{"sound", []b{{1, 0}, {11, 1}, {21, 11}}, 31, 31, []uint64{1, 11, 21}},
+		{"a leaf's last key flipped", []b{{1, 0}, {1 << 29, 1}, {21, 0}, {31, 21}}, 41, 41, []uint64{1, 21, 31}},
+		{"the file's last key flipped", []b{{1, 0}, {11, 1}, {1 << 29, 11}}, 31, 31, []uint64{1, 11, 1 << 29}},
+		{"the file's last key flipped into a reservation", []b{{1, 0}, {11, 1}, {1000, 11}}, 31, 1 << 22, []uint64{1, 11}},
+		{"the last key flipped, alone in its page", []b{{1, 0}, {11, 1}, {1 << 29, 0}}, 31, 31, []uint64{1, 11}},
+		{"two beyond", []b{{1, 0}, {1 << 29, 1}, {1 << 30, 1 << 29}}, 31, 31, []uint64{1}},
+		{"next not known", []b{{1, 0}, {1 << 29, 1}}, 0, 0, []uint64{1, 1 << 29}},
+	} {
+		sc := &pageScan{batches: map[uint64]batchCopy{}}
+		for _, x := range tt.batches {
+			sc.batches[x.key] = batchCopy{count: 10, pred: x.pred}
+		}
+		sc.dropBeyond(tt.next, tt.reserved)
+		got := slices.Sorted(maps.Keys(sc.batches))
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("%s: kept %v, want %v", tt.name, got, tt.want)
+		}
+		if want := tt.want[len(tt.want)-1] + 10; sc.end != want && tt.next > 1 {
+			t.Errorf("%s: end %d, want %d", tt.name, sc.end, want)
 		}
 	}
 }

@@ -127,7 +127,14 @@ func (r *ReadOnly) salvageTree(dst string) (copied int, err error) {
 			if len(k) != 8 {
 				return nil
 			}
-			return s.batch(batches, binary.BigEndian.Uint64(k), v)
+			base := binary.BigEndian.Uint64(k)
+			if base >= s.old.next && base < s.old.reserved && s.old.next > 1 {
+				// A damaged key (no batch is written at or beyond next):
+				// taken as it is, its records would have numbers that
+				// records delivered from memory had. Lost, and counted.
+				return nil
+			}
+			return s.batch(batches, base, v)
 		})
 	})
 	if readErr != nil {
@@ -177,10 +184,10 @@ func salvageRaw(src, dst string, old *state) (copied int, err error) {
 	var expect uint64
 	if old != nil {
 		expect = old.count
+		sc.dropBeyond(old.next, max(old.next, old.reserved))
 	} else {
-		old = &sc.meta
+		old = &sc.meta // the highest counters found: next may be an old copy's, and not bound the keys
 	}
-	sc.dropBeyond(max(old.next, sc.meta.next))
 	out, err := bolt.Open(dst, 0o600, &bolt.Options{Timeout: offlineLockTimeout, FreelistType: bolt.FreelistMapType, NoSync: true})
 	if err != nil {
 		return 0, fmt.Errorf("salvage %s: create %s: %w", src, dst, err)
@@ -320,14 +327,16 @@ func scanPages(f *os.File) (*pageScan, error) {
 }
 
 // dropBeyond leaves out the batches whose keys are at or beyond next, the
-// damaged file's next sequence number: a key with a high bit flipped that
-// was in order within its page (so flippedKey kept it) but not with the
-// pages after it. Their records' sequence numbers are not known: lost, not
-// delivered after later ones. One such batch is kept if it is the last,
-// its page's batch before it the last batch below next: a flip of the
-// file's last key leaves its records in order, only renumbered. next 0:
-// not known, nothing is left out.
-func (sc *pageScan) dropBeyond(next uint64) {
+// damaged file's next sequence number as its meta bucket holds it: a key
+// with a high bit flipped that was in order within its page (so flippedKey
+// kept it) but not with the pages after it. Their records' sequence
+// numbers are not known: lost (and counted), not delivered after later
+// ones. One such batch is kept if it is the last, its page's batch before
+// it the last batch below next, and its key at or beyond reserved (the top
+// of the numbers ever given out, next included): a flip of the file's last
+// key that leaves its records in order and gives them numbers no record
+// ever had.
+func (sc *pageScan) dropBeyond(next, reserved uint64) {
 	if next <= 1 {
 		return
 	}
@@ -340,11 +349,10 @@ func (sc *pageScan) dropBeyond(next uint64) {
 			below = max(below, base)
 		}
 	}
-	if len(beyond) == 1 && sc.batches[beyond[0]].pred == below && below > 0 {
-		return
-	}
-	for _, base := range beyond {
-		delete(sc.batches, base)
+	if !(len(beyond) == 1 && beyond[0] >= reserved && sc.batches[beyond[0]].pred == below && below > 0) {
+		for _, base := range beyond {
+			delete(sc.batches, base)
+		}
 	}
 	sc.end = 0
 	for base, c := range sc.batches {
