@@ -53,6 +53,16 @@ func (b *Buffer) Append(rec *Record, done func(seq uint64, err error)) error {
 	return nil
 }
 
+// HasRoom reports whether an Append of a record of about n encoded bytes
+// (its payload, topic and properties, plus 64) would find room in the tail
+// now, without waiting (see Append); after Close, true (Append fails at
+// once). It is a hint: another Append may take the room first.
+func (b *Buffer) HasRoom(n int) bool {
+	b.qmu.Lock()
+	defer b.qmu.Unlock()
+	return b.queuedN == 0 || b.queued+n <= b.opts.QueueBytes && b.queuedN < b.opts.QueueSize
+}
+
 // reserve waits until a record of n bytes fits in the tail (QueueSize,
 // QueueBytes, or the tail is empty) and counts it.
 func (b *Buffer) reserve(n int) error {

@@ -673,3 +673,26 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// HasRoom tells whether an Append would wait for room in the tail.
+func TestHasRoom(t *testing.T) {
+	b, err := Open(filepath.Join(t.TempDir(), "b.db"), Options{WriteDelay: time.Hour, QueueSize: 2, QueueBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if !b.HasRoom(100) {
+		t.Fatal("an empty tail has no room")
+	}
+	if !b.HasRoom(2 << 20) {
+		t.Fatal("an empty tail has no room for a record larger than QueueBytes, which Append takes at once")
+	}
+	for i := range 2 {
+		if err := b.Append(&Record{Topic: "a", Payload: []byte{byte(i)}}, func(uint64, error) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.HasRoom(100) {
+		t.Fatal("a tail of QueueSize records has room")
+	}
+}

@@ -22,9 +22,9 @@ import (
 // range its parent's branch element gives it (as bbolt's own check has
 // them since 1.3.7: a key in order within its page but not with the next
 // page's misleads every cursor that passes it); the batches and
-// dead-letter buckets are keyed by sequence number. Then the freelist: no page freed twice, none both
-// free and in use, none neither (a leak). It reads every page of the tree
-// once, which is about the whole file.
+// dead-letter buckets are keyed by sequence number. Then the freelist: no
+// page freed twice, none both free and in use, none neither (a leak). It
+// reads every page of the tree once, which is about the whole file.
 func checkPages(path string) error {
 	f, err := os.Open(path)
 	if err != nil {

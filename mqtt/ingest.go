@@ -40,14 +40,26 @@ import (
 	"github.com/ferry-edge/ferry/buffer"
 )
 
-// Sink is where records go: *buffer.Buffer. Append must not keep rec (ingest
-// reuses it once Append returns). Unless Append returns an error, it must
-// call done exactly once, after the record is durable (err == nil) or could
-// not be stored, in append order; done may be called from any goroutine,
-// also before Append returns. done is cheap and never blocks.
+// Sink is where records go: *buffer.Buffer. Append must not keep rec or
+// anything it points to (ingest reuses it, and the payload and correlation
+// data may lie in the connection's read buffer, overwritten once Append
+// returns). Unless Append returns an error, it must call done exactly
+// once, after the record is durable (err == nil) or could not be stored,
+// in append order; done may be called from any goroutine, also before
+// Append returns. done is cheap and never blocks.
+//
+// A Sink whose Append can wait for room should also have a method
+// HasRoom(n int) bool, as *buffer.Buffer does, that says whether an Append
+// of a record of about n bytes would not wait now: ingest reads a message
+// on the connection's own goroutine only then, and while Append waits the
+// connection's other packets (acknowledgements of ferry's subscriptions,
+// a DISCONNECT, a broken connection) are still read.
 type Sink interface {
 	Append(rec *buffer.Record, done func(seq uint64, err error)) error
 }
+
+// roomy is a Sink that says whether it has room (see Sink).
+type roomy interface{ HasRoom(n int) bool }
 
 // Config says how to reach the broker and what to subscribe to.
 type Config struct {
@@ -156,7 +168,7 @@ type Ingest struct {
 
 	fromPaho inbound // reused by onPublish (paho's router goroutine)
 
-	// The acknowledgement queue. onPublish appends an entry for each
+	// The acknowledgement queue. receive appends an entry for each
 	// message it hands to the sink; done (settle) marks the oldest entry
 	// not yet marked; the ack goroutine (sendAcks) takes the marked ones
 	// and acknowledges them in order. It is bounded without a limit of its
@@ -489,6 +501,7 @@ func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 // message itself only once onPublish has returned for every message it
 // passed to paho before it). m is reused once it returns.
 func (in *Ingest) receive(l *link, m *inbound) {
+	defer m.reset() // keep no message alive
 	size, stub := m.size, m.stub
 	if !stub && in.cfg.MaxPayload > 0 && len(m.payload) > in.cfg.MaxPayload {
 		stub, size = true, len(m.payload) // a connection without ferry's reader (WebSocket) reads it whole
@@ -521,8 +534,6 @@ func (in *Ingest) receive(l *link, m *inbound) {
 	rec.Topic, rec.Payload, rec.QoS, rec.ReceivedAt = m.topic, m.payload, m.qos, time.Now()
 	in.received.Add(1)
 	err := in.sink.Append(rec, in.settleFunc)
-	clear(rec.UserProperties) // keep no message alive
-	*rec = buffer.Record{}
 	if err != nil {
 		// done will not be called: the entry is the newest, take it back.
 		in.mu.Lock()
@@ -693,7 +704,7 @@ func (in *Ingest) writeAcks(batch []pending, out []byte, failed bool) ([]byte, b
 	return out, failed
 }
 
-// stop makes onPublish refuse new messages.
+// stop makes receive refuse new messages.
 func (in *Ingest) stop() {
 	in.mu.Lock()
 	in.stopping = true

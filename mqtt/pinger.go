@@ -16,8 +16,9 @@ import (
 // paho's DefaultPinger does: when nothing was both sent and received for
 // the keep-alive interval. Unlike it, it does not take a late PINGRESP for
 // a dead broker while ferry itself is not reading: when the sink is slow
-// (a long commit, a full buffer with when_full: block) paho's reader waits
-// to hand a message on, the socket fills, the broker stops sending (TCP
+// (a long commit, a full buffer with when_full: block) ferry's reader waits
+// to hand a message on (paho's, or bufConn handing one to ingest), the
+// socket fills, the broker stops sending (TCP
 // backpressure: the publishers feel it through the broker), and the
 // PINGRESP waits behind the unread messages. The connection is dead only
 // if ferry has been waiting for the broker since before the PINGREQ went

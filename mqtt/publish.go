@@ -28,6 +28,12 @@ type inbound struct {
 	props []buffer.Property // rec.UserProperties' array, reused
 }
 
+// reset forgets the message, keeping rec's array of user properties.
+func (m *inbound) reset() {
+	clear(m.rec.UserProperties)
+	*m = inbound{props: m.props[:0]}
+}
+
 // MQTT 5 property identifiers a PUBLISH from a broker may carry (MQTT 5.0
 // section 3.3.2.3).
 const (
@@ -166,21 +172,27 @@ func binaryField(p []byte) (field, rest []byte, ok bool) {
 
 // interner keeps one string per topic seen lately, so that a message's
 // topic costs no allocation: a gateway's devices use the same few topics
-// over and over. It forgets them all once it holds maxTopics.
+// over and over. It forgets them all once it holds maxTopics, or
+// maxTopicBytes of them.
 type interner struct {
-	m map[string]string
+	m     map[string]string
+	bytes int
 }
 
-const maxTopics = 4096
+const (
+	maxTopics     = 4096
+	maxTopicBytes = 256 << 10
+)
 
 func (t *interner) get(b []byte) string {
 	if s, ok := t.m[string(b)]; ok {
 		return s
 	}
-	if t.m == nil || len(t.m) >= maxTopics {
-		t.m = make(map[string]string)
+	if t.m == nil || len(t.m) >= maxTopics || t.bytes+len(b) > maxTopicBytes {
+		t.m, t.bytes = make(map[string]string), 0
 	}
 	s := string(b)
 	t.m[s] = s
+	t.bytes += len(s)
 	return s
 }

@@ -90,8 +90,8 @@ func TestParsePublishReadsAsPaho(t *testing.T) {
 }
 
 // What parsePublish does not take goes through paho as before: QoS 2
-// (paho's session tracks it), a topic alias (paho maps it), a stub, and
-// what is malformed or doubtful, so that paho says what is wrong with it.
+// (paho's session tracks it), a topic alias, a stub, and what is
+// malformed or doubtful, so that paho says what is wrong with it.
 func TestParsePublishLeavesToPaho(t *testing.T) {
 	alias, zero, two := uint16(3), 0, byte(2)
 	cases := map[string][]byte{
@@ -167,6 +167,18 @@ func TestInternerForgetsWhenFull(t *testing.T) {
 // the other with nothing between them (a session's queue, sent at once
 // on connecting).
 func TestMixedQoSKeepsOrder(t *testing.T) {
+	// The buffer has room: bufConn reads the QoS 1 messages itself. A sink
+	// without room: every message goes through paho.
+	t.Run("room", func(t *testing.T) { testMixedQoS(t, false) })
+	t.Run("no room", func(t *testing.T) { testMixedQoS(t, true) })
+}
+
+// noRoom is a buffer that says it has no room.
+type noRoom struct{ *buffer.Buffer }
+
+func (noRoom) HasRoom(int) bool { return false }
+
+func testMixedQoS(t *testing.T, full bool) {
 	broker := testenv.NewBroker(t)
 	testenv.RequireMosquitto(t, broker, "mochi-mqtt v2.7.9 does not hand a resumed session to a new connection reliably")
 	u, _ := url.Parse(broker.URL())
@@ -190,9 +202,17 @@ func TestMixedQoSKeepsOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	in, done, cancel := startIngestWith(t, cfg, buf, nil)
+	var sink Sink = buf
+	if full {
+		sink = noRoom{buf}
+	}
+	in, done, cancel := startIngestWith(t, cfg, sink, nil)
 	defer cancel()
 	waitFor(t, 15*time.Second, "every message", func() bool { return in.Stats().Acknowledged == n })
+	taken := in.sess.current().w.(*bufConn).taken.Load()
+	if full && taken != 0 || !full && taken == 0 {
+		t.Errorf("bufConn read %d of the %d messages itself", taken, n)
+	}
 	ctx, stop := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stop()
 	recs, err := buf.Read(ctx, 0, 2*n, 0, nil)
@@ -209,6 +229,47 @@ func TestMixedQoSKeepsOrder(t *testing.T) {
 	for i, r := range recs {
 		if want := fmt.Sprint(i); string(r.Payload) != want {
 			t.Fatalf("record %d is message %s", i, r.Payload)
+		}
+	}
+}
+
+// A PUBLISH that paho's session answers itself, not passing it on to
+// onPublish, is counted off passed all the same: bufConn goes on reading
+// messages itself.
+func TestPublishPahoAnswersIsCountedOff(t *testing.T) {
+	c, _ := testenv.TCPPair(t)
+	bc := newBufConn(c, 0)
+	s := newSession()
+	if err := s.ConAckReceived(bc, &packets.Connect{CleanStart: true}, &packets.Connack{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.pubrec(s.current(), 7); err != nil {
+		t.Fatal(err)
+	}
+	pubs := make(chan *packets.Publish, 1)
+	for _, tt := range []struct {
+		name    string
+		p       *packets.Publish
+		forward bool
+	}{
+		{"a new message", &packets.Publish{Topic: "a", QoS: 2, PacketID: 8}, true},
+		{"a QoS 2 message answered already", &packets.Publish{Topic: "a", QoS: 2, PacketID: 7, Duplicate: true}, false},
+		{"packet identifier 0", &packets.Publish{Topic: "a", QoS: 1, PacketID: 0}, false},
+	} {
+		bc.passed.Store(1)
+		s.PacketReceived(&packets.ControlPacket{FixedHeader: packets.FixedHeader{Type: packets.PUBLISH}, Content: tt.p}, pubs)
+		select {
+		case <-pubs:
+			if !tt.forward {
+				t.Errorf("%s: passed on to onPublish", tt.name)
+			}
+		default:
+			if tt.forward {
+				t.Errorf("%s: not passed on to onPublish", tt.name)
+			}
+		}
+		if want := map[bool]int32{true: 1, false: 0}[tt.forward]; bc.passed.Load() != want {
+			t.Errorf("%s: passed %d, want %d", tt.name, bc.passed.Load(), want)
 		}
 	}
 }

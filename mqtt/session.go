@@ -23,11 +23,38 @@ import (
 type session struct {
 	*state.State
 
-	mu  sync.Mutex           // orders connection changes with PUBRECs
-	cur atomic.Pointer[link] // the connection up now; nil while there is none
+	mu  sync.Mutex            // orders connection changes with PUBRECs
+	cur atomic.Pointer[link]  // the connection up now; nil while there is none
+	fwd chan *packets.Publish // what paho's session passes on (see PacketReceived)
 }
 
-func newSession() *session { return &session{State: state.NewInMemory()} }
+func newSession() *session {
+	return &session{State: state.NewInMemory(), fwd: make(chan *packets.Publish, 1)}
+}
+
+// PacketReceived is paho's, on its reading goroutine, with one thing
+// added: a PUBLISH that paho's session does not pass on to the router (a
+// QoS 2 message it had received already and answers itself, one with
+// packet identifier 0) is counted off bufConn's passed, as onPublish
+// counts off those it gets, so that bufConn goes on reading messages
+// itself.
+func (s *session) PacketReceived(recv *packets.ControlPacket, pubChan chan<- *packets.Publish) error {
+	if _, ok := recv.Content.(*packets.Publish); !ok {
+		return s.State.PacketReceived(recv, pubChan)
+	}
+	err := s.State.PacketReceived(recv, s.fwd)
+	select {
+	case p := <-s.fwd:
+		pubChan <- p // as paho's session sends it
+	default:
+		if l := s.cur.Load(); l != nil {
+			if c, ok := l.w.(*bufConn); ok {
+				c.passed.Add(-1)
+			}
+		}
+	}
+	return err
+}
 
 // errLinkGone means the connection a message came on is gone: its
 // acknowledgement is not sent, and the broker delivers the message again.

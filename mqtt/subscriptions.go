@@ -143,7 +143,7 @@ func writeState(path string, st subscriptionState) error {
 type subscriptions struct {
 	wanted []Subscription
 	plain  []string // wanted's plain filters, for matching topics
-	// check: onPublish drops messages whose topic no wanted filter
+	// check: receive drops messages whose topic no wanted filter
 	// matches. Always on: a broker sends only messages that match the
 	// session's filters, so such a message came through a filter ferry
 	// no longer wants, or one it never knew of (a session from before

@@ -26,6 +26,14 @@ type clockSink struct {
 // start is the base of the monotonic times clockSink keeps.
 var start = time.Now()
 
+// HasRoom is the next sink's, if it tells (see mqtt.Sink).
+func (s *clockSink) HasRoom(n int) bool {
+	if r, ok := s.next.(interface{ HasRoom(int) bool }); ok {
+		return r.HasRoom(n)
+	}
+	return true
+}
+
 func (s *clockSink) Append(rec *buffer.Record, done func(seq uint64, err error)) error {
 	now := int64(time.Since(start))
 	if last := s.checked.Load(); (last == 0 || now-last >= int64(time.Second)) && s.checked.CompareAndSwap(last, now) {

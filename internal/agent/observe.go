@@ -194,6 +194,9 @@ type timedSink struct {
 	observe func(time.Duration)
 }
 
+// HasRoom is the buffer's (see mqtt.Sink).
+func (s timedSink) HasRoom(n int) bool { return s.buf.HasRoom(n) }
+
 func (s timedSink) Append(rec *buffer.Record, done func(seq uint64, err error)) error {
 	start := time.Now()
 	return s.buf.Append(rec, func(seq uint64, err error) {
