@@ -16,24 +16,43 @@ import (
 // nothing is delivered), and fails with ErrClosed after Close. rec is
 // encoded before Append returns; the caller may reuse it.
 func (b *Buffer) Append(rec *Record, done func(seq uint64, err error)) error {
+	_, err := b.add(rec, done, true)
+	return err
+}
+
+// TryAppend is Append without the wait: where Append would wait for room
+// in the tail (or for a replay of dead letters to take its sequence
+// numbers), TryAppend returns false at once, and rec is not taken (done is
+// not called).
+func (b *Buffer) TryAppend(rec *Record, done func(seq uint64, err error)) (bool, error) {
+	return b.add(rec, done, false)
+}
+
+// add is Append, or TryAppend unless wait.
+func (b *Buffer) add(rec *Record, done func(seq uint64, err error), wait bool) (bool, error) {
 	val := appendEncoded(make([]byte, 0, 64+len(rec.Topic)+len(rec.Payload)), rec)
 	b.closeMu.RLock()
 	defer b.closeMu.RUnlock()
 	if b.closed {
-		return ErrClosed
+		return false, ErrClosed
 	}
-	if err := b.reserve(len(val)); err != nil {
-		return err
+	if ok, err := b.reserve(len(val), wait); !ok {
+		return false, err
 	}
 	b.mu.Lock()
 	for b.hold != nil { // a replay is taking sequence numbers
+		if !wait {
+			b.mu.Unlock()
+			b.unreserve(len(val), 1)
+			return false, nil
+		}
 		hold := b.hold
 		b.mu.Unlock()
 		select {
 		case <-hold:
 		case <-b.quit:
 			b.unreserve(len(val), 1)
-			return ErrClosed
+			return false, ErrClosed
 		}
 		b.mu.Lock()
 	}
@@ -50,24 +69,19 @@ func (b *Buffer) Append(rec *Record, done func(seq uint64, err error)) error {
 	if wake {
 		b.signal()
 	}
-	return nil
-}
-
-// HasRoom reports whether an Append of a record of about n encoded bytes
-// (its payload, topic and properties, plus 64) would find room in the tail
-// now, without waiting (see Append); after Close, true (Append fails at
-// once). It is a hint: another Append may take the room first.
-func (b *Buffer) HasRoom(n int) bool {
-	b.qmu.Lock()
-	defer b.qmu.Unlock()
-	return b.queuedN == 0 || b.queued+n <= b.opts.QueueBytes && b.queuedN < b.opts.QueueSize
+	return true, nil
 }
 
 // reserve waits until a record of n bytes fits in the tail (QueueSize,
-// QueueBytes, or the tail is empty) and counts it.
-func (b *Buffer) reserve(n int) error {
+// QueueBytes, or the tail is empty) and counts it; unless wait, it returns
+// false instead of waiting.
+func (b *Buffer) reserve(n int, wait bool) (bool, error) {
 	b.qmu.Lock()
 	for b.queuedN > 0 && (b.queued+n > b.opts.QueueBytes || b.queuedN >= b.opts.QueueSize) {
+		if !wait {
+			b.qmu.Unlock()
+			return false, nil
+		}
 		if b.dequeued == nil {
 			b.dequeued = make(chan struct{})
 		}
@@ -80,14 +94,14 @@ func (b *Buffer) reserve(n int) error {
 		select {
 		case <-ch:
 		case <-b.quit: // Close was called while the tail was full
-			return ErrClosed
+			return false, ErrClosed
 		}
 		b.qmu.Lock()
 	}
 	b.queued += n
 	b.queuedN++
 	b.qmu.Unlock()
-	return nil
+	return true, nil
 }
 
 // unreserve takes k records of n bytes off the tail and wakes the appends

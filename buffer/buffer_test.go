@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -674,25 +675,33 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// HasRoom tells whether an Append would wait for room in the tail.
-func TestHasRoom(t *testing.T) {
+// TryAppend takes a record where Append would not wait, and refuses it
+// at once where Append would.
+func TestTryAppend(t *testing.T) {
 	b, err := Open(filepath.Join(t.TempDir(), "b.db"), Options{WriteDelay: time.Hour, QueueSize: 2, QueueBytes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if !b.HasRoom(100) {
-		t.Fatal("an empty tail has no room")
+	var done atomic.Int32
+	count := func(uint64, error) { done.Add(1) }
+	// The first record is taken whatever its size.
+	if ok, err := b.TryAppend(&Record{Topic: "a", Payload: make([]byte, 2<<20)}, count); !ok || err != nil {
+		t.Fatalf("an empty tail: %v, %v", ok, err)
 	}
-	if !b.HasRoom(2 << 20) {
-		t.Fatal("an empty tail has no room for a record larger than QueueBytes, which Append takes at once")
+	if ok, err := b.TryAppend(&Record{Topic: "a", Payload: []byte{1}}, count); ok || err != nil {
+		t.Fatalf("a tail over QueueBytes: %v, %v", ok, err)
 	}
-	for i := range 2 {
-		if err := b.Append(&Record{Topic: "a", Payload: []byte{byte(i)}}, func(uint64, error) {}); err != nil {
-			t.Fatal(err)
-		}
+	if st := b.Stats(); st.LastSeq != 1 {
+		t.Fatalf("LastSeq %d after one record taken: a refused record took a number", st.LastSeq)
 	}
-	if b.HasRoom(100) {
-		t.Fatal("a tail of QueueSize records has room")
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.TryAppend(&Record{Topic: "a"}, count); ok || !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v, %v", ok, err)
+	}
+	if n := done.Load(); n != 1 {
+		t.Fatalf("%d callbacks, want 1 (the record taken)", n)
 	}
 }

@@ -126,11 +126,11 @@ func (in *Ingest) attemptConnection(ctx context.Context, cfg autopaho.ClientConf
 		}
 	}
 	bc := newBufConn(c, in.cfg.MaxPayload)
-	bc.direct, bc.ping = in.receive, in.ping
-	bc.link = func() *link { return in.sess.current() }
-	if r, ok := in.sink.(roomy); ok {
-		bc.room = r.HasRoom
+	if t, ok := in.sink.(tryAppender); ok {
+		bc.direct = func(l *link, m *inbound) bool { return in.receive(l, m, t) }
 	}
+	bc.ping = in.ping
+	bc.link = func() *link { return in.sess.current() }
 	return bc, nil
 }
 
@@ -201,17 +201,16 @@ type bufConn struct {
 	limit int    // largest payload passed on; 0: any
 	rem   int    // bytes of the packet being read still to pass on
 	stub  []byte // what is left of a stub being passed on instead of a packet
-	// direct takes the messages bufConn reads itself (ingest's receive),
-	// which came on link(); nil: it reads none. ping hears of each.
-	direct func(*link, *inbound)
+	// direct takes the messages bufConn reads itself (ingest's receive,
+	// through the sink's TryAppend), which came on link(), and reports
+	// whether it did; nil: bufConn reads none. A message the sink has no
+	// room for goes through paho, whose reader goes on reading the
+	// connection while ingest waits for the sink on paho's router
+	// goroutine. ping hears of each message taken.
+	direct func(*link, *inbound) bool
 	link   func() *link
 	ping   interface{ PacketReceived() }
-	// room says whether the sink takes a record of about n bytes without
-	// waiting; nil: it does not say. A message it has no room for goes
-	// through paho, whose reader goes on reading the connection while
-	// ingest waits for the sink on paho's router goroutine.
-	room   func(n int) bool
-	taken  atomic.Uint64 // messages handed to direct
+	taken  atomic.Uint64 // messages direct took
 	msg    inbound       // the message handed to direct, reused
 	topics interner      // its topic
 	// passed counts the PUBLISH packets passed on to paho that ingest has
@@ -320,16 +319,18 @@ func (c *bufConn) readPublish(hdr, length int) (done bool, err error) {
 		return false, nil // paho is done with this connection, and reads no more
 	}
 	m := &c.msg
-	if !parsePublish(b, hdr, m, &c.topics) || c.limit > 0 && len(m.payload) > c.limit ||
-		c.room != nil && !c.room(64+len(m.topic)+len(m.payload)+len(m.rec.CorrelationData)) {
+	if !parsePublish(b, hdr, m, &c.topics) || c.limit > 0 && len(m.payload) > c.limit {
 		m.reset()
 		return false, nil
 	}
+	c.readSince.Store(0) // not waiting for the broker while ingest takes it
+	took := c.direct(l, m)
+	c.readSince.Store(time.Now().UnixNano())
+	if !took {
+		return false, nil // the sink has no room: through paho
+	}
 	c.taken.Add(1)
 	c.ping.PacketReceived()
-	c.readSince.Store(0) // not waiting for the broker while ingest takes it
-	c.direct(l, m)
-	c.readSince.Store(time.Now().UnixNano())
 	_, err = c.r.Discard(hdr + length)
 	return true, err
 }

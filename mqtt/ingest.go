@@ -48,18 +48,21 @@ import (
 // in append order; done may be called from any goroutine, also before
 // Append returns. done is cheap and never blocks.
 //
-// A Sink whose Append can wait for room should also have a method
-// HasRoom(n int) bool, as *buffer.Buffer does, that says whether an Append
-// of a record of about n bytes would not wait now: ingest reads a message
-// on the connection's own goroutine only then, and while Append waits the
+// A Sink whose Append can wait for room should also have TryAppend, as
+// *buffer.Buffer does: Append that returns false at once, rec not taken
+// and done not called, where Append would wait. ingest takes a message on
+// the connection's own reading goroutine only through TryAppend; one the
+// sink has no room for goes through paho, whose reader goes on reading the
 // connection's other packets (acknowledgements of ferry's subscriptions,
-// a DISCONNECT, a broken connection) are still read.
+// a DISCONNECT, a broken connection) while Append waits.
 type Sink interface {
 	Append(rec *buffer.Record, done func(seq uint64, err error)) error
 }
 
-// roomy is a Sink that says whether it has room (see Sink).
-type roomy interface{ HasRoom(n int) bool }
+// tryAppender is a Sink with TryAppend (see Sink).
+type tryAppender interface {
+	TryAppend(rec *buffer.Record, done func(seq uint64, err error)) (bool, error)
+}
 
 // Config says how to reach the broker and what to subscribe to.
 type Config struct {
@@ -489,7 +492,7 @@ func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 			m.rec.UserProperties, m.props = props, props[:0]
 		}
 	}
-	in.receive(l, m)
+	in.receive(l, m, nil)
 	return true, nil
 }
 
@@ -499,8 +502,10 @@ func (in *Ingest) onPublish(pr paho.PublishReceived) (bool, error) {
 // message, in arrival order, on paho's router goroutine (onPublish) or on
 // its reading goroutine (bufConn), never on both at once (bufConn takes a
 // message itself only once onPublish has returned for every message it
-// passed to paho before it). m is reused once it returns.
-func (in *Ingest) receive(l *link, m *inbound) {
+// passed to paho before it). m is reused once it returns. With try, the
+// sink takes the record through it: if it has no room, receive returns
+// false and the message is not taken (nothing is queued or counted).
+func (in *Ingest) receive(l *link, m *inbound, try tryAppender) bool {
 	defer m.reset() // keep no message alive
 	size, stub := m.size, m.stub
 	if !stub && in.cfg.MaxPayload > 0 && len(m.payload) > in.cfg.MaxPayload {
@@ -512,7 +517,7 @@ func (in *Ingest) receive(l *link, m *inbound) {
 			in.log.Warn("messages dropped: payload larger than mqtt.max_payload_bytes (acknowledged, not stored)", "topic", m.topic, "bytes", size, "limit", in.cfg.MaxPayload, "messages", n)
 		}
 		in.bypass(pending{link: l, topic: m.topic, id: m.id, qos: m.qos})
-		return
+		return true
 	}
 	if in.subs.check && !in.subs.matches(m.topic) {
 		in.droppedUnsubscribed.Add(1)
@@ -520,28 +525,39 @@ func (in *Ingest) receive(l *link, m *inbound) {
 			in.log.Warn("messages dropped: no configured subscription matches their topic (they came through a filter removed from the configuration)", "topic", m.topic, "messages", n)
 		}
 		in.bypass(pending{link: l, topic: m.topic, id: m.id, qos: m.qos})
-		return
+		return true
 	}
 	in.mu.Lock()
 	if in.stopping {
 		in.mu.Unlock()
-		return // not acknowledged: the broker keeps it for the next session
+		return true // not acknowledged: the broker keeps it for the next session
 	}
 	in.queue = append(in.queue, pending{link: l, topic: m.topic, id: m.id, qos: m.qos})
 	in.mu.Unlock()
 
 	rec := &m.rec
 	rec.Topic, rec.Payload, rec.QoS, rec.ReceivedAt = m.topic, m.payload, m.qos, time.Now()
-	in.received.Add(1)
-	err := in.sink.Append(rec, in.settleFunc)
-	if err != nil {
+	taken, err := true, error(nil)
+	if try != nil {
+		taken, err = try.TryAppend(rec, in.settleFunc)
+	} else {
+		err = in.sink.Append(rec, in.settleFunc)
+	}
+	if err != nil || !taken {
 		// done will not be called: the entry is the newest, take it back.
 		in.mu.Lock()
 		in.queue[len(in.queue)-1] = pending{}
 		in.queue = in.queue[:len(in.queue)-1]
 		in.mu.Unlock()
-		in.fail(fmt.Errorf("mqtt: store message from %s: %w", m.topic, err))
 	}
+	if err != nil {
+		in.fail(fmt.Errorf("mqtt: store message from %s: %w", m.topic, err))
+		return true
+	}
+	if taken {
+		in.received.Add(1)
+	}
+	return taken
 }
 
 // bypass queues the acknowledgement of a message that is not handed to the

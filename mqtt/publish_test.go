@@ -173,10 +173,10 @@ func TestMixedQoSKeepsOrder(t *testing.T) {
 	t.Run("no room", func(t *testing.T) { testMixedQoS(t, true) })
 }
 
-// noRoom is a buffer that says it has no room.
+// noRoom is a buffer that never has room for TryAppend.
 type noRoom struct{ *buffer.Buffer }
 
-func (noRoom) HasRoom(int) bool { return false }
+func (noRoom) TryAppend(*buffer.Record, func(uint64, error)) (bool, error) { return false, nil }
 
 func testMixedQoS(t *testing.T, full bool) {
 	broker := testenv.NewBroker(t)

@@ -26,20 +26,29 @@ type clockSink struct {
 // start is the base of the monotonic times clockSink keeps.
 var start = time.Now()
 
-// HasRoom is the next sink's, if it tells (see mqtt.Sink).
-func (s *clockSink) HasRoom(n int) bool {
-	if r, ok := s.next.(interface{ HasRoom(int) bool }); ok {
-		return r.HasRoom(n)
-	}
-	return true
+func (s *clockSink) Append(rec *buffer.Record, done func(seq uint64, err error)) error {
+	s.mark(rec)
+	return s.next.Append(rec, done)
 }
 
-func (s *clockSink) Append(rec *buffer.Record, done func(seq uint64, err error)) error {
+// TryAppend is the next sink's (see mqtt.Sink); one without it waits.
+func (s *clockSink) TryAppend(rec *buffer.Record, done func(seq uint64, err error)) (bool, error) {
+	s.mark(rec)
+	if t, ok := s.next.(interface {
+		TryAppend(*buffer.Record, func(uint64, error)) (bool, error)
+	}); ok {
+		return t.TryAppend(rec, done)
+	}
+	return true, s.next.Append(rec, done)
+}
+
+// mark says in rec whether the clock is synchronized, asking at most once
+// a second.
+func (s *clockSink) mark(rec *buffer.Record) {
 	now := int64(time.Since(start))
 	if last := s.checked.Load(); (last == 0 || now-last >= int64(time.Second)) && s.checked.CompareAndSwap(last, now) {
 		synced, known := s.synced()
 		s.unsynced.Store(known && !synced)
 	}
 	rec.ClockUnsynced = s.unsynced.Load()
-	return s.next.Append(rec, done)
 }

@@ -194,17 +194,24 @@ type timedSink struct {
 	observe func(time.Duration)
 }
 
-// HasRoom is the buffer's (see mqtt.Sink).
-func (s timedSink) HasRoom(n int) bool { return s.buf.HasRoom(n) }
-
 func (s timedSink) Append(rec *buffer.Record, done func(seq uint64, err error)) error {
+	return s.buf.Append(rec, s.timed(done))
+}
+
+// TryAppend is the buffer's (see mqtt.Sink), timed.
+func (s timedSink) TryAppend(rec *buffer.Record, done func(seq uint64, err error)) (bool, error) {
+	return s.buf.TryAppend(rec, s.timed(done))
+}
+
+// timed wraps done to observe how long the record took to be durable.
+func (s timedSink) timed(done func(seq uint64, err error)) func(seq uint64, err error) {
 	start := time.Now()
-	return s.buf.Append(rec, func(seq uint64, err error) {
+	return func(seq uint64, err error) {
 		if err == nil {
 			s.observe(time.Since(start))
 		}
 		done(seq, err)
-	})
+	}
 }
 
 // kafkaHooks are franz-go client hooks: open broker connections and
