@@ -550,12 +550,12 @@ func (in *Ingest) receive(l *link, m *inbound, try tryAppender) bool {
 		in.queue = in.queue[:len(in.queue)-1]
 		in.mu.Unlock()
 	}
+	if taken || err != nil {
+		in.received.Add(1) // handed to the sink, as before: Append failed or took it
+	}
 	if err != nil {
 		in.fail(fmt.Errorf("mqtt: store message from %s: %w", m.topic, err))
 		return true
-	}
-	if taken {
-		in.received.Add(1)
 	}
 	return taken
 }
