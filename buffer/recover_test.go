@@ -299,9 +299,12 @@ func TestOverlappingBatchesTile(t *testing.T) {
 }
 
 // In a page-by-page salvage, a batch keyed at or beyond the file's next
-// sequence number is out of place (a high bit of its key flipped): left
-// out, unless it is the file's last batch, follows the last one below
-// next in its page, and keeps numbers beyond every reservation.
+// sequence number is left out when it is out of place (a high bit of its
+// key flipped): keys of other pages lie between it and the batch before
+// it in its page, nothing tells (first in its page), or it would take
+// numbers a reservation may have given out. Batches that follow one
+// another in their page are kept (a next read from an older copy of the
+// meta bucket).
 func TestDropBeyond(t *testing.T) {
 	type b struct{ key, pred uint64 }
 	for _, tt := range []struct {
@@ -315,7 +318,8 @@ func TestDropBeyond(t *testing.T) {
 		{"the file's last key flipped", []b{{1, 0}, {11, 1}, {1 << 29, 11}}, 31, 31, []uint64{1, 11, 1 << 29}},
 		{"the file's last key flipped into a reservation", []b{{1, 0}, {11, 1}, {1000, 11}}, 31, 1 << 22, []uint64{1, 11}},
 		{"the last key flipped, alone in its page", []b{{1, 0}, {11, 1}, {1 << 29, 0}}, 31, 31, []uint64{1, 11}},
-		{"two beyond", []b{{1, 0}, {1 << 29, 1}, {1 << 30, 1 << 29}}, 31, 31, []uint64{1}},
+		{"a next out of date", []b{{1, 0}, {11, 1}, {21, 11}, {31, 21}}, 21, 21, []uint64{1, 11, 21, 31}},
+		{"a next out of date, a page begun since", []b{{1, 0}, {11, 1}, {21, 0}, {31, 21}}, 21, 21, []uint64{1, 11, 31}},
 		{"next not known", []b{{1, 0}, {1 << 29, 1}}, 0, 0, []uint64{1, 1 << 29}},
 	} {
 		sc := &pageScan{batches: map[uint64]batchCopy{}}

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"sort"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -184,7 +185,9 @@ func salvageRaw(src, dst string, old *state) (copied int, err error) {
 	var expect uint64
 	if old != nil {
 		expect = old.count
-		sc.dropBeyond(old.next, max(old.next, old.reserved))
+		// The meta bucket bbolt reads may be an older copy (one meta page
+		// lost, bbolt uses the other): next is the highest found.
+		sc.dropBeyond(max(old.next, sc.meta.next), max(old.reserved, sc.meta.reserved))
 	} else {
 		old = &sc.meta // the highest counters found: next may be an old copy's, and not bound the keys
 	}
@@ -326,31 +329,32 @@ func scanPages(f *os.File) (*pageScan, error) {
 	return sc, nil
 }
 
-// dropBeyond leaves out the batches whose keys are at or beyond next, the
-// damaged file's next sequence number as its meta bucket holds it: a key
-// with a high bit flipped that was in order within its page (so flippedKey
-// kept it) but not with the pages after it. Their records' sequence
-// numbers are not known: lost (and counted), not delivered after later
-// ones. One such batch is kept if it is the last, its page's batch before
-// it the last batch below next, and its key at or beyond reserved (the top
-// of the numbers ever given out, next included): a flip of the file's last
-// key that leaves its records in order and gives them numbers no record
-// ever had.
+// dropBeyond leaves out the batches keyed at or beyond next, the damaged
+// file's next sequence number, that are out of place: a key with a high
+// bit flipped that was in order within its page (so flippedKey kept it)
+// but not with the other pages. Such a batch's records' numbers are not
+// known: they are lost (and counted), not delivered after later ones. A
+// batch beyond next is out of place when keys found elsewhere lie between
+// it and the batch before it in its page (in a sound file the two are
+// neighbours: numbers only grow, and batches are deleted in order), when
+// it is first in its page (nothing tells), or when its key is below
+// reserved (the numbers a write delay may have given out to records
+// delivered from memory, which it would take again). Batches beyond a next
+// that is out of date (read from an older copy of the meta bucket) follow
+// one another in their pages and are kept. next 0 or 1: not known,
+// nothing is left out.
 func (sc *pageScan) dropBeyond(next, reserved uint64) {
-	if next <= 1 {
-		return
-	}
-	var beyond []uint64
-	var below uint64 // the last key below next
-	for base := range sc.batches {
-		if base >= next {
-			beyond = append(beyond, base)
-		} else {
-			below = max(below, base)
+	if next > 1 {
+		keys := slices.Sorted(maps.Keys(sc.batches))
+		var drop []uint64
+		for i := sort.Search(len(keys), func(i int) bool { return keys[i] >= next }); i < len(keys); i++ {
+			base := keys[i]
+			pred := sc.batches[base].pred
+			if pred == 0 || base < reserved || keys[i-1] != pred {
+				drop = append(drop, base)
+			}
 		}
-	}
-	if !(len(beyond) == 1 && beyond[0] >= reserved && sc.batches[beyond[0]].pred == below && below > 0) {
-		for _, base := range beyond {
+		for _, base := range drop {
 			delete(sc.batches, base)
 		}
 	}
