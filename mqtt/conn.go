@@ -187,12 +187,13 @@ func (c *pacedConn) Read(p []byte) (int, error) {
 //
 // bufConn reads most QoS 0 and 1 PUBLISH packets itself and hands them to
 // ingest (direct) instead of passing them on to paho: paho allocates about
-// 4.7 KB in 26 allocations to read one (a bytes.Buffer grown 512 bytes at a time for the
-// packet and again for its topic, the payload read through io.ReadAll,
-// its own copies of the message) and hands it to its router goroutine;
-// bufConn parses it where it lies in the read buffer (see readPublish).
-// QoS 2 messages, which paho's session tracks until their PUBREL, and
-// anything unusual go through paho as before.
+// 4.7 KB in 26 allocations to read one (a bytes.Buffer grown 512 bytes at
+// a time for the packet and again for its topic, the payload read through
+// io.ReadAll, its own copies of the message) and hands it to its router
+// goroutine; bufConn parses it where it lies in the read buffer (see
+// readPublish). QoS 2 messages, which paho's session tracks until their
+// PUBREL, messages the sink has no room for, and anything unusual go
+// through paho as before.
 type bufConn struct {
 	net.Conn
 	r *bufio.Reader
@@ -301,8 +302,10 @@ func (c *bufConn) nextPacket() error {
 
 // readPublish reads the next packet and hands it to direct if it is a
 // message bufConn can read itself: a PUBLISH that parsePublish takes,
-// whole in the read buffer, within the payload limit, while paho has no
-// message ingest has not received. done reports whether it did.
+// whole in the read buffer, within the payload limit, on the connection
+// paho has up, while paho has no message ingest has not received. done
+// reports whether direct took it; if the sink had no room, the packet is
+// left where it is, for paho.
 func (c *bufConn) readPublish(hdr, length int) (done bool, err error) {
 	if c.direct == nil || c.passed.Load() != 0 || hdr+length > c.r.Size() {
 		return false, nil
