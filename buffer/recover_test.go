@@ -321,6 +321,8 @@ func TestDropBeyond(t *testing.T) {
 		{"a next out of date", []b{{1, 0}, {11, 1}, {21, 11}, {31, 21}}, 21, 21, []uint64{1, 11, 21, 31}},
 		{"a next out of date, a page begun since", []b{{1, 0}, {11, 1}, {21, 0}, {31, 21}}, 21, 21, []uint64{1, 11, 31}},
 		{"next not known", []b{{1, 0}, {1 << 29, 1}}, 0, 0, []uint64{1, 1 << 29}},
+		{"the batch before it in its page not kept", []b{{40, 30}, {50, 40}}, 31, 31, []uint64{50}},
+		{"the first batch kept beyond next, the one before it in its page not", []b{{40, 30}}, 31, 31, nil},
 	} {
 		sc := &pageScan{batches: map[uint64]batchCopy{}}
 		for _, x := range tt.batches {
@@ -330,6 +332,12 @@ func TestDropBeyond(t *testing.T) {
 		got := slices.Sorted(maps.Keys(sc.batches))
 		if !slices.Equal(got, tt.want) {
 			t.Errorf("%s: kept %v, want %v", tt.name, got, tt.want)
+		}
+		if len(tt.want) == 0 {
+			if sc.end != 0 {
+				t.Errorf("%s: end %d with no batch", tt.name, sc.end)
+			}
+			continue
 		}
 		if want := tt.want[len(tt.want)-1] + 10; sc.end != want && tt.next > 1 {
 			t.Errorf("%s: end %d, want %d", tt.name, sc.end, want)

@@ -350,7 +350,7 @@ func (sc *pageScan) dropBeyond(next, reserved uint64) {
 		for i := sort.Search(len(keys), func(i int) bool { return keys[i] >= next }); i < len(keys); i++ {
 			base := keys[i]
 			pred := sc.batches[base].pred
-			if pred == 0 || base < reserved || keys[i-1] != pred {
+			if pred == 0 || base < reserved || i == 0 || keys[i-1] != pred {
 				drop = append(drop, base)
 			}
 		}
