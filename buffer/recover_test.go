@@ -320,6 +320,8 @@ func TestDropBeyond(t *testing.T) {
 		{"the last key flipped, alone in its page", []b{{1, 0}, {11, 1}, {1 << 29, 0}}, 31, 31, []uint64{1, 11}},
 		{"a next out of date", []b{{1, 0}, {11, 1}, {21, 11}, {31, 21}}, 21, 21, []uint64{1, 11, 21, 31}},
 		{"a next out of date, a page begun since", []b{{1, 0}, {11, 1}, {21, 0}, {31, 21}}, 21, 21, []uint64{1, 11, 31}},
+		{"a next out of date with a write delay, batches that tile", []b{{1, 0}, {11, 1}, {21, 11}, {31, 21}}, 21, 1 << 22, []uint64{1, 11, 21, 31}},
+		{"a next out of date with a write delay, a gap", []b{{1, 0}, {11, 1}, {25, 11}}, 21, 1 << 22, []uint64{1, 11}},
 		{"next not known", []b{{1, 0}, {1 << 29, 1}}, 0, 0, []uint64{1, 1 << 29}},
 		{"the batch before it in its page not kept", []b{{40, 30}, {50, 40}}, 31, 31, []uint64{50}},
 		{"the first batch kept beyond next, the one before it in its page not", []b{{40, 30}}, 31, 31, nil},

@@ -186,8 +186,13 @@ func salvageRaw(src, dst string, old *state) (copied int, err error) {
 	if old != nil {
 		expect = old.count
 		// The meta bucket bbolt reads may be an older copy (one meta page
-		// lost, bbolt uses the other): next is the highest found.
-		sc.dropBeyond(max(old.next, sc.meta.next), max(old.reserved, sc.meta.reserved))
+		// lost, bbolt uses the other): next and the reservation are the
+		// highest found, for the keys' bound and for the new file, which
+		// must not give out a number the old one may have.
+		o := old.clone()
+		o.next, o.reserved = max(o.next, sc.meta.next), max(o.reserved, sc.meta.reserved)
+		old = &o
+		sc.dropBeyond(old.next, old.reserved)
 	} else {
 		old = &sc.meta // the highest counters found: next may be an old copy's, and not bound the keys
 	}
@@ -201,7 +206,7 @@ func salvageRaw(src, dst string, old *state) (copied int, err error) {
 	}
 	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}, old: *old, expect: expect}
 	if sc.end > 0 {
-		s.lastSeq = sc.end - 1 // every number a batch found used, kept or left out
+		s.lastSeq = sc.end - 1 // every number a batch found used, kept or left out (damaged keys aside)
 	}
 	err = sc.each(f, func(base uint64, v []byte) error { return s.batch(nil, base, v) })
 	if err == nil {
@@ -339,10 +344,12 @@ func scanPages(f *os.File) (*pageScan, error) {
 // neighbours: numbers only grow, and batches are deleted in order), when
 // it is first in its page (nothing tells), or when its key is below
 // reserved (the numbers a write delay may have given out to records
-// delivered from memory, which it would take again). Batches beyond a next
+// delivered from memory, which it would take again) without starting
+// where the batch before it ends (which a key flipped up cannot do: it
+// lies beyond its true place, at or after that end). Batches beyond a next
 // that is out of date (read from an older copy of the meta bucket) follow
-// one another in their pages and are kept. next 0 or 1: not known,
-// nothing is left out.
+// one another in their pages and are kept, below reserved where they tile.
+// next 0 or 1: not known, nothing is left out.
 func (sc *pageScan) dropBeyond(next, reserved uint64) {
 	if next > 1 {
 		keys := slices.Sorted(maps.Keys(sc.batches))
@@ -350,7 +357,9 @@ func (sc *pageScan) dropBeyond(next, reserved uint64) {
 		for i := sort.Search(len(keys), func(i int) bool { return keys[i] >= next }); i < len(keys); i++ {
 			base := keys[i]
 			pred := sc.batches[base].pred
-			if pred == 0 || base < reserved || i == 0 || keys[i-1] != pred {
+			follows := pred != 0 && i > 0 && keys[i-1] == pred
+			tiles := follows && base == pred+uint64(sc.batches[pred].count)
+			if !follows || base < reserved && !tiles {
 				drop = append(drop, base)
 			}
 		}
