@@ -24,7 +24,16 @@ import (
 // buffer at path, in large group commits, and closes it.
 func fillBig(t *testing.T, path string, n, size int) {
 	t.Helper()
-	b, err := Open(path, Options{QueueSize: 4096, QueueBytes: 64 << 20})
+	fillWith(t, path, Options{QueueSize: 4096, QueueBytes: 64 << 20}, n, size)
+}
+
+// fillWith writes records 0 to n-1 of bigRec to a new buffer at path, opened
+// with opts, waits until each is durable, and closes it. It returns the
+// buffer's LastSeq before Close (with a write delay, the top of its
+// reservation).
+func fillWith(t *testing.T, path string, opts Options, n, size int) (lastSeq uint64) {
+	t.Helper()
+	b, err := Open(path, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,9 +51,11 @@ func fillBig(t *testing.T, path string, n, size int) {
 		}
 	}
 	wg.Wait()
+	lastSeq = b.Stats().LastSeq
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
+	return lastSeq
 }
 
 // bigRec is record i of fillBig: its payload starts with i and is padded
@@ -357,26 +368,7 @@ func flipLastKey(t *testing.T, path string, last bool, bit uint) {
 func TestFlippedKeyIntoTheReservation(t *testing.T) {
 	const n, size = 5000, 200
 	path := filepath.Join(t.TempDir(), "buffer.db")
-	b, err := Open(path, Options{WriteDelay: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		if err := b.Append(bigRec(i, size), func(_ uint64, err error) {
-			if err != nil {
-				t.Error(err)
-			}
-			wg.Done()
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	wg.Wait()
-	if err := b.Close(); err != nil {
-		t.Fatal(err)
-	}
+	fillWith(t, path, Options{WriteDelay: time.Millisecond}, n, size)
 	flipLastKey(t, path, true, 20) // 1M on, within the 4M reserved
 
 	b, aside, err := OpenOrMoveAside(path, Options{})
@@ -405,27 +397,7 @@ func TestFlippedKeyIntoTheReservation(t *testing.T) {
 func TestSalvageAfterTheNewestMetaPageIsLost(t *testing.T) {
 	const n, size = 3000, 200
 	path := filepath.Join(t.TempDir(), "buffer.db")
-	b, err := Open(path, Options{WriteDelay: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		if err := b.Append(bigRec(i, size), func(_ uint64, err error) {
-			if err != nil {
-				t.Error(err)
-			}
-			wg.Done()
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	wg.Wait()
-	given := b.Stats().LastSeq // the top of the reservation
-	if err := b.Close(); err != nil {
-		t.Fatal(err)
-	}
+	given := fillWith(t, path, Options{WriteDelay: time.Millisecond}, n, size) // the top of the reservation
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
