@@ -154,6 +154,13 @@ var damageCases = []struct {
 	{"last key of the file flipped up", func(t *testing.T, path string) {
 		flipLastKey(t, path, true, 29)
 	}, 0.9},
+	// A leaf's type gains the meta bit (flags 6, as the chaos suite
+	// flipped it): bbolt asserts that a page has exactly one type
+	// whenever it reads one. Taken for a leaf, the file was opened and
+	// the reader met the assertion.
+	{"leaf page type flipped", func(t *testing.T, path string) {
+		flipLeafFlags(t, path, 0x04)
+	}, 0.9},
 	{"meta page 0 zeroed", func(t *testing.T, path string) {
 		f, err := os.OpenFile(path, os.O_WRONLY, 0)
 		if err != nil {
@@ -357,6 +364,32 @@ func flipLastKey(t *testing.T, path string, last bool, bit uint) {
 			be.PutUint64(k, be.Uint64(k)|1<<bit)
 		}
 	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// flipLeafFlags sets bits in the page header's flags of the middle one
+// of the batches' leaf pages.
+func flipLeafFlags(t *testing.T, path string, bits uint16) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	var leaves []int
+	for id := 2; (id+1)*4096 <= len(data); id++ {
+		p := data[id*4096 : (id+1)*4096]
+		if int(le.Uint64(p)) == id && le.Uint16(p[8:]) == 0x02 && le.Uint16(p[10:]) >= 3 && le.Uint32(p[16+8:]) == 8 {
+			leaves = append(leaves, id)
+		}
+	}
+	if len(leaves) == 0 {
+		t.Fatal("no leaf page of sequence numbers")
+	}
+	p := data[leaves[len(leaves)/2]*4096:]
+	le.PutUint16(p[8:], le.Uint16(p[8:])|bits)
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}

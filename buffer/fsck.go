@@ -17,7 +17,8 @@ import (
 //
 // From the meta page in use it walks the tree of every bucket: each page
 // lies below the high-water mark, says its own ID, is referenced once,
-// and holds elements whose keys and values lie within it; the keys of a
+// is a branch or a leaf and nothing else (bbolt asserts as much on every
+// page it reads), and holds elements whose keys and values lie within it; the keys of a
 // bucket ascend strictly across its pages too, each page's within the
 // range its parent's branch element gives it (as bbolt's own check has
 // them since 1.3.7: a key in order within its page but not with the next
@@ -172,6 +173,9 @@ func (c *pageChecker) elements(p []byte, id uint64, name []byte, seqKeys bool, r
 		return nil, fmt.Errorf("%w: page %d is too short", ErrCorruptFile, id)
 	}
 	flags, count := le.Uint16(p[8:]), int(le.Uint16(p[10:]))
+	if flags != branchPageFlag && flags != leafPageFlag { // exactly one type, as bbolt asserts on every page it reads
+		return nil, fmt.Errorf("%w: page %d has type %#x, not a branch or a leaf", ErrCorruptFile, id, flags)
+	}
 	if pageHeader+count*elementSize > len(p) {
 		return nil, fmt.Errorf("%w: page %d: %d elements do not fit", ErrCorruptFile, id, count)
 	}
@@ -180,13 +184,10 @@ func (c *pageChecker) elements(p []byte, id uint64, name []byte, seqKeys bool, r
 		off := pageHeader + i*elementSize
 		e := p[off : off+elementSize]
 		var pos, ksize, vsize int
-		switch {
-		case flags&branchPageFlag != 0:
+		if flags == branchPageFlag {
 			pos, ksize = int(le.Uint32(e)), int(le.Uint32(e[4:]))
-		case flags&leafPageFlag != 0:
+		} else {
 			pos, ksize, vsize = int(le.Uint32(e[4:])), int(le.Uint32(e[8:])), int(le.Uint32(e[12:]))
-		default:
-			return nil, fmt.Errorf("%w: page %d has type %#x, not a branch or a leaf", ErrCorruptFile, id, flags)
 		}
 		start := off + pos
 		end := start + ksize + vsize
@@ -203,7 +204,7 @@ func (c *pageChecker) elements(p []byte, id uint64, name []byte, seqKeys bool, r
 			return nil, fmt.Errorf("%w: page %d: element %d's key is out of order with the keys of the pages beside it", ErrCorruptFile, id, i)
 		}
 		prev = k
-		if flags&branchPageFlag != 0 {
+		if flags == branchPageFlag {
 			hi := r.hi
 			if i+1 < count {
 				next := p[off+elementSize:]
@@ -241,7 +242,7 @@ func (c *pageChecker) elements(p []byte, id uint64, name []byte, seqKeys bool, r
 			return nil, err
 		}
 	}
-	if flags&branchPageFlag != 0 {
+	if flags == branchPageFlag {
 		return r.prev, nil
 	}
 	return prev, nil
