@@ -487,16 +487,20 @@ type Buffer struct {
 // open. It checks the whole file's structure before it trusts it (see
 // checkFile), which reads about the whole file: 120-240 ms for 270 MB
 // from the page cache, as measured on the development machine; from a
-// cold SD card, as long as the card takes to read it.
+// cold SD card, as long as the card takes to read it. A file that fails
+// the check, or that a buffer met damage in while running (see Damaged),
+// is refused with ErrCorruptFile (OpenOrMoveAside moves it aside).
 func Open(path string, opts Options) (*Buffer, error) {
 	opts.setDefaults()
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
 	}
 	adoptSalvage(path, opts.Logger)
-	if fi, err := os.Stat(path); err == nil && fi.Size() == 0 {
+	fi, err := os.Stat(path)
+	if err == nil && fi.Size() == 0 {
 		opts.Logger.Warn("buffer: the buffer file is empty (0 bytes, not a database); starting a new buffer in it", "path", path)
 	}
+	existed := err == nil && fi.Size() > 0
 	db, file, err := openBolt(path, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open buffer %s: %w (is another ferry running on it?)", path, ErrLocked)
@@ -507,6 +511,13 @@ func Open(path string, opts Options) (*Buffer, error) {
 	if err := checkFile(db, path); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
+	}
+	if err := damageMarked(path); err != nil {
+		if existed {
+			db.Close()
+			return nil, fmt.Errorf("open buffer %s: %w", path, err)
+		}
+		os.Remove(damageMark(path)) // the marked file is gone: a new one starts
 	}
 	removeLeftovers(path, opts.Logger)
 	b := &Buffer{

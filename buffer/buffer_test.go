@@ -29,6 +29,10 @@ func TestMain(m *testing.M) {
 		crashChild(path)
 		return
 	}
+	if path := os.Getenv("FERRY_BUFFER_DAMAGE_CHILD"); path != "" {
+		damageChild(path)
+		return
+	}
 	// The model test fsyncs on every step; 30 runs keep `go test ./...`
 	// quick. Deeper: go test ./buffer -run FIFO -rapid.checks=1000
 	flag.Parse()
@@ -465,6 +469,21 @@ func crashChild(path string) {
 	}
 }
 
+// childCommand runs this test binary as a child process (see TestMain)
+// with env added. Under qemu-user (go test -exec qemu-...),
+// FERRY_TEST_EXEC names the emulator, since the kernel cannot run the
+// child's binary itself.
+func childCommand(env ...string) *exec.Cmd {
+	var cmd *exec.Cmd
+	if emu := os.Getenv("FERRY_TEST_EXEC"); emu != "" {
+		cmd = exec.Command(emu, os.Args[0], "-test.run=^$")
+	} else {
+		cmd = exec.Command(os.Args[0], "-test.run=^$")
+	}
+	cmd.Env = append(os.Environ(), env...)
+	return cmd
+}
+
 // TestKillNineKeepsAcknowledged kills an appending (and releasing) child
 // process at random moments and checks that every record it was told was
 // durable and did not release is in the buffer, in order, exactly once,
@@ -487,15 +506,7 @@ func killNine(t *testing.T, delay time.Duration) {
 	acked := map[uint64]string{}
 	var released uint64 // the highest release the child asked for
 	for round := range 5 {
-		// Under qemu-user (go test -exec qemu-...), FERRY_TEST_EXEC names the
-		// emulator, since the kernel cannot run the child's binary itself.
-		var cmd *exec.Cmd
-		if emu := os.Getenv("FERRY_TEST_EXEC"); emu != "" {
-			cmd = exec.Command(emu, os.Args[0], "-test.run=^$")
-		} else {
-			cmd = exec.Command(os.Args[0], "-test.run=^$")
-		}
-		cmd.Env = append(os.Environ(), "FERRY_BUFFER_CRASH_CHILD="+path, "FERRY_BUFFER_CRASH_DELAY="+delay.String())
+		cmd := childCommand("FERRY_BUFFER_CRASH_CHILD="+path, "FERRY_BUFFER_CRASH_DELAY="+delay.String())
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)

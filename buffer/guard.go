@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"os"
 	"runtime/debug"
+	"strings"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -158,6 +159,9 @@ func (b *Buffer) markDamaged(err error) {
 		b.damage = err
 		b.log.Error("buffer: the buffer file is damaged; ferry stops, and on its next start moves the file aside and salvages what is readable",
 			"path", b.path, "err", err)
+		if err := writeDamageMark(b.path, b.damage); err != nil {
+			b.log.Error("buffer: cannot mark the file as damaged; unless Open's check finds the damage too, the next start opens it as it is", "path", b.path, "err", err)
+		}
 		close(b.damaged)
 		b.signal() // the committer fails what waits in memory
 	})
@@ -168,10 +172,10 @@ func (b *Buffer) markDamaged(err error) {
 // on every read and commit fails with the damage (a transaction that met
 // it may have left bbolt's locks held), the records in memory are failed
 // (not acknowledged), and Close does not close the file. The process
-// should exit: the next Open checks the whole file, finds the damage,
-// and OpenOrMoveAside moves the file aside and salvages what is readable
-// (ferry exits, and its service manager starts it again). Damage reports
-// the error.
+// should exit: the damage is marked beside the file, the next Open
+// refuses the file for it, and OpenOrMoveAside moves the file aside and
+// salvages what is readable (ferry exits, and its service manager starts
+// it again). Damage reports the error.
 func (b *Buffer) Damaged() <-chan struct{} { return b.damaged }
 
 // Damage returns what Damaged reported, or nil.
@@ -182,4 +186,45 @@ func (b *Buffer) Damage() error {
 	default:
 		return nil
 	}
+}
+
+// The damage mark is a file beside the buffer, path.damaged, holding the
+// text of the damage the buffer met while running. Open refuses a file
+// with a mark (ErrCorruptFile), so that OpenOrMoveAside moves it aside
+// and salvages it even when Open's own check finds nothing: bbolt asserts
+// on more than that check reads, and a read error may not come back.
+// Without it, a process that exits on damage could meet the same damage
+// after every start. MoveAside removes the mark with the file.
+func damageMark(path string) string { return path + ".damaged" }
+
+// writeDamageMark writes path's damage mark with err's text, durably.
+func writeDamageMark(path string, err error) error {
+	f, ferr := os.OpenFile(damageMark(path), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if ferr != nil {
+		return ferr
+	}
+	_, werr := fmt.Fprintln(f, err)
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return werr
+	}
+	return syncDir(path)
+}
+
+// damageMarked returns the damage path's mark records (wrapping
+// ErrCorruptFile), or nil when there is no mark.
+func damageMarked(path string) error {
+	text, err := os.ReadFile(damageMark(path))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("%w: it is marked as damaged, and the mark cannot be read: %w", ErrCorruptFile, err)
+	}
+	return fmt.Errorf("%w: damage met while it was open: %s", ErrCorruptFile, strings.TrimSpace(strings.TrimPrefix(string(text), ErrCorruptFile.Error()+": ")))
 }

@@ -78,6 +78,7 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 	if err := os.Rename(path, aside); err != nil {
 		return "", err
 	}
+	os.Remove(damageMark(path)) // the mark goes with the file
 	syncDir(path)
 	if err != nil {
 		return aside, nil
