@@ -201,7 +201,16 @@ func putDeadLetter(tx *bolt.Tx, st *state, key []byte, e *deadEntry) error {
 // The caller deletes the batch.
 func deadLetterBatch(tx *bolt.Tx, st *state, k, v []byte, recs [][]byte, perr error, at time.Time) error {
 	base := binary.BigEndian.Uint64(k)
-	live := batchEnd(tx.Bucket(bucketBatches), base, st.next) - max(base, st.head)
+	// Its range: up to the next batch, or as many as its header says if
+	// fewer (the next key may lie beyond a gap, a past run's unused
+	// reservation). Counted short, the count stays above what is left,
+	// and comes back to 0 when the FIFO is empty (dropWhile); counted
+	// long, it would reach 0 with records left.
+	end := batchEnd(tx.Bucket(bucketBatches), base, st.next)
+	if n, ok := batchCount(v); ok && n > 0 {
+		end = min(end, base+uint64(n))
+	}
+	live := end - min(end, max(base, st.head))
 	for i, raw := range recs {
 		if base+uint64(i) < st.head {
 			continue

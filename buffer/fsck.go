@@ -23,7 +23,8 @@ import (
 // range its parent's branch element gives it (as bbolt's own check has
 // them since 1.3.7: a key in order within its page but not with the next
 // page's misleads every cursor that passes it); the batches and
-// dead-letter buckets are keyed by sequence number. Then the freelist: no
+// dead-letter buckets are keyed by sequence number, and no batch reaches
+// into the next. Then the freelist: no
 // page freed twice, none both free and in use, none neither (a leak). It
 // reads every page of the tree once, which is about the whole file.
 func checkPages(path string) error {
@@ -91,6 +92,9 @@ type pageChecker struct {
 	ps   int64
 	hwm  uint64 // the high-water mark: pages below it exist
 	used []bool // pages reached from the root
+	// batchEnd is the sequence number after the last batch walked, in
+	// the batches bucket: the next batch's key may not lie below it.
+	batchEnd uint64
 }
 
 // Page layout (bbolt's): id(8) flags(2) count(2) overflow(4), then the
@@ -224,6 +228,11 @@ func (c *pageChecker) elements(p []byte, id uint64, name []byte, seqKeys bool, r
 		if seqKeys && (len(k) != 8 || bucket) {
 			return nil, fmt.Errorf("%w: bucket %q holds a key of %d bytes: a damaged page", ErrCorruptFile, name, len(k))
 		}
+		if seqKeys && string(name) == string(bucketBatches) {
+			if err := c.batch(binary.BigEndian.Uint64(k), v); err != nil {
+				return nil, fmt.Errorf("%w: page %d: %w", ErrCorruptFile, id, err)
+			}
+		}
 		if !bucket {
 			continue
 		}
@@ -232,6 +241,7 @@ func (c *pageChecker) elements(p []byte, id uint64, name []byte, seqKeys bool, r
 		}
 		sub := string(k) == string(bucketBatches) || string(k) == string(bucketDeadLetters)
 		sub = sub && name == nil
+		c.batchEnd = 0
 		var err error
 		if root := le.Uint64(v); root != 0 {
 			_, err = c.walk(root, k, sub, keyRange{})
@@ -246,6 +256,21 @@ func (c *pageChecker) elements(p []byte, id uint64, name []byte, seqKeys bool, r
 		return r.prev, nil
 	}
 	return prev, nil
+}
+
+// batch checks that the batch v under key base does not reach back into
+// the batch before it: a key with a low bit flipped is still in order, but
+// two records would have one sequence number. A batch whose header is
+// unreadable spans up to the next key (as the reader takes it).
+func (c *pageChecker) batch(base uint64, v []byte) error {
+	if base < c.batchEnd {
+		return fmt.Errorf("the batch keyed %d overlaps the one before it, which ends at %d", base, c.batchEnd-1)
+	}
+	c.batchEnd = base + 1
+	if n, ok := batchCount(v); ok && n > 0 {
+		c.batchEnd = base + uint64(n)
+	}
+	return nil
 }
 
 // freelist reads the free page IDs from the freelist page id.

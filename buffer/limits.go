@@ -145,6 +145,13 @@ func dropWhile(tx *bolt.Tx, st *state, drop func(raw []byte, seq uint64) bool) (
 			return removed, err
 		}
 	}
+	if !stopped {
+		// Past the last batch: no record is left on disk, whatever the
+		// count says. Damage can leave it high (a record's length
+		// flipped to 0 reads as removed but was counted), and a count
+		// that never comes back to 0 would show records held for ever.
+		st.count, st.bytes = 0, 0
+	}
 	if st.count == 0 {
 		st.head = st.next
 	}
