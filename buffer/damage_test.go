@@ -609,17 +609,54 @@ func TestSalvageAfterTheNewestMetaPageIsLost(t *testing.T) {
 }
 
 // Bits flipped at random in a run of pages (as the chaos suite flips
-// them: 4 bits in each of 16 pages) never stall the reader: whatever Open
-// lets through, a reader that reads and releases gets every readable
-// record, and the buffer ends empty, its damaged records dead-lettered or
-// counted. FERRY_FLIP_SEEDS sets how many random damages to try; a
+// them: 4 bits in each of 16 pages) never stall the reader nor reorder
+// records: whatever Open lets through or salvages, a reader that reads and
+// releases gets the readable records in order, and the buffer ends empty,
+// its damaged records dead-lettered or counted. FERRY_FLIP_SEEDS sets how many random damages to try; a
 // damaged file that stalls is kept in the system's temporary directory.
 func TestBitFlipsNeverStallTheReader(t *testing.T) {
 	const n, size = 5000, 200
-	dir := t.TempDir()
-	clean := filepath.Join(dir, "clean.db")
 	opts := Options{WriteDelay: 20 * time.Millisecond}
-	fillWith(t, clean, opts, n, size)
+	t.Run("small batches", func(t *testing.T) {
+		clean := filepath.Join(t.TempDir(), "clean.db")
+		fillWith(t, clean, opts, n, size)
+		flipAndDrain(t, clean, opts)
+	})
+	t.Run("mixed batches", func(t *testing.T) {
+		// Messages come in bursts, as the chaos suite publishes them:
+		// batches of 1 to 400 records.
+		clean := filepath.Join(t.TempDir(), "clean.db")
+		b, err := Open(clean, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rng := rand.New(rand.NewPCG(rand.Uint64(), 0))
+		for i := 0; i < n; {
+			var wg sync.WaitGroup
+			for k := min(1+rng.IntN(400), n-i); k > 0; k-- {
+				wg.Add(1)
+				if err := b.Append(bigRec(i, size), func(_ uint64, err error) {
+					if err != nil {
+						t.Error(err)
+					}
+					wg.Done()
+				}); err != nil {
+					t.Fatal(err)
+				}
+				i++
+			}
+			wg.Wait()
+		}
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		flipAndDrain(t, clean, opts)
+	})
+}
+
+// flipAndDrain is TestBitFlipsNeverStallTheReader on the file clean.
+func flipAndDrain(t *testing.T, clean string, opts Options) {
+	dir := filepath.Dir(clean)
 	data, err := os.ReadFile(clean)
 	if err != nil {
 		t.Fatal(err)
@@ -656,7 +693,7 @@ func TestBitFlipsNeverStallTheReader(t *testing.T) {
 			t.Fatalf("seed %d: %v", seed, err)
 		}
 		var after uint64
-		got, idle := 0, 0
+		got, idle, last := 0, 0, -1
 		for b.Stats().Records > 0 && idle < 10 {
 			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 			recs, err := b.Read(ctx, after, 500, 0, nil)
@@ -668,8 +705,19 @@ func TestBitFlipsNeverStallTheReader(t *testing.T) {
 			if err != nil {
 				t.Fatalf("seed %d (moved aside: %q): read after %d: %v", seed, aside, after, err)
 			}
+			for _, r := range recs {
+				i, err := strconv.Atoi(string(r.Payload[:8]))
+				switch {
+				case err != nil:
+					t.Fatalf("seed %d: record %d: payload %q", seed, r.Seq, r.Payload[:8])
+				case r.Seq <= after:
+					t.Fatalf("seed %d (moved aside: %q): record %d after %d", seed, aside, r.Seq, after)
+				case i <= last:
+					t.Fatalf("seed %d (moved aside: %q): record %d is #%d, after #%d: out of order", seed, aside, r.Seq, i, last)
+				}
+				after, last = r.Seq, i
+			}
 			got += len(recs)
-			after = recs[len(recs)-1].Seq
 			b.Release(after)
 		}
 		if st := b.Stats(); st.Records > 0 {

@@ -32,6 +32,7 @@ func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 		return b, "", err
 	}
 	opts.setDefaults()
+	opts.Logger.Error("buffer: the buffer file is damaged; moving it aside and salvaging what is readable", "path", path, "err", err)
 	aside, rerr := MoveAside(path, opts.Logger)
 	if rerr != nil {
 		return nil, "", fmt.Errorf("%w; moving it aside failed: %w", err, rerr)
