@@ -34,6 +34,7 @@ type pass struct {
 	f  *Forwarder
 	cl *kgo.Client
 	w  *window
+	z  *sizer // sizes w to the link
 
 	after uint64          // highest sequence number read into the window
 	recs  []buffer.Record // scratch for Read
@@ -76,10 +77,11 @@ type pass struct {
 	capped capChunks // chunks measured for the byte-rate cap (see ratelimit.go)
 }
 
-func newPass(f *Forwarder, cl *kgo.Client) *pass {
+func newPass(f *Forwarder, cl *kgo.Client, z *sizer) *pass {
+	records, bytes := z.unreachable() // until a chunk tells more
 	return &pass{
-		f: f, cl: cl,
-		w:           newWindow(f.cfg.MaxBufferedRecords, f.cfg.MaxBufferedBytes),
+		f: f, cl: cl, z: z,
+		w:           newWindow(records, bytes),
 		parked:      map[string]*parkedTopic{},
 		parkedSince: map[string]time.Time{},
 		known:       map[string]bool{},
@@ -137,18 +139,23 @@ func (p *pass) run(ctx context.Context) error {
 		if ctx.Err() != nil || !p.pace(ctx) {
 			return nil
 		}
+		start := time.Now()
+		n, size := len(p.chunk), p.chunkBytes()
 		if !p.produce(ctx) {
 			return nil // stopping; produce waited what it could
 		}
-		retriable := p.settle(time.Now())
+		now := time.Now()
+		retriable := p.settle(now)
 		p.release()
 		if retriable != nil {
 			p.attempt++
 			p.f.retries.Add(1)
 			p.f.setError(retriable)
-			p.waitTil = time.Now().Add(wait(p.attempt))
+			p.waitTil = now.Add(wait(p.attempt))
+			p.w.maxRecords, p.w.maxBytes = p.z.unreachable()
 		} else {
 			p.attempt = 0
+			p.w.maxRecords, p.w.maxBytes = p.z.chunkDone(n, size, now.Sub(start), now)
 		}
 	}
 }
@@ -315,6 +322,15 @@ func (p *pass) pick() {
 			bytes += s.size
 		}
 	}
+}
+
+// chunkBytes is the size of the chunk's records.
+func (p *pass) chunkBytes() int {
+	n := 0
+	for _, s := range p.chunk {
+		n += s.size
+	}
+	return n
 }
 
 // produce hands the chunk to the client and flushes it: every record gets

@@ -112,9 +112,12 @@ type Config struct {
 	// read from the buffer and not yet released. A chunk is at most half
 	// of it, so the next chunk is read while one is in flight; over a slow
 	// link a chunk costs one round trip, so a larger window drains faster.
-	// Memory use is about MaxBufferedBytes plus some 700 bytes per record.
-	// A single record larger than MaxBufferedBytes is still forwarded,
-	// alone. Defaults 20,000 and 16 MiB.
+	// Within these bounds the window is sized to the link (see size.go):
+	// a chunk of about three produce round trips' worth of records, at
+	// least 1,000 records and 1 MiB, and that floor while Kafka does not
+	// answer. Memory use is about the window's bytes plus some 700 bytes
+	// per record. A single record larger than the window's bytes is still
+	// forwarded, alone. Defaults 20,000 and 16 MiB.
 	MaxBufferedRecords int
 	MaxBufferedBytes   int
 	// LateAfter: a record read from the buffer to be produced more than
@@ -365,9 +368,10 @@ func (f *Forwarder) clientOpts() []kgo.Opt {
 // are handled (retried, reported, dead-lettered), not returned; Run
 // returns an error only if the source fails.
 func (f *Forwarder) Run(ctx context.Context) error {
+	z := newSizer(f.cfg.MaxBufferedRecords, f.cfg.MaxBufferedBytes)
 	cl, err := kgo.NewClient(append(f.clientOpts(),
 		kgo.ManualFlushing(),
-		kgo.WithHooks(append([]kgo.Hook{hooks{f}}, f.cfg.Observers...)...), // the data path's connections show in Stats and the log
+		kgo.WithHooks(append([]kgo.Hook{hooks{f}, rttHook{z}}, f.cfg.Observers...)...), // the data path's connections show in Stats and the log
 		kgo.RecordPartitioner(newPartitioner()),
 		// The window bounds what is produced; the client's own bounds
 		// only need to be above it.
@@ -398,7 +402,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		}
 		helpers.Go(func() { f.reportStatus(helperCtx, statusCl) })
 	}
-	p := newPass(f, cl)
+	p := newPass(f, cl, z)
 	return p.run(ctx)
 }
 
