@@ -34,7 +34,6 @@ type pass struct {
 	f  *Forwarder
 	cl *kgo.Client
 	w  *window
-	z  *sizer // sizes w to the link
 
 	after uint64          // highest sequence number read into the window
 	recs  []buffer.Record // scratch for Read
@@ -77,11 +76,10 @@ type pass struct {
 	capped capChunks // chunks measured for the byte-rate cap (see ratelimit.go)
 }
 
-func newPass(f *Forwarder, cl *kgo.Client, z *sizer) *pass {
-	records, bytes := z.unreachable() // until a chunk tells more
+func newPass(f *Forwarder, cl *kgo.Client) *pass {
 	return &pass{
-		f: f, cl: cl, z: z,
-		w:           newWindow(records, bytes),
+		f: f, cl: cl,
+		w:           newWindow(windowFloor(f.cfg)), // until Kafka answers
 		parked:      map[string]*parkedTopic{},
 		parkedSince: map[string]time.Time{},
 		known:       map[string]bool{},
@@ -102,6 +100,7 @@ func (p *pass) run(ctx context.Context) error {
 	wait := backoff(250*time.Millisecond, 30*time.Second)
 	for {
 		p.followRoutes()
+		p.sizeWindow()
 		// With records ready to go (and no Linger to wait out), the next
 		// chunk goes out at once and the window is topped up while it is
 		// in flight (see produce); otherwise wait here for records.
@@ -139,25 +138,32 @@ func (p *pass) run(ctx context.Context) error {
 		if ctx.Err() != nil || !p.pace(ctx) {
 			return nil
 		}
-		start := time.Now()
-		n, size := len(p.chunk), p.chunkBytes()
 		if !p.produce(ctx) {
 			return nil // stopping; produce waited what it could
 		}
-		now := time.Now()
-		retriable := p.settle(now)
+		retriable := p.settle(time.Now())
 		p.release()
 		if retriable != nil {
 			p.attempt++
 			p.f.retries.Add(1)
 			p.f.setError(retriable)
-			p.waitTil = now.Add(wait(p.attempt))
-			p.w.maxRecords, p.w.maxBytes = p.z.unreachable()
+			p.waitTil = time.Now().Add(wait(p.attempt))
 		} else {
 			p.attempt = 0
-			p.w.maxRecords, p.w.maxBytes = p.z.chunkDone(n, size, now.Sub(start), now)
 		}
 	}
+}
+
+// sizeWindow bounds the window: by the configured MaxBufferedRecords and
+// MaxBufferedBytes while Kafka answers, by the floor (windowFloor) while
+// it does not (not reached yet, unreachable, not acknowledging) and while
+// a failed chunk waits for its retry.
+func (p *pass) sizeWindow() {
+	if p.attempt > 0 || !p.f.kafka.answering() {
+		p.w.maxRecords, p.w.maxBytes = windowFloor(p.f.cfg)
+		return
+	}
+	p.w.maxRecords, p.w.maxBytes = p.f.cfg.MaxBufferedRecords, p.f.cfg.MaxBufferedBytes
 }
 
 // fill reads records into the window while it has room. It waits for
@@ -322,15 +328,6 @@ func (p *pass) pick() {
 			bytes += s.size
 		}
 	}
-}
-
-// chunkBytes is the size of the chunk's records.
-func (p *pass) chunkBytes() int {
-	n := 0
-	for _, s := range p.chunk {
-		n += s.size
-	}
-	return n
 }
 
 // produce hands the chunk to the client and flushes it: every record gets

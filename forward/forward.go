@@ -112,12 +112,13 @@ type Config struct {
 	// read from the buffer and not yet released. A chunk is at most half
 	// of it, so the next chunk is read while one is in flight; over a slow
 	// link a chunk costs one round trip, so a larger window drains faster.
-	// Within these bounds the window is sized to the link (see size.go):
-	// a chunk of about three produce round trips' worth of records, at
-	// least 1,000 records and 1 MiB, and that floor while Kafka does not
-	// answer. Memory use is about the window's bytes plus some 700 bytes
-	// per record. A single record larger than the window's bytes is still
-	// forwarded, alone. Defaults 20,000 and 16 MiB.
+	// Memory use is about MaxBufferedBytes plus some 700 bytes per record.
+	// While Kafka does not answer (not reached yet, unreachable, not
+	// acknowledging), and while a failed chunk waits for its retry, the
+	// window is bounded by 1,000 records and 1 MiB instead (or these
+	// bounds, if lower): a full window would only wait, in memory.
+	// A single record larger than MaxBufferedBytes is still forwarded,
+	// alone. Defaults 20,000 and 16 MiB.
 	MaxBufferedRecords int
 	MaxBufferedBytes   int
 	// LateAfter: a record read from the buffer to be produced more than
@@ -368,10 +369,9 @@ func (f *Forwarder) clientOpts() []kgo.Opt {
 // are handled (retried, reported, dead-lettered), not returned; Run
 // returns an error only if the source fails.
 func (f *Forwarder) Run(ctx context.Context) error {
-	z := newSizer(f.cfg.MaxBufferedRecords, f.cfg.MaxBufferedBytes)
 	cl, err := kgo.NewClient(append(f.clientOpts(),
 		kgo.ManualFlushing(),
-		kgo.WithHooks(append([]kgo.Hook{hooks{f}, rttHook{z}}, f.cfg.Observers...)...), // the data path's connections show in Stats and the log
+		kgo.WithHooks(append([]kgo.Hook{hooks{f}}, f.cfg.Observers...)...), // the data path's connections show in Stats and the log
 		kgo.RecordPartitioner(newPartitioner()),
 		// The window bounds what is produced; the client's own bounds
 		// only need to be above it.
@@ -402,7 +402,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		}
 		helpers.Go(func() { f.reportStatus(helperCtx, statusCl) })
 	}
-	p := newPass(f, cl, z)
+	p := newPass(f, cl)
 	return p.run(ctx)
 }
 

@@ -64,7 +64,7 @@ func TestSettleParksBeforeBisecting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPass(f, nil, newSizer(f.cfg.MaxBufferedRecords, f.cfg.MaxBufferedBytes))
+	p := newPass(f, nil)
 	mk := func(seq uint64, topic string, part int32, err error) *slot {
 		s := &slot{seq: seq, state: sent, done: true, err: err, partition: part}
 		s.rec.Topic = topic

@@ -190,6 +190,17 @@ func (k *kafkaLink) connected() {
 	}
 }
 
+// answering reports whether Kafka answers produce requests: connected,
+// or failing for some records (a topic's error) while others go.
+func (k *kafkaLink) answering() bool {
+	if k.up.Load() {
+		return true
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.state == ConnFailing
+}
+
 func (k *kafkaLink) load() KafkaConnection {
 	k.mu.Lock()
 	defer k.mu.Unlock()

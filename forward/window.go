@@ -47,6 +47,22 @@ type slot struct {
 	partition int32
 }
 
+// The window's floor. The window is bounded by MaxBufferedRecords and
+// MaxBufferedBytes while Kafka answers; while it does not, and while a
+// chunk waits for its retry, by the floor (see sizeWindow): records read
+// then would only wait in memory (a 20,000-record window held 33 MB
+// through an outage), and they wait as well in the buffer. What the
+// window holds already stays.
+const (
+	floorRecords = 1000
+	floorBytes   = 1 << 20
+)
+
+// windowFloor is the window's bounds while Kafka does not answer.
+func windowFloor(cfg Config) (records, bytes int) {
+	return min(floorRecords, cfg.MaxBufferedRecords), min(floorBytes, cfg.MaxBufferedBytes)
+}
+
 func newWindow(maxRecords, maxBytes int) *window {
 	return &window{maxRecords: maxRecords, maxBytes: maxBytes}
 }
