@@ -212,11 +212,11 @@ func deadLetterBatch(tx *bolt.Tx, st *state, k, v []byte, recs [][]byte, perr er
 	}
 	live := end - min(end, max(base, st.head))
 	for i, raw := range recs {
-		if base+uint64(i) < st.head {
+		if seq := base + uint64(i); seq < st.head || seq >= end {
 			continue
 		}
 		if len(raw) == 0 {
-			live-- // removed before
+			live-- // removed before (within the range, so live > 0)
 		} else {
 			st.bytes -= min(st.bytes, uint64(len(raw)))
 		}

@@ -226,5 +226,6 @@ func damageMarked(path string) error {
 	case err != nil:
 		return fmt.Errorf("%w: it is marked as damaged, and the mark cannot be read: %w", ErrCorruptFile, err)
 	}
-	return fmt.Errorf("%w: damage met while it was open: %s", ErrCorruptFile, strings.TrimSpace(strings.TrimPrefix(string(text), ErrCorruptFile.Error()+": ")))
+	return fmt.Errorf("%w: damage met while it was open: %s (marked in %s, which goes when the file is moved aside)", ErrCorruptFile,
+		strings.TrimSpace(strings.TrimPrefix(string(text), ErrCorruptFile.Error()+": ")), damageMark(path))
 }

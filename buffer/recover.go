@@ -110,6 +110,7 @@ func adoptSalvage(path string, log *slog.Logger) {
 		return
 	}
 	syncDir(path)
+	os.Remove(damageMark(path)) // the marked file was moved aside
 	log.Warn("buffer: finished a salvage a crash interrupted", "path", path)
 }
 

@@ -229,6 +229,7 @@ func salvageRaw(src, dst string, old *state) (copied int, err error) {
 type pageScan struct {
 	pageSize int
 	batches  map[uint64]batchCopy
+	conflict map[uint64]bool // keys found on batches of different spans
 	meta     state
 	end      uint64 // past the last sequence number of every batch found
 }
@@ -241,6 +242,7 @@ type batchCopy struct {
 	live  int
 	count int    // records, live or removed: the sequence numbers it spans
 	pred  uint64 // the key of the batch before it in its page; 0: none
+	tiles bool   // it starts where the batch before it in its page ends
 }
 
 // scanPages reads f page by page. The page size is the first meta page's
@@ -250,7 +252,7 @@ func scanPages(f *os.File) (*pageScan, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc := &pageScan{pageSize: 4096, batches: map[uint64]batchCopy{}, meta: state{next: 1, head: 1}}
+	sc := &pageScan{pageSize: 4096, batches: map[uint64]batchCopy{}, conflict: map[uint64]bool{}, meta: state{next: 1, head: 1}}
 	hdr := make([]byte, 32)
 	// The page size, from a sound meta page: page 0, or page 1 at the
 	// page sizes kernels use.
@@ -304,26 +306,47 @@ func scanPages(f *os.File) (*pageScan, error) {
 			if ksize != 8 {
 				continue
 			}
-			recs, nrecs, perr := parseBatch(v)
-			if perr != nil {
-				continue
-			}
-			live := 0
-			for _, r := range recs {
-				if len(r) > 0 {
-					live++
+			// Every key takes part in the order check (flippedKey), a
+			// damaged batch's too: its neighbours' keys are what tells a
+			// flipped key from a sound one.
+			c := pageBatch{base: binary.BigEndian.Uint64(k)}
+			if recs, nrecs, perr := parseBatch(v); perr == nil {
+				for _, r := range recs {
+					if len(r) > 0 {
+						c.live++
+					}
 				}
+				c.batchCopy = batchCopy{off: id*ps + int64(start+ksize), n: vsize, live: c.live, count: nrecs}
+				c.intact = true
 			}
-			cands = append(cands, pageBatch{base: binary.BigEndian.Uint64(k), batchCopy: batchCopy{off: id*ps + int64(start+ksize), n: vsize, live: live, count: nrecs}})
+			cands = append(cands, c)
 		}
+		var pred pageBatch // the intact batch before, in the page
 		for i, c := range cands {
-			if flippedKey(cands, i) {
-				continue // its records' sequence numbers are not known: lost, not misplaced
+			if !c.intact || flippedKey(cands, i) {
+				continue // damaged; or its records' sequence numbers are not known: lost, not misplaced
 			}
-			if i > 0 {
-				c.pred = cands[i-1].base
-			}
-			if old, ok := sc.batches[c.base]; !ok || c.live < old.live {
+			c.pred = pred.base
+			c.tiles = pred.base != 0 && pred.base+uint64(pred.count) == c.base
+			pred = c
+			switch old, ok := sc.batches[c.base]; {
+			case sc.conflict[c.base]:
+			case ok && (old.count != c.count || old.tiles != c.tiles):
+				// Copies of one batch span the same numbers and
+				// follow the same batch. Two batches under one key
+				// are a key flipped onto another's: the one that
+				// starts where the batch before it in its page ends
+				// is the sound one; if that does not tell, both are
+				// lost.
+				switch {
+				case old.tiles && !c.tiles:
+				case c.tiles && !old.tiles:
+					sc.batches[c.base] = c.batchCopy
+				default:
+					delete(sc.batches, c.base)
+					sc.conflict[c.base] = true
+				}
+			case !ok || c.live < old.live:
 				sc.batches[c.base] = c.batchCopy
 			}
 		}
@@ -375,7 +398,8 @@ func (sc *pageScan) dropBeyond(next, reserved uint64) {
 
 // pageBatch is a batch found in a leaf page, under its key.
 type pageBatch struct {
-	base uint64
+	base   uint64
+	intact bool // its checksum holds: a candidate; else only its key counts
 	batchCopy
 }
 

@@ -71,6 +71,7 @@ type pass struct {
 	routesGen uint64  // the forwarder's routesGen they came with
 
 	attempt int       // consecutive chunks that failed with a retriable error
+	acked   bool      // a chunk went through: Kafka has answered this pass
 	waitTil time.Time // no chunk before this (backoff)
 
 	capped capChunks // chunks measured for the byte-rate cap (see ratelimit.go)
@@ -149,17 +150,17 @@ func (p *pass) run(ctx context.Context) error {
 			p.f.setError(retriable)
 			p.waitTil = time.Now().Add(wait(p.attempt))
 		} else {
-			p.attempt = 0
+			p.attempt, p.acked = 0, true
 		}
 	}
 }
 
 // sizeWindow bounds the window: by the configured MaxBufferedRecords and
-// MaxBufferedBytes while Kafka answers, by the floor (windowFloor) while
-// it does not (not reached yet, unreachable, not acknowledging) and while
-// a failed chunk waits for its retry.
+// MaxBufferedBytes while Kafka answers, by the floor (windowFloor) until
+// a chunk first went through, while Kafka does not answer (unreachable,
+// not acknowledging) and while a failed chunk waits for its retry.
 func (p *pass) sizeWindow() {
-	if p.attempt > 0 || !p.f.kafka.answering() {
+	if !p.acked || p.attempt > 0 || !p.f.kafka.answering() {
 		p.w.maxRecords, p.w.maxBytes = windowFloor(p.f.cfg)
 		return
 	}

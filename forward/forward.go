@@ -116,7 +116,8 @@ type Config struct {
 	// While Kafka does not answer (not reached yet, unreachable, not
 	// acknowledging), and while a failed chunk waits for its retry, the
 	// window is bounded by 1,000 records and 1 MiB instead (or these
-	// bounds, if lower): a full window would only wait, in memory.
+	// bounds, if lower): a full window would only wait, in memory. What it
+	// held when Kafka stopped answering stays.
 	// A single record larger than MaxBufferedBytes is still forwarded,
 	// alone. Defaults 20,000 and 16 MiB.
 	MaxBufferedRecords int
