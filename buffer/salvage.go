@@ -311,13 +311,13 @@ func scanPages(f *os.File) (*pageScan, error) {
 			// flipped key from a sound one.
 			c := pageBatch{base: binary.BigEndian.Uint64(k)}
 			if recs, nrecs, perr := parseBatch(v); perr == nil {
+				c.intact = true
+				c.off, c.n, c.count = id*ps+int64(start+ksize), vsize, nrecs
 				for _, r := range recs {
 					if len(r) > 0 {
 						c.live++
 					}
 				}
-				c.batchCopy = batchCopy{off: id*ps + int64(start+ksize), n: vsize, live: c.live, count: nrecs}
-				c.intact = true
 			}
 			cands = append(cands, c)
 		}
@@ -332,12 +332,13 @@ func scanPages(f *os.File) (*pageScan, error) {
 			switch old, ok := sc.batches[c.base]; {
 			case sc.conflict[c.base]:
 			case ok && (old.count != c.count || old.tiles != c.tiles):
-				// Copies of one batch span the same numbers and
-				// follow the same batch. Two batches under one key
-				// are a key flipped onto another's: the one that
-				// starts where the batch before it in its page ends
-				// is the sound one; if that does not tell, both are
-				// lost.
+				// Copies of one batch span the same numbers. Two
+				// copies that disagree may be a key flipped onto
+				// another batch's: the one that starts where the
+				// batch before it in its page ends is kept (if both
+				// are copies of one batch, a stale one at worst,
+				// whose records removed since are delivered again);
+				// if that does not tell, both are lost.
 				switch {
 				case old.tiles && !c.tiles:
 				case c.tiles && !old.tiles:

@@ -366,17 +366,22 @@ func TestRecordOverKafkaLimitIsDeadLettered(t *testing.T) {
 }
 
 // Stopping must not wait for records a silent broker will never settle.
-func TestRunStopsWhileKafkaIsSilent(t *testing.T) {
-	c := newCluster(t, "t")
-	b := newBuffer(t)
-	appendN(t, b, "s/a", 5)
+// silenceProduce makes c answer no produce request until the test ends.
+func silenceProduce(t *testing.T, c *kfake.Cluster) {
 	silent := make(chan struct{})
 	t.Cleanup(func() { close(silent) })
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
-		c.SleepControl(func() { <-silent }) // no answer until the test ends
+		c.SleepControl(func() { <-silent })
 		return nil, nil, false
 	})
+}
+
+func TestRunStopsWhileKafkaIsSilent(t *testing.T) {
+	c := newCluster(t, "t")
+	b := newBuffer(t)
+	appendN(t, b, "s/a", 5)
+	silenceProduce(t, c)
 	f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/+", "t", "")},
 		StatusTopic: "ferry.status", ShutdownTimeout: 500 * time.Millisecond}, b)
 	if err != nil {

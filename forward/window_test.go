@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kmsg"
-
 	"github.com/ferry-edge/ferry/buffer"
 )
 
@@ -30,14 +28,8 @@ func TestWindowAtItsFloorUntilKafkaAnswers(t *testing.T) {
 			}
 		}
 		wg.Wait()
-		stop := make(chan struct{})
-		t.Cleanup(func() { close(stop) })
 		if silent {
-			c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
-				c.KeepControl()
-				c.SleepControl(func() { <-stop }) // no answer until the test ends
-				return nil, nil, false
-			})
+			silenceProduce(t, c)
 		}
 		f, err := New(Config{Brokers: c.ListenAddrs(), Routes: []Route{route(t, "s/+", "t", "")},
 			StatusTopic: "ferry.status", ShutdownTimeout: 200 * time.Millisecond}, b)
