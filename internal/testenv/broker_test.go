@@ -356,3 +356,30 @@ func TestMosquittoRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestMochiFanInToOneSubscriber has many devices publish at QoS 1 to one
+// subscriber that acknowledges each message, as ferry does.
+// mochi v2.7.9 deadlocks under this load: after each packet from the
+// subscriber it takes its in-flight map's read lock twice, and a device's
+// goroutine queuing the next message for the subscriber waits for the write
+// lock between the two; every client then stalls (and this test hangs).
+// go.mod points mochi at internal/tempfork/mochi, which takes the read
+// lock once.
+func TestMochiFanInToOneSubscriber(t *testing.T) {
+	b := startKind(t, KindMochi)
+	sub := newSubscriber()
+	sub.connect(t, b.Addr, true)
+	defer sub.kill()
+	if _, err := sub.c.Subscribe(context.Background(), &paho.Subscribe{
+		Subscriptions: []paho.SubscribeOptions{{Topic: "sensors/+/telemetry", QoS: 1}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	const devices, perDevice = 20, 500
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := RunSensors(ctx, SensorsConfig{BrokerURL: b.URL(), Devices: devices, PerDevice: perDevice, QoS: 1, Interval: time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	sub.waitUnique(t, devices*perDevice, 30*time.Second)
+}
