@@ -56,7 +56,8 @@ func Compact(path string) (before, after int64, err error) {
 // minSize bytes and at least minFreeFraction of it holds no live data (free
 // pages, space preallocated beyond the last page, retired batches). It is
 // meant for startup, before Open; it reports whether it compacted. A
-// missing file is not an error. It fails with ErrLocked while another process holds the file; if
+// missing file is not an error; a file marked as damaged (see Open) is left
+// alone. It fails with ErrLocked while another process holds the file; if
 // it fails otherwise, the file is unchanged and Open can go ahead.
 func CompactIfSparse(path string, minSize int64, minFreeFraction float64) (bool, error) {
 	fi, err := os.Stat(path)
@@ -66,7 +67,9 @@ func CompactIfSparse(path string, minSize int64, minFreeFraction float64) (bool,
 	if err != nil {
 		return false, fmt.Errorf("compact buffer %s: %w", path, err)
 	}
-	if fi.Size() < minSize {
+	if fi.Size() < minSize || damageMarked(path) != nil {
+		// A marked file is for Open to refuse and OpenOrMoveAside to
+		// salvage as it is.
 		return false, nil
 	}
 	src, err := openExclusive("compact buffer", path)

@@ -116,6 +116,33 @@ func TestCompactIfSparse(t *testing.T) {
 	checkConsistency(t, path)
 }
 
+// TestCompactIfSparseLeavesAMarkedFile: a file marked as damaged is moved
+// aside and salvaged as it is, not copied by a compaction first (which
+// reads through the damage, and would leave the salvage a different file).
+func TestCompactIfSparseLeavesAMarkedFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	fillBuffer(t, path, 2000)
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Release(1990)
+	b.Close()
+	if err := writeDamageMark(path, errors.New("test damage")); err != nil {
+		t.Fatal(err)
+	}
+	before := fileSize(t, path)
+	if did, err := CompactIfSparse(path, 0, 0.5); err != nil || did {
+		t.Fatalf("CompactIfSparse of a marked file: %v, %v; want false, nil", did, err)
+	}
+	if after := fileSize(t, path); after != before {
+		t.Errorf("the marked file went from %d to %d bytes", before, after)
+	}
+	if _, err := Open(path, Options{}); !errors.Is(err, ErrCorruptFile) {
+		t.Errorf("Open after CompactIfSparse: %v, want ErrCorruptFile", err)
+	}
+}
+
 func TestOfflineToolsRefuseLiveBuffer(t *testing.T) {
 	_, path := openTest(t)
 	if _, _, err := Compact(path); !errors.Is(err, ErrLocked) {
