@@ -517,7 +517,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 			db.Close()
 			return nil, fmt.Errorf("open buffer %s: %w", path, err)
 		}
-		os.Remove(damageMark(path)) // the marked file is gone: a new one starts
+		os.Remove(DamageMark(path)) // the marked file is gone: a new one starts
 	}
 	removeLeftovers(path, opts.Logger)
 	b := &Buffer{

@@ -188,18 +188,21 @@ func (b *Buffer) Damage() error {
 	}
 }
 
-// The damage mark is a file beside the buffer, path.damaged, holding the
-// text of the damage the buffer met while running. Open refuses a file
+// DamageMark is the file that marks the buffer at path as damaged:
+// path.damaged, holding the text of the damage the buffer met while
+// running. Open refuses a file
 // with a mark (ErrCorruptFile), so that OpenOrMoveAside moves it aside
 // and salvages it even when Open's own check finds nothing: bbolt asserts
 // on more than that check reads, and a read error may not come back.
 // Without it, a process that exits on damage could meet the same damage
-// after every start. MoveAside removes the mark with the file.
-func damageMark(path string) string { return path + ".damaged" }
+// after every start. MoveAside removes the mark with the file; a salvaged
+// file put in the buffer's place by hand needs the mark removed too.
+// Verify reports a mark as a problem.
+func DamageMark(path string) string { return path + ".damaged" }
 
 // writeDamageMark writes path's damage mark with err's text, durably.
 func writeDamageMark(path string, err error) error {
-	f, ferr := os.OpenFile(damageMark(path), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, ferr := os.OpenFile(DamageMark(path), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if ferr != nil {
 		return ferr
 	}
@@ -219,7 +222,7 @@ func writeDamageMark(path string, err error) error {
 // damageMarked returns the damage path's mark records (wrapping
 // ErrCorruptFile), or nil when there is no mark.
 func damageMarked(path string) error {
-	text, err := os.ReadFile(damageMark(path))
+	text, err := os.ReadFile(DamageMark(path))
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return nil
@@ -227,5 +230,5 @@ func damageMarked(path string) error {
 		return fmt.Errorf("%w: it is marked as damaged, and the mark cannot be read: %w", ErrCorruptFile, err)
 	}
 	return fmt.Errorf("%w: damage met while it was open: %s (marked in %s, which goes when the file is moved aside)", ErrCorruptFile,
-		strings.TrimSpace(strings.TrimPrefix(string(text), ErrCorruptFile.Error()+": ")), damageMark(path))
+		strings.TrimSpace(strings.TrimPrefix(string(text), ErrCorruptFile.Error()+": ")), DamageMark(path))
 }

@@ -469,6 +469,9 @@ func (vf *verifier) batch(batches *bolt.Bucket, k, val []byte) {
 func (v fileView) verify(ctx context.Context, full bool) (VerifyReport, error) {
 	vf := verifier{}
 	vf.rep.StructureChecked = full
+	if err := damageMarked(v.path); err != nil {
+		vf.rep.problem("%v", err)
+	}
 	var after []byte // key of the last batch checked
 	for {
 		done := false

@@ -79,7 +79,7 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 	if err := os.Rename(path, aside); err != nil {
 		return "", err
 	}
-	os.Remove(damageMark(path)) // the mark goes with the file
+	os.Remove(DamageMark(path)) // the mark goes with the file
 	syncDir(path)
 	if err != nil {
 		return aside, nil
@@ -110,7 +110,7 @@ func adoptSalvage(path string, log *slog.Logger) {
 		return
 	}
 	syncDir(path)
-	os.Remove(damageMark(path)) // the marked file was moved aside
+	os.Remove(DamageMark(path)) // the marked file was moved aside
 	log.Warn("buffer: finished a salvage a crash interrupted", "path", path)
 }
 

@@ -416,7 +416,7 @@ func (c *bufferCmd) salvage(dst string) int {
 			return c.fail(err)
 		}
 		fmt.Fprintf(c.stdout, "salvaged %d records into %s, page by page\n", n, dst)
-		fmt.Fprintf(c.stdout, "to use it, with ferry stopped: mv %s %s\n", dst, c.path)
+		c.printUse(dst)
 		return exitFailure
 	}
 	if err != nil {
@@ -430,11 +430,22 @@ func (c *bufferCmd) salvage(dst string) int {
 		return c.fail(err)
 	}
 	fmt.Fprintf(c.stdout, "salvaged %d records into %s; %d unreadable set aside in its dead-letter bucket\n", n, dst, rep.Unreadable())
-	fmt.Fprintf(c.stdout, "to use it, with ferry stopped: mv %s %s\n", dst, c.path)
+	c.printUse(dst)
 	if verr != nil {
 		return c.fail(verr)
 	}
 	return exitOK
+}
+
+// printUse says how to put a salvaged file in the buffer's place: with the
+// damage mark removed too, if there is one, or ferry refuses the new file.
+func (c *bufferCmd) printUse(dst string) {
+	mark := buffer.DamageMark(c.path)
+	if _, err := os.Stat(mark); err == nil {
+		fmt.Fprintf(c.stdout, "to use it, with ferry stopped: mv %s %s && rm %s\n", dst, c.path, mark)
+		return
+	}
+	fmt.Fprintf(c.stdout, "to use it, with ferry stopped: mv %s %s\n", dst, c.path)
 }
 
 func (c *bufferCmd) export(args []string) int {

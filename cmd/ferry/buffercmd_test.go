@@ -190,6 +190,40 @@ forward:
 	mustCmd(t, exitFailure, "buffer", "export", "--path", path) // a record is missing from the export
 }
 
+// TestBufferVerifyReportsTheDamageMark: damage ferry met while running
+// marks the file (see buffer.DamageMark), and ferry refuses it. verify
+// says so even when the file itself checks out, and the salvage's
+// instructions remove the mark with the file they replace.
+func TestBufferVerifyReportsTheDamageMark(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "buffer.db")
+	b, err := buffer.Open(path, buffer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRecords(t, b, 1, 10, 20)
+	b.Close()
+	mark := buffer.DamageMark(path)
+	if err := os.WriteFile(mark, []byte("buffer file is corrupt: a page read as garbage\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustCmd(t, exitFailure, "buffer", "verify", "--path", path); !strings.Contains(out, "a page read as garbage") || !strings.Contains(out, mark) || !strings.Contains(out, "DAMAGED") {
+		t.Errorf("verify of a marked buffer:\n%s", out)
+	}
+	salvaged := filepath.Join(dir, "salvaged.db")
+	out := mustCmd(t, exitOK, "buffer", "verify", "--path", path, "--salvage", salvaged)
+	if want := "mv " + salvaged + " " + path + " && rm " + mark; !strings.Contains(out, want) || !strings.Contains(out, "salvaged 10 records") {
+		t.Errorf("salvage of a marked buffer lacks %q:\n%s", want, out)
+	}
+	if err := os.Rename(salvaged, path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(mark); err != nil {
+		t.Fatal(err)
+	}
+	mustCmd(t, exitOK, "buffer", "verify", "--path", path)
+}
+
 func TestBufferUsageErrors(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "b.db")
 	for _, args := range [][]string{
