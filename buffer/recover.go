@@ -20,7 +20,7 @@ var ErrCorruptFile = errors.New("buffer file is corrupt")
 
 // OpenOrMoveAside opens path like Open. If the file is corrupt
 // (ErrCorruptFile), it renames it to path.corrupt-<UTC time>, where it stays
-// for inspection, salvages what is readable of it into a new buffer at
+// for inspection (the newest three such files stay), salvages what is readable of it into a new buffer at
 // path (see ReadOnly.Salvage: the intact records keep their sequence
 // numbers and are forwarded as if nothing happened), and opens that. It
 // returns the name the damaged file was moved to, or "" if it opened the
@@ -46,8 +46,8 @@ func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 
 // MoveAside salvages what is readable of the damaged buffer file at path
 // into a new buffer file (see ReadOnly.Salvage), renames the damaged file
-// to path.corrupt-<UTC time>, where it stays for inspection, and puts the
-// new file at path. It returns the name the damaged file was moved to. A
+// to path.corrupt-<UTC time>, where it stays for inspection (older ones
+// beyond the newest three are removed), and puts the new file at path. It returns the name the damaged file was moved to. A
 // salvage that fails is logged, not returned: the file is moved aside all
 // the same, and a new buffer can start. The file must not be open.
 //
@@ -75,11 +75,16 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 		os.Remove(done)
 		log.Error("buffer: salvaging the damaged file failed; starting an empty buffer", "path", path, "err", err)
 	}
-	aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))
+	stamp := time.Now().UTC().Format("20060102T150405Z")
+	aside := path + ".corrupt-" + stamp
+	for i := 2; fileExists(aside); i++ { // moved aside twice in a second
+		aside = fmt.Sprintf("%s.corrupt-%s-%d", path, stamp, i)
+	}
 	if err := os.Rename(path, aside); err != nil {
 		return "", err
 	}
 	os.Remove(DamageMark(path)) // the mark goes with the file
+	pruneCorrupt(path, log)
 	syncDir(path)
 	if err != nil {
 		return aside, nil
@@ -112,6 +117,25 @@ func adoptSalvage(path string, log *slog.Logger) {
 	syncDir(path)
 	os.Remove(DamageMark(path)) // the marked file was moved aside
 	log.Warn("buffer: finished a salvage a crash interrupted", "path", path)
+}
+
+// keepCorrupt is how many damaged files moved aside stay next to the
+// buffer. A card that damages the file again and again would otherwise
+// fill the disk with copies, each up to the buffer's size. What their
+// salvage could read went into the buffer; they stay for inspection only.
+const keepCorrupt = 3
+
+// pruneCorrupt removes all but the newest keepCorrupt damaged files moved
+// aside next to path.
+func pruneCorrupt(path string, log *slog.Logger) {
+	m := CorruptFiles(path)
+	for _, f := range m[:max(len(m)-keepCorrupt, 0)] {
+		if err := os.Remove(f); err != nil {
+			log.Warn("buffer: cannot remove an old damaged file moved aside", "path", f, "err", err)
+			continue
+		}
+		log.Warn("buffer: removed an old damaged file moved aside; the newest stay", "path", f, "kept", keepCorrupt)
+	}
 }
 
 // CorruptFiles lists the damaged buffer files OpenOrMoveAside moved aside
@@ -207,4 +231,10 @@ func removeLeftovers(path string, log *slog.Logger) {
 		}
 		log.Info("buffer: removed a leftover of an interrupted operation", "path", p, "bytes", fi.Size())
 	}
+}
+
+// fileExists reports whether something is at path.
+func fileExists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }

@@ -3,6 +3,7 @@ package buffer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -114,6 +115,51 @@ func TestOneDamagedMetaPageKeepsRecords(t *testing.T) {
 	}
 	if got := readAll(t, b); len(got) < 19 { // the other meta page may be one commit older
 		t.Fatalf("read %d records after one meta page was damaged, want at least 19", len(got))
+	}
+}
+
+// TestMovedAsideFilesAreBounded: a card that damages the file again and
+// again must not fill the disk with moved-aside copies; the newest
+// keepCorrupt stay.
+func TestMovedAsideFilesAreBounded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	var old []string
+	for i := range keepCorrupt + 1 {
+		name := fmt.Sprintf("%s.corrupt-2026010%dT000000Z", path, i+1)
+		if err := os.WriteFile(name, []byte("garbage"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		old = append(old, name)
+	}
+	if err := os.WriteFile(path, []byte("garbage, not a database"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, aside, err := OpenOrMoveAside(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	want := append(old[len(old)-keepCorrupt+1:], aside)
+	if got := CorruptFiles(path); !slices.Equal(got, want) {
+		t.Fatalf("moved aside: %q, want %q", got, want)
+	}
+	b.Close()
+
+	// Twice in one second: the second does not replace the first.
+	var again []string
+	for range 2 {
+		if err := os.WriteFile(path, []byte("garbage, not a database"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		a, err := MoveAside(path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again = append(again, a)
+	}
+	want = []string{aside, again[0], again[1]}
+	if got := CorruptFiles(path); again[0] == again[1] || !slices.Equal(got, want) {
+		t.Fatalf("after two more: %q, want %q", got, want)
 	}
 }
 
