@@ -20,12 +20,12 @@ var ErrCorruptFile = errors.New("buffer file is corrupt")
 
 // OpenOrMoveAside opens path like Open. If the file is corrupt
 // (ErrCorruptFile), it renames it to path.corrupt-<UTC time>, where it stays
-// for inspection (the newest three such files stay), salvages what is readable of it into a new buffer at
-// path (see ReadOnly.Salvage: the intact records keep their sequence
-// numbers and are forwarded as if nothing happened), and opens that. It
-// returns the name the damaged file was moved to, or "" if it opened the
-// file as it was. Any other error (a lock, a permission) is returned as it
-// is: moving the file would not help.
+// for inspection (see MoveAside), salvages what is readable of it into a
+// new buffer at path (see ReadOnly.Salvage: the intact records keep their
+// sequence numbers and are forwarded as if nothing happened), and opens
+// that. It returns the name the damaged file was moved to, or "" if it
+// opened the file as it was. Any other error (a lock, a permission) is
+// returned as it is: moving the file would not help.
 func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 	b, err := Open(path, opts)
 	if err == nil || !errors.Is(err, ErrCorruptFile) {
@@ -46,10 +46,11 @@ func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 
 // MoveAside salvages what is readable of the damaged buffer file at path
 // into a new buffer file (see ReadOnly.Salvage), renames the damaged file
-// to path.corrupt-<UTC time>, where it stays for inspection (older ones
-// beyond the newest three are removed), and puts the new file at path. It returns the name the damaged file was moved to. A
-// salvage that fails is logged, not returned: the file is moved aside all
-// the same, and a new buffer can start. The file must not be open.
+// to path.corrupt-<UTC time>, where it stays for inspection (of such files,
+// the newest three stay), and puts the new file at path. It returns the
+// name the damaged file was moved to. A salvage that fails is logged, not
+// returned: the file is moved aside all the same, and a new buffer can
+// start. The file must not be open.
 //
 // A crash at any point loses nothing: the salvage is written to
 // path.salvage.tmp and renamed to path.salvage once complete, before the
