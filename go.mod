@@ -72,7 +72,7 @@ require (
 	gopkg.in/warnings.v0 v0.1.2 // indirect
 )
 
-// mochi v2.7.9 (the newest) deadlocks under load; the fork takes a lock
-// once where mochi takes it twice. Only tests, ferry-sandbox and
+// mochi v2.7.9 (the newest) deadlocks under load; the fork takes two locks
+// once where mochi takes them twice. Only tests, ferry-sandbox and
 // ferry-bench link mochi. See internal/tempfork/mochi/README.md.
 replace github.com/mochi-mqtt/server/v2 => ./internal/tempfork/mochi

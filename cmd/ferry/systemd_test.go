@@ -160,7 +160,7 @@ func setBufferKey(t *testing.T, path, key string) {
 // what systemd, Prometheus and `ferry status` learn, up to the clean stop.
 func TestSystemdNotifyMetricsStatus(t *testing.T) {
 	broker := testenv.NewBroker(t)
-	testenv.RequireMosquitto(t, broker, "mochi-mqtt v2.7.9 can deadlock under QoS 1 publishing and then hangs on close")
+	testenv.RequireMosquitto(t, broker, "mochi-mqtt stalls under sustained QoS 1 publishing (it holds queued messages until the subscriber's next packet)")
 	kafka := testenv.NewKafka(t)
 	topic := testenv.NewTopic(t, kafka)
 	addr := freeAddr(t)
@@ -351,7 +351,7 @@ func frozenCapableMount(t *testing.T) string {
 // unit's TimeoutStopSec must cover it, or systemd kills ferry mid-stop.
 func TestStopDuringKafkaOutage(t *testing.T) {
 	broker := testenv.NewBroker(t)
-	testenv.RequireMosquitto(t, broker, "mochi-mqtt v2.7.9 can deadlock under QoS 1 publishing and then hangs on close")
+	testenv.RequireMosquitto(t, broker, "mochi-mqtt stalls under sustained QoS 1 publishing (it holds queued messages until the subscriber's next packet)")
 	kafka := testenv.NewKafka(t)
 	if kafka.IsReal() {
 		t.Skip("cuts kfake's network")

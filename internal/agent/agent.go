@@ -172,7 +172,7 @@ func openBuffer(c config.Buffer, receiveMaximum int, log *slog.Logger) (*buffer.
 		return b, err
 	}
 	b, aside, err := buffer.OpenOrMoveAside(c.Path, opts)
-	if aside != "" {
+	if aside != "" && b != nil {
 		st := b.Stats()
 		log.Error("BUFFER FILE CORRUPT: moved it aside and salvaged what was readable into a new buffer; those records are forwarded, the unreadable ones are lost",
 			"path", c.Path, "moved_to", aside, "salvaged_records", st.Records, "corrupt_files", len(buffer.CorruptFiles(c.Path)))

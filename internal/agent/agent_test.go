@@ -74,7 +74,7 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	}
 }
 
-const mochiStalls = "mochi-mqtt v2.7.9 stalls under sustained QoS 1 load (a deadlock on its inflight lock)"
+const mochiStalls = "mochi-mqtt stalls under sustained QoS 1 load (with many messages queued for one subscriber it slows to a crawl, or holds them until the subscriber's next packet)"
 
 func TestEndToEnd(t *testing.T) { runEndToEnd(t, false, "delayed") }
 
