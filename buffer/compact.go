@@ -41,9 +41,14 @@ func openExclusive(op, path string) (*bolt.DB, error) {
 // new one, both complete. Every live record, counter (the retired bytes
 // become 0), dead-letter entry and the ID are kept; sequence numbers continue. It
 // returns the file's size before and after. It fails with ErrLocked while
-// another process (a running ferry) holds the file; the caller must not
-// open the buffer until Compact returns.
+// another process (a running ferry) holds the file, and with
+// ErrCorruptFile for a file marked as damaged (see DamageMark: a copy
+// would replace the file the salvage and an inspection need); the caller
+// must not open the buffer until Compact returns.
 func Compact(path string) (before, after int64, err error) {
+	if err := damageMarked(path); err != nil {
+		return 0, 0, fmt.Errorf("compact buffer %s: %w", path, err)
+	}
 	src, err := openExclusive("compact buffer", path)
 	if err != nil {
 		return 0, 0, err

@@ -116,10 +116,10 @@ func TestCompactIfSparse(t *testing.T) {
 	checkConsistency(t, path)
 }
 
-// TestCompactIfSparseLeavesAMarkedFile: a file marked as damaged is moved
-// aside and salvaged as it is, not copied by a compaction first (which
-// reads through the damage, and would leave the salvage a different file).
-func TestCompactIfSparseLeavesAMarkedFile(t *testing.T) {
+// TestCompactLeavesAMarkedFile: a file marked as damaged is moved aside
+// and salvaged as it is, not copied by a compaction first (which reads
+// through the damage, and would leave the salvage a different file).
+func TestCompactLeavesAMarkedFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "buffer.db")
 	fillBuffer(t, path, 2000)
 	b, err := Open(path, Options{})
@@ -134,6 +134,12 @@ func TestCompactIfSparseLeavesAMarkedFile(t *testing.T) {
 	before := fileSize(t, path)
 	if did, err := CompactIfSparse(path, 0, 0.5); err != nil || did {
 		t.Fatalf("CompactIfSparse of a marked file: %v, %v; want false, nil", did, err)
+	}
+	if after := fileSize(t, path); after != before {
+		t.Errorf("the marked file went from %d to %d bytes", before, after)
+	}
+	if _, _, err := Compact(path); !errors.Is(err, ErrCorruptFile) {
+		t.Errorf("Compact of a marked file: %v, want ErrCorruptFile", err)
 	}
 	if after := fileSize(t, path); after != before {
 		t.Errorf("the marked file went from %d to %d bytes", before, after)

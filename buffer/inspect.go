@@ -146,8 +146,8 @@ func (b *Buffer) Peek(n int) ([]Record, error) { return b.view().peek(n) }
 func (b *Buffer) Each(fn func(Record) error) (skipped uint64, err error) { return b.view().each(fn) }
 
 // Verify checks every batch's, every live record's and every dead-letter
-// entry's checksum, in short
-// read transactions beside the running committer. bbolt's consistency check
+// entry's checksum, in short read transactions beside the running
+// committer, and reports a damage mark (see DamageMark) as a problem. bbolt's consistency check
 // and the counters check need the file to themselves (bbolt's check is not
 // safe beside a writer, and inside a write transaction it would stall
 // appends), so they are skipped: StructureChecked is false. For a full
@@ -210,8 +210,9 @@ func (r *ReadOnly) Each(fn func(Record) error) (skipped uint64, err error) { ret
 // order and do not overlap, checks every batch's and every live record's
 // checksum and every dead-letter entry's, and checks the meta counters
 // against the records and dead letters found, all in one read
-// transaction. An error means the check could not run to the end;
-// what it found is in the report either way.
+// transaction; a damage mark (see DamageMark) is a problem too. An error
+// means the check could not run to the end; what it found is in the
+// report either way.
 func (r *ReadOnly) Verify(ctx context.Context) (VerifyReport, error) { return r.v.verify(ctx, true) }
 
 // fileView holds what the inspection code needs of a buffer: its bbolt file.

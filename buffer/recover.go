@@ -46,9 +46,9 @@ func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 
 // MoveAside salvages what is readable of the damaged buffer file at path
 // into a new buffer file (see ReadOnly.Salvage), renames the damaged file
-// to path.corrupt-<UTC time>, where it stays for inspection (of such files,
-// the newest three stay), and puts the new file at path. It returns the
-// name the damaged file was moved to. A salvage that fails is logged, not
+// to path.corrupt-<UTC time> (with -2, -3... if that exists), where it
+// stays for inspection, and puts the new file at path. It returns the name
+// the damaged file was moved to. A salvage that fails is logged, not
 // returned: the file is moved aside all the same, and a new buffer can
 // start. The file must not be open.
 //
@@ -85,7 +85,6 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 		return "", err
 	}
 	os.Remove(DamageMark(path)) // the mark goes with the file
-	pruneCorrupt(path, log)
 	syncDir(path)
 	if err != nil {
 		return aside, nil
@@ -118,25 +117,6 @@ func adoptSalvage(path string, log *slog.Logger) {
 	syncDir(path)
 	os.Remove(DamageMark(path)) // the marked file was moved aside
 	log.Warn("buffer: finished a salvage a crash interrupted", "path", path)
-}
-
-// keepCorrupt is how many damaged files moved aside stay next to the
-// buffer. A card that damages the file again and again would otherwise
-// fill the disk with copies, each up to the buffer's size. What their
-// salvage could read went into the buffer; they stay for inspection only.
-const keepCorrupt = 3
-
-// pruneCorrupt removes all but the newest keepCorrupt damaged files moved
-// aside next to path.
-func pruneCorrupt(path string, log *slog.Logger) {
-	m := CorruptFiles(path)
-	for _, f := range m[:max(len(m)-keepCorrupt, 0)] {
-		if err := os.Remove(f); err != nil {
-			log.Warn("buffer: cannot remove an old damaged file moved aside", "path", f, "err", err)
-			continue
-		}
-		log.Warn("buffer: removed an old damaged file moved aside; the newest stay", "path", f, "kept", keepCorrupt)
-	}
 }
 
 // CorruptFiles lists the damaged buffer files OpenOrMoveAside moved aside

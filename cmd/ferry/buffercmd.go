@@ -442,10 +442,18 @@ func (c *bufferCmd) salvage(dst string) int {
 func (c *bufferCmd) printUse(dst string) {
 	mark := buffer.DamageMark(c.path)
 	if _, err := os.Stat(mark); err == nil {
-		fmt.Fprintf(c.stdout, "to use it, with ferry stopped: mv %s %s && rm %s\n", dst, c.path, mark)
+		fmt.Fprintf(c.stdout, "to use it, with ferry stopped: mv %s %s && rm %s\n", shellQuote(dst), shellQuote(c.path), shellQuote(mark))
 		return
 	}
-	fmt.Fprintf(c.stdout, "to use it, with ferry stopped: mv %s %s\n", dst, c.path)
+	fmt.Fprintf(c.stdout, "to use it, with ferry stopped: mv %s %s\n", shellQuote(dst), shellQuote(c.path))
+}
+
+// shellQuote quotes s for a POSIX shell, unless it needs none.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+:,@%=") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func (c *bufferCmd) export(args []string) int {

@@ -224,6 +224,19 @@ func TestBufferVerifyReportsTheDamageMark(t *testing.T) {
 	mustCmd(t, exitOK, "buffer", "verify", "--path", path)
 }
 
+func TestShellQuote(t *testing.T) {
+	for in, want := range map[string]string{
+		"/var/lib/ferry/buffer.db": "/var/lib/ferry/buffer.db",
+		"/data/my buffer.db":       "'/data/my buffer.db'",
+		"/data/it's.db":            `'/data/it'\''s.db'`,
+		"":                         "''",
+	} {
+		if got := shellQuote(in); got != want {
+			t.Errorf("shellQuote(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
 func TestBufferUsageErrors(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "b.db")
 	for _, args := range [][]string{
