@@ -61,8 +61,8 @@ func Compact(path string) (before, after int64, err error) {
 // minSize bytes and at least minFreeFraction of it holds no live data (free
 // pages, space preallocated beyond the last page, retired batches). It is
 // meant for startup, before Open; it reports whether it compacted. A
-// missing file is not an error; a file marked as damaged (see Open) is left
-// alone. It fails with ErrLocked while another process holds the file; if
+// missing file is not an error; a file marked as damaged (see DamageMark)
+// is left alone. It fails with ErrLocked while another process holds the file; if
 // it fails otherwise, the file is unchanged and Open can go ahead.
 func CompactIfSparse(path string, minSize int64, minFreeFraction float64) (bool, error) {
 	fi, err := os.Stat(path)

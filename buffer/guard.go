@@ -190,10 +190,10 @@ func (b *Buffer) Damage() error {
 
 // DamageMark is the file that marks the buffer at path as damaged:
 // path.damaged, holding the text of the damage the buffer met while
-// running. Open refuses a file
-// with a mark (ErrCorruptFile), so that OpenOrMoveAside moves it aside
-// and salvages it even when Open's own check finds nothing: bbolt asserts
-// on more than that check reads, and a read error may not come back.
+// running. Open refuses a file with a mark (ErrCorruptFile), so that
+// OpenOrMoveAside moves it aside and salvages it even when Open's own
+// check finds nothing: bbolt asserts on more than that check reads, and a
+// read error may not come back.
 // Without it, a process that exits on damage could meet the same damage
 // after every start. MoveAside removes the mark with the file; a salvaged
 // file put in the buffer's place by hand needs the mark removed too.

@@ -147,11 +147,12 @@ func (b *Buffer) Each(fn func(Record) error) (skipped uint64, err error) { retur
 
 // Verify checks every batch's, every live record's and every dead-letter
 // entry's checksum, in short read transactions beside the running
-// committer, and reports a damage mark (see DamageMark) as a problem. bbolt's consistency check
-// and the counters check need the file to themselves (bbolt's check is not
-// safe beside a writer, and inside a write transaction it would stall
-// appends), so they are skipped: StructureChecked is false. For a full
-// check, stop ferry and use OpenReadOnly.
+// committer, and reports a damage mark (see DamageMark) as a problem.
+// bbolt's consistency check and the counters check need the file to
+// themselves (bbolt's check is not safe beside a writer, and inside a
+// write transaction it would stall appends), so they are skipped:
+// StructureChecked is false. For a full check, stop ferry and use
+// OpenReadOnly.
 func (b *Buffer) Verify(ctx context.Context) (VerifyReport, error) {
 	return b.view().verify(ctx, false)
 }
