@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -122,10 +124,24 @@ func adoptSalvage(path string, log *slog.Logger) {
 // CorruptFiles lists the damaged buffer files OpenOrMoveAside moved aside
 // next to path, oldest first.
 func CorruptFiles(path string) []string {
-	m, _ := filepath.Glob(path + ".corrupt-*")
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	ents, _ := os.ReadDir(dir)
+	var m []string
+	for _, e := range ents {
+		if rest, ok := strings.CutPrefix(e.Name(), base+"."); ok && asideName.MatchString(rest) {
+			m = append(m, path+"."+rest)
+		}
+	}
 	sort.Strings(m)
 	return m
 }
+
+// asideName matches what MoveAside appends to a damaged file's name, and
+// not, say, an operator's buffer.db.corrupt-<time>.rescued copy.
+var asideName = regexp.MustCompile(`^corrupt-[0-9]{8}T[0-9]{6}Z(-[0-9]+)?$`)
 
 // openBolt opens the bbolt file, turning bbolt's corruption errors and
 // panics into ErrCorruptFile, and returns the file it opened (bbolt owns

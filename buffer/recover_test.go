@@ -118,9 +118,17 @@ func TestOneDamagedMetaPageKeepsRecords(t *testing.T) {
 }
 
 // TestMoveAsideTwiceInASecond: the second file moved aside does not
-// replace the first.
+// replace the first. CorruptFiles lists them, in a directory whose name
+// has a glob's metacharacters, and not an operator's copy beside them.
 func TestMoveAsideTwiceInASecond(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "buffer.db")
+	dir := filepath.Join(t.TempDir(), "gw[1]*")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "buffer.db")
+	if err := os.WriteFile(path+".corrupt-20261125T101500Z.rescued.db", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var aside []string
 	for range 3 {
 		if err := os.WriteFile(path, []byte("garbage, not a database"), 0o600); err != nil {
