@@ -444,6 +444,7 @@ func crashChild(path string) {
 	}
 	out := bufio.NewWriter(os.Stdout)
 	var mu sync.Mutex
+	var first uint64 // this run's first sequence number (a restart skips the rest of the last run's reserved range)
 	for i := 0; ; i++ {
 		r := &Record{Topic: "crash", Payload: []byte(strconv.Itoa(i)), ReceivedAt: time.Now()}
 		err := b.Append(r, func(seq uint64, err error) {
@@ -451,11 +452,19 @@ func crashChild(path string) {
 				return
 			}
 			mu.Lock()
+			if first == 0 {
+				first = seq
+			}
 			if seq%2000 == 0 {
-				fmt.Fprintf(out, "R %d\n", seq-1000)
+				// A dead letter for a record of this run, as a forwarder
+				// does before a release past it (not one in the skipped
+				// range, which does not exist).
+				dead := max(seq-1500, first)
+				to := max(seq-1000, dead)
+				fmt.Fprintf(out, "R %d\n", to)
 				out.Flush()
-				b.DeadLetter(seq-1500, "crash", nil) // as a forwarder does before a release past it
-				b.Release(seq - 1000)
+				b.DeadLetter(dead, "crash", nil)
+				b.Release(to)
 			}
 			fmt.Fprintf(out, "%d %s\n", seq, r.Payload)
 			if len(r.Payload) > 0 && r.Payload[len(r.Payload)-1] == '0' {
