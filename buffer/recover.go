@@ -1,13 +1,16 @@
 package buffer
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -129,19 +132,42 @@ func CorruptFiles(path string) []string {
 		dir = "."
 	}
 	ents, _ := os.ReadDir(dir)
-	var m []string
+	type aside struct {
+		path, at string
+		n        int // the -N of a second move aside in the same second; 1 without
+	}
+	var m []aside
 	for _, e := range ents {
-		if rest, ok := strings.CutPrefix(e.Name(), base+"."); ok && asideName.MatchString(rest) {
-			m = append(m, path+"."+rest)
+		rest, ok := strings.CutPrefix(e.Name(), base+".")
+		if !ok {
+			continue
+		}
+		if sm := asideName.FindStringSubmatch(rest); sm != nil {
+			a := aside{path: path + "." + rest, at: sm[1], n: 1}
+			if sm[2] != "" {
+				n, err := strconv.Atoi(sm[2])
+				if err != nil {
+					n = math.MaxInt // more digits than an int holds: last
+				}
+				a.n = n
+			}
+			m = append(m, a)
 		}
 	}
-	sort.Strings(m)
-	return m
+	slices.SortFunc(m, func(a, b aside) int { // numbers as numbers: -10 after -9
+		return cmp.Or(strings.Compare(a.at, b.at), cmp.Compare(a.n, b.n))
+	})
+	var paths []string
+	for _, a := range m {
+		paths = append(paths, a.path)
+	}
+	return paths
 }
 
 // asideName matches what MoveAside appends to a damaged file's name, and
-// not, say, an operator's buffer.db.corrupt-<time>.rescued copy.
-var asideName = regexp.MustCompile(`^corrupt-[0-9]{8}T[0-9]{6}Z(-[0-9]+)?$`)
+// not, say, an operator's buffer.db.corrupt-<time>.rescued copy. The
+// groups are the time and the -N suffix's number.
+var asideName = regexp.MustCompile(`^corrupt-([0-9]{8}T[0-9]{6}Z)(?:-([0-9]+))?$`)
 
 // openBolt opens the bbolt file, turning bbolt's corruption errors and
 // panics into ErrCorruptFile, and returns the file it opened (bbolt owns

@@ -145,6 +145,24 @@ func TestMoveAsideTwiceInASecond(t *testing.T) {
 	}
 }
 
+// TestCorruptFilesOrder: CorruptFiles lists the files one second moved
+// aside in the order MoveAside named them, the tenth after the ninth.
+func TestCorruptFilesOrder(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	want := []string{path + ".corrupt-20261125T101459Z-12"}
+	for _, n := range []string{"", "-2", "-3", "-9", "-10", "-11"} {
+		want = append(want, path+".corrupt-20261125T101500Z"+n)
+	}
+	for _, p := range want {
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := CorruptFiles(path); !slices.Equal(got, want) {
+		t.Fatalf("CorruptFiles: %q, want %q", got, want)
+	}
+}
+
 func TestDeletedFileStartsEmpty(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "buffer.db")
 	fill(t, path, 5)
