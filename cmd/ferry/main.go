@@ -155,7 +155,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		log.Warn("config: " + w)
 	}
-	log.Info("go runtime", "gomaxprocs", runtime.GOMAXPROCS(0))
+	log.Info("go runtime", "gomaxprocs", runtime.GOMAXPROCS(0), "gogc", gcPercent())
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// The first signal starts a clean stop; a second one ends the process
