@@ -278,8 +278,7 @@ type Stats struct {
 	Recreated uint64
 	// CorruptFiles is how many damaged buffer files lie moved aside next to
 	// this one (path.corrupt-*, see OpenOrMoveAside), as found at Open:
-	// records in them were not delivered by this buffer. Of those salvaged
-	// completely, MoveAside keeps the newest three.
+	// records in them were not delivered by this buffer.
 	CorruptFiles int
 }
 

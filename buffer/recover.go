@@ -57,12 +57,6 @@ func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 // returned: the file is moved aside all the same, and a new buffer can
 // start. The file must not be open.
 //
-// After a complete salvage the name ends in .salvaged: ferry has every
-// record it could read of that file, and keeps it only for inspection. Of
-// those, the newest keepSalvaged stay (see pruneSalvaged), so a card that
-// keeps damaging the file does not fill the disk with copies; a file whose
-// salvage failed may hold records found nowhere else, and stays.
-//
 // A crash at any point loses nothing: the salvage is written to
 // path.salvage.tmp and renamed to path.salvage once complete, before the
 // damaged file moves; Open adopts a complete path.salvage when path is
@@ -89,11 +83,8 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 	}
 	stamp := time.Now().UTC().Format("20060102T150405Z")
 	aside := path + ".corrupt-" + stamp
-	for i := 2; fileExists(aside) || fileExists(aside+salvagedSuffix); i++ { // moved aside twice in a second
+	for i := 2; fileExists(aside); i++ { // moved aside twice in a second
 		aside = fmt.Sprintf("%s.corrupt-%s-%d", path, stamp, i)
-	}
-	if err == nil {
-		aside += salvagedSuffix
 	}
 	if err := os.Rename(path, aside); err != nil {
 		return "", err
@@ -111,38 +102,7 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 	if !counted {
 		log.Error("buffer: the damaged file's counters are unreadable: how many records it held beyond those salvaged is not known, and they are not counted as dropped", "damaged", aside)
 	}
-	pruneSalvaged(path, aside, log)
 	return aside, nil
-}
-
-// salvagedSuffix ends the name of a file moved aside after a complete
-// salvage.
-const salvagedSuffix = ".salvaged"
-
-// keepSalvaged is how many files moved aside after a complete salvage
-// stay next to the buffer, the one just moved aside among them.
-const keepSalvaged = 3
-
-// pruneSalvaged removes the files moved aside next to path after a
-// complete salvage, all but the newest keepSalvaged, just (the file
-// MoveAside just moved aside) always among those kept. Newest is by name:
-// the names carry the clock of their move, which can be wrong at boot, so
-// a file moved while the clock was ahead may outlive newer ones; the file
-// just moved aside never goes, whatever its name says.
-func pruneSalvaged(path, just string, log *slog.Logger) {
-	var older []string
-	for _, f := range CorruptFiles(path) { // oldest first
-		if f != just && strings.HasSuffix(f, salvagedSuffix) {
-			older = append(older, f)
-		}
-	}
-	for _, f := range older[:max(0, len(older)-(keepSalvaged-1))] {
-		if err := os.Remove(f); err != nil {
-			log.Warn("buffer: cannot remove an old damaged file moved aside", "path", f, "err", err)
-			continue
-		}
-		log.Warn("buffer: removed an old damaged file moved aside (its salvage was complete; the newest are kept)", "path", f, "kept", keepSalvaged)
-	}
 }
 
 // adoptSalvage puts a complete salvage (see MoveAside) at path if a crash
@@ -207,7 +167,7 @@ func CorruptFiles(path string) []string {
 // asideName matches what MoveAside appends to a damaged file's name, and
 // not, say, an operator's buffer.db.corrupt-<time>.rescued copy. The
 // groups are the time and the -N suffix's number.
-var asideName = regexp.MustCompile(`^corrupt-([0-9]{8}T[0-9]{6}Z)(?:-([0-9]+))?(?:\.salvaged)?$`)
+var asideName = regexp.MustCompile(`^corrupt-([0-9]{8}T[0-9]{6}Z)(?:-([0-9]+))?$`)
 
 // openBolt opens the bbolt file, turning bbolt's corruption errors and
 // panics into ErrCorruptFile, and returns the file it opened (bbolt owns

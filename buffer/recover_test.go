@@ -163,52 +163,6 @@ func TestCorruptFilesOrder(t *testing.T) {
 	}
 }
 
-// TestMoveAsideKeepsThreeSalvaged: a file moved aside after a complete
-// salvage is named .salvaged, and of those only the newest three stay; a
-// file whose salvage failed stays whatever its age, and so does the file
-// just moved aside, whatever its name's clock says.
-func TestMoveAsideKeepsThreeSalvaged(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "buffer.db")
-	old := []string{
-		path + ".corrupt-20261001T000000Z", // its salvage failed
-		path + ".corrupt-20261101T000000Z.salvaged",
-		path + ".corrupt-20261102T000000Z.salvaged",
-		path + ".corrupt-20261102T000000Z-2.salvaged",
-		path + ".corrupt-20261102T000000Z-10.salvaged",
-		path + ".corrupt-29991231T000000Z.salvaged", // moved aside while the clock was years ahead
-	}
-	for _, p := range old {
-		if err := os.WriteFile(p, []byte("garbage"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fill(t, path, 20)
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteAt(make([]byte, 2*4096), 0) // both meta pages: salvaged page by page
-	f.Close()
-
-	b, aside, err := OpenOrMoveAside(path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	if !strings.HasSuffix(aside, ".salvaged") {
-		t.Fatalf("moved aside to %s after a complete salvage, want a .salvaged name", aside)
-	}
-	if st := b.Stats(); st.Records != 20 {
-		t.Fatalf("salvaged %d records, want 20", st.Records)
-	}
-	// By name, the two newest of the others are the -10 (after the -2)
-	// and the one from the clock years ahead.
-	want := []string{old[0], old[4], aside, old[5]}
-	if got := CorruptFiles(path); !slices.Equal(got, want) {
-		t.Errorf("moved-aside files left: %q, want %q: the failed salvage's, the two newest salvaged and the one just moved", got, want)
-	}
-}
-
 func TestDeletedFileStartsEmpty(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "buffer.db")
 	fill(t, path, 5)

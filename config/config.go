@@ -218,11 +218,9 @@ type Buffer struct {
 	// backpressure).
 	WhenFull string `yaml:"when_full"`
 	// OnCorrupt is what happens when the buffer file cannot be opened as a
-	// database: "move_aside" (default: what is readable of it is salvaged
-	// into a new buffer, and it is renamed buffer.db.corrupt-<time>, with
-	// .salvaged once the salvage is complete, kept for inspection: the
-	// newest three salvaged ones and every one whose salvage failed) or
-	// "fail" (ferry refuses to start).
+	// database: "move_aside" (default: it is renamed
+	// buffer.db.corrupt-<time>, kept for inspection, and a new buffer is
+	// started) or "fail" (ferry refuses to start).
 	OnCorrupt string `yaml:"on_corrupt"`
 }
 

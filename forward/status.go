@@ -55,8 +55,7 @@ type Status struct {
 	DeadLetterRecords uint64                   `json:"dead_letter_records"`
 	DeadLetterBytes   uint64                   `json:"dead_letter_bytes"`
 	// CorruptFiles is how many damaged buffer files ferry moved aside and
-	// replaced with a new buffer lie next to it (their records were not
-	// delivered): at most three salvaged ones, and any whose salvage failed.
+	// replaced with a new buffer (their records were not delivered).
 	CorruptFiles int `json:"corrupt_files"`
 	// DiskFull is true while the buffer's commits fail for want of space;
 	// CommitError says why commits fail, while they do.
