@@ -29,10 +29,10 @@ const defaultMaxProcs = 1
 // records passing through, so the collector's extra work costs little
 // next to the memory a gateway gets back. Measured with ferry-bench
 // (Mosquitto, kfake, 2 vCPUs), GOGC 100 against 50 in one sitting: flat
-// out (-rate 0), peak RSS 30.4-31.6 against 27.7-28.2 MB (14.5-14.9
-// against 12.1-12.6 MB anonymous) at 1.41-1.55 against 1.59-1.64 CPU-s per
+// out (-rate 0), peak RSS 30.4-34.1 against 26.6-28.2 MB (14.5-18.2
+// against 11.2-12.6 MB anonymous) at 1.41-1.55 against 1.47-1.64 CPU-s per
 // 100k messages; a 1-million-record drain (-rate 0 -backlog 1000000)
-// 77.1-77.6 against 69.1 MB at the same drain rate (140,000 msg/s); at
+// 77.1-77.6 against 68.5-69.1 MB, as fast (140,000-161,000 msg/s); at
 // -rate 1000 no difference beyond the noise (8.15 against 8.15-8.80 CPU-s
 // per 100k, p99 13.3 against 13.3-13.8 ms). GOGC 25 went further (26.0 MB
 // flat out, 58.8 MB for the drain) but drained 20% slower.

@@ -9,11 +9,10 @@ import (
 func TestRuntimeDefaults(t *testing.T) {
 	was := runtime.GOMAXPROCS(0)
 	t.Cleanup(func() { runtime.GOMAXPROCS(was) })
-	wasGC := debug.SetGCPercent(100)
+	wasGC := debug.SetGCPercent(100) // as the runtime starts without GOGC
 	t.Cleanup(func() { debug.SetGCPercent(wasGC) })
 
 	runtime.GOMAXPROCS(3)
-	debug.SetGCPercent(100) // as the runtime starts without GOGC
 	runtimeDefaults(func(string) string { return "" })
 	if got := runtime.GOMAXPROCS(0); got != defaultMaxProcs {
 		t.Errorf("without GOMAXPROCS in the environment: GOMAXPROCS %d, want ferry's default %d", got, defaultMaxProcs)
