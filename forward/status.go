@@ -55,7 +55,9 @@ type Status struct {
 	DeadLetterRecords uint64                   `json:"dead_letter_records"`
 	DeadLetterBytes   uint64                   `json:"dead_letter_bytes"`
 	// CorruptFiles is how many damaged buffer files ferry moved aside and
-	// replaced with a new buffer (their records were not delivered).
+	// replaced with a new buffer: what was readable of them was salvaged
+	// and forwarded, what was not is counted in Dropped (reason corrupt)
+	// when their counters could be read.
 	CorruptFiles int `json:"corrupt_files"`
 	// DiskFull is true while the buffer's commits fail for want of space;
 	// CommitError says why commits fail, while they do.
