@@ -93,12 +93,10 @@ func TestCompactShrinksAndKeepsRecords(t *testing.T) {
 	}
 }
 
-func TestCompactIfSparse(t *testing.T) {
-	dir := t.TempDir()
-	if did, err := CompactIfSparse(filepath.Join(dir, "missing.db"), 0, 0); err != nil || did {
-		t.Errorf("missing file: %v, %v", did, err)
-	}
-	path := filepath.Join(dir, "buffer.db")
+// sparseBuffer writes 2,000 records to a new buffer at path and releases
+// all but the last 10: a file mostly free.
+func sparseBuffer(t *testing.T, path string) {
+	t.Helper()
 	fillBuffer(t, path, 2000)
 	b, err := Open(path, Options{})
 	if err != nil {
@@ -106,6 +104,15 @@ func TestCompactIfSparse(t *testing.T) {
 	}
 	b.Release(1990)
 	b.Close()
+}
+
+func TestCompactIfSparse(t *testing.T) {
+	dir := t.TempDir()
+	if did, err := CompactIfSparse(filepath.Join(dir, "missing.db"), 0, 0); err != nil || did {
+		t.Errorf("missing file: %v, %v", did, err)
+	}
+	path := filepath.Join(dir, "buffer.db")
+	sparseBuffer(t, path)
 	before := fileSize(t, path)
 	if did, err := CompactIfSparse(path, 0, 0.5); err != nil || !did {
 		t.Fatalf("sparse file: %v, %v", did, err)
@@ -121,13 +128,7 @@ func TestCompactIfSparse(t *testing.T) {
 // through the damage, and would leave the salvage a different file).
 func TestCompactLeavesAMarkedFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "buffer.db")
-	fillBuffer(t, path, 2000)
-	b, err := Open(path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Release(1990)
-	b.Close()
+	sparseBuffer(t, path)
 	if err := writeDamageMark(path, errors.New("test damage")); err != nil {
 		t.Fatal(err)
 	}
