@@ -489,13 +489,18 @@ type Buffer struct {
 // from the page cache, as measured on the development machine; from a
 // cold SD card, as long as the card takes to read it. A file that fails
 // the check, or that a buffer met damage in while running (see Damaged),
-// is refused with ErrCorruptFile (OpenOrMoveAside moves it aside).
+// is refused with ErrCorruptFile (OpenOrMoveAside moves it aside). A
+// complete salvage that a crash left at path.salvage with no file at path
+// is put in place first; if that rename fails, Open fails rather than
+// start an empty buffer in its place.
 func Open(path string, opts Options) (*Buffer, error) {
 	opts.setDefaults()
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
 	}
-	adoptSalvage(path, opts.Logger)
+	if err := adoptSalvage(path, opts.Logger); err != nil {
+		return nil, fmt.Errorf("open buffer %s: %w", path, err)
+	}
 	fi, err := os.Stat(path)
 	if err == nil && fi.Size() == 0 {
 		opts.Logger.Warn("buffer: the buffer file is empty (0 bytes, not a database); starting a new buffer in it", "path", path)

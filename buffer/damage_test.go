@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -757,5 +758,45 @@ func flipAndDrain(t *testing.T, clean string, opts Options) {
 		for _, p := range append(CorruptFiles(path), path) {
 			os.Remove(p)
 		}
+	}
+}
+
+// A complete salvage that cannot be put in place is not replaced by an
+// empty buffer: Open refuses to start (and removes nothing) until the
+// rename works, then adopts it.
+func TestSalvageNotPutInPlaceIsKept(t *testing.T) {
+	const n, size = 200, 100
+	dir := t.TempDir()
+	path := filepath.Join(dir, "buffer.db")
+	fillBig(t, path, n, size)
+	if _, err := SalvageFile(path, path+".salvage"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path, path+".corrupt-crashed"); err != nil {
+		t.Fatal(err)
+	}
+	renameFile = func(string, string) error { return syscall.EIO }
+	b, err := Open(path, Options{})
+	renameFile = os.Rename
+	if err == nil {
+		b.Close()
+		t.Fatal("Open started a new buffer beside a salvage it could not put in place")
+	}
+	if !strings.Contains(err.Error(), ".salvage") {
+		t.Fatalf("the error does not name the salvage: %v", err)
+	}
+	if _, err := os.Stat(path + ".salvage"); err != nil {
+		t.Fatalf("the salvage is gone: %v", err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("a file was created at path: %v", err)
+	}
+	b, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if got := checkSalvaged(t, b, size); got != n {
+		t.Fatalf("adopted %d records, want %d", got, n)
 	}
 }

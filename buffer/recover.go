@@ -94,8 +94,8 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 	if err != nil {
 		return aside, nil
 	}
-	if err := os.Rename(done, path); err != nil {
-		return aside, fmt.Errorf("put the salvaged buffer in place: %w", err)
+	if err := renameFile(done, path); err != nil {
+		return aside, fmt.Errorf("put the salvaged buffer %s in place (the next start tries again): %w", done, err)
 	}
 	syncDir(path)
 	log.Warn("buffer: salvaged the readable records of the damaged file; they are forwarded as usual", "damaged", aside, "records", n)
@@ -105,23 +105,29 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 	return aside, nil
 }
 
+// renameFile is os.Rename; a test makes it fail (root renames past any
+// permission).
+var renameFile = os.Rename
+
 // adoptSalvage puts a complete salvage (see MoveAside) at path if a crash
-// left it there with no file at path.
-func adoptSalvage(path string, log *slog.Logger) {
+// left it there with no file at path. If the rename fails, it returns the
+// error: a new, empty buffer at path would take the salvage's place (and
+// removeLeftovers would delete it), so Open must not go on.
+func adoptSalvage(path string, log *slog.Logger) error {
 	done := path + ".salvage"
 	if _, err := os.Stat(done); err != nil {
-		return
+		return nil
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
-		return // the damaged file is still there: MoveAside starts over
+		return nil // the damaged file is still there: MoveAside starts over
 	}
-	if err := os.Rename(done, path); err != nil {
-		log.Error("buffer: cannot put an interrupted salvage in place", "path", done, "err", err)
-		return
+	if err := renameFile(done, path); err != nil {
+		return fmt.Errorf("put the salvaged buffer %s in place (it holds the records salvaged from a damaged buffer; nothing starts without it): %w", done, err)
 	}
 	syncDir(path)
 	os.Remove(DamageMark(path)) // the marked file was moved aside
 	log.Warn("buffer: finished a salvage a crash interrupted", "path", path)
+	return nil
 }
 
 // CorruptFiles lists the damaged buffer files OpenOrMoveAside moved aside
