@@ -305,6 +305,7 @@ func (p *pass) hasWork() bool {
 // read while this one is in flight, and with a byte-rate cap at most about
 // half a second of it.
 func (p *pass) pick() {
+	clear(p.chunk) // the last chunk's slots may have left the window: do not keep them
 	p.chunk = p.chunk[:0]
 	cut := ^uint64(0)
 	p.probe.cands = p.stillPending(p.probe.cands) // candidates settled meanwhile are out

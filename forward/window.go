@@ -47,6 +47,14 @@ type slot struct {
 	partition int32
 }
 
+// forget drops what a slot that left the window refers to: its slab
+// lives on while any other slot of it is in the window, and the record's
+// value would keep the whole block its Read decoded (see
+// buffer.Read) alive with it.
+func (s *slot) forget() {
+	s.kr, s.rec, s.err = nil, kgo.Record{}, nil
+}
+
 // The window's floor. The window is bounded by MaxBufferedRecords and
 // MaxBufferedBytes while Kafka answers; while it does not, and while a
 // chunk waits for its retry, by the floor (see sizeWindow): records read
@@ -152,6 +160,7 @@ func (w *window) popAcked() []uint64 {
 		if s.state == acked || s.state == settled {
 			seqs = append(seqs, s.seq)
 			w.bytes -= s.size
+			s.forget()
 			continue
 		}
 		w.slots[n] = s
@@ -175,6 +184,7 @@ func (w *window) popReleasable(floor uint64) uint64 {
 		}
 		seq = s.seq
 		w.bytes -= s.size
+		s.forget()
 	}
 	if i > 0 {
 		n := copy(w.slots, w.slots[i:])

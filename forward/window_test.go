@@ -8,8 +8,40 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/ferry-edge/ferry/buffer"
 )
+
+// A slot that leaves the window keeps no reference to its record: slots
+// come in slabs, and a released slot's payload would keep the whole block
+// its Read decoded alive for as long as any slot of its slab is in the
+// window (flat out, that tripled the decoded blocks' live memory).
+func TestReleasedSlotsForgetTheirRecords(t *testing.T) {
+	w := newWindow(10, 1<<20)
+	slab := make([]slot, 4)
+	for i := range slab {
+		s := &slab[i]
+		s.seq, s.rec = uint64(i+1), kgo.Record{Topic: "t", Value: []byte("payload")}
+		s.kr, s.size, s.state = &s.rec, 7, acked
+		w.add(s)
+	}
+	slab[1].state = pending // 1 is released in order; 3 and 4 behind a record that waits
+	if seq := w.popReleasable(^uint64(0)); seq != 1 {
+		t.Fatalf("popReleasable: %d, want 1", seq)
+	}
+	if seqs := w.popAcked(); len(seqs) != 2 {
+		t.Fatalf("popAcked: %v, want [3 4]", seqs)
+	}
+	for _, i := range []int{0, 2, 3} {
+		if s := &slab[i]; s.kr != nil || s.rec.Value != nil || s.rec.Topic != "" {
+			t.Errorf("slot %d left the window holding its record: %+v", s.seq, s.rec)
+		}
+	}
+	if s := &slab[1]; s.rec.Value == nil || len(w.slots) != 1 || w.bytes != 7 {
+		t.Fatalf("the waiting record: %+v, window %d slots, %d bytes", s.rec, len(w.slots), w.bytes)
+	}
+}
 
 // The window is at its floor until Kafka answers (a full 20,000-record
 // window would only wait, in memory, through an outage) and at its
