@@ -277,8 +277,9 @@ type Stats struct {
 	// replaced while open and wrote it to its path again (see checkPath).
 	Recreated uint64
 	// CorruptFiles is how many damaged buffer files lie moved aside next to
-	// this one (path.corrupt-*, see OpenOrMoveAside), as found at Open:
-	// records in them were not delivered by this buffer.
+	// this one (path.corrupt-*, see MoveAside), as found at Open: their
+	// readable records were salvaged into the buffer that replaced each;
+	// what could not be read is counted in Dropped[DropCorrupt].
 	CorruptFiles int
 }
 
@@ -540,7 +541,6 @@ func Open(path string, opts Options) (*Buffer, error) {
 		damaged: make(chan struct{}),
 		st:      state{next: 1, head: 1},
 		ratio:   1,
-		corrupt: len(CorruptFiles(path)),
 		born:    time.Now(),
 		wakeAt:  -1,
 		delay:   opts.WriteDelay,
@@ -583,6 +583,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 		db.Close()
 		return nil, fmt.Errorf("open buffer %s: %w", path, err)
 	}
+	b.corrupt = len(CorruptFiles(path))
 	lim := opts.limits()
 	b.lim.Store(&lim)
 	b.makeReserve()

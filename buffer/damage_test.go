@@ -232,6 +232,12 @@ func TestDamagedFileIsMovedAsideAndSalvaged(t *testing.T) {
 			if lost := st.Dropped[DropCorrupt]; uint64(got)+lost+st.DeadLetterRecords != total {
 				t.Fatalf("%d salvaged + %d counted as dropped (corrupt) + %d dead-lettered, want %d", got, lost, st.DeadLetterRecords, total)
 			}
+			// A file named complete (pruneAside may remove it) left
+			// nothing behind: every record is in the new buffer, as
+			// itself or as a dead letter with its bytes.
+			if strings.Contains(filepath.Base(aside), ".salvaged-") && (uint64(got)+st.DeadLetterRecords != n || st.Dropped[DropCorrupt] != 0) {
+				t.Fatalf("named a complete salvage, but %d salvaged + %d dead-lettered of %d, %d dropped", got, st.DeadLetterRecords, n, st.Dropped[DropCorrupt])
+			}
 		})
 	}
 }

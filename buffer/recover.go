@@ -33,8 +33,12 @@ var ErrCorruptFile = errors.New("buffer file is corrupt")
 // returned as it is: moving the file would not help.
 func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 	b, err := Open(path, opts)
-	if err == nil || !errors.Is(err, ErrCorruptFile) {
-		return b, "", err
+	if err == nil {
+		b.pruneAside()
+		return b, "", nil
+	}
+	if !errors.Is(err, ErrCorruptFile) {
+		return nil, "", err
 	}
 	opts.setDefaults()
 	opts.Logger.Error("buffer: the buffer file is damaged; moving it aside and salvaging what is readable", "path", path, "err", err)
@@ -57,6 +61,12 @@ func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 // returned: the file is moved aside all the same, and a new buffer can
 // start. The file must not be open.
 //
+// A salvage that copied everything the damaged file held (see salvaged's
+// complete) adds .salvaged-<next> to the name: once the buffer has
+// released every record below next, a later OpenOrMoveAside removes the
+// file, unless it is the latest such file (see pruneAside). The others stay until an
+// operator removes them: they may hold what no salvage could read.
+//
 // A crash at any point loses nothing: the salvage is written to
 // path.salvage.tmp and renamed to path.salvage once complete, before the
 // damaged file moves; Open adopts a complete path.salvage when path is
@@ -69,7 +79,8 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 	tmp, done := path+".salvage.tmp", path+".salvage"
 	os.Remove(tmp)
 	counted := readCounters(path) != nil // else what salvage misses cannot be counted
-	n, err := SalvageFile(path, tmp)
+	res, err := salvageFile(path, tmp)
+	n := res.copied
 	if err == nil {
 		err = os.Rename(tmp, done)
 	}
@@ -82,9 +93,16 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 		log.Error("buffer: salvaging the damaged file failed; starting an empty buffer", "path", path, "err", err)
 	}
 	stamp := time.Now().UTC().Format("20060102T150405Z")
-	aside := path + ".corrupt-" + stamp
-	for i := 2; fileExists(aside); i++ { // moved aside twice in a second
-		aside = fmt.Sprintf("%s.corrupt-%s-%d", path, stamp, i)
+	name := path + ".corrupt-" + stamp
+	for i := 2; len(asideFiles(name)) > 0; i++ { // moved aside twice in a second
+		name = fmt.Sprintf("%s.corrupt-%s-%d", path, stamp, i)
+	}
+	aside := name
+	if err == nil && res.complete {
+		// The new buffer holds a copy of everything in it: once the
+		// buffer has released every record below next, Open removes
+		// it (see pruneAside).
+		aside = fmt.Sprintf("%s.salvaged-%d", name, res.next)
 	}
 	if err := os.Rename(path, aside); err != nil {
 		return "", err
@@ -172,8 +190,93 @@ func CorruptFiles(path string) []string {
 
 // asideName matches what MoveAside appends to a damaged file's name, and
 // not, say, an operator's buffer.db.corrupt-<time>.rescued copy. The
-// groups are the time and the -N suffix's number.
-var asideName = regexp.MustCompile(`^corrupt-([0-9]{8}T[0-9]{6}Z)(?:-([0-9]+))?$`)
+// groups are the time, the -N suffix's number and, for a file whose
+// salvage was complete, the next sequence number after its records.
+var asideName = regexp.MustCompile(`^corrupt-([0-9]{8}T[0-9]{6}Z)(?:-([0-9]+))?(?:\.salvaged-([0-9]+))?$`)
+
+// asideFiles lists the files at name (a moved-aside file's name without
+// its .salvaged-<next> suffix), with or without the suffix.
+func asideFiles(name string) []string {
+	dir, base := filepath.Split(name)
+	if dir == "" {
+		dir = "."
+	}
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		if n := e.Name(); n == base || strings.HasPrefix(n, base+".salvaged-") {
+			out = append(out, filepath.Join(dir, n))
+		}
+	}
+	return out
+}
+
+// pruneAside prunes the damaged files moved aside next to b's file (see
+// the function pruneAside). OpenOrMoveAside calls it when it opened the
+// file as it was, so that a file it has just moved aside is never among
+// them.
+func (b *Buffer) pruneAside() {
+	b.mu.Lock()
+	head := b.st.head
+	b.mu.Unlock()
+	if pruneAside(b.path, head, b.log) > 0 {
+		n := len(CorruptFiles(b.path))
+		b.mu.Lock()
+		b.corrupt = n
+		b.mu.Unlock()
+	}
+}
+
+// pruneAside removes the damaged files moved aside next to path whose
+// salvage was complete (MoveAside named them .salvaged-<next>) once the
+// buffer has released every record they held (head is at or past next):
+// what they held is in Kafka, dead-lettered, or dropped by a limit and
+// counted, and the new buffer kept a copy of their dead letters. Of those,
+// the one with the highest next, the latest (sequence numbers only grow,
+// whatever the clock says), stays for inspection. A file whose salvage
+// was not complete (page by page, or with anything left behind) is never
+// removed: it may hold records only it has.
+func pruneAside(path string, head uint64, log *slog.Logger) (removed int) {
+	type done struct {
+		path string
+		next uint64
+	}
+	var complete []done
+	for _, f := range CorruptFiles(path) {
+		sm := asideName.FindStringSubmatch(strings.TrimPrefix(filepath.Base(f), filepath.Base(path)+"."))
+		if sm == nil || sm[3] == "" {
+			continue
+		}
+		if next, err := strconv.ParseUint(sm[3], 10, 64); err == nil {
+			complete = append(complete, done{f, next})
+		}
+	}
+	if len(complete) < 2 {
+		return 0
+	}
+	latest := complete[0]
+	for _, d := range complete[1:] {
+		if d.next >= latest.next { // a tie: the later name
+			latest = d
+		}
+	}
+	for _, d := range complete {
+		if d == latest || d.next > head {
+			continue
+		}
+		fi, err := os.Stat(d.path)
+		if err != nil {
+			continue
+		}
+		if err := os.Remove(d.path); err != nil {
+			log.Warn("buffer: cannot remove a damaged file whose records were salvaged and released", "path", d.path, "err", err)
+			continue
+		}
+		log.Info("buffer: removed a damaged file whose records were all salvaged and released", "path", d.path, "bytes", fi.Size(), "below_seq", d.next)
+		removed++
+	}
+	return removed
+}
 
 // openBolt opens the bbolt file, turning bbolt's corruption errors and
 // panics into ErrCorruptFile, and returns the file it opened (bbolt owns

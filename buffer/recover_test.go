@@ -392,3 +392,88 @@ func TestDropBeyond(t *testing.T) {
 		}
 	}
 }
+
+// A damaged file whose salvage copied everything it held is named
+// .salvaged-<next> and removed at a start that opens the buffer as it is,
+// once the buffer has released every record below next; the latest such
+// file stays, and so does a file salvaged page by page.
+func TestCompleteSalvagesArePrunedOnceReleased(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	fill(t, path, 5)
+	open := func(damaged bool) (*Buffer, string) {
+		t.Helper()
+		if damaged {
+			if err := writeDamageMark(path, errors.New("test damage")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b, aside, err := OpenOrMoveAside(path, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if damaged != (aside != "") {
+			t.Fatalf("damaged %v, moved aside to %q", damaged, aside)
+		}
+		return b, aside
+	}
+	closeBuffer := func(b *Buffer) {
+		t.Helper()
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	b, first := open(true)
+	if !strings.Contains(filepath.Base(first), ".salvaged-") {
+		t.Fatalf("a complete salvage moved the file to %s", first)
+	}
+	if n := len(readAll(t, b)); n != 5 {
+		t.Fatalf("salvaged %d records, want 5", n)
+	}
+	closeBuffer(b)
+	b, second := open(true)
+	closeBuffer(b)
+	b, _ = open(false)
+	if got := CorruptFiles(path); !slices.Equal(got, []string{first, second}) {
+		t.Fatalf("before the records were released, moved aside: %q", got)
+	}
+	recs := readAll(t, b)
+	b.Release(recs[len(recs)-1].Seq)
+	for i := range 3 {
+		if _, err := b.AppendWait(context.Background(), rec(10+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closeBuffer(b)
+	b, third := open(true)
+	if got := CorruptFiles(path); !slices.Equal(got, []string{first, second, third}) {
+		t.Fatalf("a start that moves a file aside removed some: %q", got)
+	}
+	closeBuffer(b)
+	b, _ = open(false)
+	if got := CorruptFiles(path); !slices.Equal(got, []string{third}) {
+		t.Fatalf("after the records were released, moved aside: %q, want only the latest %q", got, third)
+	}
+	if n := len(readAll(t, b)); n != 3 {
+		t.Fatalf("the buffer holds %d records, want 3", n)
+	}
+	if st := b.Stats(); st.CorruptFiles != 1 {
+		t.Fatalf("stats count %d moved-aside files, want 1", st.CorruptFiles)
+	}
+	closeBuffer(b)
+
+	// Garbage: salvaged page by page (nothing), never removed.
+	if err := os.WriteFile(path, []byte("garbage, not a database"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, garbage := open(true)
+	if strings.Contains(filepath.Base(garbage), ".salvaged-") {
+		t.Fatalf("a page-by-page salvage moved the file to %s", garbage)
+	}
+	closeBuffer(b)
+	b, _ = open(false)
+	defer b.Close()
+	if got := CorruptFiles(path); len(got) != 2 || !slices.Contains(got, third) || !slices.Contains(got, garbage) {
+		t.Fatalf("moved aside: %q, want %q and %q", got, third, garbage)
+	}
+}

@@ -28,9 +28,26 @@ import (
 // page by page instead (see salvageRaw): what is readable is kept,
 // whatever the tree's state, and the error is nil.
 func (r *ReadOnly) Salvage(dst string) (copied int, err error) {
-	copied, err = r.salvageTree(dst)
+	res, err := r.salvage(dst)
+	return res.copied, err
+}
+
+// salvaged is what a salvage did.
+type salvaged struct {
+	copied int
+	// complete: the new file holds a copy of everything the old one
+	// held (every live record, copied or set aside with its bytes, and
+	// every dead letter), as the old file's own counters account for
+	// it. Only a salvage through the tree can tell; page by page never
+	// is.
+	complete bool
+	next     uint64 // the new file's next sequence number: the old file's records are all below it
+}
+
+func (r *ReadOnly) salvage(dst string) (salvaged, error) {
+	res, err := r.salvageTree(dst)
 	if err == nil || !errors.Is(err, ErrCorruptFile) {
-		return copied, err
+		return res, err
 	}
 	os.Remove(dst)
 	var old *state
@@ -42,21 +59,28 @@ func (r *ReadOnly) Salvage(dst string) (copied int, err error) {
 		}
 		return nil
 	})
-	return salvageRaw(r.v.path, dst, old)
+	copied, err := salvageRaw(r.v.path, dst, old)
+	return salvaged{copied: copied}, err
 }
 
 // SalvageFile is Salvage on the file at src: through bbolt if it can open
 // the file, else page by page (a file whose meta pages are both damaged).
 func SalvageFile(src, dst string) (int, error) {
+	res, err := salvageFile(src, dst)
+	return res.copied, err
+}
+
+func salvageFile(src, dst string) (salvaged, error) {
 	r, err := OpenReadOnly(src)
 	if errors.Is(err, ErrLocked) {
-		return 0, err
+		return salvaged{}, err
 	}
 	if err != nil {
-		return salvageRaw(src, dst, readCounters(src))
+		copied, err := salvageRaw(src, dst, readCounters(src))
+		return salvaged{copied: copied}, err
 	}
 	defer r.Close()
-	return r.Salvage(dst)
+	return r.salvage(dst)
 }
 
 // readCounters reads the meta bucket of a file OpenReadOnly refused (a
@@ -85,17 +109,17 @@ func readCounters(path string) *state {
 }
 
 // salvageTree is Salvage through bbolt's tree.
-func (r *ReadOnly) salvageTree(dst string) (copied int, err error) {
+func (r *ReadOnly) salvageTree(dst string) (res salvaged, err error) {
 	if _, err := os.Lstat(dst); err == nil {
-		return 0, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, os.ErrExist)
+		return res, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, os.ErrExist)
 	}
 	out, err := bolt.Open(dst, 0o600, &bolt.Options{Timeout: offlineLockTimeout, FreelistType: bolt.FreelistMapType, NoSync: true})
 	if err != nil {
-		return 0, fmt.Errorf("salvage %s: create %s: %w", r.v.path, dst, err)
+		return res, fmt.Errorf("salvage %s: create %s: %w", r.v.path, dst, err)
 	}
 	if err := createBuckets(out); err != nil {
 		out.Close()
-		return 0, fmt.Errorf("salvage %s: create %s: %w", r.v.path, dst, err)
+		return res, fmt.Errorf("salvage %s: create %s: %w", r.v.path, dst, err)
 	}
 	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}}
 	readErr := r.v.viewTx(func(tx *bolt.Tx) error {
@@ -105,6 +129,8 @@ func (r *ReadOnly) salvageTree(dst string) (copied int, err error) {
 		if meta := tx.Bucket(bucketMeta); meta != nil {
 			s.old.load(meta)
 			s.expect = s.old.count
+		} else {
+			s.left++ // nothing to tell what the file held
 		}
 		if dl := tx.Bucket(bucketDeadLetters); dl != nil {
 			if err := dl.ForEach(s.deadLetter); err != nil {
@@ -126,6 +152,7 @@ func (r *ReadOnly) salvageTree(dst string) (copied int, err error) {
 		}
 		return batches.ForEach(func(k, v []byte) error {
 			if len(k) != 8 {
+				s.left++
 				return nil
 			}
 			base := binary.BigEndian.Uint64(k)
@@ -133,6 +160,7 @@ func (r *ReadOnly) salvageTree(dst string) (copied int, err error) {
 				// A damaged key (no batch is written at or beyond next):
 				// taken as it is, its records would have numbers that
 				// records delivered from memory had. Lost, and counted.
+				s.left++
 				return nil
 			}
 			return s.batch(batches, base, v)
@@ -140,7 +168,7 @@ func (r *ReadOnly) salvageTree(dst string) (copied int, err error) {
 	})
 	if readErr != nil {
 		out.Close()
-		return 0, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, readErr)
+		return res, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, readErr)
 	}
 	err = s.finish()
 	if cerr := out.Close(); err == nil {
@@ -149,10 +177,12 @@ func (r *ReadOnly) salvageTree(dst string) (copied int, err error) {
 	if err == nil {
 		err = syncDir(dst)
 	}
+	res = salvaged{copied: s.copied, next: s.st.next}
 	if err != nil {
-		return s.copied, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, err)
+		return res, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, err)
 	}
-	return s.copied, nil
+	res.complete = s.left == 0 && s.expect == uint64(s.copied)+s.aside
+	return res, nil
 }
 
 // salvageRaw salvages the file at src page by page, reading the file
@@ -528,6 +558,10 @@ type salvager struct {
 	run      [][]byte // contiguous intact records not yet in a batch
 	runSize  int
 	lastSeq  uint64 // highest sequence number seen in the old file
+	// left counts what the old file held that the new one has no copy
+	// of: dead-letter entries that did not decode, batches under a
+	// damaged key.
+	left int
 	// taken is the lowest sequence number a record may still have:
 	// batches come in key order, and a stale copy found page by page
 	// can reach past the key of the next batch; a record already taken
@@ -647,6 +681,7 @@ func (s *salvager) flushRun() error {
 func (s *salvager) deadLetter(k, v []byte) error {
 	e, err := decodeDeadEntry(v)
 	if err != nil || len(k) != 8 {
+		s.left++
 		return nil
 	}
 	s.st.dlRecords += e.records
