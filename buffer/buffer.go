@@ -279,7 +279,8 @@ type Stats struct {
 	// CorruptFiles is how many damaged buffer files lie moved aside next to
 	// this one (path.corrupt-*, see MoveAside), as found at Open: their
 	// readable records were salvaged into the buffer that replaced each;
-	// what could not be read is counted in Dropped[DropCorrupt].
+	// what could not be read is counted in Dropped[DropCorrupt] when the
+	// damaged file's counters could be read.
 	CorruptFiles int
 }
 

@@ -62,10 +62,11 @@ func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 // start. The file must not be open.
 //
 // A salvage that copied everything the damaged file held (see salvaged's
-// complete) adds .salvaged-<next> to the name: once the buffer has
+// complete) adds .salvaged-<id>-<next> to the name: once the buffer has
 // released every record below next, a later OpenOrMoveAside removes the
-// file, unless it is the latest such file (see pruneAside). The others stay until an
-// operator removes them: they may hold what no salvage could read.
+// file, unless it is the latest such file or another moved-aside file
+// lies there (see pruneAside). The others stay until an operator removes
+// them: they may hold what no salvage could read.
 //
 // A crash at any point loses nothing: the salvage is written to
 // path.salvage.tmp and renamed to path.salvage once complete, before the
@@ -98,11 +99,11 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 		name = fmt.Sprintf("%s.corrupt-%s-%d", path, stamp, i)
 	}
 	aside := name
-	if err == nil && res.complete {
+	if err == nil && res.complete && idName.MatchString(res.id) {
 		// The new buffer holds a copy of everything in it: once the
-		// buffer has released every record below next, Open removes
-		// it (see pruneAside).
-		aside = fmt.Sprintf("%s.salvaged-%d", name, res.next)
+		// buffer of the same log has released every record below
+		// next, a later start removes it (see pruneAside).
+		aside = fmt.Sprintf("%s.salvaged-%s-%d", name, res.id, res.next)
 	}
 	if err := os.Rename(path, aside); err != nil {
 		return "", err
@@ -191,11 +192,15 @@ func CorruptFiles(path string) []string {
 // asideName matches what MoveAside appends to a damaged file's name, and
 // not, say, an operator's buffer.db.corrupt-<time>.rescued copy. The
 // groups are the time, the -N suffix's number and, for a file whose
-// salvage was complete, the next sequence number after its records.
-var asideName = regexp.MustCompile(`^corrupt-([0-9]{8}T[0-9]{6}Z)(?:-([0-9]+))?(?:\.salvaged-([0-9]+))?$`)
+// salvage was complete, its log's ID and the next sequence number after
+// its records.
+var asideName = regexp.MustCompile(`^corrupt-([0-9]{8}T[0-9]{6}Z)(?:-([0-9]+))?(?:\.salvaged-([0-9a-f]{1,64})-([0-9]+))?$`)
+
+// idName matches a log ID that can go into a file name (see newID).
+var idName = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
 
 // asideFiles lists the files at name (a moved-aside file's name without
-// its .salvaged-<next> suffix), with or without the suffix.
+// its .salvaged-<id>-<next> suffix), with or without the suffix.
 func asideFiles(name string) []string {
 	dir, base := filepath.Split(name)
 	if dir == "" {
@@ -213,13 +218,12 @@ func asideFiles(name string) []string {
 
 // pruneAside prunes the damaged files moved aside next to b's file (see
 // the function pruneAside). OpenOrMoveAside calls it when it opened the
-// file as it was, so that a file it has just moved aside is never among
-// them.
+// file as it was.
 func (b *Buffer) pruneAside() {
 	b.mu.Lock()
-	head := b.st.head
+	id, head := b.st.id, b.st.head
 	b.mu.Unlock()
-	if pruneAside(b.path, head, b.log) > 0 {
+	if pruneAside(b.path, id, head, b.log) > 0 {
 		n := len(CorruptFiles(b.path))
 		b.mu.Lock()
 		b.corrupt = n
@@ -228,15 +232,21 @@ func (b *Buffer) pruneAside() {
 }
 
 // pruneAside removes the damaged files moved aside next to path whose
-// salvage was complete (MoveAside named them .salvaged-<next>) once the
-// buffer has released every record they held (head is at or past next):
-// what they held is in Kafka, dead-lettered, or dropped by a limit and
-// counted, and the new buffer kept a copy of their dead letters. Of those,
-// the one with the highest next, the latest (sequence numbers only grow,
-// whatever the clock says), stays for inspection. A file whose salvage
-// was not complete (page by page, or with anything left behind) is never
-// removed: it may hold records only it has.
-func pruneAside(path string, head uint64, log *slog.Logger) (removed int) {
+// salvage was complete (MoveAside named them .salvaged-<id>-<next>) once
+// the buffer, continuing the same log (id), has released every record
+// they held (head is at or past next): what they held went to Kafka, was
+// dead-lettered (the salvage copied their dead letters too), or was
+// dropped by a limit and counted. Of those, the one with the highest next,
+// the latest (sequence numbers only grow, whatever the clock says),
+// stays for inspection.
+//
+// It removes nothing while any other file lies moved aside: a salvage
+// that was not complete (page by page, failed, anything left behind) may
+// have lost records of an earlier complete one without counting them, so
+// that head passed them undelivered; and a new log (a garbage file, a
+// failed salvage, a replaced file) starts its numbers again. Such files
+// stay until an operator removes them.
+func pruneAside(path, id string, head uint64, log *slog.Logger) (removed int) {
 	type done struct {
 		path string
 		next uint64
@@ -244,12 +254,14 @@ func pruneAside(path string, head uint64, log *slog.Logger) (removed int) {
 	var complete []done
 	for _, f := range CorruptFiles(path) {
 		sm := asideName.FindStringSubmatch(strings.TrimPrefix(filepath.Base(f), filepath.Base(path)+"."))
-		if sm == nil || sm[3] == "" {
-			continue
+		if sm == nil || sm[3] == "" || sm[3] != id {
+			return 0 // not complete, or another log's
 		}
-		if next, err := strconv.ParseUint(sm[3], 10, 64); err == nil {
-			complete = append(complete, done{f, next})
+		next, err := strconv.ParseUint(sm[4], 10, 64)
+		if err != nil {
+			return 0
 		}
+		complete = append(complete, done{f, next})
 	}
 	if len(complete) < 2 {
 		return 0

@@ -394,9 +394,10 @@ func TestDropBeyond(t *testing.T) {
 }
 
 // A damaged file whose salvage copied everything it held is named
-// .salvaged-<next> and removed at a start that opens the buffer as it is,
-// once the buffer has released every record below next; the latest such
-// file stays, and so does a file salvaged page by page.
+// .salvaged-<id>-<next> and removed at a start that opens the buffer as
+// it is, once the buffer has released every record below next; the latest
+// such file stays, and so does a file salvaged page by page, and nothing
+// is removed while one lies there or once the log started anew.
 func TestCompleteSalvagesArePrunedOnceReleased(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "buffer.db")
 	fill(t, path, 5)
@@ -462,7 +463,9 @@ func TestCompleteSalvagesArePrunedOnceReleased(t *testing.T) {
 	}
 	closeBuffer(b)
 
-	// Garbage: salvaged page by page (nothing), never removed.
+	// Garbage: salvaged page by page (nothing), never removed; the new
+	// buffer starts a new log, whose numbers pass the older files' next
+	// without having delivered their records: nothing is removed.
 	if err := os.WriteFile(path, []byte("garbage, not a database"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -470,10 +473,56 @@ func TestCompleteSalvagesArePrunedOnceReleased(t *testing.T) {
 	if strings.Contains(filepath.Base(garbage), ".salvaged-") {
 		t.Fatalf("a page-by-page salvage moved the file to %s", garbage)
 	}
+	for i := range 20 {
+		if _, err := b.AppendWait(context.Background(), rec(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs = readAll(t, b)
+	b.Release(recs[len(recs)-1].Seq)
+	closeBuffer(b)
+	b, fourth := open(true)
+	closeBuffer(b)
+	b, fifth := open(true)
 	closeBuffer(b)
 	b, _ = open(false)
 	defer b.Close()
-	if got := CorruptFiles(path); len(got) != 2 || !slices.Contains(got, third) || !slices.Contains(got, garbage) {
-		t.Fatalf("moved aside: %q, want %q and %q", got, third, garbage)
+	want := []string{third, garbage, fourth, fifth}
+	if got := CorruptFiles(path); len(got) != len(want) || !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want))) {
+		t.Fatalf("moved aside: %q, want all of %q", got, want)
+	}
+}
+
+// A salvage carries the wall clock's steps over with the other counters:
+// without them, records received before an NTP step look that much older
+// to max_age in the new buffer and are dropped.
+func TestSalvageKeepsClockSteps(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	fill(t, path, 5)
+	steps := []clockStep{{at: time.Unix(1_800_000_000, 0), delta: 7 * 24 * time.Hour}}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyClockSteps, encodeSteps(steps)) })
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeDamageMark(path, errors.New("test damage")); err != nil {
+		t.Fatal(err)
+	}
+	b, aside, err := OpenOrMoveAside(path, Options{})
+	if err != nil || aside == "" {
+		t.Fatalf("OpenOrMoveAside: %v, moved aside to %q", err, aside)
+	}
+	defer b.Close()
+	b.mu.Lock()
+	got := b.st.steps
+	b.mu.Unlock()
+	if len(got) != 1 || !got[0].at.Equal(steps[0].at) || got[0].delta != steps[0].delta {
+		t.Fatalf("clock steps after the salvage: %+v, want %+v", got, steps)
 	}
 }

@@ -42,6 +42,7 @@ type salvaged struct {
 	// is.
 	complete bool
 	next     uint64 // the new file's next sequence number: the old file's records are all below it
+	id       string // the log's ID, which the new file carries on
 }
 
 func (r *ReadOnly) salvage(dst string) (salvaged, error) {
@@ -138,6 +139,7 @@ func (r *ReadOnly) salvageTree(dst string) (res salvaged, err error) {
 			}
 		}
 		err := convertQuarantine(tx, &s.st, time.Now(), func(k []byte, e *deadEntry) error { // a file from before the dead-letter bucket
+			s.left++ // its counters do not account for these: not known complete
 			v := appendDeadEntry(nil, e)
 			s.st.dlRecords += e.records
 			s.st.dlBytes += uint64(len(v))
@@ -181,7 +183,8 @@ func (r *ReadOnly) salvageTree(dst string) (res salvaged, err error) {
 	if err != nil {
 		return res, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, err)
 	}
-	res.complete = s.left == 0 && s.expect == uint64(s.copied)+s.aside
+	res.complete = s.left == 0 && s.expect == uint64(s.copied)+s.aside && s.dlCopied == s.old.dlRecords
+	res.id = s.st.id
 	return res, nil
 }
 
@@ -560,8 +563,11 @@ type salvager struct {
 	lastSeq  uint64 // highest sequence number seen in the old file
 	// left counts what the old file held that the new one has no copy
 	// of: dead-letter entries that did not decode, batches under a
-	// damaged key.
+	// damaged key, a quarantine of an old format.
 	left int
+	// dlCopied is how many dead-lettered records the old file's entries
+	// that were copied hold.
+	dlCopied uint64
 	// taken is the lowest sequence number a record may still have:
 	// batches come in key order, and a stale copy found page by page
 	// can reach past the key of the next batch; a record already taken
@@ -686,6 +692,7 @@ func (s *salvager) deadLetter(k, v []byte) error {
 	}
 	s.st.dlRecords += e.records
 	s.st.dlBytes += uint64(len(v))
+	s.dlCopied += e.records
 	return s.w.add(bucketDeadLetters, k, v)
 }
 
@@ -724,6 +731,7 @@ func (s *salvager) finish() error {
 		s.st.dropCorrupt += s.expect - got
 	}
 	s.st.id = s.old.id
+	s.st.steps = s.old.steps // else records received before a clock step look that much older (max_age)
 	err := s.out.Update(func(tx *bolt.Tx) error { return s.st.store(tx.Bucket(bucketMeta)) })
 	if err != nil {
 		return err
