@@ -104,6 +104,7 @@ var (
 	keyDropDLPurge = []byte("dropped_dead_letter_purged")
 	keyDropCorrupt = []byte("dropped_corrupt")
 	keyClockSteps  = []byte("clock_steps")
+	keyLineage     = []byte("lineage")
 	keyDLRecords   = []byte("dead_letter_records")
 	keyDLBytes     = []byte("dead_letter_bytes")
 	keyRetired     = []byte("retired_bytes")
@@ -321,6 +322,11 @@ type state struct {
 	// deadLettered counts records dead-lettered, ever, by reason.
 	deadLettered map[Reason]uint64
 	id           string
+	// lineage names the history of this file that holds every record it
+	// ever held: a new buffer starts one, and so does a salvage that may
+	// have left records behind; compaction and a complete salvage carry
+	// it over (see pruneAside).
+	lineage string
 	// steps are the forward steps of the wall clock that records still
 	// held were received before (see clock.go).
 	steps []clockStep
@@ -361,6 +367,7 @@ func (s *state) load(meta *bolt.Bucket) {
 		}
 	}
 	s.id = string(meta.Get(keyID))
+	s.lineage = string(meta.Get(keyLineage))
 	s.steps = decodeSteps(meta.Get(keyClockSteps))
 	s.deadLettered = map[Reason]uint64{}
 	if dl := meta.Bucket(bucketDeadLettered); dl != nil {
@@ -388,6 +395,11 @@ func (s *state) store(meta *bolt.Bucket) error {
 	}
 	if s.id != "" {
 		if err := meta.Put(keyID, []byte(s.id)); err != nil {
+			return err
+		}
+	}
+	if s.lineage != "" {
+		if err := meta.Put(keyLineage, []byte(s.lineage)); err != nil {
 			return err
 		}
 	}
@@ -563,6 +575,11 @@ func Open(path string, opts Options) (*Buffer, error) {
 			b.dl.stale = true
 			if b.st.id == "" {
 				if b.st.id, err = newID(); err != nil {
+					return err
+				}
+			}
+			if b.st.lineage == "" {
+				if b.st.lineage, err = newID(); err != nil {
 					return err
 				}
 			}

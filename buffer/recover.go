@@ -62,11 +62,12 @@ func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 // start. The file must not be open.
 //
 // A salvage that copied everything the damaged file held (see salvaged's
-// complete) adds .salvaged-<id>-<next> to the name: once the buffer has
-// released every record below next, a later OpenOrMoveAside removes the
-// file, unless it is the latest such file or another moved-aside file
-// lies there (see pruneAside). The others stay until an operator removes
-// them: they may hold what no salvage could read.
+// complete) adds .salvaged-<lineage>-<next> to the name: once a buffer
+// that descends from the new one by complete copies only has released
+// every record below next, a later OpenOrMoveAside removes the file,
+// unless it is the latest such file (see pruneAside). The others stay
+// until an operator removes them: they may hold what no salvage could
+// read.
 //
 // A crash at any point loses nothing: the salvage is written to
 // path.salvage.tmp and renamed to path.salvage once complete, before the
@@ -99,11 +100,11 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 		name = fmt.Sprintf("%s.corrupt-%s-%d", path, stamp, i)
 	}
 	aside := name
-	if err == nil && res.complete && idName.MatchString(res.id) {
-		// The new buffer holds a copy of everything in it: once the
-		// buffer of the same log has released every record below
+	if err == nil && res.complete && lineageName.MatchString(res.lineage) {
+		// The new buffer holds a copy of everything in it: once a
+		// buffer of the same lineage has released every record below
 		// next, a later start removes it (see pruneAside).
-		aside = fmt.Sprintf("%s.salvaged-%s-%d", name, res.id, res.next)
+		aside = fmt.Sprintf("%s.salvaged-%s-%d", name, res.lineage, res.next)
 	}
 	if err := os.Rename(path, aside); err != nil {
 		return "", err
@@ -192,15 +193,15 @@ func CorruptFiles(path string) []string {
 // asideName matches what MoveAside appends to a damaged file's name, and
 // not, say, an operator's buffer.db.corrupt-<time>.rescued copy. The
 // groups are the time, the -N suffix's number and, for a file whose
-// salvage was complete, its log's ID and the next sequence number after
-// its records.
+// salvage was complete, its lineage (see state.lineage) and the next
+// sequence number after its records.
 var asideName = regexp.MustCompile(`^corrupt-([0-9]{8}T[0-9]{6}Z)(?:-([0-9]+))?(?:\.salvaged-([0-9a-f]{1,64})-([0-9]+))?$`)
 
-// idName matches a log ID that can go into a file name (see newID).
-var idName = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
+// lineageName matches a lineage that can go into a file name (see newID).
+var lineageName = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
 
 // asideFiles lists the files at name (a moved-aside file's name without
-// its .salvaged-<id>-<next> suffix), with or without the suffix.
+// its .salvaged-<lineage>-<next> suffix), with or without the suffix.
 func asideFiles(name string) []string {
 	dir, base := filepath.Split(name)
 	if dir == "" {
@@ -221,9 +222,9 @@ func asideFiles(name string) []string {
 // file as it was.
 func (b *Buffer) pruneAside() {
 	b.mu.Lock()
-	id, head := b.st.id, b.st.head
+	lineage, head := b.st.lineage, b.st.head
 	b.mu.Unlock()
-	if pruneAside(b.path, id, head, b.log) > 0 {
+	if pruneAside(b.path, lineage, head, b.log) > 0 {
 		n := len(CorruptFiles(b.path))
 		b.mu.Lock()
 		b.corrupt = n
@@ -232,21 +233,21 @@ func (b *Buffer) pruneAside() {
 }
 
 // pruneAside removes the damaged files moved aside next to path whose
-// salvage was complete (MoveAside named them .salvaged-<id>-<next>) once
-// the buffer, continuing the same log (id), has released every record
-// they held (head is at or past next): what they held went to Kafka, was
-// dead-lettered (the salvage copied their dead letters too), or was
-// dropped by a limit and counted. Of those, the one with the highest next,
-// the latest (sequence numbers only grow, whatever the clock says),
-// stays for inspection.
-//
-// It removes nothing while any other file lies moved aside: a salvage
-// that was not complete (page by page, failed, anything left behind) may
-// have lost records of an earlier complete one without counting them, so
-// that head passed them undelivered; and a new log (a garbage file, a
-// failed salvage, a replaced file) starts its numbers again. Such files
-// stay until an operator removes them.
-func pruneAside(path, id string, head uint64, log *slog.Logger) (removed int) {
+// salvage was complete (MoveAside named them .salvaged-<lineage>-<next>)
+// and whose lineage the buffer still has, once it has released every
+// record they held (head is at or past next): what they held went to
+// Kafka, was dead-lettered (the salvage copied their dead letters too),
+// or was dropped by a limit and counted. The lineage is what makes that
+// true: the buffer holds it only if every file between the damaged one
+// and itself was a complete copy of the one before (a complete salvage,
+// a compaction). A salvage that may have left records behind (page by
+// page, failed, or anything left behind, by MoveAside or by hand with
+// ferry buffer verify --salvage) and a buffer started anew begin another
+// lineage, and the files of an earlier one
+// stay until an operator removes them. Of the files it may remove, the one
+// with the highest next, the latest (sequence numbers only grow, whatever
+// the clock says), stays for inspection.
+func pruneAside(path, lineage string, head uint64, log *slog.Logger) (removed int) {
 	type done struct {
 		path string
 		next uint64
@@ -254,14 +255,12 @@ func pruneAside(path, id string, head uint64, log *slog.Logger) (removed int) {
 	var complete []done
 	for _, f := range CorruptFiles(path) {
 		sm := asideName.FindStringSubmatch(strings.TrimPrefix(filepath.Base(f), filepath.Base(path)+"."))
-		if sm == nil || sm[3] == "" || sm[3] != id {
-			return 0 // not complete, or another log's
+		if sm == nil || sm[3] == "" || sm[3] != lineage {
+			continue // not complete, or of another lineage
 		}
-		next, err := strconv.ParseUint(sm[4], 10, 64)
-		if err != nil {
-			return 0
+		if next, err := strconv.ParseUint(sm[4], 10, 64); err == nil {
+			complete = append(complete, done{f, next})
 		}
-		complete = append(complete, done{f, next})
 	}
 	if len(complete) < 2 {
 		return 0
@@ -375,10 +374,4 @@ func removeLeftovers(path string, log *slog.Logger) {
 		}
 		log.Info("buffer: removed a leftover of an interrupted operation", "path", p, "bytes", fi.Size())
 	}
-}
-
-// fileExists reports whether something is at path.
-func fileExists(path string) bool {
-	_, err := os.Lstat(path)
-	return err == nil
 }

@@ -42,7 +42,7 @@ type salvaged struct {
 	// is.
 	complete bool
 	next     uint64 // the new file's next sequence number: the old file's records are all below it
-	id       string // the log's ID, which the new file carries on
+	lineage  string // the new file's lineage: the old one's if complete (see state.lineage)
 }
 
 func (r *ReadOnly) salvage(dst string) (salvaged, error) {
@@ -122,7 +122,7 @@ func (r *ReadOnly) salvageTree(dst string) (res salvaged, err error) {
 		out.Close()
 		return res, fmt.Errorf("salvage %s: create %s: %w", r.v.path, dst, err)
 	}
-	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}}
+	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}, tree: true}
 	readErr := r.v.viewTx(func(tx *bolt.Tx) error {
 		if err := checkTx(tx, r.v.path); err != nil {
 			return err // the tree cannot be trusted to the end: page by page
@@ -183,8 +183,7 @@ func (r *ReadOnly) salvageTree(dst string) (res salvaged, err error) {
 	if err != nil {
 		return res, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, err)
 	}
-	res.complete = s.left == 0 && s.expect == uint64(s.copied)+s.aside && s.dlCopied == s.old.dlRecords
-	res.id = s.st.id
+	res.complete, res.lineage = s.complete(), s.st.lineage
 	return res, nil
 }
 
@@ -568,6 +567,7 @@ type salvager struct {
 	// dlCopied is how many dead-lettered records the old file's entries
 	// that were copied hold.
 	dlCopied uint64
+	tree     bool // through bbolt's tree, not page by page
 	// taken is the lowest sequence number a record may still have:
 	// batches come in key order, and a stale copy found page by page
 	// can reach past the key of the next batch; a record already taken
@@ -708,6 +708,14 @@ func (s *salvager) setAside(key []byte, e *deadEntry) error {
 	return s.w.add(bucketDeadLetters, key, v)
 }
 
+// complete reports whether the new file holds a copy of everything the
+// old one held: every live record (copied, or set aside with its bytes)
+// and every dead letter, as the old file's own counters account for
+// them, read through bbolt's tree with nothing left behind.
+func (s *salvager) complete() bool {
+	return s.tree && s.left == 0 && s.expect == uint64(s.copied)+s.aside && s.dlCopied == s.old.dlRecords
+}
+
 // finish writes what is left and the counters, and syncs the file.
 func (s *salvager) finish() error {
 	if err := s.flushRun(); err != nil {
@@ -732,6 +740,15 @@ func (s *salvager) finish() error {
 	}
 	s.st.id = s.old.id
 	s.st.steps = s.old.steps // else records received before a clock step look that much older (max_age)
+	// A complete copy continues the old file's history; anything else
+	// starts another (see pruneAside).
+	s.st.lineage = s.old.lineage
+	if !s.complete() || s.st.lineage == "" {
+		var err error
+		if s.st.lineage, err = newID(); err != nil {
+			return err
+		}
+	}
 	err := s.out.Update(func(tx *bolt.Tx) error { return s.st.store(tx.Bucket(bucketMeta)) })
 	if err != nil {
 		return err
