@@ -278,10 +278,10 @@ type Stats struct {
 	// replaced while open and wrote it to its path again (see checkPath).
 	Recreated uint64
 	// CorruptFiles is how many damaged buffer files lie moved aside next to
-	// this one (path.corrupt-*, see MoveAside), as found at Open: their
-	// readable records were salvaged into the buffer that replaced each;
-	// what could not be read is counted in Dropped[DropCorrupt] when the
-	// damaged file's counters could be read.
+	// this one (path.corrupt-*, see MoveAside), as found at Open: unless
+	// the salvage failed, their readable records were salvaged into the
+	// buffer that replaced each; what could not be read is counted in
+	// Dropped[DropCorrupt] when the damaged file's counters could be read.
 	CorruptFiles int
 }
 
@@ -578,16 +578,13 @@ func Open(path string, opts Options) (*Buffer, error) {
 					return err
 				}
 			}
-			if b.st.lineage == "" {
+			if b.st.lineage == "" || forked(path, b.st.lineage, b.st.next) {
 				if b.st.lineage, err = newID(); err != nil {
 					return err
 				}
 			}
-			if k, v := batches.Cursor().Last(); k != nil {
-				_, n, _ := parseBatch(v)
-				if last := binary.BigEndian.Uint64(k) + uint64(n) - 1; last >= b.st.next {
-					return fmt.Errorf("%w: meta next_seq %d is not above the last record %d", ErrCorruptFile, b.st.next, last)
-				}
+			if err := checkLastBatch(batches, b.st.next); err != nil {
+				return err
 			}
 			b.headAt = headTime(tx, b.st)
 			b.next = max(b.st.next, b.st.reserved)

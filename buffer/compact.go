@@ -42,9 +42,10 @@ func openExclusive(op, path string) (*bolt.DB, error) {
 // become 0), dead-letter entry and the ID are kept; sequence numbers continue. It
 // returns the file's size before and after. It fails with ErrLocked while
 // another process (a running ferry) holds the file, and with
-// ErrCorruptFile for a file marked as damaged (see DamageMark: a copy
-// would replace the file the salvage and an inspection need); the caller
-// must not open the buffer until Compact returns.
+// ErrCorruptFile for a file Open would refuse as damaged (see checkSound;
+// a file marked as damaged, see DamageMark, too): a copy of what bbolt's
+// tree still reaches would replace the file the salvage and an inspection
+// need. The caller must not open the buffer until Compact returns.
 func Compact(path string) (before, after int64, err error) {
 	if err := damageMarked(path); err != nil {
 		return 0, 0, fmt.Errorf("compact buffer %s: %w", path, err)
@@ -62,7 +63,8 @@ func Compact(path string) (before, after int64, err error) {
 // pages, space preallocated beyond the last page, retired batches). It is
 // meant for startup, before Open; it reports whether it compacted. A
 // missing file is not an error; a file marked as damaged (see DamageMark)
-// is left alone. It fails with ErrLocked while another process holds the file; if
+// is left alone, and one Open would refuse as damaged fails with
+// ErrCorruptFile, unchanged. It fails with ErrLocked while another process holds the file; if
 // it fails otherwise, the file is unchanged and Open can go ahead.
 func CompactIfSparse(path string, minSize int64, minFreeFraction float64) (bool, error) {
 	fi, err := os.Stat(path)
@@ -100,6 +102,9 @@ func CompactIfSparse(path string, minSize int64, minFreeFraction float64) (bool,
 func compactOpen(src *bolt.DB, path string) (before, after int64, err error) {
 	fi, err := os.Stat(path)
 	if err != nil {
+		return 0, 0, fmt.Errorf("compact buffer %s: %w", path, err)
+	}
+	if err := checkSound(src, path); err != nil {
 		return 0, 0, fmt.Errorf("compact buffer %s: %w", path, err)
 	}
 	tmp := path + ".compact"

@@ -806,3 +806,42 @@ func TestSalvageNotPutInPlaceIsKept(t *testing.T) {
 		t.Fatalf("adopted %d records, want %d", got, n)
 	}
 }
+
+// Compaction copies a file through bbolt's tree: it must refuse every file
+// Open refuses, else the copy (what the tree still reaches) replaces the
+// damaged file and the records only a salvage would find are gone.
+func TestCompactRefusesDamagedFiles(t *testing.T) {
+	const n, size = 40000, 200
+	for _, tc := range damageCases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "buffer.db")
+			fillBig(t, path, n, size)
+			tc.damage(t, path)
+			b, err := Open(path, Options{})
+			if err == nil {
+				b.Close()
+				return // bbolt used the other meta page: the file is sound
+			}
+			if !errors.Is(err, ErrCorruptFile) {
+				t.Fatalf("Open: %v", err)
+			}
+			before, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := Compact(path); !errors.Is(err, ErrCorruptFile) {
+				t.Fatalf("Compact of a file Open refuses: %v, want ErrCorruptFile", err)
+			}
+			if did, err := CompactIfSparse(path, 0, 0); did || !errors.Is(err, ErrCorruptFile) {
+				t.Fatalf("CompactIfSparse of a file Open refuses: compacted %v, %v; want ErrCorruptFile", did, err)
+			}
+			after, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(before, after) {
+				t.Fatal("the damaged file changed")
+			}
+		})
+	}
+}

@@ -81,7 +81,7 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 	tmp, done := path+".salvage.tmp", path+".salvage"
 	os.Remove(tmp)
 	counted := readCounters(path) != nil // else what salvage misses cannot be counted
-	res, err := salvageFile(path, tmp)
+	res, err := salvageFile(path, tmp, true)
 	n := res.copied
 	if err == nil {
 		err = os.Rename(tmp, done)
@@ -217,6 +217,31 @@ func asideFiles(name string) []string {
 	return out
 }
 
+// forked reports whether a buffer of lineage whose counters say next is
+// not a descendant of every moved-aside file of its lineage: one of them
+// has a higher next (a descendant starts at the file's next and only goes
+// up), so the buffer is an older copy put back (a backup), and that file
+// may hold records it lacks. Open then starts another lineage.
+func forked(path, lineage string, next uint64) bool {
+	for _, f := range CorruptFiles(path) {
+		if l, n, ok := salvagedName(path, f); ok && l == lineage && n > next {
+			return true
+		}
+	}
+	return false
+}
+
+// salvagedName parses the .salvaged-<lineage>-<next> of a file moved aside
+// next to path; ok is false for any other name.
+func salvagedName(path, f string) (lineage string, next uint64, ok bool) {
+	sm := asideName.FindStringSubmatch(strings.TrimPrefix(filepath.Base(f), filepath.Base(path)+"."))
+	if sm == nil || sm[3] == "" {
+		return "", 0, false
+	}
+	next, err := strconv.ParseUint(sm[4], 10, 64)
+	return sm[3], next, err == nil
+}
+
 // pruneAside prunes the damaged files moved aside next to b's file (see
 // the function pruneAside). OpenOrMoveAside calls it when it opened the
 // file as it was.
@@ -241,9 +266,9 @@ func (b *Buffer) pruneAside() {
 // true: the buffer holds it only if every file between the damaged one
 // and itself was a complete copy of the one before (a complete salvage,
 // a compaction). A salvage that may have left records behind (page by
-// page, failed, or anything left behind, by MoveAside or by hand with
-// ferry buffer verify --salvage) and a buffer started anew begin another
-// lineage, and the files of an earlier one
+// page, failed, anything left behind), one made by hand (ferry buffer
+// verify --salvage), an older copy put back (see forked) and a buffer
+// started anew begin another lineage, and the files of an earlier one
 // stay until an operator removes them. Of the files it may remove, the one
 // with the highest next, the latest (sequence numbers only grow, whatever
 // the clock says), stays for inspection.
@@ -254,11 +279,7 @@ func pruneAside(path, lineage string, head uint64, log *slog.Logger) (removed in
 	}
 	var complete []done
 	for _, f := range CorruptFiles(path) {
-		sm := asideName.FindStringSubmatch(strings.TrimPrefix(filepath.Base(f), filepath.Base(path)+"."))
-		if sm == nil || sm[3] == "" || sm[3] != lineage {
-			continue // not complete, or of another lineage
-		}
-		if next, err := strconv.ParseUint(sm[4], 10, 64); err == nil {
+		if l, next, ok := salvagedName(path, f); ok && l == lineage {
 			complete = append(complete, done{f, next})
 		}
 	}

@@ -575,3 +575,78 @@ func TestSalvageKeepsClockSteps(t *testing.T) {
 		t.Fatalf("clock steps after the salvage: %+v, want %+v", got, steps)
 	}
 }
+
+// An older copy of the buffer put back (a backup) is not a descendant of
+// the files moved aside after it was taken, which hold records it lacks:
+// Open gives it another lineage, and they are never pruned.
+func TestRestoredCopyStartsALineage(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "buffer.db")
+	fill(t, path, 5)
+	backup, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := b.AppendWait(context.Background(), rec(5+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Close()
+	var aside []string
+	for range 2 {
+		if err := writeDamageMark(path, errors.New("test damage")); err != nil {
+			t.Fatal(err)
+		}
+		b, a, err := OpenOrMoveAside(path, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Close()
+		aside = append(aside, a)
+	}
+	if err := os.WriteFile(path, backup, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, _, err = OpenOrMoveAside(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if _, err := b.AppendWait(context.Background(), rec(100+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs := readAll(t, b)
+	b.Release(recs[len(recs)-1].Seq)
+	b.Close()
+	for range 2 {
+		if err := writeDamageMark(path, errors.New("test damage")); err != nil {
+			t.Fatal(err)
+		}
+		b, a, err := OpenOrMoveAside(path, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Close()
+		aside = append(aside, a)
+	}
+	b, _, err = OpenOrMoveAside(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	got := CorruptFiles(path)
+	for _, a := range aside[:2] {
+		if !slices.Contains(got, a) {
+			t.Fatalf("%s, moved aside before the backup was put back, was removed: %q", a, got)
+		}
+	}
+	if slices.Contains(got, aside[2]) || !slices.Contains(got, aside[3]) {
+		t.Fatalf("the restored buffer's own files: %q, want %s removed and %s kept", got, aside[2], aside[3])
+	}
+}

@@ -28,7 +28,7 @@ import (
 // page by page instead (see salvageRaw): what is readable is kept,
 // whatever the tree's state, and the error is nil.
 func (r *ReadOnly) Salvage(dst string) (copied int, err error) {
-	res, err := r.salvage(dst)
+	res, err := r.salvage(dst, false)
 	return res.copied, err
 }
 
@@ -45,8 +45,12 @@ type salvaged struct {
 	lineage  string // the new file's lineage: the old one's if complete (see state.lineage)
 }
 
-func (r *ReadOnly) salvage(dst string) (salvaged, error) {
-	res, err := r.salvageTree(dst)
+// salvage is Salvage. With continues, a complete salvage carries the old
+// file's lineage over (MoveAside's, which puts it in the old file's
+// place); without, the new file starts its own, as one made by hand may be
+// put in place of a buffer that has gone on since (see pruneAside).
+func (r *ReadOnly) salvage(dst string, continues bool) (salvaged, error) {
+	res, err := r.salvageTree(dst, continues)
 	if err == nil || !errors.Is(err, ErrCorruptFile) {
 		return res, err
 	}
@@ -67,11 +71,11 @@ func (r *ReadOnly) salvage(dst string) (salvaged, error) {
 // SalvageFile is Salvage on the file at src: through bbolt if it can open
 // the file, else page by page (a file whose meta pages are both damaged).
 func SalvageFile(src, dst string) (int, error) {
-	res, err := salvageFile(src, dst)
+	res, err := salvageFile(src, dst, false)
 	return res.copied, err
 }
 
-func salvageFile(src, dst string) (salvaged, error) {
+func salvageFile(src, dst string, continues bool) (salvaged, error) {
 	r, err := OpenReadOnly(src)
 	if errors.Is(err, ErrLocked) {
 		return salvaged{}, err
@@ -81,7 +85,7 @@ func salvageFile(src, dst string) (salvaged, error) {
 		return salvaged{copied: copied}, err
 	}
 	defer r.Close()
-	return r.salvage(dst)
+	return r.salvage(dst, continues)
 }
 
 // readCounters reads the meta bucket of a file OpenReadOnly refused (a
@@ -110,7 +114,7 @@ func readCounters(path string) *state {
 }
 
 // salvageTree is Salvage through bbolt's tree.
-func (r *ReadOnly) salvageTree(dst string) (res salvaged, err error) {
+func (r *ReadOnly) salvageTree(dst string, continues bool) (res salvaged, err error) {
 	if _, err := os.Lstat(dst); err == nil {
 		return res, fmt.Errorf("salvage %s into %s: %w", r.v.path, dst, os.ErrExist)
 	}
@@ -122,7 +126,7 @@ func (r *ReadOnly) salvageTree(dst string) (res salvaged, err error) {
 		out.Close()
 		return res, fmt.Errorf("salvage %s: create %s: %w", r.v.path, dst, err)
 	}
-	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}, tree: true}
+	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}, tree: true, continues: continues}
 	readErr := r.v.viewTx(func(tx *bolt.Tx) error {
 		if err := checkTx(tx, r.v.path); err != nil {
 			return err // the tree cannot be trusted to the end: page by page
@@ -568,6 +572,9 @@ type salvager struct {
 	// that were copied hold.
 	dlCopied uint64
 	tree     bool // through bbolt's tree, not page by page
+	// continues: a complete salvage carries the lineage over (see
+	// ReadOnly.salvage).
+	continues bool
 	// taken is the lowest sequence number a record may still have:
 	// batches come in key order, and a stale copy found page by page
 	// can reach past the key of the next batch; a record already taken
@@ -743,7 +750,7 @@ func (s *salvager) finish() error {
 	// A complete copy continues the old file's history; anything else
 	// starts another (see pruneAside).
 	s.st.lineage = s.old.lineage
-	if !s.complete() || s.st.lineage == "" {
+	if !s.continues || !s.complete() || s.st.lineage == "" {
 		var err error
 		if s.st.lineage, err = newID(); err != nil {
 			return err
