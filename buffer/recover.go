@@ -80,8 +80,13 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 	}
 	tmp, done := path+".salvage.tmp", path+".salvage"
 	os.Remove(tmp)
-	counted := readCounters(path) != nil // else what salvage misses cannot be counted
-	res, err := salvageFile(path, tmp, true)
+	old := readCounters(path)
+	counted := old != nil // else what salvage misses cannot be counted
+	// A complete salvage continues the damaged file's lineage unless the
+	// file is an older copy put back (see forked), judged by its own next
+	// before the salvage raises it to its reservation.
+	continues := old != nil && !forked(path, old.lineage, old.next)
+	res, err := salvageFile(path, tmp, continues)
 	n := res.copied
 	if err == nil {
 		err = os.Rename(tmp, done)
@@ -221,7 +226,8 @@ func asideFiles(name string) []string {
 // not a descendant of every moved-aside file of its lineage: one of them
 // has a higher next (a descendant starts at the file's next and only goes
 // up), so the buffer is an older copy put back (a backup), and that file
-// may hold records it lacks. Open then starts another lineage.
+// may hold records it lacks. Open then starts another lineage, and
+// MoveAside's salvage of such a file does not continue its lineage.
 func forked(path, lineage string, next uint64) bool {
 	for _, f := range CorruptFiles(path) {
 		if l, n, ok := salvagedName(path, f); ok && l == lineage && n > next {

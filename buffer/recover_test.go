@@ -650,3 +650,67 @@ func TestRestoredCopyStartsALineage(t *testing.T) {
 		t.Fatalf("the restored buffer's own files: %q, want %s removed and %s kept", got, aside[2], aside[3])
 	}
 }
+
+// The same with a write delay, and the backup put back where a damage mark
+// is left (or the backup is damaged itself): Open refuses it, so the
+// salvage decides. Its counters' next is below the file moved aside
+// after it was taken, although the salvage raises the new buffer's next
+// to the reservation they share: the salvage starts another lineage.
+func TestRestoredDamagedCopyStartsALineage(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	opts := Options{WriteDelay: time.Millisecond}
+	b, err := Open(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var backup []byte
+	for i := range 10 {
+		if _, err := b.AppendWait(context.Background(), rec(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i == 4 { // a copy taken while ferry runs: the same reservation
+			if backup, err = os.ReadFile(path); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	b.Close()
+	damaged := func() string {
+		t.Helper()
+		if err := writeDamageMark(path, errors.New("test damage")); err != nil {
+			t.Fatal(err)
+		}
+		b, a, err := OpenOrMoveAside(path, opts)
+		if err != nil || a == "" {
+			t.Fatalf("OpenOrMoveAside: %v, moved aside to %q", err, a)
+		}
+		b.Close()
+		return a
+	}
+	first := damaged()
+	if err := os.WriteFile(path, backup, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	damaged() // the backup, refused for the mark
+	b, _, err = OpenOrMoveAside(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if _, err := b.AppendWait(context.Background(), rec(100+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs := readAll(t, b)
+	b.Release(recs[len(recs)-1].Seq)
+	b.Close()
+	damaged()
+	b, _, err = OpenOrMoveAside(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if got := CorruptFiles(path); !slices.Contains(got, first) {
+		t.Fatalf("%s, moved aside before the backup was put back, was removed: %q", first, got)
+	}
+}
