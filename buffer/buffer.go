@@ -278,7 +278,8 @@ type Stats struct {
 	// replaced while open and wrote it to its path again (see checkPath).
 	Recreated uint64
 	// CorruptFiles is how many damaged buffer files lie moved aside next to
-	// this one (path.corrupt-*, see MoveAside), as found at Open: unless
+	// this one (path.corrupt-*, see MoveAside), as found at Open (and after
+	// OpenOrMoveAside removed those it may, see pruneAside): unless
 	// the salvage failed, their readable records were salvaged into the
 	// buffer that replaced each; what could not be read is counted in
 	// Dropped[DropCorrupt] when the damaged file's counters could be read.
@@ -323,9 +324,10 @@ type state struct {
 	deadLettered map[Reason]uint64
 	id           string
 	// lineage names the history of this file that holds every record it
-	// ever held: a new buffer starts one, and so does a salvage that may
-	// have left records behind; compaction and a complete salvage carry
-	// it over (see pruneAside).
+	// ever held: a new buffer starts one, and so do a salvage that may
+	// have left records behind, one made by hand and an older copy put
+	// back (see forked); compaction and MoveAside's complete salvage
+	// carry it over (see pruneAside).
 	lineage string
 	// steps are the forward steps of the wall clock that records still
 	// held were received before (see clock.go).
@@ -478,7 +480,7 @@ type Buffer struct {
 	ratio     float64            // disk bytes in use per record byte, as last measured
 	headAt    time.Time          // the head record's receive time (see headTime)
 	commits   uint64
-	corrupt   int                    // files moved aside next to path, at Open
+	corrupt   int                    // files moved aside next to path, at Open or after pruneAside
 	recreated uint64                 // times the file was written to path again (see checkPath)
 	lim       atomic.Pointer[Limits] // opts' limits, or what SetLimits set since
 	releaseTo uint64                 // Release target not yet applied
@@ -578,7 +580,11 @@ func Open(path string, opts Options) (*Buffer, error) {
 					return err
 				}
 			}
-			if b.st.lineage == "" || forked(path, b.st.lineage, b.st.next) {
+			if b.st.lineage != "" && forked(path, b.st.lineage, b.st.next) {
+				b.log.Warn("buffer: the buffer is older than a damaged file moved aside from its lineage (a copy put back?); the moved-aside files are kept", "path", path, "next_seq", b.st.next)
+				b.st.lineage = ""
+			}
+			if b.st.lineage == "" {
 				if b.st.lineage, err = newID(); err != nil {
 					return err
 				}

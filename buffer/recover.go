@@ -43,6 +43,9 @@ func OpenOrMoveAside(path string, opts Options) (*Buffer, string, error) {
 	opts.setDefaults()
 	opts.Logger.Error("buffer: the buffer file is damaged; moving it aside and salvaging what is readable", "path", path, "err", err)
 	aside, rerr := MoveAside(path, opts.Logger)
+	if rerr != nil && aside != "" {
+		return nil, aside, fmt.Errorf("%w; moved it to %s, but %w", err, aside, rerr)
+	}
 	if rerr != nil {
 		return nil, "", fmt.Errorf("%w; moving it aside failed: %w", err, rerr)
 	}
@@ -85,7 +88,11 @@ func MoveAside(path string, log *slog.Logger) (string, error) {
 	// A complete salvage continues the damaged file's lineage unless the
 	// file is an older copy put back (see forked), judged by its own next
 	// before the salvage raises it to its reservation.
-	continues := old != nil && !forked(path, old.lineage, old.next)
+	continues := old != nil
+	if continues && forked(path, old.lineage, old.next) {
+		continues = false
+		log.Warn("buffer: the damaged file is older than a file moved aside from its lineage (a copy put back?); the moved-aside files are kept", "path", path, "next_seq", old.next)
+	}
 	res, err := salvageFile(path, tmp, continues)
 	n := res.copied
 	if err == nil {
@@ -268,16 +275,16 @@ func (b *Buffer) pruneAside() {
 // and whose lineage the buffer still has, once it has released every
 // record they held (head is at or past next): what they held went to
 // Kafka, was dead-lettered (the salvage copied their dead letters too),
-// or was dropped by a limit and counted. The lineage is what makes that
+// or was dropped by a limit or purged, and counted. The lineage is what makes that
 // true: the buffer holds it only if every file between the damaged one
 // and itself was a complete copy of the one before (a complete salvage,
 // a compaction). A salvage that may have left records behind (page by
 // page, failed, anything left behind), one made by hand (ferry buffer
 // verify --salvage), an older copy put back (see forked) and a buffer
 // started anew begin another lineage, and the files of an earlier one
-// stay until an operator removes them. Of the files it may remove, the one
+// stay until an operator removes them. Of the buffer's lineage, the file
 // with the highest next, the latest (sequence numbers only grow, whatever
-// the clock says), stays for inspection.
+// the clock says), always stays, for inspection.
 func pruneAside(path, lineage string, head uint64, log *slog.Logger) (removed int) {
 	type done struct {
 		path string

@@ -574,6 +574,36 @@ func TestSalvageKeepsClockSteps(t *testing.T) {
 	if len(got) != 1 || !got[0].at.Equal(steps[0].at) || got[0].delta != steps[0].delta {
 		t.Fatalf("clock steps after the salvage: %+v, want %+v", got, steps)
 	}
+
+	// Page by page too (both meta pages lost): the steps come from the
+	// meta bucket's leaf.
+	path2 := filepath.Join(filepath.Dir(path), "again.db")
+	if err := os.Rename(aside, path2); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path2, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 2*4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	dst := filepath.Join(filepath.Dir(path), "rescued.db")
+	if _, err := SalvageFile(path2, dst); err != nil {
+		t.Fatal(err)
+	}
+	b2, err := Open(dst, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	b2.mu.Lock()
+	got = b2.st.steps
+	b2.mu.Unlock()
+	if len(got) != 1 || !got[0].at.Equal(steps[0].at) || got[0].delta != steps[0].delta {
+		t.Fatalf("clock steps after a page-by-page salvage: %+v, want %+v", got, steps)
+	}
 }
 
 // An older copy of the buffer put back (a backup) is not a descendant of

@@ -45,9 +45,9 @@ type salvaged struct {
 	lineage  string // the new file's lineage: the old one's if complete (see state.lineage)
 }
 
-// salvage is Salvage. With continues, a complete salvage carries the old
-// file's lineage over (MoveAside's, which puts it in the old file's
-// place); without, the new file starts its own, as one made by hand may be
+// salvage is Salvage. With continues, a salvage that is complete carries
+// the old file's lineage over (MoveAside's, which puts it in the old
+// file's place); otherwise the new file starts its own, as one made by hand may be
 // put in place of a buffer that has gone on since (see pruneAside).
 func (r *ReadOnly) salvage(dst string, continues bool) (salvaged, error) {
 	res, err := r.salvageTree(dst, continues)
@@ -492,6 +492,16 @@ func (sc *pageScan) inlineBucket(v []byte) {
 func (sc *pageScan) metaValue(k, v []byte) {
 	if string(k) == string(keyID) && len(v) > 0 && len(v) <= 64 {
 		sc.meta.id = string(v)
+		return
+	}
+	if string(k) == string(keyClockSteps) && len(v)%16 == 0 {
+		// Of the copies found, the one with the latest step (steps only
+		// add up; a merge of the oldest two keeps the latest).
+		steps, have := decodeSteps(v), sc.meta.steps
+		if len(steps) > 0 && (len(have) == 0 || steps[len(steps)-1].at.After(have[len(have)-1].at) ||
+			steps[len(steps)-1].at.Equal(have[len(have)-1].at) && len(steps) > len(have)) {
+			sc.meta.steps = steps
+		}
 		return
 	}
 	if len(v) != 8 {

@@ -159,7 +159,9 @@ func openBuffer(c config.Buffer, receiveMaximum int, log *slog.Logger) (*buffer.
 	}
 	// bbolt never shrinks its file: after a long outage drained, give the
 	// space back before opening.
-	if did, err := buffer.CompactIfSparse(c.Path, 64<<20, 0.5); err != nil {
+	if did, err := buffer.CompactIfSparse(c.Path, 64<<20, 0.5); errors.Is(err, buffer.ErrCorruptFile) {
+		log.Warn("buffer file damaged: not compacted at startup (a copy would replace it); opening it handles the damage", "path", c.Path, "err", err)
+	} else if err != nil {
 		log.Warn("buffer compaction at startup failed; continuing with the file as it is", "path", c.Path, "err", err)
 	} else if did {
 		log.Info("buffer file compacted at startup", "path", c.Path)
