@@ -193,13 +193,21 @@ var damageCases = []struct {
 	}, 0.9},
 }
 
+// damagedFile writes n records of size bytes to a new buffer file and
+// damages it with damage; it returns the file's path.
+func damagedFile(t *testing.T, damage func(*testing.T, string), n, size int) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	fillBig(t, path, n, size)
+	damage(t, path)
+	return path
+}
+
 func TestDamagedFileIsMovedAsideAndSalvaged(t *testing.T) {
 	const n, size = 40000, 200
 	for _, tc := range damageCases {
 		t.Run(tc.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "buffer.db")
-			fillBig(t, path, n, size)
-			tc.damage(t, path)
+			path := damagedFile(t, tc.damage, n, size)
 
 			b, aside, err := OpenOrMoveAside(path, Options{})
 			if err != nil {
@@ -814,9 +822,7 @@ func TestCompactRefusesDamagedFiles(t *testing.T) {
 	const n, size = 40000, 200
 	for _, tc := range damageCases {
 		t.Run(tc.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "buffer.db")
-			fillBig(t, path, n, size)
-			tc.damage(t, path)
+			path := damagedFile(t, tc.damage, n, size)
 			b, err := Open(path, Options{})
 			if err == nil {
 				b.Close()

@@ -393,6 +393,56 @@ func TestDropBeyond(t *testing.T) {
 	}
 }
 
+// reopen opens the buffer at path with OpenOrMoveAside, marking it
+// damaged first if damaged, and checks that it moved the file aside
+// exactly then; it returns where to.
+func reopen(t *testing.T, path string, opts Options, damaged bool) (*Buffer, string) {
+	t.Helper()
+	if damaged {
+		if err := writeDamageMark(path, errors.New("test damage")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, aside, err := OpenOrMoveAside(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if damaged != (aside != "") {
+		t.Fatalf("damaged %v, moved aside to %q", damaged, aside)
+	}
+	return b, aside
+}
+
+// moveAside marks the buffer at path damaged, lets OpenOrMoveAside move
+// it aside and closes the buffer that replaced it; it returns where the
+// file went.
+func moveAside(t *testing.T, path string, opts Options) string {
+	t.Helper()
+	b, aside := reopen(t, path, opts, true)
+	closeBuffer(t, b)
+	return aside
+}
+
+func closeBuffer(t *testing.T, b *Buffer) {
+	t.Helper()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// releaseAll releases every record b holds.
+func releaseAll(t *testing.T, b *Buffer) {
+	t.Helper()
+	if recs := readAll(t, b); len(recs) > 0 {
+		b.Release(recs[len(recs)-1].Seq)
+	}
+}
+
+// sameFiles reports whether got and want name the same files.
+func sameFiles(got, want []string) bool {
+	return slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want)))
+}
+
 // A damaged file whose salvage copied everything it held is named
 // .salvaged-<lineage>-<next> and removed at a start that opens the buffer
 // as it is, once the buffer has released every record below next; the
@@ -401,57 +451,28 @@ func TestDropBeyond(t *testing.T) {
 func TestCompleteSalvagesArePrunedOnceReleased(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "buffer.db")
 	fill(t, path, 5)
-	open := func(damaged bool) (*Buffer, string) {
-		t.Helper()
-		if damaged {
-			if err := writeDamageMark(path, errors.New("test damage")); err != nil {
-				t.Fatal(err)
-			}
-		}
-		b, aside, err := OpenOrMoveAside(path, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if damaged != (aside != "") {
-			t.Fatalf("damaged %v, moved aside to %q", damaged, aside)
-		}
-		return b, aside
-	}
-	closeBuffer := func(b *Buffer) {
-		t.Helper()
-		if err := b.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	b, first := open(true)
+	b, first := reopen(t, path, Options{}, true)
 	if !strings.Contains(filepath.Base(first), ".salvaged-") {
 		t.Fatalf("a complete salvage moved the file to %s", first)
 	}
 	if n := len(readAll(t, b)); n != 5 {
 		t.Fatalf("salvaged %d records, want 5", n)
 	}
-	closeBuffer(b)
-	b, second := open(true)
-	closeBuffer(b)
-	b, _ = open(false)
+	closeBuffer(t, b)
+	second := moveAside(t, path, Options{})
+	b, _ = reopen(t, path, Options{}, false)
 	if got := CorruptFiles(path); !slices.Equal(got, []string{first, second}) {
 		t.Fatalf("before the records were released, moved aside: %q", got)
 	}
-	recs := readAll(t, b)
-	b.Release(recs[len(recs)-1].Seq)
-	for i := range 3 {
-		if _, err := b.AppendWait(context.Background(), rec(10+i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	closeBuffer(b)
-	b, third := open(true)
+	releaseAll(t, b)
+	appendN(t, b, 10, 12)
+	closeBuffer(t, b)
+	b, third := reopen(t, path, Options{}, true)
 	if got := CorruptFiles(path); !slices.Equal(got, []string{first, second, third}) {
 		t.Fatalf("a start that moves a file aside removed some: %q", got)
 	}
-	closeBuffer(b)
-	b, _ = open(false)
+	closeBuffer(t, b)
+	b, _ = reopen(t, path, Options{}, false)
 	if got := CorruptFiles(path); !slices.Equal(got, []string{third}) {
 		t.Fatalf("after the records were released, moved aside: %q, want only the latest %q", got, third)
 	}
@@ -461,7 +482,7 @@ func TestCompleteSalvagesArePrunedOnceReleased(t *testing.T) {
 	if st := b.Stats(); st.CorruptFiles != 1 {
 		t.Fatalf("stats count %d moved-aside files, want 1", st.CorruptFiles)
 	}
-	closeBuffer(b)
+	closeBuffer(t, b)
 
 	// A salvage by hand, page by page (both meta pages lost), put in
 	// place as docs/BUFFER.md says: it may have left records of the
@@ -485,32 +506,20 @@ func TestCompleteSalvagesArePrunedOnceReleased(t *testing.T) {
 	if err := os.Rename(byHand, path); err != nil {
 		t.Fatal(err)
 	}
-	b, _ = open(false)
-	if recs = readAll(t, b); len(recs) > 0 {
-		b.Release(recs[len(recs)-1].Seq)
-	}
-	for i := range 20 {
-		if _, err := b.AppendWait(context.Background(), rec(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	recs = readAll(t, b)
-	b.Release(recs[len(recs)-1].Seq)
-	closeBuffer(b)
-	b, fourth := open(true)
-	closeBuffer(b)
-	b, fifth := open(true)
-	closeBuffer(b)
-	b, _ = open(false)
+	b, _ = reopen(t, path, Options{}, false)
+	releaseAll(t, b)
+	appendN(t, b, 0, 19)
+	releaseAll(t, b)
+	closeBuffer(t, b)
+	fourth := moveAside(t, path, Options{})
+	fifth := moveAside(t, path, Options{})
+	b, _ = reopen(t, path, Options{}, false)
 	// third stays: the lineage it belongs to ended with the salvage by
 	// hand. In the new one, fourth goes and fifth, the latest, stays.
-	same := func(got, want []string) bool {
-		return slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want)))
-	}
-	if got, want := CorruptFiles(path), []string{third, fifth}; !same(got, want) {
+	if got, want := CorruptFiles(path), []string{third, fifth}; !sameFiles(got, want) {
 		t.Fatalf("after a salvage by hand, moved aside: %q, want %q (%q removed)", got, want, fourth)
 	}
-	closeBuffer(b)
+	closeBuffer(t, b)
 
 	// Garbage: salvaged page by page (nothing), never removed; the new
 	// buffer starts another lineage, whose numbers pass the older files'
@@ -519,25 +528,18 @@ func TestCompleteSalvagesArePrunedOnceReleased(t *testing.T) {
 	if err := os.WriteFile(path, []byte("garbage, not a database"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	b, garbage := open(true)
+	b, garbage := reopen(t, path, Options{}, true)
 	if strings.Contains(filepath.Base(garbage), ".salvaged-") {
 		t.Fatalf("a page-by-page salvage moved the file to %s", garbage)
 	}
-	for i := range 30 {
-		if _, err := b.AppendWait(context.Background(), rec(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	recs = readAll(t, b)
-	b.Release(recs[len(recs)-1].Seq)
-	closeBuffer(b)
-	b, sixth := open(true)
-	closeBuffer(b)
-	b, seventh := open(true)
-	closeBuffer(b)
-	b, _ = open(false)
+	appendN(t, b, 0, 29)
+	releaseAll(t, b)
+	closeBuffer(t, b)
+	sixth := moveAside(t, path, Options{})
+	seventh := moveAside(t, path, Options{})
+	b, _ = reopen(t, path, Options{}, false)
 	defer b.Close()
-	if got, want := CorruptFiles(path), []string{third, fifth, garbage, seventh}; !same(got, want) {
+	if got, want := CorruptFiles(path), []string{third, fifth, garbage, seventh}; !sameFiles(got, want) {
 		t.Fatalf("moved aside: %q, want %q (%q removed)", got, want, sixth)
 	}
 }
@@ -610,65 +612,25 @@ func TestSalvageKeepsClockSteps(t *testing.T) {
 // the files moved aside after it was taken, which hold records it lacks:
 // Open gives it another lineage, and they are never pruned.
 func TestRestoredCopyStartsALineage(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "buffer.db")
+	path := filepath.Join(t.TempDir(), "buffer.db")
 	fill(t, path, 5)
 	backup, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := Open(path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 5 {
-		if _, err := b.AppendWait(context.Background(), rec(5+i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b.Close()
-	var aside []string
-	for range 2 {
-		if err := writeDamageMark(path, errors.New("test damage")); err != nil {
-			t.Fatal(err)
-		}
-		b, a, err := OpenOrMoveAside(path, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.Close()
-		aside = append(aside, a)
-	}
+	b, _ := reopen(t, path, Options{}, false)
+	appendN(t, b, 5, 9)
+	closeBuffer(t, b)
+	aside := []string{moveAside(t, path, Options{}), moveAside(t, path, Options{})}
 	if err := os.WriteFile(path, backup, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	b, _, err = OpenOrMoveAside(path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 20 {
-		if _, err := b.AppendWait(context.Background(), rec(100+i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	recs := readAll(t, b)
-	b.Release(recs[len(recs)-1].Seq)
-	b.Close()
-	for range 2 {
-		if err := writeDamageMark(path, errors.New("test damage")); err != nil {
-			t.Fatal(err)
-		}
-		b, a, err := OpenOrMoveAside(path, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.Close()
-		aside = append(aside, a)
-	}
-	b, _, err = OpenOrMoveAside(path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, _ = reopen(t, path, Options{}, false)
+	appendN(t, b, 100, 119)
+	releaseAll(t, b)
+	closeBuffer(t, b)
+	aside = append(aside, moveAside(t, path, Options{}), moveAside(t, path, Options{}))
+	b, _ = reopen(t, path, Options{}, false)
 	defer b.Close()
 	got := CorruptFiles(path)
 	for _, a := range aside[:2] {
@@ -693,52 +655,24 @@ func TestRestoredDamagedCopyStartsALineage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var backup []byte
-	for i := range 10 {
-		if _, err := b.AppendWait(context.Background(), rec(i)); err != nil {
-			t.Fatal(err)
-		}
-		if i == 4 { // a copy taken while ferry runs: the same reservation
-			if backup, err = os.ReadFile(path); err != nil {
-				t.Fatal(err)
-			}
-		}
+	appendN(t, b, 0, 4)
+	backup, err := os.ReadFile(path) // a copy taken while ferry runs: the same reservation
+	if err != nil {
+		t.Fatal(err)
 	}
-	b.Close()
-	damaged := func() string {
-		t.Helper()
-		if err := writeDamageMark(path, errors.New("test damage")); err != nil {
-			t.Fatal(err)
-		}
-		b, a, err := OpenOrMoveAside(path, opts)
-		if err != nil || a == "" {
-			t.Fatalf("OpenOrMoveAside: %v, moved aside to %q", err, a)
-		}
-		b.Close()
-		return a
-	}
-	first := damaged()
+	appendN(t, b, 5, 9)
+	closeBuffer(t, b)
+	first := moveAside(t, path, opts)
 	if err := os.WriteFile(path, backup, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	damaged() // the backup, refused for the mark
-	b, _, err = OpenOrMoveAside(path, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 20 {
-		if _, err := b.AppendWait(context.Background(), rec(100+i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	recs := readAll(t, b)
-	b.Release(recs[len(recs)-1].Seq)
-	b.Close()
-	damaged()
-	b, _, err = OpenOrMoveAside(path, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	moveAside(t, path, opts) // the backup, refused for the mark
+	b, _ = reopen(t, path, opts, false)
+	appendN(t, b, 100, 119)
+	releaseAll(t, b)
+	closeBuffer(t, b)
+	moveAside(t, path, opts)
+	b, _ = reopen(t, path, opts, false)
 	defer b.Close()
 	if got := CorruptFiles(path); !slices.Contains(got, first) {
 		t.Fatalf("%s, moved aside before the backup was put back, was removed: %q", first, got)
