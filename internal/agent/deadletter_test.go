@@ -11,6 +11,7 @@ import (
 	"github.com/ferry-edge/ferry/config"
 	"github.com/ferry-edge/ferry/forward"
 	"github.com/ferry-edge/ferry/internal/testenv"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // Records Kafka refuses for good (here: larger than the topic's
@@ -154,5 +155,77 @@ func TestInvalidRecordIsDeadLetteredInOrder(t *testing.T) {
 	if n := a.Stats().Buffer.DeadLettered[forward.ReasonInvalidRecord]; n != 3 {
 		t.Fatalf("dead-lettered %v, want 3 for %s", a.Stats().Buffer.DeadLettered, forward.ReasonInvalidRecord)
 	}
+	stopAgent()
+}
+
+// Topics Kafka refuses to ferry's principal are dead-lettered, reason
+// topic_authorization_failed, whichever way the refusal comes: in the
+// produce responses (an ACL denies writing, describing is allowed) or in
+// the metadata (an ACL denies everything). Every other message arrives in
+// per-device order and exactly once, and the buffer drains. kfake's
+// refusals are covered in package forward; this is the real broker's ACLs
+// on its SASL listener (CI: FERRY_TEST_KAFKA_LISTENER=sasl).
+func TestTopicAuthorizationIsDeadLettered(t *testing.T) {
+	kafka := testenv.NewKafka(t)
+	if kafka.Listener() != "sasl" {
+		t.Skipf("needs the real broker's ACLs for its SCRAM user (%s=sasl); this run uses %s", testenv.EnvKafkaListener, kafka)
+	}
+	broker := testenv.NewBroker(t)
+	testenv.RequireMosquitto(t, broker, mochiStalls)
+	topic := testenv.NewTopic(t, kafka)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	denied := map[string]kmsg.ACLOperation{
+		"write": kmsg.ACLOperationWrite, // refused in the produce responses
+		"all":   kmsg.ACLOperationAll,   // refused in the metadata
+	}
+	cfg := loadConfig(t, broker, kafka, topic)
+	cfg.MQTT[0].Subscriptions = append(cfg.MQTT[0].Subscriptions, cfg.MQTT[0].Subscriptions[0])
+	cfg.MQTT[0].Subscriptions[1].Filter = "denied/#"
+	for name, op := range denied {
+		kt := testenv.UniqueTopic("denied-" + name)
+		if err := kafka.CreateTopic(ctx, kt); err != nil {
+			t.Fatal(err)
+		}
+		if err := kafka.DenyTopic(ctx, kt, op); err != nil {
+			t.Fatal(err)
+		}
+		r := cfg.Forward.Routes[0]
+		r.Match, r.Topic, r.Key = "denied/"+name, kt, ""
+		cfg.Forward.Routes = append(cfg.Forward.Routes, r)
+	}
+	a, stopAgent := startAgent(t, cfg, Options{})
+	collector := startCollector(t, kafka, topic)
+
+	const perTopic = 20
+	sensors := testenv.StartSensors(ctx, testenv.SensorsConfig{BrokerURL: broker.URL(), Devices: 4, PerDevice: 500, QoS: 1})
+	waitFor(t, "a third of the messages", 30*time.Second, func() bool { return sensors.Sent() > 4*500/3 })
+	for i := range perTopic {
+		for name := range denied {
+			if err := testenv.Publish(ctx, broker.URL(), "denied/"+name, 1, fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	res, err := sensors.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 90*time.Second)
+	defer wcancel()
+	rep := collector.WaitFor(wctx, res)
+	t.Logf("report: %s", rep)
+	if !rep.OK() || rep.Duplicates != 0 {
+		t.Fatalf("not delivered intact and once: %s", rep)
+	}
+	waitFor(t, "the buffer to drain", 60*time.Second, func() bool { return a.Stats().Buffer.Records == 0 })
+	st := a.Stats()
+	if n := st.Buffer.DeadLettered[forward.ReasonTopicAuthorization]; n != uint64(len(denied)*perTopic) {
+		t.Fatalf("dead-lettered %v, want %d for %s", st.Buffer.DeadLettered, len(denied)*perTopic, forward.ReasonTopicAuthorization)
+	}
+	if st.Forward.LastError != "" {
+		t.Errorf("forwarding reports %q after the refused records were set aside", st.Forward.LastError)
+	}
+	t.Logf("forwarder: %d chunks, %d delivered", st.Forward.Chunks, st.Forward.Delivered)
 	stopAgent()
 }

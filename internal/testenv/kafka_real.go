@@ -36,6 +36,7 @@ type realKafka struct {
 	pid      int
 	opts     []kgo.Opt // security options for clients
 	yaml     string    // the same, as ferry configuration
+	user     string    // the SASL user ("" on other listeners)
 	mu       sync.Mutex
 	frozen   bool
 }
@@ -61,6 +62,7 @@ func ConnectRealKafka() (*Kafka, error) {
 			return nil, fmt.Errorf("real Kafka: SASL mechanism %q: the tests speak SCRAM-SHA-512", env("_SASL_MECHANISM"))
 		}
 		user, pass := env("_SASL_USER"), env("_SASL_PASSWORD")
+		r.user = user
 		r.opts = append(r.opts, kgo.SASL(scram.Auth{User: user, Pass: pass}.AsSha512Mechanism()))
 		// ferry reads the password from the environment, as an operator's
 		// config would.
@@ -187,4 +189,64 @@ func (k *Kafka) CreateTopicWith(ctx context.Context, name string, configs map[st
 		return fmt.Errorf("create topic %s on %s: %w", name, k, err)
 	}
 	return nil
+}
+
+// DenyTopic makes the real broker refuse topic to the SASL user on the
+// ACL operation op (kmsg.ACLOperationWrite: Kafka refuses its produce
+// requests; kmsg.ACLOperationAll: also its metadata requests), and keeps
+// the topic open to every other principal. scripts/kafka-test-broker runs
+// an authorizer that lets everyone use a resource without ACLs, and its
+// SCRAM user is no super user. It fails on kfake and on the other
+// listeners, whose principals the tests do not know.
+func (k *Kafka) DenyTopic(ctx context.Context, topic string, op kmsg.ACLOperation) error {
+	if k.real == nil || k.real.user == "" {
+		return fmt.Errorf("deny topic %s: needs the real broker's SASL listener (%s=sasl)", topic, EnvKafkaListener)
+	}
+	cl, err := kgo.NewClient(k.ClientOpts()...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	acl := func(principal string, op kmsg.ACLOperation, perm kmsg.ACLPermissionType) kmsg.CreateACLsRequestCreation {
+		c := kmsg.NewCreateACLsRequestCreation()
+		c.ResourceType, c.ResourceName, c.ResourcePatternType = kmsg.ACLResourceTypeTopic, topic, kmsg.ACLResourcePatternTypeLiteral
+		c.Principal, c.Host, c.Operation, c.PermissionType = principal, "*", op, perm
+		return c
+	}
+	req := kmsg.NewPtrCreateACLsRequest()
+	req.Creations = []kmsg.CreateACLsRequestCreation{
+		acl("User:*", kmsg.ACLOperationAll, kmsg.ACLPermissionTypeAllow),
+		acl("User:"+k.real.user, op, kmsg.ACLPermissionTypeDeny),
+	}
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return fmt.Errorf("deny topic %s on %s: %w", topic, k, err)
+	}
+	for _, r := range resp.Results {
+		if err := kerr.ErrorForCode(r.ErrorCode); err != nil {
+			return fmt.Errorf("deny topic %s on %s: %w", topic, k, err)
+		}
+	}
+	// The controller committed them; the broker's authorizer has them once
+	// it shows them.
+	for {
+		d := kmsg.NewPtrDescribeACLsRequest()
+		d.ResourceType, d.ResourceName, d.ResourcePatternType = kmsg.ACLResourceTypeTopic, &topic, kmsg.ACLResourcePatternTypeLiteral
+		d.Operation, d.PermissionType = kmsg.ACLOperationAny, kmsg.ACLPermissionTypeAny
+		dr, err := d.RequestWith(ctx, cl)
+		if err == nil {
+			err = kerr.ErrorForCode(dr.ErrorCode)
+		}
+		if err != nil {
+			return fmt.Errorf("deny topic %s on %s: describe ACLs: %w", topic, k, err)
+		}
+		if len(dr.Resources) == 1 && len(dr.Resources[0].ACLs) == len(req.Creations) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("deny topic %s on %s: the ACLs did not show: %w", topic, k, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
