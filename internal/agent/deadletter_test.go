@@ -43,18 +43,7 @@ func TestPoisonRecordsAreDeadLetteredInOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	res, err := sensors.Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, wcancel := context.WithTimeout(ctx, 90*time.Second)
-	defer wcancel()
-	rep := collector.WaitFor(wctx, res)
-	t.Logf("report: %s", rep)
-	if !rep.OK() || rep.Duplicates != 0 {
-		t.Fatalf("not delivered intact and once: %s", rep)
-	}
-	waitFor(t, "the buffer to drain", 30*time.Second, func() bool { return a.Stats().Buffer.Records == 0 })
+	deliveredOnceThenDrained(t, ctx, a, sensors, collector)
 	st := a.Stats()
 	if n := st.Buffer.DeadLettered[forward.ReasonTooLarge]; n != 3 {
 		t.Fatalf("dead-lettered %v, want 3 for %s", st.Buffer.DeadLettered, forward.ReasonTooLarge)
@@ -140,18 +129,7 @@ func TestInvalidRecordIsDeadLetteredInOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	res, err := sensors.Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, wcancel := context.WithTimeout(ctx, 90*time.Second)
-	defer wcancel()
-	rep := collector.WaitFor(wctx, res)
-	t.Logf("report: %s", rep)
-	if !rep.OK() || rep.Duplicates != 0 {
-		t.Fatalf("not delivered intact and once: %s", rep)
-	}
-	waitFor(t, "the buffer to drain", 30*time.Second, func() bool { return a.Stats().Buffer.Records == 0 })
+	deliveredOnceThenDrained(t, ctx, a, sensors, collector)
 	if n := a.Stats().Buffer.DeadLettered[forward.ReasonInvalidRecord]; n != 3 {
 		t.Fatalf("dead-lettered %v, want 3 for %s", a.Stats().Buffer.DeadLettered, forward.ReasonInvalidRecord)
 	}
@@ -207,18 +185,7 @@ func TestTopicAuthorizationIsDeadLettered(t *testing.T) {
 			}
 		}
 	}
-	res, err := sensors.Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, wcancel := context.WithTimeout(ctx, 90*time.Second)
-	defer wcancel()
-	rep := collector.WaitFor(wctx, res)
-	t.Logf("report: %s", rep)
-	if !rep.OK() || rep.Duplicates != 0 {
-		t.Fatalf("not delivered intact and once: %s", rep)
-	}
-	waitFor(t, "the buffer to drain", 60*time.Second, func() bool { return a.Stats().Buffer.Records == 0 })
+	deliveredOnceThenDrained(t, ctx, a, sensors, collector)
 	st := a.Stats()
 	if n := st.Buffer.DeadLettered[forward.ReasonTopicAuthorization]; n != uint64(len(denied)*perTopic) {
 		t.Fatalf("dead-lettered %v, want %d for %s", st.Buffer.DeadLettered, len(denied)*perTopic, forward.ReasonTopicAuthorization)
@@ -228,4 +195,23 @@ func TestTopicAuthorizationIsDeadLettered(t *testing.T) {
 	}
 	t.Logf("forwarder: %d chunks, %d delivered", st.Forward.Chunks, st.Forward.Delivered)
 	stopAgent()
+}
+
+// deliveredOnceThenDrained waits for the sensors to finish and for
+// everything the broker acknowledged to arrive intact, in per-device order
+// and once, then for the buffer to drain (dead letters leave it too).
+func deliveredOnceThenDrained(t *testing.T, ctx context.Context, a *Agent, sensors *testenv.Sensors, collector *testenv.Collector) {
+	t.Helper()
+	res, err := sensors.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	rep := collector.WaitFor(wctx, res)
+	t.Logf("report: %s", rep)
+	if !rep.OK() || rep.Duplicates != 0 {
+		t.Fatalf("not delivered intact and once: %s", rep)
+	}
+	waitFor(t, "the buffer to drain", 60*time.Second, func() bool { return a.Stats().Buffer.Records == 0 })
 }

@@ -229,6 +229,8 @@ func (k *Kafka) DenyTopic(ctx context.Context, topic string, op kmsg.ACLOperatio
 	}
 	// The controller committed them; the broker's authorizer has them once
 	// it shows them.
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	for {
 		d := kmsg.NewPtrDescribeACLsRequest()
 		d.ResourceType, d.ResourceName, d.ResourcePatternType = kmsg.ACLResourceTypeTopic, &topic, kmsg.ACLResourcePatternTypeLiteral
