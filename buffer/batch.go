@@ -11,23 +11,33 @@ import (
 // Storing many records per value keeps bbolt's per-key and per-page
 // overhead low and makes releasing a prefix one delete per batch.
 //
-//	magic(1)=0xFB version(1)=1 count(uvarint)
+//	magic(1)=0xFB version(1)=2 base(uvarint) count(uvarint)
 //	count x { len(uvarint) record(len bytes) }   len 0: a removed record
 //	crc32c(4, big endian) of everything before it
+//
+// base repeats the key under the checksum. bbolt's key is not covered by
+// any checksum: a bit flipped in it would give the batch's records other
+// numbers, and a salvage that must read the file page by page, with the
+// tree's order lost, would deliver them out of place. A batch whose base
+// is not its key is damaged; a salvage takes a batch whose checksum holds
+// under its base, whatever its key. Version 1 batches (no base) are read
+// as before: there the key is all there is.
 //
 // Each record carries its own checksum too (see appendEncoded), so when a
 // batch's checksum fails, the records that are still intact can be told
 // from the damaged ones.
 const (
 	batchMagic = 0xFB
-	batchV1    = 1
+	batchV1    = 1 // no base: files written before version 2
+	batchV2    = 2
 )
 
-// appendBatch appends a batch holding recs (encoded records; nil or empty
-// for a removed one) to dst.
-func appendBatch(dst []byte, recs [][]byte) []byte {
+// appendBatch appends a batch of the records from base on, recs (encoded
+// records; nil or empty for a removed one), to dst.
+func appendBatch(dst []byte, base uint64, recs [][]byte) []byte {
 	start := len(dst)
-	dst = append(dst, batchMagic, batchV1)
+	dst = append(dst, batchMagic, batchV2)
+	dst = binary.AppendUvarint(dst, base)
 	dst = binary.AppendUvarint(dst, uint64(len(recs)))
 	for _, r := range recs {
 		dst = binary.AppendUvarint(dst, uint64(len(r)))
@@ -38,34 +48,67 @@ func appendBatch(dst []byte, recs [][]byte) []byte {
 
 // batchSize is the size appendBatch will need for recs.
 func batchSize(recs [][]byte) int {
-	n := 2 + binary.MaxVarintLen64 + 4
+	n := 2 + 2*binary.MaxVarintLen64 + 4
 	for _, r := range recs {
 		n += binary.MaxVarintLen64 + len(r)
 	}
 	return n
 }
 
-// parseBatch splits a batch into its encoded records, which point into v.
-// count is the number of records the header announces. On damage it returns
-// the records it could frame and an error wrapping ErrCorrupt: with a bad
-// checksum but sound framing, all of them (each still has its own
-// checksum); with broken framing, those before the break (len(recs) <
-// count).
-func parseBatch(v []byte) (recs [][]byte, count int, err error) {
+// batchHeader reads a batch's header, without checking or framing the
+// rest: its base (hasBase false for version 1), the number of records it
+// announces, and the length of the header.
+func batchHeader(v []byte) (base uint64, hasBase bool, count, size int, ok bool) {
+	if len(v) < 3 || v[0] != batchMagic || v[1] != batchV1 && v[1] != batchV2 {
+		return 0, false, 0, 0, false
+	}
+	size = 2
+	if v[1] == batchV2 {
+		b, l := binary.Uvarint(v[size:])
+		if l <= 0 {
+			return 0, false, 0, 0, false
+		}
+		base, hasBase, size = b, true, size+l
+	}
+	n, l := binary.Uvarint(v[size:])
+	if l <= 0 || n > uint64(len(v)) { // every record takes at least one byte
+		return 0, false, 0, 0, false
+	}
+	return base, hasBase, int(n), size + l, true
+}
+
+// batchCount reads the number of records a batch's header announces,
+// without checking or framing the rest.
+func batchCount(v []byte) (int, bool) {
+	_, _, n, _, ok := batchHeader(v)
+	return n, ok
+}
+
+// parseBatch splits the batch under key into its encoded records, which
+// point into v. count is the number of records the header announces. On
+// damage it returns the records it could frame and an error wrapping
+// ErrCorrupt: with a bad checksum but sound framing, all of them (each
+// still has its own checksum); with broken framing, those before the
+// break (len(recs) < count). A batch whose base is not key returns no
+// records: which of the two is damaged, their numbers are not known.
+func parseBatch(key uint64, v []byte) (recs [][]byte, count int, err error) {
 	if len(v) < 2+1+4 {
 		return nil, 0, fmt.Errorf("%w: batch of %d bytes is too short", ErrCorrupt, len(v))
 	}
-	if v[0] != batchMagic || v[1] != batchV1 {
-		return nil, 0, fmt.Errorf("%w: batch header %x is not a version 1 batch", ErrCorrupt, v[:2])
+	if v[0] != batchMagic || v[1] != batchV1 && v[1] != batchV2 {
+		return nil, 0, fmt.Errorf("%w: batch header %x is not a batch of version 1 or 2", ErrCorrupt, v[:2])
 	}
 	body := v[:len(v)-4]
 	sumOK := crc32.Checksum(body, castagnoli) == binary.BigEndian.Uint32(v[len(v)-4:])
-	d := decoder{buf: body[2:]}
-	n := d.uvarint()
-	if d.err != nil || n > uint64(len(d.buf)) { // every record takes at least one byte
-		return nil, 0, fmt.Errorf("%w: batch record count unreadable", ErrCorrupt)
+	base, hasBase, n, hsize, ok := batchHeader(body)
+	if !ok {
+		return nil, 0, fmt.Errorf("%w: batch header unreadable", ErrCorrupt)
 	}
-	count = int(n)
+	count = n
+	if hasBase && base != key {
+		return nil, count, fmt.Errorf("%w: batch of the records from %d under key %d", ErrCorrupt, base, key)
+	}
+	d := decoder{buf: body[hsize:]}
 	recs = make([][]byte, 0, count)
 	for range count {
 		r := d.bytes()

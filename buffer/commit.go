@@ -589,7 +589,7 @@ func writeBatches(batches *bolt.Bucket, st *state, recs []toWrite) (uint64, erro
 		if live == 0 {
 			return nil
 		}
-		val := appendBatch(make([]byte, 0, batchSize(group)), group)
+		val := appendBatch(make([]byte, 0, batchSize(group)), base, group)
 		if err := batches.Put(seqKey(base), val); err != nil {
 			return err
 		}

@@ -244,7 +244,7 @@ func deadLetterTx(tx *bolt.Tx, st *state, seq uint64, r deadReq) error {
 		return nil
 	}
 	base := binary.BigEndian.Uint64(k)
-	recs, count, perr := parseBatch(v)
+	recs, count, perr := parseBatch(base, v)
 	if framingBroken(recs, count, perr) {
 		if seq < base {
 			return nil
@@ -271,7 +271,7 @@ func deadLetterTx(tx *bolt.Tx, st *state, seq uint64, r deadReq) error {
 	kept := make([][]byte, len(recs))
 	copy(kept, recs)
 	kept[i] = nil
-	return batches.Put(append([]byte(nil), k...), appendBatch(make([]byte, 0, batchSize(kept)), kept))
+	return batches.Put(append([]byte(nil), k...), appendBatch(make([]byte, 0, batchSize(kept)), base, kept))
 }
 
 // countDead adds n records to reason's counter.
@@ -593,7 +593,7 @@ func replayTx(tx *bolt.Tx, st *state, f DeadLetterFilter) (ReplayResult, error) 
 			size += len(recs[n])
 			n++
 		}
-		if err := batches.Put(seqKey(st.next), appendBatch(make([]byte, 0, batchSize(recs[:n])), recs[:n])); err != nil {
+		if err := batches.Put(seqKey(st.next), appendBatch(make([]byte, 0, batchSize(recs[:n])), st.next, recs[:n])); err != nil {
 			return res, err
 		}
 		st.next += uint64(n)

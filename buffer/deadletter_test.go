@@ -392,7 +392,7 @@ func TestCompactAndSalvageKeepDeadLetters(t *testing.T) {
 func oldFile(t *testing.T, path string) (single, batch []byte) {
 	t.Helper()
 	fillBuffer(t, path, 3)
-	batch = appendBatch(nil, [][]byte{appendEncoded(nil, rec(7)), appendEncoded(nil, rec(8))})
+	batch = appendBatchV1(nil, [][]byte{appendEncoded(nil, rec(7)), appendEncoded(nil, rec(8))})
 	single = appendEncoded(nil, rec(5))
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {

@@ -52,8 +52,9 @@ func checkFile(db *bolt.DB, path string) error {
 // record's number to another.
 func checkLastBatch(batches *bolt.Bucket, next uint64) error {
 	if k, v := batches.Cursor().Last(); k != nil {
-		_, n, _ := parseBatch(v)
-		if last := binary.BigEndian.Uint64(k) + uint64(n) - 1; last >= next {
+		base := binary.BigEndian.Uint64(k)
+		_, n, _ := parseBatch(base, v)
+		if last := base + uint64(n) - 1; last >= next {
 			return fmt.Errorf("%w: meta next_seq %d is not above the last record %d", ErrCorruptFile, next, last)
 		}
 	}

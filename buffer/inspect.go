@@ -291,7 +291,7 @@ func firstTime(batches *bolt.Bucket, head uint64) time.Time {
 	c := batches.Cursor()
 	for k, v := seekBatch(c, head); k != nil; k, v = c.Next() {
 		base := binary.BigEndian.Uint64(k)
-		recs, _, _ := parseBatch(v)
+		recs, _, _ := parseBatch(base, v)
 		for i, raw := range recs {
 			if base+uint64(i) >= head && len(raw) > 0 {
 				return recordTime(raw)
@@ -306,7 +306,7 @@ func lastTime(batches *bolt.Bucket, head uint64) time.Time {
 	c := batches.Cursor()
 	for k, v := c.Last(); k != nil; k, v = c.Prev() {
 		base := binary.BigEndian.Uint64(k)
-		recs, _, _ := parseBatch(v)
+		recs, _, _ := parseBatch(base, v)
 		for i := len(recs) - 1; i >= 0; i-- {
 			if base+uint64(i) < head {
 				return time.Time{}
@@ -366,7 +366,7 @@ func (v fileView) each(fn func(Record) error) (skipped uint64, err error) {
 			readahead(tx, val, readaheadBytes)
 			for ; k != nil && len(recs) < scanChunk; k, val = c.Next() {
 				base := binary.BigEndian.Uint64(k)
-				raws, count, perr := parseBatch(val)
+				raws, count, perr := parseBatch(base, val)
 				for i, raw := range raws {
 					seq := base + uint64(i)
 					if seq <= after || len(raw) == 0 {
@@ -429,7 +429,7 @@ func (vf *verifier) batch(batches *bolt.Bucket, k, val []byte) {
 	if base < vf.prevEnd {
 		vf.rep.problem("batch %d overlaps the previous batch, which ends at %d", base, vf.prevEnd-1)
 	}
-	raws, count, perr := parseBatch(val)
+	raws, count, perr := parseBatch(base, val)
 	broken := framingBroken(raws, count, perr)
 	span := uint64(len(raws))
 	if broken {

@@ -277,7 +277,7 @@ func corrupt(t *testing.T, path string, seq uint64, damage func(v []byte, recs [
 		k, v := seekBatch(batches.Cursor(), seq)
 		base = binary.BigEndian.Uint64(k)
 		v = append([]byte(nil), v...)
-		recs, n, err := parseBatch(v)
+		recs, n, err := parseBatch(base, v)
 		if err != nil || base > seq || seq >= base+uint64(n) {
 			return fmt.Errorf("batch %d for seq %d: %d records, %v", base, seq, n, err)
 		}

@@ -87,8 +87,8 @@ func headTime(tx *bolt.Tx, st state) time.Time {
 	}
 	c := tx.Bucket(bucketBatches).Cursor()
 	for k, v := seekBatch(c, st.head); k != nil; k, v = c.Next() {
-		recs, _, _ := parseBatch(v)
 		base := binary.BigEndian.Uint64(k)
+		recs, _, _ := parseBatch(base, v)
 		for i, raw := range recs {
 			if seq := base + uint64(i); seq >= st.head && len(raw) > 0 {
 				return st.ageTime(raw) // as MaxAge sees it
@@ -111,7 +111,7 @@ func dropWhile(tx *bolt.Tx, st *state, drop func(raw []byte, seq uint64) bool) (
 	stopped := false
 	for k, v := seekBatch(c, st.head); k != nil && !stopped; k, v = c.Next() {
 		base := binary.BigEndian.Uint64(k)
-		recs, count, perr := parseBatch(v)
+		recs, count, perr := parseBatch(base, v)
 		if framingBroken(recs, count, perr) {
 			if err := deadLetterBatch(tx, st, k, v, recs, perr, time.Now()); err != nil {
 				return removed, err

@@ -3,8 +3,10 @@ package buffer
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"path/filepath"
 	"testing"
 	"time"
@@ -346,20 +348,42 @@ func TestDeadLetterInsideBatch(t *testing.T) {
 }
 
 func FuzzParseBatch(f *testing.F) {
-	f.Add(appendBatch(nil, [][]byte{appendEncoded(nil, rec(1)), nil, appendEncoded(nil, rec(2))}))
-	f.Add(appendBatch(nil, nil))
-	f.Add([]byte{batchMagic, batchV1, 0xff, 0xff})
-	f.Fuzz(func(t *testing.T, v []byte) {
-		recs, count, err := parseBatch(v)
+	recs := [][]byte{appendEncoded(nil, rec(1)), nil, appendEncoded(nil, rec(2))}
+	f.Add(uint64(7), appendBatch(nil, 7, recs))
+	f.Add(uint64(7), appendBatch(nil, 8, recs))
+	f.Add(uint64(7), appendBatchV1(nil, recs))
+	f.Add(uint64(1), appendBatch(nil, 1, nil))
+	f.Add(uint64(1), []byte{batchMagic, batchV1, 0xff, 0xff})
+	f.Add(uint64(1), []byte{batchMagic, batchV2, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, key uint64, v []byte) {
+		recs, count, err := parseBatch(key, v)
 		if len(recs) > count {
 			t.Fatalf("%d records framed, header says %d", len(recs), count)
 		}
-		if err == nil {
-			if got := appendBatch(nil, recs); string(got) != string(v) {
-				t.Fatalf("re-encoding differs")
-			}
+		if err != nil {
+			return
+		}
+		want := appendBatch(nil, key, recs)
+		if v[1] == batchV1 {
+			want = appendBatchV1(nil, recs)
+		}
+		if string(want) != string(v) {
+			t.Fatalf("re-encoding differs")
 		}
 	})
+}
+
+// appendBatchV1 is appendBatch as ferry wrote batches before version 2,
+// without their base: the batches of files written then.
+func appendBatchV1(dst []byte, recs [][]byte) []byte {
+	start := len(dst)
+	dst = append(dst, batchMagic, batchV1)
+	dst = binary.AppendUvarint(dst, uint64(len(recs)))
+	for _, r := range recs {
+		dst = binary.AppendUvarint(dst, uint64(len(r)))
+		dst = append(dst, r...)
+	}
+	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
 }
 
 // With Block, one commit takes no more than the room left below MaxBytes

@@ -72,7 +72,7 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 			batches:
 				for ; k != nil; k, v = c.Next() {
 					base := binary.BigEndian.Uint64(k)
-					recs, count, perr := parseBatch(v)
+					recs, count, perr := parseBatch(base, v)
 					if perr != nil {
 						b.log.Error("buffer: damaged batch; salvaging intact records", "path", b.path, "first_seq", base, "err", perr)
 					}
@@ -186,7 +186,7 @@ func seekBatch(c *bolt.Cursor, seq uint64) ([]byte, []byte) {
 		return c.First()
 	}
 	base := binary.BigEndian.Uint64(k)
-	_, n, _ := parseBatch(v)
+	n, _ := batchCount(v)
 	if n == 0 { // header unreadable: the batch reaches up to the next one
 		if nk, nv := c.Next(); nk != nil && binary.BigEndian.Uint64(nk) <= seq {
 			return nk, nv

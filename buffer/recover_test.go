@@ -358,23 +358,25 @@ func TestDropBeyond(t *testing.T) {
 		batches        []b
 		next, reserved uint64
 		want           []uint64 // keys kept
+		verified       bool     // the batches' numbers are known
 	}{
-		{"sound", []b{{1, 0}, {11, 1}, {21, 11}}, 31, 31, []uint64{1, 11, 21}},
-		{"a leaf's last key flipped", []b{{1, 0}, {1 << 29, 1}, {21, 0}, {31, 21}}, 41, 41, []uint64{1, 21, 31}},
-		{"the file's last key flipped", []b{{1, 0}, {11, 1}, {1 << 29, 11}}, 31, 31, []uint64{1, 11, 1 << 29}},
-		{"the file's last key flipped into a reservation", []b{{1, 0}, {11, 1}, {1000, 11}}, 31, 1 << 22, []uint64{1, 11}},
-		{"the last key flipped, alone in its page", []b{{1, 0}, {11, 1}, {1 << 29, 0}}, 31, 31, []uint64{1, 11}},
-		{"a next out of date", []b{{1, 0}, {11, 1}, {21, 11}, {31, 21}}, 21, 21, []uint64{1, 11, 21, 31}},
-		{"a next out of date, a page begun since", []b{{1, 0}, {11, 1}, {21, 0}, {31, 21}}, 21, 21, []uint64{1, 11, 31}},
-		{"a next out of date with a write delay, batches that tile", []b{{1, 0}, {11, 1}, {21, 11}, {31, 21}}, 21, 1 << 22, []uint64{1, 11, 21, 31}},
-		{"a next out of date with a write delay, a gap", []b{{1, 0}, {11, 1}, {25, 11}}, 21, 1 << 22, []uint64{1, 11}},
-		{"next not known", []b{{1, 0}, {1 << 29, 1}}, 0, 0, []uint64{1, 1 << 29}},
-		{"the batch before it in its page not kept", []b{{40, 30}, {50, 40}}, 31, 31, []uint64{50}},
-		{"the first batch kept beyond next, the one before it in its page not", []b{{40, 30}}, 31, 31, nil},
+		{"sound", []b{{1, 0}, {11, 1}, {21, 11}}, 31, 31, []uint64{1, 11, 21}, false},
+		{"a leaf's last key flipped", []b{{1, 0}, {1 << 29, 1}, {21, 0}, {31, 21}}, 41, 41, []uint64{1, 21, 31}, false},
+		{"the file's last key flipped", []b{{1, 0}, {11, 1}, {1 << 29, 11}}, 31, 31, []uint64{1, 11, 1 << 29}, false},
+		{"the file's last key flipped into a reservation", []b{{1, 0}, {11, 1}, {1000, 11}}, 31, 1 << 22, []uint64{1, 11}, false},
+		{"the last key flipped, alone in its page", []b{{1, 0}, {11, 1}, {1 << 29, 0}}, 31, 31, []uint64{1, 11}, false},
+		{"a next out of date", []b{{1, 0}, {11, 1}, {21, 11}, {31, 21}}, 21, 21, []uint64{1, 11, 21, 31}, false},
+		{"a next out of date, a page begun since", []b{{1, 0}, {11, 1}, {21, 0}, {31, 21}}, 21, 21, []uint64{1, 11, 31}, false},
+		{"a next out of date with a write delay, batches that tile", []b{{1, 0}, {11, 1}, {21, 11}, {31, 21}}, 21, 1 << 22, []uint64{1, 11, 21, 31}, false},
+		{"a next out of date with a write delay, a gap", []b{{1, 0}, {11, 1}, {25, 11}}, 21, 1 << 22, []uint64{1, 11}, false},
+		{"next not known", []b{{1, 0}, {1 << 29, 1}}, 0, 0, []uint64{1, 1 << 29}, false},
+		{"the batch before it in its page not kept", []b{{40, 30}, {50, 40}}, 31, 31, []uint64{50}, false},
+		{"the first batch kept beyond next, the one before it in its page not", []b{{40, 30}}, 31, 31, nil, false},
+		{"verified batches (version 2) beyond next, alone in their pages", []b{{1, 0}, {11, 1}, {25, 0}, {35, 0}}, 21, 1 << 22, []uint64{1, 11, 25, 35}, true},
 	} {
 		sc := &pageScan{batches: map[uint64]batchCopy{}}
 		for _, x := range tt.batches {
-			sc.batches[x.key] = batchCopy{count: 10, pred: x.pred}
+			sc.batches[x.key] = batchCopy{count: 10, pred: x.pred, verified: tt.verified}
 		}
 		sc.dropBeyond(tt.next, tt.reserved)
 		got := slices.Sorted(maps.Keys(sc.batches))

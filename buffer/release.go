@@ -125,7 +125,7 @@ func removeTx(tx *bolt.Tx, st *state, seqs []uint64) error {
 			return nil
 		}
 		base := binary.BigEndian.Uint64(k)
-		recs, count, perr := parseBatch(v)
+		recs, count, perr := parseBatch(base, v)
 		end := base + uint64(count)
 		skip := uint64(0) // skip the sequence numbers below this
 		switch {
@@ -154,7 +154,7 @@ func removeTx(tx *bolt.Tx, st *state, seqs []uint64) error {
 			changed = true
 		}
 		if changed {
-			if err := batches.Put(append([]byte(nil), k...), appendBatch(make([]byte, 0, batchSize(kept)), kept)); err != nil {
+			if err := batches.Put(append([]byte(nil), k...), appendBatch(make([]byte, 0, batchSize(kept)), base, kept)); err != nil {
 				return err
 			}
 		}
@@ -217,19 +217,6 @@ func reclaim(tx *bolt.Tx, st *state, want uint64) (uint64, error) {
 		st.retired = 0 // none left before the head
 	}
 	return freed, nil
-}
-
-// batchCount reads the number of records a batch's header announces,
-// without checking or framing the rest.
-func batchCount(v []byte) (int, bool) {
-	if len(v) < 3 || v[0] != batchMagic || v[1] != batchV1 {
-		return 0, false
-	}
-	n, l := binary.Uvarint(v[2:])
-	if l <= 0 || n > uint64(len(v)) {
-		return 0, false
-	}
-	return int(n), true
 }
 
 // batchEnd is the sequence number after the batch at base: the next

@@ -30,8 +30,8 @@ func TestRemoveSkipsBatchWithBrokenHeader(t *testing.T) {
 				done <- db.Update(func(tx *bolt.Tx) error {
 					bk, _ := tx.CreateBucket(bucketBatches)
 					recs := [][]byte{[]byte("aaaa"), []byte("bbbb"), []byte("cccc"), []byte("dddd"), []byte("eeee")}
-					bk.Put(seqKey(1), tc.damage(appendBatch(nil, recs)))
-					bk.Put(seqKey(6), appendBatch(nil, recs))
+					bk.Put(seqKey(1), tc.damage(appendBatch(nil, 1, recs)))
+					bk.Put(seqKey(6), appendBatch(nil, 6, recs))
 					st := &state{head: 1, next: 11, count: 10, bytes: 40}
 					if err := removeTx(tx, st, []uint64{3, 7}); err != nil {
 						return err

@@ -194,10 +194,11 @@ func (r *ReadOnly) salvageTree(dst string, continues bool) (res salvaged, err er
 // salvageRaw salvages the file at src page by page, reading the file
 // rather than mapping it: every leaf page whose header is sound is parsed,
 // and every element with a sequence-number key whose value is a batch
-// with a good checksum is a candidate. Freed pages hold older copies of
-// batches; of the copies of one key, the one with the fewest live records
-// is the newest (removals only ever empty records), and the batches
-// before the head are left out. old is the damaged file's counters, if
+// with a good checksum is a candidate, under the first sequence number it
+// holds (version 2; see batch.go), else under its key. Freed pages hold
+// older copies of batches; of the copies of one key, the one with the
+// fewest live records is the newest (removals only ever empty records),
+// and the batches before the head are left out. old is the damaged file's counters, if
 // its meta bucket could be read; else they are taken from the meta
 // bucket's leaf pages found on the way, each counter at its highest value
 // (they only grow). Dead letters are not recovered this way.
@@ -279,6 +280,9 @@ type batchCopy struct {
 	count int    // records, live or removed: the sequence numbers it spans
 	pred  uint64 // the key of the batch before it in its page; 0: none
 	tiles bool   // it starts where the batch before it in its page ends
+	// verified: its numbers are known (a batch of version 2 whose
+	// checksum holds), not only its key's.
+	verified bool
 }
 
 // scanPages reads f page by page. The page size is the first meta page's
@@ -342,12 +346,18 @@ func scanPages(f *os.File) (*pageScan, error) {
 			if ksize != 8 {
 				continue
 			}
-			// Every key takes part in the order check (flippedKey), a
-			// damaged batch's too: its neighbours' keys are what tells a
-			// flipped key from a sound one.
+			// A batch of version 2 holds its base under its checksum:
+			// where that holds, the base is its number, whatever its key.
+			// Every other key takes part in the order check
+			// (flippedKey), a damaged batch's too: its neighbours' keys
+			// are what tells a flipped key from a sound one.
 			c := pageBatch{base: binary.BigEndian.Uint64(k)}
-			if recs, nrecs, perr := parseBatch(v); perr == nil {
-				c.intact = true
+			base, hasBase, _, _, _ := batchHeader(v)
+			if !hasBase {
+				base = c.base
+			}
+			if recs, nrecs, perr := parseBatch(base, v); perr == nil {
+				c.base, c.intact, c.verified = base, true, hasBase
 				c.off, c.n, c.count = id*ps+int64(start+ksize), vsize, nrecs
 				for _, r := range recs {
 					if len(r) > 0 {
@@ -359,7 +369,7 @@ func scanPages(f *os.File) (*pageScan, error) {
 		}
 		var pred pageBatch // the intact batch before, in the page
 		for i, c := range cands {
-			if !c.intact || flippedKey(cands, i) {
+			if !c.intact || !c.verified && flippedKey(cands, i) {
 				continue // damaged; or its records' sequence numbers are not known: lost, not misplaced
 			}
 			c.pred = pred.base
@@ -408,14 +418,18 @@ func scanPages(f *os.File) (*pageScan, error) {
 // where the batch before it ends (which a key flipped up cannot do: it
 // lies beyond its true place, at or after that end). Batches beyond a next
 // that is out of date (read from an older copy of the meta bucket) follow
-// one another in their pages and are kept, below reserved where they tile.
-// next 0 or 1: not known, nothing is left out.
+// one another in their pages and are kept, below reserved where they tile;
+// so are verified batches, whose numbers are known. next 0 or 1: not
+// known, nothing is left out.
 func (sc *pageScan) dropBeyond(next, reserved uint64) {
 	if next > 1 {
 		keys := slices.Sorted(maps.Keys(sc.batches))
 		var drop []uint64
 		for i := sort.Search(len(keys), func(i int) bool { return keys[i] >= next }); i < len(keys); i++ {
 			base := keys[i]
+			if sc.batches[base].verified {
+				continue
+			}
 			pred := sc.batches[base].pred
 			follows := pred != 0 && i > 0 && keys[i-1] == pred
 			tiles := follows && base == pred+uint64(sc.batches[pred].count)
@@ -442,10 +456,11 @@ type pageBatch struct {
 
 // flippedKey reports whether the key of cs[i], the batches of one leaf
 // page in its order, is out of order where its neighbours are not: a
-// damaged key. The key is the only record of the batch's sequence
-// numbers (the batch's checksum does not cover it), and a batch taken
-// under a wrong one would deliver its records out of order. Where two
-// keys disagree and nothing tells which is wrong, both are.
+// damaged key. In a batch of version 1 the key is the only record of the
+// batch's sequence numbers (the batch's checksum does not cover it), and
+// a batch taken under a wrong one would deliver its records out of order.
+// Where two keys disagree and nothing tells which is wrong, both are.
+// (Batches of version 2 are taken under the number they hold.)
 func flippedKey(cs []pageBatch, i int) bool {
 	n := len(cs)
 	prevOK := i == 0 || cs[i-1].base < cs[i].base
@@ -646,7 +661,7 @@ func (w *fileWriter) flush() error {
 
 // batch takes one batch of the old file.
 func (s *salvager) batch(batches *bolt.Bucket, base uint64, v []byte) error {
-	raws, count, perr := parseBatch(v)
+	raws, count, perr := parseBatch(base, v)
 	for i, raw := range raws {
 		seq := base + uint64(i)
 		s.lastSeq = max(s.lastSeq, seq)
@@ -691,7 +706,7 @@ func (s *salvager) flushRun() error {
 	if s.st.count == 0 {
 		s.st.head = s.runStart
 	}
-	err := s.w.add(bucketBatches, seqKey(s.runStart), appendBatch(make([]byte, 0, batchSize(s.run)), s.run))
+	err := s.w.add(bucketBatches, seqKey(s.runStart), appendBatch(make([]byte, 0, batchSize(s.run)), s.runStart, s.run))
 	s.st.count += uint64(len(s.run))
 	s.st.bytes += uint64(s.runSize)
 	s.run, s.runSize = nil, 0
