@@ -373,6 +373,35 @@ func FuzzParseBatch(f *testing.F) {
 	})
 }
 
+// A batch of version 2 holds its base under its checksum: under another
+// key it yields no records (their numbers are not known), and every caller
+// takes it for a batch whose framing is broken (dead-lettered whole,
+// never delivered under the key's numbers). A batch of version 1 is read
+// under whatever key it has.
+func TestParseBatchKeyAndBase(t *testing.T) {
+	recs := [][]byte{appendEncoded(nil, rec(1)), nil, appendEncoded(nil, rec(2))}
+	v := appendBatch(nil, 1<<20, recs)
+	if got, n, err := parseBatch(1<<20, v); err != nil || n != 3 || len(got) != 3 {
+		t.Fatalf("under its own key: %d of %d records, %v", len(got), n, err)
+	}
+	got, n, err := parseBatch(1<<20|1<<9, v) // a bit of the key flipped
+	if !errors.Is(err, ErrCorrupt) || n != 3 || len(got) != 0 || !framingBroken(got, n, err) {
+		t.Fatalf("under another key: %d of %d records, %v; want none, 3, ErrCorrupt", len(got), n, err)
+	}
+	if base, hasBase, n, _, ok := batchHeader(v); !ok || !hasBase || base != 1<<20 || n != 3 {
+		t.Fatalf("header: base %d (%v), %d records, ok %v", base, hasBase, n, ok)
+	}
+	old := appendBatchV1(nil, recs)
+	for _, key := range []uint64{1, 1 << 40} {
+		if got, n, err := parseBatch(key, old); err != nil || n != 3 || len(got) != 3 {
+			t.Fatalf("version 1 under key %d: %d of %d records, %v", key, len(got), n, err)
+		}
+	}
+	if _, hasBase, n, _, ok := batchHeader(old); !ok || hasBase || n != 3 {
+		t.Fatalf("version 1 header: base %v, %d records, ok %v", hasBase, n, ok)
+	}
+}
+
 // appendBatchV1 is appendBatch as ferry wrote batches before version 2,
 // without their base: the batches of files written then.
 func appendBatchV1(dst []byte, recs [][]byte) []byte {
