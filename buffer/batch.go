@@ -19,9 +19,11 @@ import (
 // any checksum: a bit flipped in it would give the batch's records other
 // numbers, and a salvage that must read the file page by page, with the
 // tree's order lost, would deliver them out of place. A batch whose base
-// is not its key is damaged; a salvage takes a batch whose checksum holds
-// under its base, whatever its key. Version 1 batches (no base) are read
-// as before: there the key is all there is.
+// is not its key is damage in the file (Open's check and the reader
+// report it; see misplacedError), and a salvage, through the tree or page
+// by page, takes a batch whose checksum holds under its base, whatever
+// its key. Version 1 batches (no base) are read as before: there the key
+// is all there is.
 //
 // Each record carries its own checksum too (see appendEncoded), so when a
 // batch's checksum fails, the records that are still intact can be told
@@ -90,7 +92,8 @@ func batchCount(v []byte) (int, bool) {
 // ErrCorrupt: with a bad checksum but sound framing, all of them (each
 // still has its own checksum); with broken framing, those before the
 // break (len(recs) < count). A batch whose base is not key returns no
-// records: which of the two is damaged, their numbers are not known.
+// records, as if its framing were broken: under key, their numbers are
+// wrong (see verifiedBase for the number a sound one holds).
 func parseBatch(key uint64, v []byte) (recs [][]byte, count int, err error) {
 	if len(v) < 2+1+4 {
 		return nil, 0, fmt.Errorf("%w: batch of %d bytes is too short", ErrCorrupt, len(v))
@@ -101,8 +104,8 @@ func parseBatch(key uint64, v []byte) (recs [][]byte, count int, err error) {
 	body := v[:len(v)-4]
 	sumOK := crc32.Checksum(body, castagnoli) == binary.BigEndian.Uint32(v[len(v)-4:])
 	base, hasBase, n, hsize, ok := batchHeader(body)
-	if !ok {
-		return nil, 0, fmt.Errorf("%w: batch header unreadable", ErrCorrupt)
+	if !ok || n > len(body)-hsize { // every record takes at least one byte
+		return nil, 0, fmt.Errorf("%w: batch record count unreadable", ErrCorrupt)
 	}
 	count = n
 	if hasBase && base != key {

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // Damage found at startup or while running never crashes the process: a
@@ -564,28 +567,82 @@ func TestDamageFoundWhileRunningMovesTheFileAside(t *testing.T) {
 
 // With a write delay, the numbers between next and the reservation may
 // have gone to records delivered from memory: a batch whose key a bit flip
-// moved among them is left out (and counted), not renumbered into them.
+// moved among them is never renumbered into them. A batch of version 2
+// comes back under its own numbers; one of version 1 (an older ferry's
+// file), whose key is all it has, is left out and counted.
 func TestFlippedKeyIntoTheReservation(t *testing.T) {
 	const n, size = 5000, 200
-	path := filepath.Join(t.TempDir(), "buffer.db")
-	fillWith(t, path, Options{WriteDelay: time.Millisecond}, n, size)
-	flipLastKey(t, path, true, 20) // 1M on, within the 4M reserved
+	for _, v1 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("version 1 %v", v1), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "buffer.db")
+			fillWith(t, path, Options{WriteDelay: time.Millisecond}, n, size)
+			if v1 {
+				rewriteAsV1(t, path)
+			}
+			flipLastKey(t, path, true, 20) // 1M on, within the 4M reserved
 
-	b, aside, err := OpenOrMoveAside(path, Options{})
+			b, aside, err := OpenOrMoveAside(path, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			if aside == "" {
+				t.Fatal("a key beyond next_seq was trusted")
+			}
+			recs := readAll(t, b)
+			got := checkSalvaged(t, b, size)
+			st := b.Stats()
+			switch {
+			case v1 && (got == n || uint64(got)+st.Dropped[DropCorrupt] != n):
+				t.Fatalf("%d salvaged, %d counted as dropped, of %d: want the last batch left out and counted", got, st.Dropped[DropCorrupt], n)
+			case !v1 && (got != n || st.Dropped[DropCorrupt] != 0):
+				t.Fatalf("%d salvaged, %d counted as dropped, of %d: want all", got, st.Dropped[DropCorrupt], n)
+			}
+			for _, r := range recs {
+				if i, _ := strconv.Atoi(string(r.Payload[:8])); r.Seq != uint64(i)+1 {
+					t.Fatalf("record #%d salvaged as %d, want %d", i, r.Seq, i+1)
+				}
+			}
+			if last := st.LastSeq; last >= 1<<20 && last < reserveStep {
+				t.Fatalf("LastSeq %d: numbers within the reservation given out again", last)
+			}
+		})
+	}
+}
+
+// rewriteAsV1 rewrites every batch of the closed buffer at path in
+// version 1, without its base, as an older ferry wrote them.
+func rewriteAsV1(t *testing.T, path string) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
-	if aside == "" {
-		t.Fatal("a key beyond next_seq was trusted")
-	}
-	got := checkSalvaged(t, b, size)
-	st := b.Stats()
-	if got == n || uint64(got)+st.Dropped[DropCorrupt] != n {
-		t.Fatalf("%d salvaged, %d counted as dropped, of %d: want the last batch left out and counted", got, st.Dropped[DropCorrupt], n)
-	}
-	if last := st.LastSeq; last >= 1<<20 && last < reserveStep {
-		t.Fatalf("LastSeq %d: numbers within the reservation given out again", last)
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		batches := tx.Bucket(bucketBatches)
+		type kv struct{ k, v []byte }
+		var all []kv
+		err := batches.ForEach(func(k, v []byte) error {
+			recs, _, err := parseBatch(binary.BigEndian.Uint64(k), v)
+			if err != nil {
+				return err
+			}
+			all = append(all, kv{bytes.Clone(k), appendBatchV1(nil, recs)})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, x := range all {
+			if err := batches.Put(x.k, x.v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -861,62 +918,69 @@ func TestFlippedKeyIntoAGap(t *testing.T) {
 		t.Fatal(err)
 	}
 	le, be := binary.LittleEndian, binary.BigEndian
-	// keys lists a leaf page's keys and where each lies in data.
-	type key struct {
-		seq uint64
-		off int
+	// batch is a batch of a leaf page: its key, where the key lies in
+	// data, and how many records it spans.
+	type batch struct {
+		seq   uint64
+		off   int
+		count int
 	}
-	keys := func(id int) []key {
+	batches := func(id int) []batch {
 		p := batchLeaf(data, id)
 		if p == nil {
 			return nil
 		}
-		var ks []key
+		var bs []batch
 		for i := range int(le.Uint16(p[10:])) {
 			e := p[16+i*16:]
 			off := id*4096 + 16 + i*16 + int(le.Uint32(e[4:]))
-			ks = append(ks, key{be.Uint64(data[off:]), off})
+			ksize, vsize := int(le.Uint32(e[8:])), int(le.Uint32(e[12:]))
+			if ksize != 8 || off+8+vsize > len(data) {
+				return nil
+			}
+			n, _ := batchCount(data[off+8 : off+8+vsize])
+			bs = append(bs, batch{be.Uint64(data[off:]), off, n})
 		}
-		return ks
+		return bs
 	}
-	var leaves []int // by first key
+	// The leaf pages in the order of their first keys (freed pages hold
+	// older copies of some: each first key once).
+	firsts := map[uint64]int{}
 	for id := 2; (id+1)*4096 <= len(data); id++ {
-		if ks := keys(id); len(ks) > 0 && (len(leaves) == 0 || ks[0].seq > keys(leaves[len(leaves)-1])[0].seq) {
-			leaves = append(leaves, id)
+		if bs := batches(id); len(bs) > 0 {
+			firsts[bs[0].seq] = id
 		}
 	}
-	if len(leaves) < 20 {
-		t.Fatalf("%d leaf pages of batches, want 20 or more", len(leaves))
-	}
-	// The first key of the middle leaf, with a bit flipped down past the
-	// batches of a page or two.
-	mid := len(leaves) / 2
-	target := keys(leaves[mid])[0].seq
-	var flipped uint64
-	for bit := 5; bit < 10 && flipped == 0; bit++ {
-		if target&(1<<bit) != 0 {
-			flipped = target &^ (1 << bit)
+	order := slices.Sorted(maps.Keys(firsts))
+	// A leaf from the middle on whose first key, with one of bits 5 to
+	// 9 flipped down, lands past a page or two of batches and ends before
+	// the page just before it begins.
+	var target, flipped, before uint64
+	var count int
+	for i := len(order) / 2; i < len(order)-1 && flipped == 0; i++ {
+		first := batches(firsts[order[i]])[0]
+		for bit := 9; bit >= 5; bit-- {
+			if f := first.seq &^ (1 << bit); f != first.seq && f+uint64(first.count) <= order[i-1] && f > order[0] {
+				target, flipped, before, count = first.seq, f, order[i-1], first.count
+				break
+			}
 		}
 	}
 	if flipped == 0 {
-		t.Fatalf("key %d has none of bits 5 to 9 set", target)
+		t.Fatalf("no leaf of %d whose first key flips down into a page before it", len(order))
 	}
 	// Every copy of the key flipped. Unreadable: every other leaf page
 	// holding a batch that reaches past the flipped key and lies before
-	// the target, but the one just before the target's page, whose
-	// records the flipped batch would overtake.
-	before := keys(leaves[mid-1])[0].seq
-	if before < flipped+5 {
-		t.Fatalf("the page before key %d begins at %d: the flipped key %d would overlap it", target, before, flipped)
-	}
+	// the page just before the target's, whose records the flipped batch
+	// would overtake.
 	for id := 2; (id+1)*4096 <= len(data); id++ {
-		ks := keys(id)
-		for _, k := range ks {
-			if k.seq == target {
-				be.PutUint64(data[k.off:], flipped)
+		bs := batches(id)
+		for _, b := range bs {
+			if b.seq == target {
+				be.PutUint64(data[b.off:], flipped)
 			}
 		}
-		if len(ks) > 0 && ks[0].seq != target && ks[0].seq != before && slices.ContainsFunc(ks, func(k key) bool { return k.seq+5 > flipped && k.seq < before }) {
+		if len(bs) > 0 && bs[0].seq != target && bs[0].seq != before && slices.ContainsFunc(bs, func(b batch) bool { return b.seq+uint64(b.count) > flipped && b.seq < before }) {
 			le.PutUint16(data[id*4096+8:], 0x10) // a leaf no more
 		}
 	}
@@ -932,10 +996,120 @@ func TestFlippedKeyIntoAGap(t *testing.T) {
 		t.Fatal("the damaged file was not moved aside")
 	}
 	got := checkSalvaged(t, b, size)
+	delivered := map[uint64]bool{}
 	for _, r := range readAll(t, b) { // under their own numbers
 		if i, _ := strconv.Atoi(string(r.Payload[:8])); r.Seq != uint64(i)+1 {
 			t.Fatalf("record #%d salvaged as %d, want %d", i, r.Seq, i+1)
 		}
+		delivered[r.Seq] = true
+	}
+	for seq := target; seq < target+uint64(count); seq++ {
+		if !delivered[seq] {
+			t.Fatalf("record %d of the batch under the flipped key is not delivered", seq)
+		}
 	}
 	t.Logf("key %d flipped to %d; %d of %d records salvaged", target, flipped, got, n)
+}
+
+// A key flipped where the tree stays sound (in order, a batch reaching
+// into the next one or beyond every number given out) is found by Open,
+// which moves the file aside: the salvage goes through the tree and takes
+// the batch under the first sequence number it holds, so every record
+// comes back under its own number and the copy is complete.
+func TestFlippedKeyInASoundTree(t *testing.T) {
+	const n, size = 3000, 200
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, path string)
+	}{
+		{"into the next batch", func(t *testing.T, path string) { flipMiddleKey(t, path, 1) }},
+		{"the last beyond next", func(t *testing.T, path string) { flipLastKey(t, path, true, 29) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := damagedFile(t, tc.damage, n, size)
+			b, aside, err := OpenOrMoveAside(path, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			if !strings.Contains(filepath.Base(aside), ".salvaged-") {
+				t.Fatalf("moved aside to %q, want a complete salvage", aside)
+			}
+			recs := readAll(t, b)
+			if got := checkSalvaged(t, b, size); got != n {
+				t.Fatalf("%d of %d records salvaged", got, n)
+			}
+			for _, r := range recs {
+				if i, _ := strconv.Atoi(string(r.Payload[:8])); r.Seq != uint64(i)+1 {
+					t.Fatalf("record #%d salvaged as %d, want %d", i, r.Seq, i+1)
+				}
+			}
+			if st := b.Stats(); st.Dropped[DropCorrupt] != 0 || st.DeadLetterRecords != 0 {
+				t.Fatalf("%d dropped as corrupt, %d dead-lettered; want none", st.Dropped[DropCorrupt], st.DeadLetterRecords)
+			}
+		})
+	}
+}
+
+// A key that goes bad while the buffer is open (Open found the file
+// sound) is met by the reader: a batch whose checksum holds under another
+// first sequence number is damage in the file, not a broken batch to set
+// aside, so the buffer stops as for any damage met while running, and
+// the next start salvages the batch under its own numbers, in order.
+func TestFlippedKeyMetWhileRunning(t *testing.T) {
+	const n, size = 3000, 200
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	fillBig(t, path, n, size)
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipMiddleKey(t, path, 1) // the map is shared: the reader sees it
+	var after uint64
+	for err == nil {
+		var recs []Record
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		recs, err = b.Read(ctx, after, 500, 0, nil)
+		cancel()
+		if err == nil {
+			after = recs[len(recs)-1].Seq
+		}
+	}
+	if !errors.Is(err, ErrCorruptFile) {
+		t.Fatalf("read after %d: %v, want ErrCorruptFile", after, err)
+	}
+	select {
+	case <-b.Damaged():
+	default:
+		t.Fatal("the buffer does not report the damage")
+	}
+	b.Close() // stops the committer; the file stays open and locked
+	// The next start, in a copy (this process keeps the file locked).
+	restart := filepath.Join(t.TempDir(), "buffer.db")
+	for _, p := range [][2]string{{path, restart}, {DamageMark(path), DamageMark(restart)}} {
+		data, err := os.ReadFile(p[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p[1], data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b2, aside, err := OpenOrMoveAside(restart, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	if !strings.Contains(filepath.Base(aside), ".salvaged-") {
+		t.Fatalf("moved aside to %q, want a complete salvage", aside)
+	}
+	recs := readAll(t, b2)
+	if got := checkSalvaged(t, b2, size); got != n {
+		t.Fatalf("%d of %d records salvaged", got, n)
+	}
+	for _, r := range recs {
+		if i, _ := strconv.Atoi(string(r.Payload[:8])); r.Seq != uint64(i)+1 {
+			t.Fatalf("record #%d salvaged as %d, want %d", i, r.Seq, i+1)
+		}
+	}
 }

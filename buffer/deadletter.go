@@ -319,7 +319,7 @@ type DeadLetterEntry struct {
 func (e *deadEntry) entry(seq uint64, size int) DeadLetterEntry {
 	d := DeadLetterEntry{Seq: seq, Reason: e.reason, Detail: e.detail, DeadLetteredAt: e.at, Records: e.records, Size: size}
 	if e.batch {
-		d.Raw, d.Err = append([]byte(nil), e.body...), "a whole batch whose framing is broken"
+		d.Raw, d.Err = append([]byte(nil), e.body...), "a whole batch whose framing or numbering is broken"
 		return d
 	}
 	r, err := decode(e.body)

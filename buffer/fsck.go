@@ -27,6 +27,11 @@ import (
 // into the next. Then the freelist: no
 // page freed twice, none both free and in use, none neither (a leak). It
 // reads every page of the tree once, which is about the whole file.
+//
+// A batch whose own first sequence number (version 2) is not its key
+// leaves the tree sound but the file damaged: if nothing else is found,
+// checkPages returns a *misplacedError (wrapping ErrCorruptFile), after
+// which a salvage can still go through the tree (salvageTree).
 func checkPages(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -83,8 +88,28 @@ func checkPages(path string) error {
 			return fmt.Errorf("%w: page %d is neither free nor in use", ErrCorruptFile, id)
 		}
 	}
+	if c.misplaced != nil {
+		return c.misplaced
+	}
 	return nil
 }
+
+// misplacedError reports batches of version 2 whose first sequence
+// number is not their key (a damaged key, or a damaged base): the first
+// found, and how many.
+type misplacedError struct {
+	key, base uint64
+	n         int
+}
+
+func (e *misplacedError) Error() string {
+	if e.n == 1 {
+		return fmt.Sprintf("%v: the batch of the records from %d is under key %d", ErrCorruptFile, e.base, e.key)
+	}
+	return fmt.Sprintf("%v: %d batches under a key that is not their first sequence number (the first: the records from %d under key %d)", ErrCorruptFile, e.n, e.base, e.key)
+}
+
+func (e *misplacedError) Unwrap() error { return ErrCorruptFile }
 
 // pageChecker walks a bbolt file's pages.
 type pageChecker struct {
@@ -94,7 +119,8 @@ type pageChecker struct {
 	used []bool // pages reached from the root
 	// batchEnd is the sequence number after the last batch walked, in
 	// the batches bucket: the next batch's key may not lie below it.
-	batchEnd uint64
+	batchEnd  uint64
+	misplaced *misplacedError // batches whose base is not their key
 }
 
 // Page layout (bbolt's): id(8) flags(2) count(2) overflow(4), then the
@@ -261,8 +287,18 @@ func (c *pageChecker) elements(p []byte, id uint64, name []byte, seqKeys bool, r
 // batch checks that the batch v under key base does not reach back into
 // the batch before it: a key with a low bit flipped is still in order, but
 // two records would have one sequence number. A batch whose header is
-// unreadable spans up to the next key (as the reader takes it).
+// unreadable spans up to the next key (as the reader takes it). A batch
+// whose own first sequence number (version 2) is not its key is noted as
+// misplaced and left out of that check: its key says nothing of its
+// records.
 func (c *pageChecker) batch(base uint64, v []byte) error {
+	if own, hasBase, _, _, ok := batchHeader(v); ok && hasBase && own != base {
+		if c.misplaced == nil {
+			c.misplaced = &misplacedError{key: base, base: own}
+		}
+		c.misplaced.n++
+		return nil
+	}
 	if base < c.batchEnd {
 		return fmt.Errorf("the batch keyed %d overlaps the one before it, which ends at %d", base, c.batchEnd-1)
 	}

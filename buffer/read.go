@@ -74,6 +74,11 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 					base := binary.BigEndian.Uint64(k)
 					recs, count, perr := parseBatch(base, v)
 					if perr != nil {
+						if own, ok := verifiedBase(v); ok && own != base {
+							// Sound, under a damaged key: the next start
+							// salvages it under its own numbers.
+							return &misplacedError{key: base, base: own, n: 1}
+						}
 						b.log.Error("buffer: damaged batch; salvaging intact records", "path", b.path, "first_seq", base, "err", perr)
 					}
 					for i, raw := range recs {
@@ -186,7 +191,7 @@ func seekBatch(c *bolt.Cursor, seq uint64) ([]byte, []byte) {
 		return c.First()
 	}
 	base := binary.BigEndian.Uint64(k)
-	n, _ := batchCount(v)
+	_, n, _ := parseBatch(base, v)
 	if n == 0 { // header unreadable: the batch reaches up to the next one
 		if nk, nv := c.Next(); nk != nil && binary.BigEndian.Uint64(nk) <= seq {
 			return nk, nv

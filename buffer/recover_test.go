@@ -316,18 +316,21 @@ func TestFlippedKey(t *testing.T) {
 // is not lost; when nothing tells, both are left out.
 func TestOverlappingBatchesTile(t *testing.T) {
 	for _, tt := range []struct {
-		name   string
-		counts map[uint64]int // key -> records
-		want   []uint64       // keys kept
+		name     string
+		counts   map[uint64]int // key -> records
+		want     []uint64       // keys kept
+		verified []uint64       // keys whose batches hold their numbers (version 2)
 	}{
-		{"sound", map[uint64]int{100: 5, 105: 40, 145: 20}, []uint64{100, 105, 145}},
-		{"a stale layout after the live one", map[uint64]int{100: 5, 105: 40, 145: 20, 151: 30}, []uint64{100, 105, 145}},
-		{"a key flipped into its neighbour", map[uint64]int{100: 10, 114: 10, 120: 10, 130: 10}, []uint64{100, 120, 130}},
-		{"two alone", map[uint64]int{100: 10, 105: 10}, nil},
+		{"sound", map[uint64]int{100: 5, 105: 40, 145: 20}, []uint64{100, 105, 145}, nil},
+		{"a stale layout after the live one", map[uint64]int{100: 5, 105: 40, 145: 20, 151: 30}, []uint64{100, 105, 145}, nil},
+		{"a key flipped into its neighbour", map[uint64]int{100: 10, 114: 10, 120: 10, 130: 10}, []uint64{100, 120, 130}, nil},
+		{"two alone", map[uint64]int{100: 10, 105: 10}, nil, nil},
+		{"two alone, verified", map[uint64]int{100: 10, 105: 10}, []uint64{100, 105}, []uint64{100, 105}},
+		{"a verified one over one that tiles", map[uint64]int{100: 10, 114: 10, 120: 10, 130: 10}, []uint64{100, 114, 130}, []uint64{114}},
 	} {
 		sc := &pageScan{batches: map[uint64]batchCopy{}}
 		for k, n := range tt.counts {
-			sc.batches[k] = batchCopy{count: n}
+			sc.batches[k] = batchCopy{count: n, verified: slices.Contains(tt.verified, k)}
 		}
 		f, err := os.Create(filepath.Join(t.TempDir(), "empty"))
 		if err != nil {

@@ -1,6 +1,7 @@
 package buffer
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -128,7 +129,8 @@ func (r *ReadOnly) salvageTree(dst string, continues bool) (res salvaged, err er
 	}
 	s := salvager{out: out, w: fileWriter{out: out, txSize: 4 << 20}, st: state{next: 1, head: 1}, tree: true, continues: continues}
 	readErr := r.v.viewTx(func(tx *bolt.Tx) error {
-		if err := checkTx(tx, r.v.path); err != nil {
+		var mis *misplacedError
+		if err := checkTx(tx, r.v.path); err != nil && !errors.As(err, &mis) {
 			return err // the tree cannot be trusted to the end: page by page
 		}
 		if meta := tx.Bucket(bucketMeta); meta != nil {
@@ -156,12 +158,29 @@ func (r *ReadOnly) salvageTree(dst string, continues bool) (res salvaged, err er
 		if batches == nil {
 			return errors.New("not a ferry buffer: its batches bucket is missing")
 		}
-		return batches.ForEach(func(k, v []byte) error {
+		// Batches under a damaged key (mis) whose checksum holds under
+		// their own first sequence number are taken under it, in its
+		// place among the others.
+		var moved []keyedBatch
+		if mis != nil {
+			moved = misplacedBatches(batches)
+		}
+		err = batches.ForEach(func(k, v []byte) error {
 			if len(k) != 8 {
 				s.left++
 				return nil
 			}
 			base := binary.BigEndian.Uint64(k)
+			for ; len(moved) > 0 && moved[0].base < base; moved = moved[1:] {
+				if err := s.batch(batches, moved[0].base, moved[0].v); err != nil {
+					return err
+				}
+			}
+			if mis != nil {
+				if own, ok := verifiedBase(v); ok && own != base {
+					return nil // in moved
+				}
+			}
 			if base >= s.old.next && base < s.old.reserved && s.old.next > 1 {
 				// A damaged key (no batch is written at or beyond next):
 				// taken as it is, its records would have numbers that
@@ -171,6 +190,10 @@ func (r *ReadOnly) salvageTree(dst string, continues bool) (res salvaged, err er
 			}
 			return s.batch(batches, base, v)
 		})
+		for ; err == nil && len(moved) > 0; moved = moved[1:] {
+			err = s.batch(batches, moved[0].base, moved[0].v)
+		}
+		return err
 	})
 	if readErr != nil {
 		out.Close()
@@ -189,6 +212,38 @@ func (r *ReadOnly) salvageTree(dst string, continues bool) (res salvaged, err er
 	}
 	res.complete, res.lineage = s.complete(), s.st.lineage
 	return res, nil
+}
+
+// keyedBatch is a batch's value (valid for the transaction) under its own
+// first sequence number.
+type keyedBatch struct {
+	base uint64
+	v    []byte
+}
+
+// verifiedBase returns the first sequence number batch v holds under its
+// checksum: a batch of version 2 whose checksum holds.
+func verifiedBase(v []byte) (uint64, bool) {
+	base, hasBase, _, _, ok := batchHeader(v)
+	if !ok || !hasBase {
+		return 0, false
+	}
+	_, _, err := parseBatch(base, v)
+	return base, err == nil
+}
+
+// misplacedBatches returns the batches whose checksum holds under a first
+// sequence number other than their key, in the order of those numbers.
+func misplacedBatches(batches *bolt.Bucket) []keyedBatch {
+	var moved []keyedBatch
+	batches.ForEach(func(k, v []byte) error {
+		if own, ok := verifiedBase(v); ok && len(k) == 8 && own != binary.BigEndian.Uint64(k) {
+			moved = append(moved, keyedBatch{own, v})
+		}
+		return nil
+	})
+	slices.SortFunc(moved, func(a, b keyedBatch) int { return cmp.Compare(a.base, b.base) })
+	return moved
 }
 
 // salvageRaw salvages the file at src page by page, reading the file
@@ -377,14 +432,16 @@ func scanPages(f *os.File) (*pageScan, error) {
 			pred = c
 			switch old, ok := sc.batches[c.base]; {
 			case sc.conflict[c.base]:
-			case ok && (old.count != c.count || old.tiles != c.tiles):
+			case ok && !(old.verified && c.verified) && (old.count != c.count || old.tiles != c.tiles):
 				// Copies of one batch span the same numbers. Two
 				// copies that disagree may be a key flipped onto
 				// another batch's: the one that starts where the
 				// batch before it in its page ends is kept (if both
 				// are copies of one batch, a stale one at worst,
 				// whose records removed since are delivered again);
-				// if that does not tell, both are lost.
+				// if that does not tell, both are lost. Two
+				// verified copies are copies of one batch: the one
+				// with fewer live records is the newer.
 				switch {
 				case old.tiles && !c.tiles:
 				case c.tiles && !old.tiles:
@@ -532,9 +589,11 @@ func (sc *pageScan) metaValue(k, v []byte) {
 // each calls fn for every batch found, in key order, from the head on,
 // reading each from f again. Of two batches that overlap (one under a
 // damaged key, or a layout a crashed or failed commit left in freed
-// pages), the one whose other side tiles with its neighbour is kept and
-// the other left out; when that does not tell, both are: records lost
-// rather than delivered out of order.
+// pages), a verified one is kept over one that is not, and two verified
+// ones are both kept (each number is taken once); else the one whose
+// other side tiles with its neighbour is kept and the other left out;
+// when that does not tell, both are: records lost rather than delivered
+// out of order.
 func (sc *pageScan) each(f *os.File, fn func(base uint64, v []byte) error) error {
 	keys := slices.Sorted(maps.Keys(sc.batches))
 	end := func(i int) uint64 { return keys[i] + uint64(sc.batches[keys[i]].count) }
@@ -545,7 +604,16 @@ func (sc *pageScan) each(f *os.File, fn func(base uint64, v []byte) error) error
 		}
 		curTiles := i+1 < len(keys) && end(i) == keys[i+1]
 		prevTiles := i >= 2 && end(i-2) == keys[i-1]
+		prevVerified, curVerified := sc.batches[keys[i-1]].verified, sc.batches[keys[i]].verified
 		switch {
+		case prevVerified && curVerified:
+			// Both hold their records under their own numbers (a
+			// layout a failed commit left, a stale copy): the first
+			// takes the numbers they share (see salvager.taken).
+		case prevVerified && !curVerified:
+			left[keys[i]] = true
+		case curVerified && !prevVerified:
+			left[keys[i-1]] = true
 		case prevTiles && !curTiles:
 			left[keys[i]] = true
 		case curTiles && !prevTiles:
