@@ -2,6 +2,7 @@ package buffer
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 )
@@ -73,7 +74,7 @@ func batchHeader(v []byte) (base uint64, hasBase bool, count, size int, ok bool)
 		base, hasBase, size = b, true, size+l
 	}
 	n, l := binary.Uvarint(v[size:])
-	if l <= 0 || n > uint64(len(v)) { // every record takes at least one byte
+	if l <= 0 || n > uint64(len(v)-size-l) { // every record takes at least one byte
 		return 0, false, 0, 0, false
 	}
 	return base, hasBase, int(n), size + l, true
@@ -93,7 +94,9 @@ func batchCount(v []byte) (int, bool) {
 // still has its own checksum); with broken framing, those before the
 // break (len(recs) < count). A batch whose base is not key returns no
 // records, as if its framing were broken: under key, their numbers are
-// wrong (see verifiedBase for the number a sound one holds).
+// wrong. If its checksum holds, the key is what is damaged, and the error
+// is a *misplacedError (wrapping ErrCorruptFile: damage in the file, for
+// the salvage to put right, not a batch to set aside; see misplaced).
 func parseBatch(key uint64, v []byte) (recs [][]byte, count int, err error) {
 	if len(v) < 2+1+4 {
 		return nil, 0, fmt.Errorf("%w: batch of %d bytes is too short", ErrCorrupt, len(v))
@@ -109,6 +112,9 @@ func parseBatch(key uint64, v []byte) (recs [][]byte, count int, err error) {
 	}
 	count = n
 	if hasBase && base != key {
+		if sumOK {
+			return nil, count, &misplacedError{key: key, base: base, n: 1}
+		}
 		return nil, count, fmt.Errorf("%w: batch of the records from %d under key %d", ErrCorrupt, base, key)
 	}
 	d := decoder{buf: body[hsize:]}
@@ -127,6 +133,13 @@ func parseBatch(key uint64, v []byte) (recs [][]byte, count int, err error) {
 		return recs, count, fmt.Errorf("%w: batch checksum mismatch", ErrCorrupt)
 	}
 	return recs, count, nil
+}
+
+// misplaced reports whether err is parseBatch's for a sound batch under a
+// damaged key.
+func misplaced(err error) bool {
+	var m *misplacedError
+	return errors.As(err, &m)
 }
 
 // framingBroken reports whether parseBatch could not frame every record

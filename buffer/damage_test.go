@@ -444,8 +444,9 @@ func damageChild(path string) {
 }
 
 // flipMiddleKey flips a bit of the key of the second batch in the middle
-// one of the batches' leaf pages, in place.
-func flipMiddleKey(t *testing.T, path string, bit uint) {
+// one of the batches' leaf pages, in place, and returns the key as it is
+// now.
+func flipMiddleKey(t *testing.T, path string, bit uint) uint64 {
 	t.Helper()
 	id, err := middleLeaf(path)
 	if err != nil {
@@ -470,6 +471,7 @@ func flipMiddleKey(t *testing.T, path string, bit uint) {
 	if _, err := f.WriteAt(k, koff); err != nil {
 		t.Fatal(err)
 	}
+	return binary.BigEndian.Uint64(k)
 }
 
 // batchLeaf returns page id of the file's bytes if it looks like a leaf
@@ -1052,64 +1054,88 @@ func TestFlippedKeyInASoundTree(t *testing.T) {
 }
 
 // A key that goes bad while the buffer is open (Open found the file
-// sound) is met by the reader: a batch whose checksum holds under another
-// first sequence number is damage in the file, not a broken batch to set
-// aside, so the buffer stops as for any damage met while running, and
-// the next start salvages the batch under its own numbers, in order.
+// sound) is met by the reader, or by the committer (a dead letter, a
+// removal or a release that reaches the batch): a batch whose checksum
+// holds under another first sequence number is damage in the file, not a
+// broken batch to set aside, so the buffer stops as for any damage met
+// while running, and the next start salvages the batch under its own
+// numbers, in order.
 func TestFlippedKeyMetWhileRunning(t *testing.T) {
 	const n, size = 3000, 200
-	path := filepath.Join(t.TempDir(), "buffer.db")
-	fillBig(t, path, n, size)
-	b, err := Open(path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	flipMiddleKey(t, path, 1) // the map is shared: the reader sees it
-	var after uint64
-	for err == nil {
-		var recs []Record
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		recs, err = b.Read(ctx, after, 500, 0, nil)
-		cancel()
-		if err == nil {
-			after = recs[len(recs)-1].Seq
-		}
-	}
-	if !errors.Is(err, ErrCorruptFile) {
-		t.Fatalf("read after %d: %v, want ErrCorruptFile", after, err)
-	}
-	select {
-	case <-b.Damaged():
-	default:
-		t.Fatal("the buffer does not report the damage")
-	}
-	b.Close() // stops the committer; the file stays open and locked
-	// The next start, in a copy (this process keeps the file locked).
-	restart := filepath.Join(t.TempDir(), "buffer.db")
-	for _, p := range [][2]string{{path, restart}, {DamageMark(path), DamageMark(restart)}} {
-		data, err := os.ReadFile(p[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p[1], data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b2, aside, err := OpenOrMoveAside(restart, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b2.Close()
-	if !strings.Contains(filepath.Base(aside), ".salvaged-") {
-		t.Fatalf("moved aside to %q, want a complete salvage", aside)
-	}
-	recs := readAll(t, b2)
-	if got := checkSalvaged(t, b2, size); got != n {
-		t.Fatalf("%d of %d records salvaged", got, n)
-	}
-	for _, r := range recs {
-		if i, _ := strconv.Atoi(string(r.Payload[:8])); r.Seq != uint64(i)+1 {
-			t.Fatalf("record #%d salvaged as %d, want %d", i, r.Seq, i+1)
-		}
+	for _, tc := range []struct {
+		name string
+		meet func(t *testing.T, b *Buffer, key uint64) error
+	}{
+		{"read", func(t *testing.T, b *Buffer, _ uint64) error {
+			var after uint64
+			for {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				recs, err := b.Read(ctx, after, 500, 0, nil)
+				cancel()
+				if err != nil {
+					return err
+				}
+				after = recs[len(recs)-1].Seq
+			}
+		}},
+		{"dead letter", func(t *testing.T, b *Buffer, key uint64) error {
+			b.DeadLetter(key, "rejected", errors.New("refused"))
+			return nil
+		}},
+		{"remove", func(t *testing.T, b *Buffer, key uint64) error {
+			b.Remove(key)
+			return nil
+		}},
+		{"release", func(t *testing.T, b *Buffer, key uint64) error {
+			b.Release(key)
+			return nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "buffer.db")
+			fillBig(t, path, n, size)
+			b, err := Open(path, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			key := flipMiddleKey(t, path, 1) // the map is shared: the buffer sees it
+			if err := tc.meet(t, b, key); err != nil && !errors.Is(err, ErrCorruptFile) {
+				t.Fatalf("%v, want ErrCorruptFile", err)
+			}
+			select {
+			case <-b.Damaged():
+			case <-time.After(10 * time.Second):
+				t.Fatal("the buffer does not report the damage")
+			}
+			b.Close() // stops the committer; the file stays open and locked
+			// The next start, in a copy (this process keeps the file locked).
+			restart := filepath.Join(t.TempDir(), "buffer.db")
+			for _, p := range [][2]string{{path, restart}, {DamageMark(path), DamageMark(restart)}} {
+				data, err := os.ReadFile(p[0])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(p[1], data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b2, aside, err := OpenOrMoveAside(restart, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b2.Close()
+			if !strings.Contains(filepath.Base(aside), ".salvaged-") {
+				t.Fatalf("moved aside to %q, want a complete salvage", aside)
+			}
+			recs := readAll(t, b2)
+			if got := checkSalvaged(t, b2, size); got != n {
+				t.Fatalf("%d of %d records salvaged", got, n)
+			}
+			for _, r := range recs {
+				if i, _ := strconv.Atoi(string(r.Payload[:8])); r.Seq != uint64(i)+1 {
+					t.Fatalf("record #%d salvaged as %d, want %d", i, r.Seq, i+1)
+				}
+			}
+		})
 	}
 }

@@ -245,6 +245,9 @@ func deadLetterTx(tx *bolt.Tx, st *state, seq uint64, r deadReq) error {
 	}
 	base := binary.BigEndian.Uint64(k)
 	recs, count, perr := parseBatch(base, v)
+	if misplaced(perr) {
+		return perr // damage in the file, not a batch to set aside
+	}
 	if framingBroken(recs, count, perr) {
 		if seq < base {
 			return nil

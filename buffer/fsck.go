@@ -65,6 +65,9 @@ func checkPages(path string) error {
 		return err
 	}
 	if m.freelist == ^uint64(0) { // not stored: nothing to compare
+		if c.misplaced != nil {
+			return c.misplaced
+		}
 		return nil
 	}
 	free, err := c.freelist(m.freelist)

@@ -112,6 +112,9 @@ func dropWhile(tx *bolt.Tx, st *state, drop func(raw []byte, seq uint64) bool) (
 	for k, v := seekBatch(c, st.head); k != nil && !stopped; k, v = c.Next() {
 		base := binary.BigEndian.Uint64(k)
 		recs, count, perr := parseBatch(base, v)
+		if misplaced(perr) {
+			return removed, perr // damage in the file, not a batch to set aside
+		}
 		if framingBroken(recs, count, perr) {
 			if err := deadLetterBatch(tx, st, k, v, recs, perr, time.Now()); err != nil {
 				return removed, err

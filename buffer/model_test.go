@@ -374,10 +374,12 @@ func FuzzParseBatch(f *testing.F) {
 }
 
 // A batch of version 2 holds its base under its checksum: under another
-// key it yields no records (their numbers are not known), and every caller
-// takes it for a batch whose framing is broken (dead-lettered whole,
-// never delivered under the key's numbers). A batch of version 1 is read
-// under whatever key it has.
+// key it yields no records (under the key their numbers are wrong). Sound,
+// it is damage in the file (misplaced: the key is wrong); with its
+// checksum failing too, nothing tells which is, and every caller takes it
+// for a batch whose framing is broken (dead-lettered whole, never
+// delivered under the key's numbers). A batch of version 1 is read under
+// whatever key it has.
 func TestParseBatchKeyAndBase(t *testing.T) {
 	recs := [][]byte{appendEncoded(nil, rec(1)), nil, appendEncoded(nil, rec(2))}
 	v := appendBatch(nil, 1<<20, recs)
@@ -385,8 +387,14 @@ func TestParseBatchKeyAndBase(t *testing.T) {
 		t.Fatalf("under its own key: %d of %d records, %v", len(got), n, err)
 	}
 	got, n, err := parseBatch(1<<20|1<<9, v) // a bit of the key flipped
-	if !errors.Is(err, ErrCorrupt) || n != 3 || len(got) != 0 || !framingBroken(got, n, err) {
-		t.Fatalf("under another key: %d of %d records, %v; want none, 3, ErrCorrupt", len(got), n, err)
+	if !misplaced(err) || !errors.Is(err, ErrCorruptFile) || n != 3 || len(got) != 0 {
+		t.Fatalf("under another key: %d of %d records, %v; want none, 3, misplaced", len(got), n, err)
+	}
+	damaged := bytes.Clone(v)
+	damaged[len(damaged)-1] ^= 1 // its checksum
+	got, n, err = parseBatch(1<<20|1<<9, damaged)
+	if misplaced(err) || !errors.Is(err, ErrCorrupt) || n != 3 || len(got) != 0 || !framingBroken(got, n, err) {
+		t.Fatalf("damaged, under another key: %d of %d records, %v; want none, 3, ErrCorrupt", len(got), n, err)
 	}
 	if base, hasBase, n, _, ok := batchHeader(v); !ok || !hasBase || base != 1<<20 || n != 3 {
 		t.Fatalf("header: base %d (%v), %d records, ok %v", base, hasBase, n, ok)

@@ -73,12 +73,10 @@ func (b *Buffer) Read(ctx context.Context, after uint64, maxRecords, maxBytes in
 				for ; k != nil; k, v = c.Next() {
 					base := binary.BigEndian.Uint64(k)
 					recs, count, perr := parseBatch(base, v)
+					if misplaced(perr) {
+						return perr // damage: the next start salvages it under its own numbers
+					}
 					if perr != nil {
-						if own, ok := verifiedBase(v); ok && own != base {
-							// Sound, under a damaged key: the next start
-							// salvages it under its own numbers.
-							return &misplacedError{key: base, base: own, n: 1}
-						}
 						b.log.Error("buffer: damaged batch; salvaging intact records", "path", b.path, "first_seq", base, "err", perr)
 					}
 					for i, raw := range recs {

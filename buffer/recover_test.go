@@ -347,6 +347,46 @@ func TestOverlappingBatchesTile(t *testing.T) {
 	}
 }
 
+// Of the copies of one number a page-by-page salvage finds, it keeps one
+// that holds its numbers (version 2) over one that does not, even after
+// two that do not disagreed; of two that do, the longer (a commit retried
+// after a failed one wrote the batch again with more records), else the
+// one with fewer live records; of two that do not, the one that tiles
+// with the batch before it in its page, else none.
+func TestTakeCopies(t *testing.T) {
+	type cp struct {
+		count, live     int
+		tiles, verified bool
+	}
+	for _, tt := range []struct {
+		name   string
+		copies []cp
+		want   int // the copy kept, by index; -1: none
+	}{
+		{"verified over version 1", []cp{{5, 5, true, false}, {5, 3, false, true}}, 1},
+		{"version 1 after verified", []cp{{5, 3, false, true}, {5, 2, true, false}}, 0},
+		{"verified after a conflict", []cp{{5, 5, true, false}, {8, 8, true, false}, {5, 5, false, true}}, 2},
+		{"verified: the longer", []cp{{8, 8, false, true}, {5, 2, true, true}}, 0},
+		{"verified: the longer, found second", []cp{{5, 2, true, true}, {8, 8, false, true}}, 1},
+		{"verified: fewer live", []cp{{5, 5, false, true}, {5, 3, false, true}}, 1},
+		{"version 1: fewer live", []cp{{5, 5, true, false}, {5, 3, true, false}}, 1},
+		{"version 1: the one that tiles", []cp{{5, 5, false, false}, {8, 8, true, false}}, 1},
+		{"version 1: none tiles", []cp{{5, 5, false, false}, {8, 8, false, false}}, -1},
+	} {
+		sc := &pageScan{batches: map[uint64]batchCopy{}, conflict: map[uint64]bool{}}
+		for i, c := range tt.copies {
+			sc.take(pageBatch{base: 100, intact: true, batchCopy: batchCopy{off: int64(i), count: c.count, live: c.live, tiles: c.tiles, verified: c.verified}})
+		}
+		got, ok := sc.batches[100]
+		switch {
+		case tt.want < 0 && ok:
+			t.Errorf("%s: kept copy %d, want none", tt.name, got.off)
+		case tt.want >= 0 && (!ok || got.off != int64(tt.want)):
+			t.Errorf("%s: kept copy %d (%v), want %d", tt.name, got.off, ok, tt.want)
+		}
+	}
+}
+
 // In a page-by-page salvage, a batch keyed at or beyond the file's next
 // sequence number is left out when it is out of place (a high bit of its
 // key flipped): keys of other pages lie between it and the batch before

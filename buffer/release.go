@@ -126,6 +126,9 @@ func removeTx(tx *bolt.Tx, st *state, seqs []uint64) error {
 		}
 		base := binary.BigEndian.Uint64(k)
 		recs, count, perr := parseBatch(base, v)
+		if misplaced(perr) {
+			return perr // damage in the file, not a batch to skip
+		}
 		end := base + uint64(count)
 		skip := uint64(0) // skip the sequence numbers below this
 		switch {

@@ -430,35 +430,54 @@ func scanPages(f *os.File) (*pageScan, error) {
 			c.pred = pred.base
 			c.tiles = pred.base != 0 && pred.base+uint64(pred.count) == c.base
 			pred = c
-			switch old, ok := sc.batches[c.base]; {
-			case sc.conflict[c.base]:
-			case ok && !(old.verified && c.verified) && (old.count != c.count || old.tiles != c.tiles):
-				// Copies of one batch span the same numbers. Two
-				// copies that disagree may be a key flipped onto
-				// another batch's: the one that starts where the
-				// batch before it in its page ends is kept (if both
-				// are copies of one batch, a stale one at worst,
-				// whose records removed since are delivered again);
-				// if that does not tell, both are lost. Two
-				// verified copies are copies of one batch: the one
-				// with fewer live records is the newer.
-				switch {
-				case old.tiles && !c.tiles:
-				case c.tiles && !old.tiles:
-					sc.batches[c.base] = c.batchCopy
-				default:
-					delete(sc.batches, c.base)
-					sc.conflict[c.base] = true
-				}
-			case !ok || c.live < old.live:
-				sc.batches[c.base] = c.batchCopy
-			}
+			sc.take(c)
 		}
 	}
 	for base, c := range sc.batches {
 		sc.end = max(sc.end, base+uint64(c.count))
 	}
 	return sc, nil
+}
+
+// take keeps c, a batch found intact in a page, unless a copy of the same
+// number found before is the one to keep.
+func (sc *pageScan) take(c pageBatch) {
+	switch old, ok := sc.batches[c.base]; {
+	case ok && old.verified && !c.verified:
+		// A copy that holds its numbers is kept over one that does
+		// not: a copy of version 1 is older (a batch rewritten is
+		// written in version 2), or its key is damaged.
+	case c.verified && (!ok || !old.verified):
+		sc.batches[c.base] = c.batchCopy
+		delete(sc.conflict, c.base)
+	case c.verified:
+		// Two copies of one batch, each under its own numbers: the
+		// longer (a commit retried after one that failed wrote the
+		// batch again with the records that came since; the
+		// shorter's are all in it), else the one with fewer live
+		// records, the newer.
+		if c.count > old.count || c.count == old.count && c.live < old.live {
+			sc.batches[c.base] = c.batchCopy
+		}
+	case sc.conflict[c.base]:
+	case ok && (old.count != c.count || old.tiles != c.tiles):
+		// Copies of one batch span the same numbers. Two copies that
+		// disagree may be a key flipped onto another batch's: the one
+		// that starts where the batch before it in its page ends is
+		// kept (if both are copies of one batch, a stale one at worst,
+		// whose records removed since are delivered again); if that
+		// does not tell, both are lost.
+		switch {
+		case old.tiles && !c.tiles:
+		case c.tiles && !old.tiles:
+			sc.batches[c.base] = c.batchCopy
+		default:
+			delete(sc.batches, c.base)
+			sc.conflict[c.base] = true
+		}
+	case !ok || c.live < old.live:
+		sc.batches[c.base] = c.batchCopy
+	}
 }
 
 // dropBeyond leaves out the batches keyed at or beyond next, the damaged
