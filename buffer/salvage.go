@@ -251,9 +251,9 @@ func misplacedBatches(batches *bolt.Bucket) []keyedBatch {
 // and every element with a sequence-number key whose value is a batch
 // with a good checksum is a candidate, under the first sequence number it
 // holds (version 2; see batch.go), else under its key. Freed pages hold
-// older copies of batches; of the copies of one key, the one with the
-// fewest live records is the newest (removals only ever empty records),
-// and the batches before the head are left out. old is the damaged file's counters, if
+// older copies of batches; of the copies of one number, take keeps the
+// newest (removals only ever empty records), and the batches before the
+// head are left out. old is the damaged file's counters, if
 // its meta bucket could be read; else they are taken from the meta
 // bucket's leaf pages found on the way, each counter at its highest value
 // (they only grow). Dead letters are not recovered this way.
