@@ -1087,7 +1087,10 @@ func TestFlippedKeyMetWhileRunning(t *testing.T) {
 			return nil
 		}},
 		{"release", func(t *testing.T, b *Buffer, key uint64) error {
-			b.Release(key)
+			// Past the batch: with its key flipped down, into the
+			// batch before it, a release through key alone stops
+			// in that batch (as it did under qemu on armv7).
+			b.Release(key + 100)
 			return nil
 		}},
 	} {
