@@ -313,7 +313,9 @@ func TestFlippedKey(t *testing.T) {
 // Of two overlapping batches in a page-by-page salvage, the one that
 // tiles with its neighbours is kept: a layout a crashed commit left in
 // freed pages (or a batch under a damaged key) is left out, the live one
-// is not lost; when nothing tells, both are left out.
+// is not lost; when nothing tells, both are left out. A batch that holds
+// its numbers (version 2) is kept over one that does not, and two that
+// do are both kept (the salvage takes each number once).
 func TestOverlappingBatchesTile(t *testing.T) {
 	for _, tt := range []struct {
 		name     string
