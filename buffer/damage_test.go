@@ -620,11 +620,7 @@ func TestFlippedKeyIntoTheReservation(t *testing.T) {
 			case !v1 && (got != n || st.Dropped[DropCorrupt] != 0):
 				t.Fatalf("%d salvaged, %d counted as dropped, of %d: want all", got, st.Dropped[DropCorrupt], n)
 			}
-			for _, r := range recs {
-				if i, _ := strconv.Atoi(string(r.Payload[:8])); r.Seq != uint64(i)+1 {
-					t.Fatalf("record #%d salvaged as %d, want %d", i, r.Seq, i+1)
-				}
-			}
+			underOwnNumbers(t, recs)
 			if last := st.LastSeq; last >= 1<<20 && last < reserveStep {
 				t.Fatalf("LastSeq %d: numbers within the reservation given out again", last)
 			}
@@ -1019,11 +1015,8 @@ func TestFlippedKeyIntoAGap(t *testing.T) {
 	}
 	got := checkSalvaged(t, b, size)
 	delivered := map[uint64]bool{}
-	for _, r := range readAll(t, b) { // under their own numbers
-		if i, _ := strconv.Atoi(string(r.Payload[:8])); r.Seq != uint64(i)+1 {
-			t.Fatalf("record #%d salvaged as %d, want %d", i, r.Seq, i+1)
-		}
-		delivered[r.Seq] = true
+	for _, seq := range underOwnNumbers(t, readAll(t, b)) {
+		delivered[seq] = true
 	}
 	for seq := target; seq < target+uint64(count); seq++ {
 		if !delivered[seq] {
@@ -1049,23 +1042,7 @@ func TestFlippedKeyInASoundTree(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := damagedFile(t, tc.damage, n, size)
-			b, aside, err := OpenOrMoveAside(path, Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
-			if !strings.Contains(filepath.Base(aside), ".salvaged-") {
-				t.Fatalf("moved aside to %q, want a complete salvage", aside)
-			}
-			recs := readAll(t, b)
-			if got := checkSalvaged(t, b, size); got != n {
-				t.Fatalf("%d of %d records salvaged", got, n)
-			}
-			for _, r := range recs {
-				if i, _ := strconv.Atoi(string(r.Payload[:8])); r.Seq != uint64(i)+1 {
-					t.Fatalf("record #%d salvaged as %d, want %d", i, r.Seq, i+1)
-				}
-			}
+			b := openCompleteSalvage(t, path, n, size)
 			if st := b.Stats(); st.Dropped[DropCorrupt] != 0 || st.DeadLetterRecords != 0 {
 				t.Fatalf("%d dropped as corrupt, %d dead-lettered; want none", st.Dropped[DropCorrupt], st.DeadLetterRecords)
 			}
@@ -1178,23 +1155,43 @@ func TestFlippedKeyMetWhileRunning(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			b2, aside, err := OpenOrMoveAside(restart, Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b2.Close()
-			if !strings.Contains(filepath.Base(aside), ".salvaged-") {
-				t.Fatalf("moved aside to %q, want a complete salvage", aside)
-			}
-			recs := readAll(t, b2)
-			if got := checkSalvaged(t, b2, size); got != n {
-				t.Fatalf("%d of %d records salvaged", got, n)
-			}
-			for _, r := range recs {
-				if i, _ := strconv.Atoi(string(r.Payload[:8])); r.Seq != uint64(i)+1 {
-					t.Fatalf("record #%d salvaged as %d, want %d", i, r.Seq, i+1)
-				}
-			}
+			openCompleteSalvage(t, restart, n, size)
 		})
 	}
+}
+
+// openCompleteSalvage opens the damaged buffer file at path with
+// OpenOrMoveAside and checks that the salvage is complete: named so, and
+// all n records of fillBig (payloads of size) there, in order, each under
+// its own number. The buffer is closed at the test's end.
+func openCompleteSalvage(t *testing.T, path string, n, size int) *Buffer {
+	t.Helper()
+	b, aside, err := OpenOrMoveAside(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	if !strings.Contains(filepath.Base(aside), ".salvaged-") {
+		t.Fatalf("moved aside to %q, want a complete salvage", aside)
+	}
+	recs := readAll(t, b)
+	if got := checkSalvaged(t, b, size); got != n {
+		t.Fatalf("%d of %d records salvaged", got, n)
+	}
+	underOwnNumbers(t, recs)
+	return b
+}
+
+// underOwnNumbers checks that each of recs, records of fillBig, has the
+// sequence number it was given (record #i, i+1), and returns them.
+func underOwnNumbers(t *testing.T, recs []Record) []uint64 {
+	t.Helper()
+	seqs := make([]uint64, 0, len(recs))
+	for _, r := range recs {
+		if i, _ := strconv.Atoi(string(r.Payload[:8])); r.Seq != uint64(i)+1 {
+			t.Fatalf("record #%d salvaged as %d, want %d", i, r.Seq, i+1)
+		}
+		seqs = append(seqs, r.Seq)
+	}
+	return seqs
 }
