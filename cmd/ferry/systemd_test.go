@@ -203,6 +203,10 @@ func TestSystemdNotifyMetricsStatus(t *testing.T) {
 		"ferry_buffer_messages_committed_total 400",
 		"ferry_kafka_records_forwarded_total 400",
 		"ferry_mqtt_subscribed 1",
+		// One connection, named by default after the broker's host and port.
+		`ferry_mqtt_connection_connected{connection="` + broker.Addr + `"} 1`,
+		`ferry_mqtt_connection_subscribed{connection="` + broker.Addr + `"} 1`,
+		`ferry_mqtt_connection_messages_received_total{connection="` + broker.Addr + `"} 400`,
 		`ferry_records_dropped_total{reason="unrouted"} 0`,
 		"ferry_buffer_commit_latency_seconds_count 400",
 		"ferry_kafka_produce_latency_seconds_count",

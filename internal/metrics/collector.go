@@ -27,7 +27,7 @@ const (
 )
 
 var (
-	mReceived     = newMetric("ferry_mqtt_messages_received_total", "Messages received from the MQTT broker.", counter)
+	mReceived     = newMetric("ferry_mqtt_messages_received_total", "Messages received from the MQTT brokers, all connections.", counter)
 	mCommitted    = newMetric("ferry_buffer_messages_committed_total", "Received messages made durable (fsynced in the buffer, or acknowledged by Kafka first with sync: delayed), and so acknowledged to the broker.", counter)
 	mForwarded    = newMetric("ferry_kafka_records_forwarded_total", "Records Kafka acknowledged.", counter)
 	mDropped      = newMetric("ferry_records_dropped_total", "Records given up on purpose, by reason: max_bytes, max_age and purged (since the buffer file was created); unrouted, route (a route with drop: true), and MQTT messages acknowledged without storing them: too_large (over mqtt.max_payload_bytes), unsubscribed (through a filter removed from the configuration) (since start).", counter, "reason")
@@ -43,8 +43,12 @@ var (
 	mCorrupt      = newMetric("ferry_buffer_corrupt_files", "Damaged buffer files moved aside next to the buffer; what was readable of them was salvaged into the new buffer and forwarded.", gauge)
 	mDiskFull     = newMetric("ferry_buffer_disk_full", "1 while the buffer's commits fail for want of space on the file system: records wait in memory, unacknowledged, and the broker holds the rest.", gauge)
 	mCommitFails  = newMetric("ferry_buffer_commit_failures_total", "Failed commits of the buffer (disk full, write errors) since ferry started; each is retried.", counter)
-	mMQTTConn     = newMetric("ferry_mqtt_connected", "1 while connected to the MQTT broker.", gauge)
-	mMQTTSub      = newMetric("ferry_mqtt_subscribed", "1 while the broker has granted the subscriptions on the current connection.", gauge)
+	mMQTTConn     = newMetric("ferry_mqtt_connected", "1 while every MQTT connection is connected (ferry_mqtt_connection_connected has each one).", gauge)
+	mMQTTSub      = newMetric("ferry_mqtt_subscribed", "1 while every MQTT connection's broker has granted its subscriptions.", gauge)
+	mConnUp       = newMetric("ferry_mqtt_connection_connected", "1 while this MQTT connection (mqtt name; by default the broker's host:port) is connected.", gauge, "connection")
+	mConnSub      = newMetric("ferry_mqtt_connection_subscribed", "1 while the broker has granted this connection's subscriptions.", gauge, "connection")
+	mConnRecv     = newMetric("ferry_mqtt_connection_messages_received_total", "Messages received on this MQTT connection.", counter, "connection")
+	mConnLost     = newMetric("ferry_mqtt_connection_sessions_lost_total", "Connections to this broker on which it no longer had ferry's session.", counter, "connection")
 	mKafkaConns   = newMetric("ferry_kafka_connections", "Open connections to Kafka brokers.", gauge)
 	mKafkaError   = newMetric("ferry_kafka_error", "1 while forwarding retries an error (Kafka unreachable, refusing or not acknowledging); records wait in the buffer.", gauge)
 	mInFlight     = newMetric("ferry_kafka_in_flight_records", "Records produced to Kafka and not yet acknowledged.", gauge)
@@ -54,7 +58,8 @@ var (
 )
 
 var all = []metric{mReceived, mCommitted, mForwarded, mDropped, mDeadLettered, mRecords, mBytes, mInMemory, mOldest, mFileBytes,
-	mUsedBytes, mCommits, mCorrupt, mDiskFull, mCommitFails, mMQTTConn, mMQTTSub, mSessionLost, mKafkaConns, mKafkaError, mInFlight, mRetries, mReady, mHealthy}
+	mUsedBytes, mCommits, mCorrupt, mDiskFull, mCommitFails, mMQTTConn, mMQTTSub, mSessionLost,
+	mConnUp, mConnSub, mConnRecv, mConnLost, mKafkaConns, mKafkaError, mInFlight, mRetries, mReady, mHealthy}
 
 // collector reads a Source at every scrape.
 type collector struct{ src Source }
@@ -96,6 +101,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	put(mMQTTConn, b2f(s.MQTTConnected))
 	put(mMQTTSub, b2f(s.MQTTSubscribed))
 	put(mSessionLost, float64(s.MQTTSessionsLost))
+	for _, c := range s.MQTT {
+		put(mConnUp, b2f(c.Connected), c.Name)
+		put(mConnSub, b2f(c.Subscribed), c.Name)
+		put(mConnRecv, float64(c.Received), c.Name)
+		put(mConnLost, float64(c.SessionsLost), c.Name)
+	}
 	put(mKafkaConns, float64(s.KafkaConns))
 	put(mKafkaError, b2f(s.KafkaError != ""))
 	put(mInFlight, float64(s.InFlight))

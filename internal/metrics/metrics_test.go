@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,6 +12,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/ferry-edge/ferry/buffer"
 	"github.com/ferry-edge/ferry/config"
 	"github.com/ferry-edge/ferry/internal/agent"
 )
@@ -138,10 +140,71 @@ func TestMetricNames(t *testing.T) {
 		"ferry_kafka_in_flight_records", "ferry_kafka_produce_latency_seconds", "ferry_kafka_produce_latency_seconds_bucket",
 		"ferry_kafka_produce_latency_seconds_count", "ferry_kafka_produce_latency_seconds_sum",
 		"ferry_kafka_records_forwarded_total", "ferry_kafka_retries_total", "ferry_mqtt_connected",
+		"ferry_mqtt_connection_connected", "ferry_mqtt_connection_messages_received_total", "ferry_mqtt_connection_sessions_lost_total", "ferry_mqtt_connection_subscribed",
 		"ferry_mqtt_messages_received_total", "ferry_mqtt_sessions_lost_total", "ferry_mqtt_subscribed", "ferry_ready", "ferry_records_dead_lettered_total",
 		"ferry_records_dropped_total",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("ferry_ metrics:\ngot  %q\nwant %q", got, want)
+	}
+}
+
+// fixedSource serves one snapshot; the buffer's figures are left out.
+type fixedSource struct{ snap agent.Snapshot }
+
+func (s fixedSource) Snapshot() agent.Snapshot { return s.snap }
+func (fixedSource) BufferInfo() (buffer.Info, error) {
+	return buffer.Info{}, errors.New("no buffer")
+}
+func (fixedSource) Ready() (bool, string)   { return true, "" }
+func (fixedSource) Healthy() (bool, string) { return true, "" }
+
+// TestConnectionMetrics checks that each MQTT connection has its own
+// series, labelled with its name, next to the totals.
+func TestConnectionMetrics(t *testing.T) {
+	m := New(Build{Version: "test"})
+	m.Attach(fixedSource{agent.Snapshot{
+		MQTTConnected: false, MQTTSubscribed: false, Received: 7, MQTTSessionsLost: 1,
+		MQTT: []agent.MQTTConnection{
+			{Name: "line-a", Connected: true, Subscribed: true, Received: 5},
+			{Name: "line-b", Connected: false, Subscribed: false, Received: 2, SessionsLost: 1},
+		},
+	}})
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, s := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range s.GetLabel() {
+				key += "{" + l.GetName() + "=" + l.GetValue() + "}"
+			}
+			switch {
+			case s.Gauge != nil:
+				got[key] = s.GetGauge().GetValue()
+			case s.Counter != nil:
+				got[key] = s.GetCounter().GetValue()
+			}
+		}
+	}
+	for key, want := range map[string]float64{
+		"ferry_mqtt_connected":                                             0,
+		"ferry_mqtt_subscribed":                                            0,
+		"ferry_mqtt_messages_received_total":                               7,
+		"ferry_mqtt_sessions_lost_total":                                   1,
+		"ferry_mqtt_connection_connected{connection=line-a}":               1,
+		"ferry_mqtt_connection_connected{connection=line-b}":               0,
+		"ferry_mqtt_connection_subscribed{connection=line-a}":              1,
+		"ferry_mqtt_connection_subscribed{connection=line-b}":              0,
+		"ferry_mqtt_connection_messages_received_total{connection=line-a}": 5,
+		"ferry_mqtt_connection_messages_received_total{connection=line-b}": 2,
+		"ferry_mqtt_connection_sessions_lost_total{connection=line-a}":     0,
+		"ferry_mqtt_connection_sessions_lost_total{connection=line-b}":     1,
+	} {
+		if v, ok := got[key]; !ok || v != want {
+			t.Errorf("%s = %v (exposed: %v), want %v", key, v, ok, want)
+		}
 	}
 }
