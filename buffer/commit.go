@@ -362,7 +362,11 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 			if err != nil {
 				return err
 			}
-			held := st.bytes // what a release, removal, dead letter or limit takes off is read first
+			before := st.bytes // what dead letters and removals take off was read in the map
+			// The batches a release, a limit or reclaim goes through count
+			// as they are met, not at the end: a release of a whole window
+			// goes through megabytes in one transaction.
+			touch := func(n int) { b.touched(tx, n) }
 			if runs {
 				st.next = max(st.next, next)
 			}
@@ -390,8 +394,9 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 					return err
 				}
 			}
+			taken := before - min(before, st.bytes)
 			if releaseTo >= st.head && st.count > 0 {
-				if _, err := dropPrefix(tx, &st, releaseTo); err != nil {
+				if _, err := dropPrefix(tx, &st, releaseTo, touch); err != nil {
 					return err
 				}
 			}
@@ -400,7 +405,7 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 				n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
 					t := st.ageTime(raw) // a clock step is not age; an unsynchronized clock gives none
 					return !t.IsZero() && t.Before(cutoff)
-				})
+				}, touch)
 				if err != nil {
 					return err
 				}
@@ -415,7 +420,7 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 					}
 					freed += uint64(len(raw))
 					return true
-				})
+				}, touch)
 				if err != nil {
 					return err
 				}
@@ -441,7 +446,7 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 				// records that wait.
 				want = max(want, st.retired)
 			}
-			freed, err := reclaim(tx, &st, want)
+			freed, err := reclaim(tx, &st, want, touch)
 			if err != nil {
 				return err
 			}
@@ -452,7 +457,7 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 				st.reserved = top + reserveStep
 			}
 			headAt = headTime(tx, st)
-			b.touched(tx, int(appended+freed+held-min(held, st.bytes)))
+			b.touched(tx, int(appended+taken))
 			return st.store(tx.Bucket(bucketMeta))
 		})
 	})

@@ -215,7 +215,7 @@ func Purge(path string, cutoff time.Time) (removed uint64, err error) {
 			removed, err = dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
 				r, err := decode(raw) // a damaged record stops the purge: Verify and Salvage deal with it
 				return err == nil && r.ReceivedAt.Before(cutoff)
-			})
+			}, nil)
 			if err != nil {
 				return err
 			}

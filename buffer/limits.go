@@ -102,8 +102,9 @@ func headTime(tx *bolt.Tx, st state) time.Time {
 // moving the head past them. The batches it empties are retired, not
 // deleted: reclaim deletes them as new data needs their space. A batch
 // whose framing is broken is dead-lettered whole on the way, never
-// dropped uncounted. It returns how many records it removed.
-func dropWhile(tx *bolt.Tx, st *state, drop func(raw []byte, seq uint64) bool) (uint64, error) {
+// dropped uncounted. touch, if not nil, is told the size of each batch it
+// went through. It returns how many records it removed.
+func dropWhile(tx *bolt.Tx, st *state, drop func(raw []byte, seq uint64) bool, touch func(n int)) (uint64, error) {
 	batches := tx.Bucket(bucketBatches)
 	var removed uint64
 	var dead [][]byte // broken batches, dead-lettered
@@ -112,6 +113,9 @@ func dropWhile(tx *bolt.Tx, st *state, drop func(raw []byte, seq uint64) bool) (
 	for k, v := seekBatch(c, st.head); k != nil && !stopped; k, v = c.Next() {
 		base := binary.BigEndian.Uint64(k)
 		recs, count, perr := parseBatch(base, v)
+		if touch != nil {
+			touch(len(v))
+		}
 		if misplaced(perr) {
 			return removed, perr // damage in the file, not a batch to set aside
 		}

@@ -166,14 +166,15 @@ func removeTx(tx *bolt.Tx, st *state, seqs []uint64) error {
 }
 
 // dropPrefix removes every record up to and including through, retiring
-// the batches that end there and moving the head. It returns how many live
-// records it removed.
-func dropPrefix(tx *bolt.Tx, st *state, through uint64) (uint64, error) {
-	return dropWhile(tx, st, func(_ []byte, seq uint64) bool { return seq <= through })
+// the batches that end there and moving the head. touch is as for
+// dropWhile. It returns how many live records it removed.
+func dropPrefix(tx *bolt.Tx, st *state, through uint64, touch func(n int)) (uint64, error) {
+	return dropWhile(tx, st, func(_ []byte, seq uint64) bool { return seq <= through }, touch)
 }
 
 // reclaim deletes retired batches, oldest first, until want bytes of them
-// are gone or none is left, and returns how many bytes it deleted.
+// are gone or none is left, and returns how many bytes it deleted. touch,
+// if not nil, is told the size of each batch it went through.
 //
 // Why not delete batches as soon as they are released: bbolt writes its
 // whole freelist in every commit, so the pages of a delivered backlog,
@@ -184,7 +185,7 @@ func dropPrefix(tx *bolt.Tx, st *state, through uint64) (uint64, error) {
 // the file does not grow while retired batches remain. A drained backlog
 // is given back to the file system by compaction, which leaves retired
 // batches behind.
-func reclaim(tx *bolt.Tx, st *state, want uint64) (uint64, error) {
+func reclaim(tx *bolt.Tx, st *state, want uint64, touch func(n int)) (uint64, error) {
 	if want == 0 || st.retired == 0 {
 		return 0, nil
 	}
@@ -201,6 +202,9 @@ func reclaim(tx *bolt.Tx, st *state, want uint64) (uint64, error) {
 		}
 		if n, ok := batchCount(v); ok { // the next batch may start after a gap
 			end = min(end, binary.BigEndian.Uint64(k)+uint64(n))
+		}
+		if touch != nil {
+			touch(len(v))
 		}
 		if end > st.head { // this batch holds the head: no retired batch is left
 			k = nil

@@ -68,3 +68,36 @@ func TestDrainKeepsMappedPagesFew(t *testing.T) {
 		t.Errorf("up to %d bytes of the buffer file resident during a 10 MB drain, want at most %d", peak, limit)
 	}
 }
+
+// A release of a whole backlog is one commit, which parses every batch it
+// retires: what it goes through is dropped from the process as it goes,
+// not at the end of the commit (20 MB resident at once before).
+func TestReleaseInOneCommitKeepsMappedPagesFew(t *testing.T) {
+	b, path := openTest(t)
+	appendRounds(t, b, 40, 1000, 500) // about 20 MB of records, in 40 commits
+	last := b.Stats().LastSeq
+	if rss := mappedRSS(t, path); rss > unmapEvery+1<<20 {
+		t.Fatalf("%d bytes of the buffer file resident before the release", rss)
+	}
+
+	// Sample the map's resident pages while the release commits.
+	stop, done := make(chan struct{}), make(chan int)
+	go func() {
+		peak := 0
+		for {
+			peak = max(peak, mappedRSS(t, path))
+			select {
+			case <-stop:
+				done <- peak
+				return
+			default:
+			}
+		}
+	}()
+	b.Release(last)
+	waitUntil(t, "the release committed", func() bool { return b.Stats().Records == 0 })
+	close(stop)
+	if peak, limit := <-done, unmapEvery+2<<20; peak > limit {
+		t.Errorf("up to %d bytes of the buffer file resident while 20 MB were released in one commit, want at most %d", peak, limit)
+	}
+}
