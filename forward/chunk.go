@@ -155,8 +155,9 @@ func (p *pass) run(ctx context.Context) error {
 	}
 }
 
-// sizeWindow bounds the window: by the configured MaxBufferedRecords and
-// MaxBufferedBytes while Kafka answers, by the floor (windowFloor) until
+// sizeWindow bounds the window: sized to the link (linkWindow) within the
+// configured MaxBufferedRecords and MaxBufferedBytes while Kafka answers,
+// by the floor (windowFloor) until
 // a chunk first went through, while Kafka does not answer (unreachable,
 // not acknowledging) and while a failed chunk waits for its retry.
 func (p *pass) sizeWindow() {
@@ -164,7 +165,7 @@ func (p *pass) sizeWindow() {
 		p.w.maxRecords, p.w.maxBytes = windowFloor(p.f.cfg)
 		return
 	}
-	p.w.maxRecords, p.w.maxBytes = p.f.cfg.MaxBufferedRecords, p.f.cfg.MaxBufferedBytes
+	p.w.maxRecords, p.w.maxBytes = linkWindow(p.f.cfg, p.f.rtt.min())
 }
 
 // fill reads records into the window while it has room. It waits for

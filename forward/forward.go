@@ -203,6 +203,7 @@ type Forwarder struct {
 	bufferID []byte
 	started  time.Time  // New's time, for the status record's uptime
 	kafka    *kafkaLink // the status record's Kafka state
+	rtt      roundTrips // the data path's produce round trips, for the window (see linkWindow)
 
 	delivered, unrouted, droppedByRoute, chunks, retries atomic.Uint64
 	inflight, parkedTopics                               atomic.Int64

@@ -1,0 +1,118 @@
+package forward
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ferry-edge/ferry/buffer"
+	"github.com/ferry-edge/ferry/internal/testenv"
+)
+
+func TestLinkWindow(t *testing.T) {
+	def := Config{MaxBufferedRecords: 20000, MaxBufferedBytes: 16 << 20}
+	for _, c := range []struct {
+		cfg            Config
+		rtt            time.Duration
+		records, bytes int
+	}{
+		{def, 0, linkFloorRecords, linkFloorBytes},                      // not measured yet
+		{def, 100 * time.Microsecond, linkFloorRecords, linkFloorBytes}, // loopback
+		{def, 10 * time.Millisecond, 8000, 16 << 20 * 8000 / 20000},     // a LAN far away
+		{def, 25 * time.Millisecond, 20000, 16 << 20},                   // the configured window from here on
+		{def, 100 * time.Millisecond, 20000, 16 << 20},
+		{Config{MaxBufferedRecords: 500, MaxBufferedBytes: 1 << 20}, 0, 500, 1 << 20}, // configured below the floor
+		{Config{MaxBufferedRecords: 50000, MaxBufferedBytes: 64 << 20}, 100 * time.Millisecond, 50000, 64 << 20},
+		{Config{MaxBufferedRecords: 50000, MaxBufferedBytes: 64 << 20}, 50 * time.Millisecond, 40000, 64 << 20 * 40000 / 50000},
+	} {
+		if r, b := linkWindow(c.cfg, c.rtt); r != c.records || b != c.bytes {
+			t.Errorf("linkWindow(%d records, %d bytes; %v) = %d, %d; want %d, %d",
+				c.cfg.MaxBufferedRecords, c.cfg.MaxBufferedBytes, c.rtt, r, b, c.records, c.bytes)
+		}
+	}
+}
+
+func TestRoundTripsKeepsTheShortestOfTwoPeriods(t *testing.T) {
+	var r roundTrips
+	if d := r.min(); d != 0 {
+		t.Fatalf("nothing measured: %v", d)
+	}
+	r.observe(30 * time.Millisecond)
+	r.observe(20 * time.Millisecond)
+	r.observe(40 * time.Millisecond)
+	if d := r.min(); d != 20*time.Millisecond {
+		t.Fatalf("min %v, want 20ms", d)
+	}
+	r.start -= int64(rttPeriod + time.Second) // the period ends: 20ms is the previous one's
+	r.observe(50 * time.Millisecond)
+	if d := r.min(); d != 20*time.Millisecond {
+		t.Fatalf("min %v after a period, want 20ms (previous period)", d)
+	}
+	r.start -= int64(rttPeriod + time.Second) // 20ms is forgotten: the link got slower
+	r.observe(60 * time.Millisecond)
+	if d := r.min(); d != 50*time.Millisecond {
+		t.Fatalf("min %v after two periods, want 50ms", d)
+	}
+}
+
+// The window is sized to the link: on loopback it stays small, where a
+// large one would only hold memory, and over a 50 ms round trip it grows
+// to its configured bounds, which the drain needs there.
+func TestWindowSizedToTheLink(t *testing.T) {
+	const n = 20000
+	peakInFlight := func(t *testing.T, rtt time.Duration) int64 {
+		k, err := testenv.StartKafkaWith(testenv.KafkaConfig{RTT: rtt}, "t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(k.Close)
+		b := newBuffer(t)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			rec := &buffer.Record{Topic: "s/a", Payload: fmt.Appendf(nil, "%d", i), QoS: 1, ReceivedAt: time.Now()}
+			if err := b.Append(rec, func(uint64, error) { wg.Done() }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		wg.Wait()
+		f, err := New(Config{Brokers: k.Brokers(), Routes: []Route{route(t, "s/+", "t", "")},
+			ShutdownTimeout: 200 * time.Millisecond}, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var peak atomic.Int64
+		ctx, cancel := context.WithCancel(context.Background())
+		sampled := make(chan struct{})
+		go func() {
+			defer close(sampled)
+			for ctx.Err() == nil {
+				if v := int64(f.Stats().InFlight); v > peak.Load() {
+					peak.Store(v)
+				}
+				time.Sleep(100 * time.Microsecond)
+			}
+		}()
+		stopRun := run(t, f)
+		waitFor(t, "the records delivered", func() bool { return f.Stats().Delivered >= n })
+		cancel()
+		<-sampled
+		stopRun()
+		return peak.Load()
+	}
+	t.Run("loopback", func(t *testing.T) {
+		// Round trips on loopback take well under the 25 ms from which
+		// the window is the configured one: not a chunk of it in flight.
+		if peak := peakInFlight(t, 0); peak >= 20000/2 {
+			t.Fatalf("%d records in flight on loopback: the window went to its configured bounds", peak)
+		}
+	})
+	t.Run("50ms", func(t *testing.T) {
+		if peak := peakInFlight(t, 50*time.Millisecond); peak < 20000/2 {
+			t.Fatalf("at most %d records in flight over a 50 ms round trip, want a chunk of the configured window (%d)", peak, 20000/2)
+		}
+	})
+}
