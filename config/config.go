@@ -304,7 +304,9 @@ type Kafka struct {
 	Linger time.Duration `yaml:"linger"`
 	// MaxBufferedRecords and MaxBufferedBytes bound the records read from
 	// the buffer and not yet acknowledged by Kafka (the forwarder's
-	// memory); 1 to 1000000 and 64KiB to 1GiB. Defaults 20000 and 16MiB.
+	// memory; within them the forwarder sizes its window to the link's
+	// round trip); 1 to 1000000 and 64KiB to 1GiB. Defaults 20000 and
+	// 16MiB.
 	MaxBufferedRecords int      `yaml:"max_buffered_records"`
 	MaxBufferedBytes   ByteSize `yaml:"max_buffered_bytes"`
 	// DialTimeout bounds one connection attempt to a broker; > 0.

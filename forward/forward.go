@@ -112,8 +112,11 @@ type Config struct {
 	// read from the buffer and not yet released. A chunk is at most half
 	// of it, so the next chunk is read while one is in flight; over a slow
 	// link a chunk costs one round trip, so a larger window drains faster.
-	// Memory use is about MaxBufferedBytes plus some 700 bytes per record.
-	// While Kafka does not answer (not reached yet, unreachable, not
+	// Within these bounds the window is sized to the link (see
+	// linkWindow): 2,000 records and 2 MiB where produce round trips are
+	// short (loopback, most LANs), these bounds from 25 ms (at the
+	// defaults). Memory use is about the window's bytes plus some 700
+	// bytes per record. While Kafka does not answer (not reached yet, unreachable, not
 	// acknowledging), and while a failed chunk waits for its retry, the
 	// window is bounded by 1,000 records and 1 MiB instead (or these
 	// bounds, if lower): a full window would only wait, in memory. What it
