@@ -13,9 +13,18 @@ import (
 // bytes (the Rss of its mappings in /proc/self/smaps).
 func mappedRSS(t *testing.T, path string) int {
 	t.Helper()
-	f, err := os.Open("/proc/self/smaps")
+	n, err := readMappedRSS(path)
 	if err != nil {
 		t.Skipf("no smaps: %v", err)
+	}
+	return n
+}
+
+// readMappedRSS is mappedRSS for any goroutine: it returns the error.
+func readMappedRSS(path string) (int, error) {
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		return 0, err
 	}
 	defer f.Close()
 	total, in := 0, false
@@ -30,10 +39,7 @@ func mappedRSS(t *testing.T, path string) int {
 			total += kb << 10
 		}
 	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return total
+	return total, sc.Err()
 }
 
 // A drain goes through the whole backlog twice in the memory map: Read
@@ -81,14 +87,24 @@ func TestReleaseInOneCommitKeepsMappedPagesFew(t *testing.T) {
 	}
 
 	// Sample the map's resident pages while the release commits.
-	stop, done := make(chan struct{}), make(chan int)
+	type sampled struct {
+		peak int
+		err  error
+	}
+	stop, done := make(chan struct{}), make(chan sampled)
 	go func() {
-		peak := 0
+		var s sampled
 		for {
-			peak = max(peak, mappedRSS(t, path))
+			var n int
+			if n, s.err = readMappedRSS(path); s.err != nil {
+				<-stop
+				done <- s
+				return
+			}
+			s.peak = max(s.peak, n)
 			select {
 			case <-stop:
-				done <- peak
+				done <- s
 				return
 			default:
 			}
@@ -97,7 +113,11 @@ func TestReleaseInOneCommitKeepsMappedPagesFew(t *testing.T) {
 	b.Release(last)
 	waitUntil(t, "the release committed", func() bool { return b.Stats().Records == 0 })
 	close(stop)
-	if peak, limit := <-done, unmapEvery+2<<20; peak > limit {
+	s := <-done
+	if s.err != nil {
+		t.Fatalf("sampling /proc/self/smaps: %v", s.err)
+	}
+	if peak, limit := s.peak, unmapEvery+2<<20; peak > limit {
 		t.Errorf("up to %d bytes of the buffer file resident while 20 MB were released in one commit, want at most %d", peak, limit)
 	}
 }

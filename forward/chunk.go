@@ -165,7 +165,7 @@ func (p *pass) sizeWindow() {
 		p.w.maxRecords, p.w.maxBytes = windowFloor(p.f.cfg)
 		return
 	}
-	p.w.maxRecords, p.w.maxBytes = linkWindow(p.f.cfg, p.f.rtt.min())
+	p.w.maxRecords, p.w.maxBytes = linkWindow(p.f.cfg, p.f.rtt.longest())
 }
 
 // fill reads records into the window while it has room. It waits for

@@ -9,14 +9,14 @@ import (
 
 // While Kafka answers, the window is sized to the link. A chunk (half the
 // window) costs a produce round trip, so the window holds what linkRate
-// records a second need over the shortest round trip of the last 10 to 20
-// seconds (see roundTrips), between linkFloorRecords and linkFloorBytes
-// and the configured bounds: the configured window from a round trip of
+// records a second need over the produce round trip (the shortest of the
+// last 10 to 20 seconds, of the slowest broker; see roundTrips), between
+// linkFloorRecords and linkFloorBytes and the configured bounds: the configured window from a round trip of
 // 25 ms (MaxBufferedRecords 20,000), the floor on loopback and on most
 // LANs, where round trips cost little and a large window only holds
 // memory. Measured on loopback, a 1-million-record backlog drained at
 // 184,000 msg/s with a 2,000-record window and peaked at 30.7 MB RSS,
-// against 216,000-241,000 msg/s and 64-65 MB with 20,000 records
+// against 172,000-217,000 msg/s and 63.9-65.4 MB with 20,000 records
 // (go run ./cmd/ferry-bench -rate 0 -backlog 1000000); over a 50 ms round
 // trip a 2,000-record window drained at 0.12 of a plain franz-go
 // producer, 20,000 records at 0.68 (go test -bench Drain ./forward).
@@ -40,43 +40,65 @@ func linkWindow(cfg Config, rtt time.Duration) (records, bytes int) {
 // and two periods.
 const rttPeriod = 10 * time.Second
 
-// roundTrips keeps the shortest produce round trip (from writing the
-// request to reading its answer) of the current and the previous period.
-// The shortest, because a round trip also holds the broker's work and
-// the wait behind other requests on the connection, which a larger window
-// does not shorten.
+// roundTrips keeps, for each broker, the shortest produce round trip (from
+// writing the request to reading its answer) of the current and the
+// previous period. The shortest, because a round trip also holds the
+// broker's work and the wait behind other requests on the connection,
+// which a larger window does not shorten; for each broker, because a
+// chunk waits for the slowest of the partition leaders it went to.
 type roundTrips struct {
-	mu        sync.Mutex
-	cur, prev time.Duration // 0: none in that period
+	mu      sync.Mutex
+	brokers map[int32]*brokerTrips
+}
+
+type brokerTrips struct {
+	cur, prev time.Duration // prev 0: none in that period
 	start     int64         // monoNow at the current period's start
 }
 
-func (r *roundTrips) observe(d time.Duration) {
+func (r *roundTrips) observe(broker int32, d time.Duration) {
 	if d <= 0 {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if now := monoNow(); time.Duration(now-r.start) > rttPeriod {
-		r.prev, r.cur, r.start = r.cur, 0, now
-	}
-	if r.cur == 0 || d < r.cur {
-		r.cur = d
+	now := monoNow()
+	b := r.brokers[broker]
+	switch {
+	case b == nil:
+		if r.brokers == nil {
+			r.brokers = map[int32]*brokerTrips{}
+		}
+		b = &brokerTrips{cur: d, start: now}
+		r.brokers[broker] = b
+	case time.Duration(now-b.start) > 2*rttPeriod: // nothing in the last period: start afresh
+		*b = brokerTrips{cur: d, start: now}
+	case time.Duration(now-b.start) > rttPeriod:
+		*b = brokerTrips{cur: d, prev: b.cur, start: now}
+	default:
+		b.cur = min(b.cur, d)
 	}
 }
 
-// min is the shortest round trip of the current and previous period; 0
-// if none was measured.
-func (r *roundTrips) min() time.Duration {
+// longest is the longest of the brokers' shortest round trips of the last
+// 10 to 20 seconds; 0 if none was measured then.
+func (r *roundTrips) longest() time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	switch {
-	case r.cur == 0:
-		return r.prev
-	case r.prev == 0:
-		return r.cur
+	now := monoNow()
+	var rtt time.Duration
+	for id, b := range r.brokers {
+		d := b.cur
+		switch age := time.Duration(now - b.start); {
+		case age > 2*rttPeriod: // no longer a leader for what ferry sends, or idle
+			delete(r.brokers, id)
+			continue
+		case age <= rttPeriod && b.prev > 0:
+			d = min(d, b.prev)
+		}
+		rtt = max(rtt, d)
 	}
-	return min(r.cur, r.prev)
+	return rtt
 }
 
 // produceKey is the Kafka protocol's request key of Produce.
@@ -86,8 +108,8 @@ var _ kgo.HookBrokerE2E = hooks{}
 
 // OnBrokerE2E measures the data path's produce round trips for the
 // window.
-func (h hooks) OnBrokerE2E(_ kgo.BrokerMetadata, key int16, e2e kgo.BrokerE2E) {
+func (h hooks) OnBrokerE2E(meta kgo.BrokerMetadata, key int16, e2e kgo.BrokerE2E) {
 	if key == produceKey && e2e.Err() == nil {
-		h.f.rtt.observe(e2e.DurationE2E())
+		h.f.rtt.observe(meta.NodeID, e2e.DurationE2E())
 	}
 }

@@ -35,26 +35,44 @@ func TestLinkWindow(t *testing.T) {
 	}
 }
 
-func TestRoundTripsKeepsTheShortestOfTwoPeriods(t *testing.T) {
+func TestRoundTripsKeepsEachBrokersShortestOfTwoPeriods(t *testing.T) {
 	var r roundTrips
-	if d := r.min(); d != 0 {
+	if d := r.longest(); d != 0 {
 		t.Fatalf("nothing measured: %v", d)
 	}
-	r.observe(30 * time.Millisecond)
-	r.observe(20 * time.Millisecond)
-	r.observe(40 * time.Millisecond)
-	if d := r.min(); d != 20*time.Millisecond {
-		t.Fatalf("min %v, want 20ms", d)
+	r.observe(1, 30*time.Millisecond)
+	r.observe(1, 20*time.Millisecond)
+	r.observe(1, 40*time.Millisecond)
+	if d := r.longest(); d != 20*time.Millisecond {
+		t.Fatalf("%v, want broker 1's shortest, 20ms", d)
 	}
-	r.start -= int64(rttPeriod + time.Second) // the period ends: 20ms is the previous one's
-	r.observe(50 * time.Millisecond)
-	if d := r.min(); d != 20*time.Millisecond {
-		t.Fatalf("min %v after a period, want 20ms (previous period)", d)
+	r.observe(2, 5*time.Millisecond) // a broker nearby: a chunk still waits for broker 1
+	if d := r.longest(); d != 20*time.Millisecond {
+		t.Fatalf("%v with a nearer broker, want 20ms", d)
 	}
-	r.start -= int64(rttPeriod + time.Second) // 20ms is forgotten: the link got slower
-	r.observe(60 * time.Millisecond)
-	if d := r.min(); d != 50*time.Millisecond {
-		t.Fatalf("min %v after two periods, want 50ms", d)
+	age := func(id int32, d time.Duration) { r.brokers[id].start -= int64(d) }
+	age(1, rttPeriod+time.Second) // broker 1's period ends: 20ms is the previous one's
+	r.observe(1, 50*time.Millisecond)
+	if d := r.longest(); d != 20*time.Millisecond {
+		t.Fatalf("%v after a period, want 20ms (the previous period's)", d)
+	}
+	age(1, rttPeriod+time.Second) // 20ms is forgotten: the link got slower
+	r.observe(1, 60*time.Millisecond)
+	if d := r.longest(); d != 50*time.Millisecond {
+		t.Fatalf("%v after two periods, want 50ms", d)
+	}
+	age(1, rttPeriod+time.Second) // broker 1's current period ended, without a new one
+	if d := r.longest(); d != 60*time.Millisecond {
+		t.Fatalf("%v, want 60ms (the period just ended)", d)
+	}
+	age(1, rttPeriod) // and nothing since: broker 1 no longer counts
+	if d := r.longest(); d != 5*time.Millisecond {
+		t.Fatalf("%v, want broker 2's 5ms once broker 1's round trips are old", d)
+	}
+	age(2, 3*rttPeriod) // a link idle for long: a new measurement starts afresh
+	r.observe(2, 70*time.Millisecond)
+	if d := r.longest(); d != 70*time.Millisecond {
+		t.Fatalf("%v, want 70ms: the 5ms from before the idle time is forgotten", d)
 	}
 }
 

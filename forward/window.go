@@ -55,8 +55,9 @@ func (s *slot) forget() {
 	s.kr, s.rec, s.err = nil, kgo.Record{}, nil
 }
 
-// The window's floor. The window is bounded by MaxBufferedRecords and
-// MaxBufferedBytes while Kafka answers; while it does not, and while a
+// The window's floor. While Kafka answers, the window is sized to the
+// link within MaxBufferedRecords and MaxBufferedBytes (see linkWindow);
+// while it does not, and while a
 // chunk waits for its retry, by the floor (see sizeWindow): records read
 // then would only wait in memory (a 20,000-record window held 33 MB
 // through an outage), and they wait as well in the buffer. What the
