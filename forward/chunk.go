@@ -156,10 +156,10 @@ func (p *pass) run(ctx context.Context) error {
 }
 
 // sizeWindow bounds the window: sized to the link (linkWindow) within the
-// configured MaxBufferedRecords and MaxBufferedBytes while Kafka answers,
-// by the floor (windowFloor) until
-// a chunk first went through, while Kafka does not answer (unreachable,
-// not acknowledging) and while a failed chunk waits for its retry.
+// configured MaxBufferedRecords and MaxBufferedBytes while Kafka answers;
+// by the floor (windowFloor) until a chunk first went through, while Kafka
+// does not answer (unreachable, not acknowledging) and while a failed
+// chunk waits for its retry.
 func (p *pass) sizeWindow() {
 	if !p.acked || p.attempt > 0 || !p.f.kafka.answering() {
 		p.w.maxRecords, p.w.maxBytes = windowFloor(p.f.cfg)

@@ -116,13 +116,13 @@ type Config struct {
 	// linkWindow): 2,000 records and 2 MiB where produce round trips are
 	// short (loopback, most LANs), these bounds from 25 ms (at the
 	// defaults). Memory use is about the window's bytes plus some 700
-	// bytes per record. While Kafka does not answer (not reached yet, unreachable, not
-	// acknowledging), and while a failed chunk waits for its retry, the
-	// window is bounded by 1,000 records and 1 MiB instead (or these
-	// bounds, if lower): a full window would only wait, in memory. What it
-	// held when Kafka stopped answering stays.
-	// A single record larger than MaxBufferedBytes is still forwarded,
-	// alone. Defaults 20,000 and 16 MiB.
+	// bytes per record. While Kafka does not answer (not reached yet,
+	// unreachable, not acknowledging), and while a failed chunk waits for
+	// its retry, the window is bounded by 1,000 records and 1 MiB instead
+	// (or these bounds, if lower): a full window would only wait, in
+	// memory. What it held when Kafka stopped answering stays. A single
+	// record larger than MaxBufferedBytes is still forwarded, alone.
+	// Defaults 20,000 and 16 MiB.
 	MaxBufferedRecords int
 	MaxBufferedBytes   int
 	// LateAfter: a record read from the buffer to be produced more than

@@ -11,10 +11,10 @@ import (
 // window) costs a produce round trip, so the window holds what linkRate
 // records a second need over the produce round trip (the shortest of the
 // last 10 to 20 seconds, of the slowest broker; see roundTrips), between
-// linkFloorRecords and linkFloorBytes and the configured bounds: the configured window from a round trip of
-// 25 ms (MaxBufferedRecords 20,000), the floor on loopback and on most
-// LANs, where round trips cost little and a large window only holds
-// memory. Measured on loopback, a 1-million-record backlog drained at
+// linkFloorRecords and linkFloorBytes and the configured bounds: the
+// configured window from a round trip of 25 ms (MaxBufferedRecords
+// 20,000), the floor on loopback and on most LANs, where round trips cost
+// little and a large window only holds memory. Measured on loopback, a 1-million-record backlog drained at
 // 184,000 msg/s with a 2,000-record window and peaked at 30.7 MB RSS,
 // against 172,000-217,000 msg/s and 63.9-65.4 MB with 20,000 records
 // (go run ./cmd/ferry-bench -rate 0 -backlog 1000000); over a 50 ms round
