@@ -255,54 +255,111 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 		return false
 	}
 	b.watchClock() // a step since the last look is not age
+	w := b.takeWork(writeTail, final)
+	if w.idle(b) {
+		b.mu.Lock()
+		// Nothing to write, the tail included: nothing fails.
+		recovered := b.succeededLocked(w.now)
+		b.mu.Unlock()
+		b.finish(w.ops, nil)
+		if recovered {
+			b.makeReserve()
+		}
+		return true
+	}
+	err := guard(func() error {
+		return b.db.Update(func(tx *bolt.Tx) error { return b.writeWork(tx, w) })
+	})
+	if err != nil {
+		b.commitFailed(w, err)
+		return false
+	}
+	b.committed(w)
+	return true
+}
+
+// commitWork is one commit: what it takes from the buffer under b.mu, the
+// state its transaction works on, and what it hands back.
+type commitWork struct {
+	now          time.Time
+	noTail, runs bool
+	recs         []toWrite          // the tail's records to write
+	dead         map[uint64]deadReq // dead letters to apply
+	requeue      map[uint64]deadReq // of those, the ones for records not written yet
+	remove       []uint64           // records to remove
+	ops          []deadOp           // replays and purges of dead letters, flush barriers
+	next         uint64             // with a replay, the sequence numbers it takes start here
+	releaseTo    uint64
+	lim          *Limits
+	budget       uint64 // bytes of records max_bytes leaves room for (if bounded)
+	bounded      bool
+	dlLimit      uint64 // max_dead_letter_bytes (if dlBounded)
+	dlBounded    bool
+	dropped      [3]uint64 // max_bytes, max_age, dead_letter_limit
+	st           state
+	ratio        float64
+	headAt       time.Time
+	credit       uint64
+	dl           dlPages
+}
+
+// takeWork takes what waits for a commit, and the limits in force.
+func (b *Buffer) takeWork(writeTail, final bool) *commitWork {
 	b.mu.Lock()
-	now := time.Now()
+	w := b.takeLocked(writeTail, final)
+	b.mu.Unlock()
+	w.lim = b.lim.Load()
+	w.dlLimit, w.dlBounded = uint64(w.lim.MaxDeadLetterBytes), w.lim.MaxDeadLetterBytes > 0
+	w.budget, w.bounded = b.recordBudget(w.ratio)
+	return w
+}
+
+// takeLocked is takeWork's part under b.mu.
+func (b *Buffer) takeLocked(writeTail, final bool) *commitWork {
+	w := &commitWork{now: time.Now()}
 	// While commits fail, a commit leaves the tail out until the next
 	// attempt with it is due (see failure.go), but Close's commits try.
-	noTail := !final && b.leaveTailOut(now)
-	b.fail.noTail = noTail
-	st := b.st.clone()
-	ratio := b.ratio
-	headAt := b.headAt
-	credit := b.credit
-	dl := b.dl
-	releaseTo := b.releaseTo
-	var dead map[uint64]deadReq
+	w.noTail = !final && b.leaveTailOut(w.now)
+	b.fail.noTail = w.noTail
+	w.st = b.st.clone()
+	w.ratio = b.ratio
+	w.headAt = b.headAt
+	w.credit = b.credit
+	w.dl = b.dl
+	w.releaseTo = b.releaseTo
 	if len(b.toDead) > 0 {
-		dead, b.toDead = b.toDead, map[uint64]deadReq{}
-		b.deadNow = dead // Release and Remove still see them (deadWaits)
+		w.dead, b.toDead = b.toDead, map[uint64]deadReq{}
+		b.deadNow = w.dead // Release and Remove still see them (deadWaits)
 	}
 	// A replay or purge of dead letters numbers records after the tail's
 	// and waits for the tail to be written (so do flush barriers): while
 	// the disk refuses the tail, they wait.
-	var ops []deadOp
-	if !noTail {
-		ops, b.deadOps = b.deadOps, nil
+	if !w.noTail {
+		w.ops, b.deadOps = b.deadOps, nil
 	}
-	remove := b.toRemove
+	w.remove = b.toRemove
 	b.toRemove = nil
 	// Operations and flush barriers want the whole tail written; a
 	// replay takes the sequence numbers after the tail's, so while
 	// operations run, appends are held.
-	writeTail = writeTail || len(ops) > 0
-	runs := slices.ContainsFunc(ops, func(op deadOp) bool { return op.fn != nil })
-	if runs {
+	writeTail = writeTail || len(w.ops) > 0
+	w.runs = slices.ContainsFunc(w.ops, func(op deadOp) bool { return op.fn != nil })
+	if w.runs {
 		b.hold = make(chan struct{})
 	}
 	// The tail's pending records: all of them when writeTail (within the
 	// room Block leaves, unless final or for a replay), and in any case
 	// those up to the last one a dead letter waits for.
 	var upTo uint64
-	for seq := range dead {
-		if seq >= b.st.next && !noTail {
+	for seq := range w.dead {
+		if seq >= b.st.next && !w.noTail {
 			upTo = max(upTo, seq)
 		}
 	}
-	writeTail = writeTail && !noTail
-	var recs []toWrite
+	writeTail = writeTail && !w.noTail
 	if writeTail || upTo > 0 {
 		budget := int64(-1)
-		if writeTail && !final && !runs {
+		if writeTail && !final && !w.runs {
 			budget = b.roomLocked()
 		}
 		var size int64
@@ -313,178 +370,148 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 			if !(writeTail && (budget < 0 || size < budget)) && e.seq > upTo {
 				break
 			}
-			recs = append(recs, toWrite{e.seq, e.val})
+			w.recs = append(w.recs, toWrite{e.seq, e.val})
 			size += int64(len(e.val))
 		}
-		if len(recs) > 0 {
-			b.writing = [2]uint64{recs[0].seq, recs[len(recs)-1].seq}
+		if len(w.recs) > 0 {
+			b.writing = [2]uint64{w.recs[0].seq, w.recs[len(w.recs)-1].seq}
 			if writeTail {
 				b.adaptDelay()
 			}
 		}
 	}
-	next := b.next // with a replay, the sequence numbers it takes start here
-	b.mu.Unlock()
-	lim := b.lim.Load()
-	dlLimit, dlBounded := uint64(lim.MaxDeadLetterBytes), lim.MaxDeadLetterBytes > 0
+	w.next = b.next
+	return w
+}
 
-	budget, bounded := b.recordBudget(ratio)
-	limits := bounded && lim.WhenFull == DropOldest && st.bytes > budget || b.expired(st, headAt)
-	limits = limits || dlBounded && st.dlBytes > dlLimit
-	reserve := b.reserveLow(next, st)
-	if len(recs) == 0 && len(dead) == 0 && !runs && len(remove) == 0 && (releaseTo < st.head || st.count == 0) && !limits && !reserve {
-		b.mu.Lock()
-		// Nothing to write, the tail included: nothing fails.
-		recovered := b.succeededLocked(now)
-		b.mu.Unlock()
-		b.finish(ops, nil)
-		if recovered {
-			b.makeReserve()
-		}
-		return true
+// idle reports whether the commit has nothing to write, the limits and the
+// reservation included.
+func (w *commitWork) idle(b *Buffer) bool {
+	st := w.st
+	limits := w.bounded && w.lim.WhenFull == DropOldest && st.bytes > w.budget || b.expired(st, w.headAt)
+	limits = limits || w.dlBounded && st.dlBytes > w.dlLimit
+	reserve := b.reserveLow(w.next, st)
+	return len(w.recs) == 0 && len(w.dead) == 0 && !w.runs && len(w.remove) == 0 &&
+		(w.releaseTo < st.head || st.count == 0) && !limits && !reserve
+}
+
+// writeWork is the commit's transaction.
+func (b *Buffer) writeWork(tx *bolt.Tx, w *commitWork) error {
+	st := &w.st
+	batches := tx.Bucket(bucketBatches)
+	batches.FillPercent = 0.95 // keys only ever grow: pack pages
+	if w.bounded {
+		w.dl.measure(tx, *st, time.Now())
+		w.ratio = diskRatio(tx, *st, w.dl.estimate(*st))
+		w.budget, _ = b.recordBudget(w.ratio)
 	}
-	var dropped [3]uint64 // max_bytes, max_age, dead_letter_limit
-	var requeue map[uint64]deadReq
-	err := guard(func() error {
-		return b.db.Update(func(tx *bolt.Tx) error {
-			batches := tx.Bucket(bucketBatches)
-			batches.FillPercent = 0.95 // keys only ever grow: pack pages
-			if bounded {
-				dl.measure(tx, st, time.Now())
-				ratio = diskRatio(tx, st, dl.estimate(st))
-				budget, _ = b.recordBudget(ratio)
-			}
-			// The tail's records go in batches of about maxBatchBytes: big
-			// enough to spread bbolt's per-key cost over many records, small
-			// enough that a leaf page holds several, so each commit rewrites
-			// little besides the new data.
-			appended, err := writeBatches(batches, &st, recs)
-			if err != nil {
-				return err
-			}
-			before := st.bytes // what dead letters and removals take off was read in the map
-			// The batches a release, a limit or reclaim goes through count
-			// as they are met, not at the end: a release of a whole window
-			// goes through megabytes in one transaction.
-			touch := func(n int) { b.touched(tx, n) }
-			if runs {
-				st.next = max(st.next, next)
-			}
-			for _, seq := range slices.Sorted(maps.Keys(dead)) { // in key order: packed pages
-				if seq >= st.next { // not written yet (Block at max_bytes): later
-					if requeue == nil {
-						requeue = map[uint64]deadReq{}
-					}
-					requeue[seq] = dead[seq]
-					continue
-				}
-				if err := deadLetterTx(tx, &st, seq, dead[seq]); err != nil {
-					return err
-				}
-			}
-			slices.Sort(remove)
-			if err := removeTx(tx, &st, remove); err != nil {
-				return err
-			}
-			for _, op := range ops { // after the appends: their callbacks count on the sequence numbers
-				if op.fn == nil {
-					continue
-				}
-				if err := op.fn(tx, &st); err != nil {
-					return err
-				}
-			}
-			taken := before - min(before, st.bytes)
-			if releaseTo >= st.head && st.count > 0 {
-				if _, err := dropPrefix(tx, &st, releaseTo, touch); err != nil {
-					return err
-				}
-			}
-			if lim.MaxAge > 0 && st.count > 0 {
-				cutoff := b.opts.Now().Add(-lim.MaxAge)
-				n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
-					t := st.ageTime(raw) // a clock step is not age; an unsynchronized clock gives none
-					return !t.IsZero() && t.Before(cutoff)
-				}, touch)
-				if err != nil {
-					return err
-				}
-				dropped[1] = n
-			}
-			if bounded && st.bytes > budget && lim.WhenFull == DropOldest {
-				excess := st.bytes - budget
-				var freed uint64
-				n, err := dropWhile(tx, &st, func(raw []byte, _ uint64) bool {
-					if freed >= excess {
-						return false
-					}
-					freed += uint64(len(raw))
-					return true
-				}, touch)
-				if err != nil {
-					return err
-				}
-				dropped[0] = n
-			}
-			if dlBounded {
-				n, err := limitDeadLetters(tx, &st, dlLimit)
-				if err != nil {
-					return err
-				}
-				dropped[2] = n
-			}
-			dl.stale = dl.stale || len(dead) > 0 || runs || dropped[2] > 0
-			// Make room for what was appended from retired batches (less what
-			// earlier deletions left free), and bring the live and retired
-			// data within the budget.
-			want := appended - min(appended, credit)
-			if bounded && st.bytes+st.retired > budget {
-				want = max(want, st.bytes+st.retired-budget)
-			}
-			if noTail {
-				// The disk refuses: free the file's pages now, for the
-				// records that wait.
-				want = max(want, st.retired)
-			}
-			freed, err := reclaim(tx, &st, want, touch)
-			if err != nil {
-				return err
-			}
-			credit = credit + freed - min(credit+freed, appended)
-			st.dropBytes += dropped[0]
-			st.dropAge += dropped[1]
-			if top := max(next, st.next); b.reserveLow(top, st) {
-				st.reserved = top + reserveStep
-			}
-			headAt = headTime(tx, st)
-			b.touched(tx, int(appended+taken))
-			return st.store(tx.Bucket(bucketMeta))
-		})
-	})
+	// The tail's records go in batches of about maxBatchBytes: big
+	// enough to spread bbolt's per-key cost over many records, small
+	// enough that a leaf page holds several, so each commit rewrites
+	// little besides the new data.
+	appended, err := writeBatches(batches, st, w.recs)
 	if err != nil {
-		b.markDamaged(err)
-		err = fmt.Errorf("commit to buffer %s: %w", b.path, err)
-		if isDiskFull(err) {
-			b.dropReserve()
-		}
-		b.mu.Lock()
-		b.failedLocked(err, now)
-		for seq, r := range dead { // try again with the next commit
-			if _, ok := b.toDead[seq]; !ok {
-				b.toDead[seq] = r
-			}
-		}
-		b.deadNow = nil
-		b.toRemove = append(b.toRemove, remove...)
-		// The records stay pending: written by a later commit or
-		// delivered from memory, not acknowledged before.
-		b.writing = [2]uint64{}
-		b.popLocked()
-		b.releaseHoldLocked()
-		b.mu.Unlock()
-		b.finish(ops, err)
-		return false
+		return err
 	}
+	before := st.bytes // what dead letters and removals take off was read in the map
+	// The batches a release, a limit or reclaim goes through count as
+	// they are met, not at the end: a release of a whole window goes
+	// through megabytes in one transaction.
+	touch := func(n int) { b.touched(tx, n) }
+	if w.runs {
+		st.next = max(st.next, w.next)
+	}
+	for _, seq := range slices.Sorted(maps.Keys(w.dead)) { // in key order: packed pages
+		if seq >= st.next { // not written yet (Block at max_bytes): later
+			if w.requeue == nil {
+				w.requeue = map[uint64]deadReq{}
+			}
+			w.requeue[seq] = w.dead[seq]
+			continue
+		}
+		if err := deadLetterTx(tx, st, seq, w.dead[seq]); err != nil {
+			return err
+		}
+	}
+	slices.Sort(w.remove)
+	if err := removeTx(tx, st, w.remove); err != nil {
+		return err
+	}
+	for _, op := range w.ops { // after the appends: their callbacks count on the sequence numbers
+		if op.fn == nil {
+			continue
+		}
+		if err := op.fn(tx, st); err != nil {
+			return err
+		}
+	}
+	taken := before - min(before, st.bytes)
+	if w.releaseTo >= st.head && st.count > 0 {
+		if _, err := dropPrefix(tx, st, w.releaseTo, touch); err != nil {
+			return err
+		}
+	}
+	if err := b.applyLimits(tx, w, touch); err != nil {
+		return err
+	}
+	w.dl.stale = w.dl.stale || len(w.dead) > 0 || w.runs || w.dropped[2] > 0
+	// Make room for what was appended from retired batches (less what
+	// earlier deletions left free), and bring the live and retired data
+	// within the budget.
+	want := appended - min(appended, w.credit)
+	if w.bounded && st.bytes+st.retired > w.budget {
+		want = max(want, st.bytes+st.retired-w.budget)
+	}
+	if w.noTail {
+		// The disk refuses: free the file's pages now, for the records
+		// that wait.
+		want = max(want, st.retired)
+	}
+	freed, err := reclaim(tx, st, want, touch)
+	if err != nil {
+		return err
+	}
+	w.credit = w.credit + freed - min(w.credit+freed, appended)
+	st.dropBytes += w.dropped[0]
+	st.dropAge += w.dropped[1]
+	if top := max(w.next, st.next); b.reserveLow(top, *st) {
+		st.reserved = top + reserveStep
+	}
+	w.headAt = headTime(tx, *st)
+	b.touched(tx, int(appended+taken))
+	return st.store(tx.Bucket(bucketMeta))
+}
+
+// commitFailed puts back what the failed commit took: its dead letters and
+// removals wait for the next, its records stay pending in the tail.
+func (b *Buffer) commitFailed(w *commitWork, err error) {
+	b.markDamaged(err)
+	err = fmt.Errorf("commit to buffer %s: %w", b.path, err)
+	if isDiskFull(err) {
+		b.dropReserve()
+	}
+	b.mu.Lock()
+	b.failedLocked(err, w.now)
+	for seq, r := range w.dead { // try again with the next commit
+		if _, ok := b.toDead[seq]; !ok {
+			b.toDead[seq] = r
+		}
+	}
+	b.deadNow = nil
+	b.toRemove = append(b.toRemove, w.remove...)
+	// The records stay pending: written by a later commit or delivered
+	// from memory, not acknowledged before.
+	b.writing = [2]uint64{}
+	b.popLocked()
+	b.releaseHoldLocked()
+	b.mu.Unlock()
+	b.finish(w.ops, err)
+}
+
+// committed takes the commit's state as the buffer's, marks its records
+// written and runs the callbacks of what became durable.
+func (b *Buffer) committed(w *commitWork) {
+	st := w.st
 	// The path must name the file before the records it holds count as
 	// durable: a file deleted before or during the commit is written
 	// back first (see checkPath).
@@ -495,22 +522,22 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 		b.mu.Unlock()
 	}
 	b.mu.Lock()
-	recovered := b.succeededLocked(now)
+	recovered := b.succeededLocked(w.now)
 	// A backlog has drained when what is left is small enough to copy in
 	// a moment: then a compaction may give the file's space back.
 	drained := b.st.count > 0 && st.count == 0 || b.st.bytes > drainedBytes && st.bytes <= drainedBytes
 	b.st = st
-	b.ratio = ratio
-	b.headAt = headAt
-	b.credit = credit
-	b.dl = dl
+	b.ratio = w.ratio
+	b.headAt = w.headAt
+	b.credit = w.credit
+	b.dl = w.dl
 	b.commits++
-	for _, r := range recs {
+	for _, r := range w.recs {
 		if i := b.tl.index(r.seq); i >= 0 {
 			b.tl.set(i, written, nil)
 		}
 	}
-	for seq, r := range requeue {
+	for seq, r := range w.requeue {
 		// Not written (Block at max_bytes): later, if it still waits
 		// in the tail; a record that is not there is gone for good.
 		if i := b.tl.index(seq); i >= 0 && b.tl.live()[i].state == pending {
@@ -530,25 +557,25 @@ func (b *Buffer) commit(writeTail, final bool) (ok bool) {
 	// Wake readers: records now on disk, or records gone (released,
 	// dropped, dead-lettered) that a reader may be waiting behind.
 	b.notifyLocked()
-	logDrop := dropped != [3]uint64{} && time.Since(b.lastDrop) > 10*time.Second
+	logDrop := w.dropped != [3]uint64{} && time.Since(b.lastDrop) > 10*time.Second
 	if logDrop {
 		b.lastDrop = time.Now()
 	}
 	b.mu.Unlock()
 	if logDrop {
+		lim := w.lim
 		b.log.Warn("buffer: limit reached; oldest records dropped",
-			"dropped_max_bytes", dropped[0], "dropped_max_age", dropped[1], "dropped_dead_letter_limit", dropped[2],
+			"dropped_max_bytes", w.dropped[0], "dropped_max_age", w.dropped[1], "dropped_dead_letter_limit", w.dropped[2],
 			"total_max_bytes", st.dropBytes, "total_max_age", st.dropAge, "total_dead_letter_limit", st.dropDLLimit,
 			"max_bytes", lim.MaxBytes, "max_age", lim.MaxAge, "max_dead_letter_bytes", lim.MaxDeadLetterBytes)
 	}
-	b.finish(ops, nil)
+	b.finish(w.ops, nil)
 	if recovered {
 		b.makeReserve()
 	}
 	if drained {
 		b.compactIfSparse()
 	}
-	return true
 }
 
 // adaptDelay doubles the write delay, up to 8 times WriteDelay, when this

@@ -98,6 +98,48 @@ func headTime(tx *bolt.Tx, st state) time.Time {
 	return time.Time{}
 }
 
+// applyLimits drops the records past max_age and, with drop_oldest, past
+// max_bytes, oldest first, and the oldest dead letters past
+// max_dead_letter_bytes, in the commit's transaction; w.dropped counts
+// them. touch is as for dropWhile.
+func (b *Buffer) applyLimits(tx *bolt.Tx, w *commitWork, touch func(n int)) error {
+	st, lim := &w.st, w.lim
+	if lim.MaxAge > 0 && st.count > 0 {
+		cutoff := b.opts.Now().Add(-lim.MaxAge)
+		n, err := dropWhile(tx, st, func(raw []byte, _ uint64) bool {
+			t := st.ageTime(raw) // a clock step is not age; an unsynchronized clock gives none
+			return !t.IsZero() && t.Before(cutoff)
+		}, touch)
+		if err != nil {
+			return err
+		}
+		w.dropped[1] = n
+	}
+	if w.bounded && st.bytes > w.budget && lim.WhenFull == DropOldest {
+		excess := st.bytes - w.budget
+		var freed uint64
+		n, err := dropWhile(tx, st, func(raw []byte, _ uint64) bool {
+			if freed >= excess {
+				return false
+			}
+			freed += uint64(len(raw))
+			return true
+		}, touch)
+		if err != nil {
+			return err
+		}
+		w.dropped[0] = n
+	}
+	if w.dlBounded {
+		n, err := limitDeadLetters(tx, st, w.dlLimit)
+		if err != nil {
+			return err
+		}
+		w.dropped[2] = n
+	}
+	return nil
+}
+
 // dropWhile removes live records from the head for as long as drop says so,
 // moving the head past them. The batches it empties are retired, not
 // deleted: reclaim deletes them as new data needs their space. A batch
