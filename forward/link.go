@@ -14,12 +14,14 @@ import (
 // linkFloorRecords and linkFloorBytes and the configured bounds: the
 // configured window from a round trip of 25 ms (MaxBufferedRecords
 // 20,000), the floor on loopback and on most LANs, where round trips cost
-// little and a large window only holds memory. Measured on loopback, a 1-million-record backlog drained at
-// 184,000 msg/s with a 2,000-record window and peaked at 30.7 MB RSS,
-// against 172,000-217,000 msg/s and 63.9-65.4 MB with 20,000 records
-// (go run ./cmd/ferry-bench -rate 0 -backlog 1000000); over a 50 ms round
-// trip a 2,000-record window drained at 0.12 of a plain franz-go
-// producer, 20,000 records at 0.68 (go test -bench Drain ./forward).
+// little and a large window only holds memory. Measured on loopback, a
+// 1-million-record backlog drained at 140,000-194,000 msg/s with the
+// window sized so and peaked at 30.6-31.4 MB RSS, against
+// 172,000-217,000 msg/s and 63.9-65.4 MB with 20,000 records (go run
+// ./cmd/ferry-bench -rate 0 -backlog 1000000); over a 50 ms round trip a
+// 2,000-record window drained at 0.12 of a plain franz-go producer,
+// 20,000 records at 0.68 (go test -bench Drain ./forward). See
+// docs/PERFORMANCE.md, "The window and the link".
 const (
 	linkRate         = 400_000 // records a second
 	linkFloorRecords = 2000
