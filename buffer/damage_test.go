@@ -443,12 +443,15 @@ func damageChild(path string) {
 	}
 }
 
-// flipMiddleKey flips a bit of the key of the second batch in the middle
-// one of the batches' leaf pages (by first key), in place, in every copy
-// of the leaf in the file (freed pages may hold older ones, and a page
-// picked by its looks alone may be one of those), and returns the key as
-// it is now. It writes only the keys' bytes: a buffer may have the file
-// open.
+// flipMiddleKey flips a bit of a batch key in the middle of the batches'
+// leaf pages, up, in place, in every copy of the leaf in the file (freed
+// pages may hold older ones, and a page picked by its looks alone may be
+// one of those), and returns the key as it is now. The key is the first,
+// from the second batch of the middle page (by first key) on, that the
+// flip leaves in order, short of the next batch's key: where the commits
+// cut the batches depends on timing, and a flip past the next key, or of a
+// bit already set, is other damage. It writes only the keys' bytes: a
+// buffer may have the file open.
 func flipMiddleKey(t *testing.T, path string, bit uint) uint64 {
 	t.Helper()
 	data, err := os.ReadFile(path)
@@ -470,9 +473,23 @@ func flipMiddleKey(t *testing.T, path string, bit uint) uint64 {
 		t.Fatal("no leaf page of sequence numbers")
 	}
 	order := slices.Sorted(maps.Keys(firsts))
-	id := firsts[order[len(order)/2]]
-	target := be.Uint64(data[keyAt(batchLeaf(data, id), id*4096, 1):])
-	flipped := target ^ 1<<bit
+	var target uint64
+pages:
+	for _, first := range order[len(order)/2:] {
+		id := firsts[first]
+		p := batchLeaf(data, id)
+		for i := 1; i+1 < int(le.Uint16(p[10:])); i++ {
+			k, next := be.Uint64(data[keyAt(p, id*4096, i):]), be.Uint64(data[keyAt(p, id*4096, i+1):])
+			if k&(1<<bit) == 0 && k|1<<bit < next {
+				target = k
+				break pages
+			}
+		}
+	}
+	if target == 0 {
+		t.Fatalf("no batch key in the second half of the leaves stays in order with bit %d flipped up", bit)
+	}
+	flipped := target | 1<<bit
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
