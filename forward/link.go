@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // While Kafka answers, the window is sized to the link. A chunk (half the
@@ -103,15 +104,12 @@ func (r *roundTrips) longest() time.Duration {
 	return rtt
 }
 
-// produceKey is the Kafka protocol's request key of Produce.
-const produceKey = 0
-
 var _ kgo.HookBrokerE2E = hooks{}
 
 // OnBrokerE2E measures the data path's produce round trips for the
 // window.
 func (h hooks) OnBrokerE2E(meta kgo.BrokerMetadata, key int16, e2e kgo.BrokerE2E) {
-	if key == produceKey && e2e.Err() == nil {
+	if key == int16(kmsg.Produce) && e2e.Err() == nil {
 		h.f.rtt.observe(meta.NodeID, e2e.DurationE2E())
 	}
 }

@@ -1,14 +1,9 @@
 package forward
 
 import (
-	"context"
-	"fmt"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/ferry-edge/ferry/buffer"
 	"github.com/ferry-edge/ferry/internal/testenv"
 )
 
@@ -81,55 +76,30 @@ func TestRoundTripsKeepsEachBrokersShortestOfTwoPeriods(t *testing.T) {
 // to its configured bounds, which the drain needs there.
 func TestWindowSizedToTheLink(t *testing.T) {
 	const n = 20000
-	peakInFlight := func(t *testing.T, rtt time.Duration) int64 {
+	peakOver := func(t *testing.T, rtt time.Duration) int64 {
 		k, err := testenv.StartKafkaWith(testenv.KafkaConfig{RTT: rtt}, "t")
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(k.Close)
-		b := newBuffer(t)
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Add(1)
-			rec := &buffer.Record{Topic: "s/a", Payload: fmt.Appendf(nil, "%d", i), QoS: 1, ReceivedAt: time.Now()}
-			if err := b.Append(rec, func(uint64, error) { wg.Done() }); err != nil {
-				t.Fatal(err)
-			}
-		}
-		wg.Wait()
 		f, err := New(Config{Brokers: k.Brokers(), Routes: []Route{route(t, "s/+", "t", "")},
-			ShutdownTimeout: 200 * time.Millisecond}, b)
+			ShutdownTimeout: 200 * time.Millisecond}, smallBacklog(t, n))
 		if err != nil {
 			t.Fatal(err)
 		}
-		var peak atomic.Int64
-		ctx, cancel := context.WithCancel(context.Background())
-		sampled := make(chan struct{})
-		go func() {
-			defer close(sampled)
-			for ctx.Err() == nil {
-				if v := int64(f.Stats().InFlight); v > peak.Load() {
-					peak.Store(v)
-				}
-				time.Sleep(100 * time.Microsecond)
-			}
-		}()
-		stopRun := run(t, f)
-		waitFor(t, "the records delivered", func() bool { return f.Stats().Delivered >= n })
-		cancel()
-		<-sampled
-		stopRun()
-		return peak.Load()
+		return peakInFlight(t, f, func() {
+			waitFor(t, "the records delivered", func() bool { return f.Stats().Delivered >= n })
+		})
 	}
 	t.Run("loopback", func(t *testing.T) {
 		// Round trips on loopback take well under the 25 ms from which
 		// the window is the configured one: not a chunk of it in flight.
-		if peak := peakInFlight(t, 0); peak >= 20000/2 {
+		if peak := peakOver(t, 0); peak >= 20000/2 {
 			t.Fatalf("%d records in flight on loopback: the window went to its configured bounds", peak)
 		}
 	})
 	t.Run("50ms", func(t *testing.T) {
-		if peak := peakInFlight(t, 50*time.Millisecond); peak < 20000/2 {
+		if peak := peakOver(t, 50*time.Millisecond); peak < 20000/2 {
 			t.Fatalf("at most %d records in flight over a 50 ms round trip, want a chunk of the configured window (%d)", peak, 20000/2)
 		}
 	})

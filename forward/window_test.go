@@ -43,23 +43,54 @@ func TestReleasedSlotsForgetTheirRecords(t *testing.T) {
 	}
 }
 
+// smallBacklog returns a buffer holding n small records of topic s/a, durable.
+func smallBacklog(t *testing.T, n int) *buffer.Buffer {
+	t.Helper()
+	b := newBuffer(t)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		rec := &buffer.Record{Topic: "s/a", Payload: fmt.Appendf(nil, "%d", i), QoS: 1, ReceivedAt: time.Now()}
+		if err := b.Append(rec, func(uint64, error) { wg.Done() }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	return b
+}
+
+// peakInFlight runs f until wait returns, and returns the most records it
+// had in flight at once (sampled every 100 µs).
+func peakInFlight(t *testing.T, f *Forwarder, wait func()) int64 {
+	t.Helper()
+	var peak atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for ctx.Err() == nil {
+			if v := int64(f.Stats().InFlight); v > peak.Load() {
+				peak.Store(v)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+	stopRun := run(t, f)
+	wait()
+	cancel()
+	<-sampled
+	stopRun()
+	return peak.Load()
+}
+
 // The window is at its floor until Kafka answers (a full 20,000-record
-// window would only wait, in memory, through an outage) and at its
-// configured bounds once it does, where a deep backlog needs them.
+// window would only wait, in memory, through an outage), and sized to
+// the link once it does, at least linkFloorRecords: above the floor.
 func TestWindowAtItsFloorUntilKafkaAnswers(t *testing.T) {
 	const n = 20000
 	measure := func(t *testing.T, silent bool) (peak int64) {
 		c := newCluster(t, "t")
-		b := newBuffer(t)
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Add(1)
-			rec := &buffer.Record{Topic: "s/a", Payload: fmt.Appendf(nil, "%d", i), QoS: 1, ReceivedAt: time.Now()}
-			if err := b.Append(rec, func(uint64, error) { wg.Done() }); err != nil {
-				t.Fatal(err)
-			}
-		}
-		wg.Wait()
+		b := smallBacklog(t, n)
 		if silent {
 			silenceProduce(t, c)
 		}
@@ -68,28 +99,13 @@ func TestWindowAtItsFloorUntilKafkaAnswers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var max atomic.Int64
-		ctx, cancel := context.WithCancel(context.Background())
-		sampled := make(chan struct{})
-		go func() {
-			defer close(sampled)
-			for ctx.Err() == nil {
-				if v := int64(f.Stats().InFlight); v > max.Load() {
-					max.Store(v)
-				}
-				time.Sleep(100 * time.Microsecond)
+		return peakInFlight(t, f, func() {
+			if silent {
+				time.Sleep(time.Second)
+			} else {
+				waitFor(t, "the records delivered", func() bool { return f.Stats().Delivered >= n })
 			}
-		}()
-		stopRun := run(t, f)
-		if silent {
-			time.Sleep(time.Second)
-		} else {
-			waitFor(t, "the records delivered", func() bool { return f.Stats().Delivered >= n })
-		}
-		cancel()
-		<-sampled
-		stopRun()
-		return max.Load()
+		})
 	}
 	t.Run("Kafka silent", func(t *testing.T) {
 		if peak := measure(t, true); peak > floorRecords/2 {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ferry-edge/ferry/buffer"
 	"github.com/ferry-edge/ferry/config"
@@ -235,11 +236,8 @@ func (h kafkaHooks) OnBrokerConnect(_ kgo.BrokerMetadata, _ time.Duration, _ net
 
 func (h kafkaHooks) OnBrokerDisconnect(kgo.BrokerMetadata, net.Conn) { h.a.kafkaConns.Add(-1) }
 
-// produceKey is the Kafka protocol's request key of Produce.
-const produceKey = 0
-
 func (h kafkaHooks) OnBrokerE2E(_ kgo.BrokerMetadata, key int16, e2e kgo.BrokerE2E) {
-	if key == produceKey && h.produce != nil && e2e.Err() == nil {
+	if key == int16(kmsg.Produce) && h.produce != nil && e2e.Err() == nil {
 		h.produce(e2e.DurationE2E())
 	}
 }
