@@ -11,7 +11,7 @@ import (
 // While Kafka answers, the window is sized to the link. A chunk (half the
 // window) costs a produce round trip, so the window holds what linkRate
 // records a second need over the produce round trip (the shortest of the
-// last 10 to 20 seconds, of the slowest broker; see roundTrips), between
+// last 10 to 30 seconds, of the slowest broker; see roundTrips), between
 // linkFloorRecords and linkFloorBytes and the configured bounds: the
 // configured window from a round trip of 25 ms (MaxBufferedRecords
 // 20,000), the floor on loopback and on most LANs, where round trips cost
@@ -39,8 +39,9 @@ func linkWindow(cfg Config, rtt time.Duration) (records, bytes int) {
 	return records, bytes
 }
 
-// rttPeriod is how long a round trip counts in roundTrips: between one
-// and two periods.
+// rttPeriod is roundTrips' period: a round trip counts for between one
+// and three periods (a period ends at the first measurement after it,
+// up to two periods on, and is kept one more).
 const rttPeriod = 10 * time.Second
 
 // roundTrips keeps, for each broker, the shortest produce round trip (from
@@ -84,7 +85,8 @@ func (r *roundTrips) observe(broker int32, d time.Duration) {
 }
 
 // longest is the longest of the brokers' shortest round trips of the last
-// 10 to 20 seconds; 0 if none was measured then.
+// 10 to 30 seconds (a period of up to 20 s kept 10 s more); 0 if none
+// was measured then.
 func (r *roundTrips) longest() time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
